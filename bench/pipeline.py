@@ -1,0 +1,85 @@
+"""Benchmark: the whole pipeline on the full MNIST, as the README's results table reports it.
+
+In a scratch copy of the project (your workspace, cache and DVC config are left alone) it runs
+1. `dvc repro` on the default params (MNIST read from --mnist-dir), timing each stage;
+2. a second, no-op `dvc repro`;
+3. `dvc exp run -S mask.method=random` (the RandMask baseline: only masking, finetune, evaluate rerun);
+then prints the accuracies of ERM, RandMask and MaskTune and the timings as a table, and as its last
+line one JSON object with the same figures.
+
+    python bench/pipeline.py --mnist-dir ../shared/data/mnist [--set train_erm.epochs=5 ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from masktune.scratch import ScratchProject  # noqa: E402
+
+SPLITS = ("test_original", "test_biased", "val")
+
+
+def _overrides(pairs: list[str], mnist_dir: Path) -> dict:
+    params: dict = {"prepare": {"mnist_dir": str(mnist_dir.resolve())}}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        node = params
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return params
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--mnist-dir", type=Path, default=Path("../shared/data/mnist"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="param override, as dvc exp run -S")
+    parser.add_argument("--keep", type=Path, help="build the scratch project here and keep it")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="masktune-bench-") as tmp:
+        path = args.keep or Path(tmp) / "project"
+        project = ScratchProject(path, _overrides(args.set, args.mnist_dir))
+        total, stages = project.timed_stages("repro")
+        masktune = json.loads((path / "metrics/evaluate.json").read_text())
+        project.commit("default params")
+        noop, _ = project.timed_stages("repro")
+        random_total, random_stages = project.timed_stages("exp", "run", "-S", "mask.method=random")
+        randmask = json.loads((path / "metrics/evaluate.json").read_text())
+
+    models = {"erm": masktune["erm"], "randmask": randmask["randmask"], "masktune": masktune["masktune"]}
+    machine = f"{platform.machine()}, {torch.get_num_threads()} threads, " + (
+        torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU")
+    print(f"machine: {machine}; overrides: {args.set or 'none'}")
+    print(f"{'model':<10}" + "".join(f"{s + ' acc':>20}{'worst':>8}" for s in SPLITS))
+    for name, results in models.items():
+        print(f"{name:<10}" + "".join(f"{results[s]['accuracy']:>20.2%}{results[s]['worst_group_accuracy']:>8.2%}"
+                                       for s in SPLITS))
+    print(f"\n{'dvc repro, stage':<36}{'seconds':>10}")
+    for name, seconds in stages.items():
+        print(f"{name:<36}{seconds:>10.1f}")
+    print(f"{'total':<36}{total:>10.1f}\n{'no-op dvc repro':<36}{noop:>10.1f}")
+    print(f"{'exp run -S mask.method=random':<36}{random_total:>10.1f}")
+    print(json.dumps({
+        "machine": machine, "overrides": args.set,
+        "accuracy": {name: {s: r[s]["accuracy"] for s in SPLITS} for name, r in models.items()},
+        "worst_group_accuracy": {name: {s: r[s]["worst_group_accuracy"] for s in SPLITS}
+                                 for name, r in models.items()},
+        "seconds": {"repro_total": total, "repro_noop": noop, "randmask_exp_run": random_total,
+                    **{f"stage_{k}": v for k, v in stages.items()},
+                    **{f"randmask_stage_{k}": v for k, v in random_stages.items()}},
+    }))
+
+
+if __name__ == "__main__":
+    main()

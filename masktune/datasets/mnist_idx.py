@@ -1,0 +1,88 @@
+"""MNIST in its standard IDX format: read from a local folder, or download with torchvision.
+
+The folder may hold the four files gzipped (`train-images-idx3-ubyte.gz`, ...) or raw, either at
+its top or under `MNIST/raw/` (torchvision's layout). Every way the files can be wrong (missing,
+truncated, not gzip, wrong magic number, image and label counts that disagree) ends in a
+`UserError` naming the file.
+"""
+from __future__ import annotations
+
+import gzip
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from masktune.errors import UserError
+
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_MAGIC = {3: 0x00000803, 1: 0x00000801}  # unsigned bytes, 3 dims (images) / 1 dim (labels)
+DOWNLOAD_HINT = ("set prepare.mnist_dir in params.yaml to a folder holding the four MNIST IDX files "
+                 "(e.g. `dvc exp run -S prepare.mnist_dir=../shared/data/mnist`)")
+
+
+def _find(folder: Path, stem: str) -> Path:
+    for base in (folder, folder / "MNIST" / "raw"):
+        for name in (stem + ".gz", stem):
+            if (base / name).is_file():
+                return base / name
+    raise UserError(f"{folder}: missing MNIST file {stem}(.gz); {DOWNLOAD_HINT}")
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Parse one IDX file of unsigned bytes with `ndim` dimensions."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zlib.error) as error:
+        raise UserError(f"{path}: cannot be read as gzip ({error})") from None
+    header = 4 + 4 * ndim
+    if len(raw) < header or int.from_bytes(raw[:4], "big") != _MAGIC[ndim]:
+        raise UserError(f"{path}: not an IDX file of {ndim}-dimensional unsigned bytes "
+                        f"(bad magic number)")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(shape))
+    if len(raw) != expected:
+        raise UserError(f"{path}: truncated or corrupt: {len(raw)} bytes, header says {expected}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
+
+
+def load_mnist_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 28, 28) uint8 and digits (N,) int64 of the `train` or `test` split."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"prepare.mnist_dir: {folder} is not a folder; {DOWNLOAD_HINT}")
+    image_stem, label_stem = FILES[split]
+    images = read_idx(_find(folder, image_stem), 3)
+    digits = read_idx(_find(folder, label_stem), 1).astype(np.int64)
+    if len(images) != len(digits):
+        raise UserError(f"{folder}: {image_stem} has {len(images)} images but {label_stem} "
+                        f"has {len(digits)} labels")
+    if digits.max(initial=0) > 9:
+        raise UserError(f"{folder}: {label_stem} holds labels above 9: not MNIST")
+    return images, digits
+
+
+def download_mnist(into: Path) -> Path:
+    """Download MNIST with torchvision into `into`; a clear message says what to do when offline."""
+    from torchvision.datasets import MNIST
+
+    try:
+        MNIST(root=str(into), train=True, download=True)
+        MNIST(root=str(into), train=False, download=True)
+    except Exception as error:  # torchvision raises RuntimeError, URLError, OSError...
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"could not download MNIST ({reason[:200]}); {DOWNLOAD_HINT}") from None
+    return into / "MNIST" / "raw"
+
+
+def load_mnist(folder: Path | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Both splits, from `folder`, or downloaded to a temporary folder when `folder` is None."""
+    if folder is not None:
+        return {split: load_mnist_split(folder, split) for split in FILES}
+    with tempfile.TemporaryDirectory(prefix="mnist-download-") as tmp:
+        raw = download_mnist(Path(tmp))
+        return {split: load_mnist_split(raw, split) for split in FILES}

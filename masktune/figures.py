@@ -1,0 +1,41 @@
+"""The image grid `dvc plots show` renders: original / saliency / masked, a few images per group."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from masktune.storage import atomic_output  # noqa: E402
+
+
+def pick_per_group(groups: np.ndarray, per_group: int) -> np.ndarray:
+    """The first `per_group` sample indices of each group present, group by group."""
+    return np.concatenate([np.flatnonzero(groups == g)[:per_group] for g in np.unique(groups)])
+
+
+def save_mask_grid(path: str | Path, originals: np.ndarray, saliency: np.ndarray, masked: np.ndarray,
+                   row_labels: list[str], title: str) -> None:
+    """One row per image: the raw image, its saliency map over it, the masked image."""
+    rows = len(originals)
+    fig, axes = plt.subplots(rows, 3, figsize=(5.4, 1.7 * rows + 0.5), squeeze=False)
+    for row in range(rows):
+        image = originals[row]
+        axes[row, 0].imshow(image)
+        axes[row, 1].imshow(image.mean(axis=-1), cmap="gray")
+        axes[row, 1].imshow(saliency[row], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        axes[row, 2].imshow(masked[row])
+        axes[row, 0].set_ylabel(row_labels[row], fontsize=7)
+        for ax in axes[row]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    for ax, name in zip(axes[0], ("original", "XGradCAM", "masked")):
+        ax.set_title(name, fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)

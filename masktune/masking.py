@@ -1,0 +1,73 @@
+"""Which pixels to mask: MaskTune's saliency threshold, and RandMask's random squares.
+
+MaskTune (official src/utils/masking.py, `mask_heatmap_using_threshold`): per image, the threshold
+is mean + 2 * std (population std, as np.nanstd) of the *positive* saliency values; pixels above it
+are masked. An image with no positive saliency gets no mask (the official NaN threshold compares
+False everywhere). The official `apply_mask_and_save_individual_image_in_png` then resizes the mask
+to the raw image with nearest-neighbour (cv2.INTER_NEAREST) and multiplies: masked pixels become 0
+in every channel.
+
+RandMask (the paper's random-masking baseline): the official MNIST code feeds the finetune with
+`Cutout(1, [2, ..., 14])` (src/methods/mnist_train.py, use_random_masking): one square hole per
+image whose side is drawn from 2..14 and whose centre is uniform over the image, clipped at the
+borders, as in DeVries & Taylor's Cutout. Ours draws them from a seeded generator.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from masktune.errors import UserError
+
+
+def saliency_thresholds(maps: np.ndarray, n_std: float = 2.0) -> np.ndarray:
+    """Per-map mean + n_std * std of the positive values (NaN for a map with none), in float64."""
+    maps = maps.astype(np.float64)
+    positive = maps > 0
+    count = positive.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(positive, maps, 0.0).sum(axis=(1, 2)) / count
+        deviation = np.where(positive, maps - mean[:, None, None], 0.0)
+        std = np.sqrt((deviation ** 2).sum(axis=(1, 2)) / count)
+    return mean + n_std * std
+
+
+def saliency_masks(maps: np.ndarray, n_std: float = 2.0, chunk: int = 4096) -> np.ndarray:
+    """Boolean masks (N, H, W): True where the map is above its image's threshold."""
+    masks = np.empty(maps.shape, dtype=bool)
+    for start in range(0, len(maps), chunk):
+        part = maps[start:start + chunk]
+        with np.errstate(invalid="ignore"):
+            masks[start:start + chunk] = part > saliency_thresholds(part, n_std)[:, None, None]
+    return masks
+
+
+def resize_nearest(masks: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of (N, h, w) masks, with cv2.INTER_NEAREST's floor(dst * h / H)."""
+    h, w = masks.shape[1:]
+    if (h, w) == (height, width):
+        return masks
+    rows = np.minimum((np.arange(height) * (h / height)).astype(np.int64), h - 1)
+    cols = np.minimum((np.arange(width) * (w / width)).astype(np.int64), w - 1)
+    return masks[:, rows][:, :, cols]
+
+
+def apply_masks(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Zero the masked pixels (every channel) of uint8 images (N, H, W, C)."""
+    if len(images) != len(masks):
+        raise UserError(f"{len(masks)} masks for {len(images)} images: saliency and data disagree")
+    masks = resize_nearest(masks, *images.shape[1:3])
+    return np.where(masks[..., None], np.uint8(0), images)
+
+
+def cutout_masks(n: int, height: int, width: int, side_range: tuple[int, int],
+                 rng: np.random.Generator) -> np.ndarray:
+    """RandMask: one Cutout square per image, side uniform in side_range (inclusive)."""
+    sides = rng.integers(side_range[0], side_range[1] + 1, size=n)
+    centre_y = rng.integers(0, height, size=n)
+    centre_x = rng.integers(0, width, size=n)
+    y0, y1 = np.clip(centre_y - sides // 2, 0, height), np.clip(centre_y + sides // 2, 0, height)
+    x0, x1 = np.clip(centre_x - sides // 2, 0, width), np.clip(centre_x + sides // 2, 0, width)
+    rows, cols = np.arange(height), np.arange(width)
+    in_rows = (rows[None] >= y0[:, None]) & (rows[None] < y1[:, None])
+    in_cols = (cols[None] >= x0[:, None]) & (cols[None] < x1[:, None])
+    return in_rows[:, :, None] & in_cols[:, None, :]

@@ -1,0 +1,44 @@
+"""Models, looked up by the `train_erm.arch` param. Each names its XGradCAM target layer."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn as nn
+
+from masktune.errors import UserError
+
+
+class SmallCNN(nn.Module):
+    """The official MNIST network (src/models/simple_cnn.py): four 3x3 conv+BN+ReLU, two max-pools,
+    linear 512 -> 256 -> classes. Same module order, so official checkpoints' tensors line up."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.backbone = nn.Sequential(
+            nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 16, 3), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.MaxPool2d(2, 2),
+            nn.Conv2d(16, 32, 3), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 32, 3), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.MaxPool2d(2, 2),
+            nn.Flatten(),
+        )
+        self.linear = nn.Sequential(
+            nn.Linear(512, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Linear(256, num_classes),
+        )
+
+    def grad_cam_target_layer(self) -> nn.Module:
+        """The last ReLU of the backbone, as the official `get_grad_cam_target_layer`."""
+        return self.backbone[-3]
+
+    def forward(self, x):
+        return self.linear(self.backbone(x))
+
+
+MODELS: dict[str, Callable[[int], nn.Module]] = {"small_cnn": SmallCNN}
+
+
+def build_model(arch: str, num_classes: int) -> nn.Module:
+    if arch not in MODELS:
+        raise UserError(f"params.yaml: train_erm.arch must be one of {', '.join(MODELS)}, got {arch!r}")
+    return MODELS[arch](num_classes)

@@ -1,0 +1,93 @@
+"""A throwaway copy of this project in its own git + DVC repository, for tests and benchmarks.
+
+Both the end-to-end test and `bench/pipeline.py` need the real pipeline run by the real `dvc`
+without touching the user's workspace, cache or DVC config; this builds that once.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+RUNNING_STAGE = re.compile(r"Running stage '([\w@.-]+)'")
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+class ScratchProject:
+    """A copy of the pipeline (code, dvc.yaml, params.yaml with overrides) in `path`, committed."""
+
+    def __init__(self, path: Path, params: dict | None = None):
+        self.path = Path(path)
+        home = self.path.parent / (self.path.name + "-dvc-home")
+        for name in ("masktune", "stages"):
+            shutil.copytree(PROJECT_ROOT / name, self.path / name,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(PROJECT_ROOT / "dvc.yaml", self.path)
+        values = _merge(yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()), params or {})
+        (self.path / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+        self.env = dict(
+            os.environ, DVC_NO_ANALYTICS="1", DVC_STUDIO_OFFLINE="true",
+            DVC_SITE_CACHE_DIR=str(home / "site"), DVC_GLOBAL_CONFIG_DIR=str(home / "global"),
+            DVC_SYSTEM_CONFIG_DIR=str(home / "system"), GIT_AUTHOR_NAME="scratch",
+            GIT_AUTHOR_EMAIL="scratch@localhost", GIT_COMMITTER_NAME="scratch",
+            GIT_COMMITTER_EMAIL="scratch@localhost",
+            PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+        self.env.pop("PYTHONPATH", None)
+        self.run("git", "init", "-q")
+        self.dvc("init", "-q")
+        self.dvc("config", "core.analytics", "false")
+        self.commit("pipeline")
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(list(args), cwd=self.path, env=self.env, capture_output=True, text=True)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"`{' '.join(args)}` failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run(sys.executable, "-m", "dvc", *args, check=check)
+
+    def commit(self, message: str) -> None:
+        self.run("git", "add", "-A")
+        self.run("git", "commit", "-qm", message)
+
+    def stages_run(self, *args: str) -> list[str]:
+        """Run a dvc command; return the names of the stages it actually executed."""
+        return RUNNING_STAGE.findall(self.dvc(*args).stdout)
+
+    def timed_stages(self, *args: str) -> tuple[float, dict[str, float]]:
+        """Run a dvc command, streaming its output; return total seconds and seconds per stage.
+
+        A stage's time runs from its `Running stage` line to the next one (or the end), so it
+        includes DVC's own hashing and caching of that stage's outputs.
+        """
+        start = time.perf_counter()
+        marks: list[tuple[str, float]] = []
+        with subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=self.path, env=self.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+            log = []
+            for line in proc.stdout:
+                log.append(line)
+                match = RUNNING_STAGE.search(line)
+                if match:
+                    marks.append((match.group(1), time.perf_counter()))
+        total = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"`dvc {' '.join(args)}` failed:\n{''.join(log)}")
+        ends = [t for _, t in marks[1:]] + [start + total]
+        return total, {name: end - t for (name, t), end in zip(marks, ends)}

@@ -1,0 +1,172 @@
+"""Atomic outputs and the HDF5 layout every stage shares.
+
+Every file a stage writes goes through `atomic_output`: it is written under a temporary name in the
+same folder and renamed over the target only when complete, so an interrupted stage never leaves a
+half-written file that looks done. HDF5 datasets are written with `track_times=False`, so the same
+inputs give byte-identical files (DVC then sees no change on a rerun).
+
+A dataset file holds one HDF5 group per split (`train`, `val`, `test_original`, ...), each with
+`images` (N, H, W, C) uint8 and the per-sample vectors `labels`, `attributes` (the spurious
+attribute), `groups` (2 * attribute + label, the Waterbirds convention) and `source_index` (the
+sample's index in the source file it was built from).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import h5py
+import numpy as np
+
+from masktune.errors import UserError
+
+VECTOR_FIELDS = ("labels", "attributes", "groups", "source_index")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Like `atomic_output`, for a folder: build it under a temporary name, then swap it in."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp_path
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp_path, path)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@dataclass
+class SampleSet:
+    """One split in memory: uint8 images (N, H, W, C) and their per-sample vectors."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    attributes: np.ndarray
+    source_index: np.ndarray
+
+    @property
+    def groups(self) -> np.ndarray:
+        """Group id = 2 * spurious attribute + label (Waterbirds' convention: 2 * place + y)."""
+        return 2 * self.attributes + self.labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: np.ndarray) -> "SampleSet":
+        return SampleSet(self.images[index], self.labels[index], self.attributes[index],
+                         self.source_index[index])
+
+    def with_images(self, images: np.ndarray) -> "SampleSet":
+        return SampleSet(images, self.labels, self.attributes, self.source_index)
+
+
+def _write_array(group: h5py.Group, name: str, array: np.ndarray) -> None:
+    chunks = None
+    if array.ndim > 1 and len(array) > 0:
+        chunks = (min(len(array), 1024),) + array.shape[1:]
+    group.create_dataset(name, data=array, chunks=chunks, compression="gzip" if chunks else None,
+                         compression_opts=4 if chunks else None, shuffle=bool(chunks),
+                         track_times=False)
+
+
+def write_splits(path: str | Path, splits: Mapping[str, SampleSet], attrs: Mapping | None = None,
+                 extra: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> None:
+    """Write `splits` (and optional extra per-split arrays) to `path` atomically."""
+    with atomic_output(path) as tmp, h5py.File(tmp, "w", track_order=False) as f:
+        for key, value in (attrs or {}).items():
+            f.attrs[key] = value
+        for name, samples in splits.items():
+            group = f.create_group(name)
+            _write_array(group, "images", np.ascontiguousarray(samples.images, dtype=np.uint8))
+            for field in VECTOR_FIELDS:
+                _write_array(group, field, np.asarray(getattr(samples, field), dtype=np.int64))
+            for key, array in (extra or {}).get(name, {}).items():
+                _write_array(group, key, array)
+
+
+def write_arrays(path: str | Path, arrays: Mapping[str, np.ndarray], attrs: Mapping | None = None) -> None:
+    """Write named arrays (e.g. saliency maps) to one HDF5 file atomically."""
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        for key, value in (attrs or {}).items():
+            f.attrs[key] = value
+        for name, array in arrays.items():
+            _write_array(f, name, array)
+
+
+def _open(path: str | Path) -> h5py.File:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found (run the stage that writes it: `dvc repro`)")
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise UserError(f"{path}: not a readable HDF5 file ({error})") from None
+
+
+def read_split(path: str | Path, split: str) -> SampleSet:
+    """Read one split, checking that every field is present with a consistent shape and dtype."""
+    with _open(path) as f:
+        if split not in f:
+            raise UserError(f"{path}: no split '{split}' (has: {', '.join(f.keys())})")
+        group = f[split]
+        missing = [k for k in ("images",) + VECTOR_FIELDS if k not in group]
+        if missing:
+            raise UserError(f"{path}: split '{split}' lacks {', '.join(missing)}")
+        images = group["images"]
+        if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != np.uint8:
+            raise UserError(f"{path}: {split}/images must be uint8 of shape (N, H, W, 1 or 3), "
+                            f"got {images.dtype} {images.shape}")
+        n = images.shape[0]
+        for field in VECTOR_FIELDS:
+            if group[field].shape != (n,):
+                raise UserError(f"{path}: {split}/{field} has shape {group[field].shape}, "
+                                f"expected ({n},) to match {split}/images")
+        samples = SampleSet(images[()], group["labels"][()], group["attributes"][()],
+                            group["source_index"][()])
+        if not np.array_equal(group["groups"][()], samples.groups):
+            raise UserError(f"{path}: {split}/groups is not 2 * attributes + labels")
+        return samples
+
+
+def read_arrays(path: str | Path, names: Mapping[str, tuple]) -> dict[str, np.ndarray]:
+    """Read named arrays, checking each against an expected shape (None = any size on that axis)."""
+    out = {}
+    with _open(path) as f:
+        for name, shape in names.items():
+            if name not in f:
+                raise UserError(f"{path}: no dataset '{name}'")
+            array = f[name]
+            if len(array.shape) != len(shape) or any(e is not None and e != a
+                                                     for e, a in zip(shape, array.shape)):
+                wanted = "(" + ", ".join("N" if e is None else str(e) for e in shape) + ")"
+                raise UserError(f"{path}: '{name}' has shape {array.shape}, expected {wanted}")
+            out[name] = array[()]
+    return out
+
+
+def read_attrs(path: str | Path) -> dict:
+    with _open(path) as f:
+        return dict(f.attrs)

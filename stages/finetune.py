@@ -1,0 +1,58 @@
+"""Stage `finetune`: continue the last ERM checkpoint on the masked training set.
+
+As the official `finetune()` (src/methods/base_method.py): load the last ERM checkpoint with its
+optimizer state (momentum buffers, learning rate) and train `finetune.epochs` (1) epoch on the
+masked images at the same learning rate, unless `finetune.lr` overrides it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from masktune.errors import run_stage
+from masktune.params import load_stage_params
+from masktune.storage import atomic_output, read_attrs, read_split
+from masktune.training import (load_checkpoint, make_optimizer, predict, save_checkpoint, seed_everything,
+                               select_device, train_epoch)
+
+
+@run_stage
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", required=True, help="prepared dataset (HDF5); its val split is used")
+    parser.add_argument("--masked", required=True, help="masked training set (HDF5)")
+    parser.add_argument("--checkpoint", required=True, help="the last ERM checkpoint")
+    parser.add_argument("--out", required=True, help="fine-tuned checkpoint to write")
+    parser.add_argument("--metrics", required=True, help="JSON: finetune loss and accuracies")
+    args = parser.parse_args()
+
+    params = load_stage_params("finetune")
+    epochs = params.integer("finetune.epochs", 1)
+    lr_override = params.number("finetune.lr", 0.0, optional=True, exclusive_minimum=True)
+    batch_size = params.integer("finetune.batch_size", 1)
+    generator = seed_everything(params.integer("finetune.seed", 0))
+
+    device = select_device()
+    masked, val = read_split(args.masked, "train"), read_split(args.data, "val")
+    model, state = load_checkpoint(args.checkpoint, device)
+    optimizer = make_optimizer(model, lr=1.0, momentum=0.0, weight_decay=0.0)
+    optimizer.load_state_dict(state["optimizer"])  # restores lr, momentum, weight decay and buffers
+    if lr_override is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_override
+    for epoch in range(epochs):
+        stats = train_epoch(model, optimizer, masked, batch_size, generator, device,
+                            desc=f"finetune epoch {epoch + 1}/{epochs}")
+    val_accuracy = float((predict(model, val, 1024, device, "validate") == val.labels).mean())
+    save_checkpoint(args.out, model, optimizer, arch=state["arch"], num_classes=state["num_classes"],
+                    epoch=epochs - 1, val_accuracy=val_accuracy)
+    report = {"method": read_attrs(args.masked)["method"], "lr": optimizer.param_groups[0]["lr"],
+              "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
+              "val_accuracy": val_accuracy}
+    with atomic_output(args.metrics) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"finetune ({report['method']} masks, lr {report['lr']}): val acc {val_accuracy:.4f}")
+
+
+if __name__ == "__main__":
+    main()

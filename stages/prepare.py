@@ -1,0 +1,33 @@
+"""Stage `prepare`: build the dataset named by the `dataset` param and write all its splits."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from masktune.datasets import get_dataset
+from masktune.errors import run_stage
+from masktune.params import load_stage_params
+from masktune.storage import write_splits
+
+
+@run_stage
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", required=True, help="HDF5 file to write (one group per split)")
+    args = parser.parse_args()
+
+    params = load_stage_params("prepare")
+    name = params.choice("dataset", ["biased_mnist"])
+    spec = get_dataset(name)
+    splits = spec.prepare(params)
+    write_splits(args.out, splits, attrs={"dataset": name, "num_classes": spec.num_classes,
+                                          "group_names": json.dumps(spec.group_names)})
+    for split, samples in splits.items():
+        counts = {spec.group_names[g]: int(n) for g, n in zip(*np.unique(samples.groups, return_counts=True))}
+        print(f"{split}: {len(samples)} images, groups {counts}")
+
+
+if __name__ == "__main__":
+    main()

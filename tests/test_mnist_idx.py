@@ -1,0 +1,89 @@
+"""Reading the IDX files: the real ones parse, broken ones give one clear message naming the file."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import shutil
+
+import numpy as np
+import pytest
+
+from masktune.datasets import mnist_idx
+from masktune.errors import UserError
+
+
+def test_real_mnist_matches_its_readme(mnist, mnist_dir):
+    images, digits = mnist["train"]
+    assert images.shape == (60000, 28, 28) and images.dtype == np.uint8
+    assert np.bincount(digits).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert digits[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    assert mnist["test"][1][:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    assert round(images.mean() / 255, 4) == 0.1307
+    raw = gzip.decompress((mnist_dir / "train-images-idx3-ubyte.gz").read_bytes())
+    assert hashlib.md5(raw).hexdigest() == "6bbc9ace898e44ae57da46a324031adb"
+
+
+def _write_idx(path, array, magic):
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 20), ("test", 10)):
+        images, labels = mnist_idx.FILES[split]
+        _write_idx(tmp_path / images, rng.integers(0, 256, (n, 28, 28)), 0x803)
+        _write_idx(tmp_path / labels, np.arange(n) % 10, 0x801)
+    return tmp_path
+
+
+def test_raw_and_torchvision_layouts_are_read(tiny_mnist, tmp_path):
+    data = mnist_idx.load_mnist(tiny_mnist)
+    assert data["train"][0].shape == (20, 28, 28) and data["test"][1].tolist() == list(range(10))
+    nested = tmp_path / "tv"
+    (nested / "MNIST" / "raw").mkdir(parents=True)
+    for f in tiny_mnist.glob("*ubyte"):
+        shutil.copy(f, nested / "MNIST" / "raw" / f.name)
+    np.testing.assert_array_equal(mnist_idx.load_mnist(nested)["train"][0], data["train"][0])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.unlink(), "missing MNIST file train-images-idx3-ubyte"),
+    (lambda p: p.write_bytes(p.read_bytes()[:-100]), "truncated or corrupt"),
+    (lambda p: p.write_bytes(b"\x00\x00\x08\x01" + p.read_bytes()[4:]), "bad magic number"),
+])
+def test_damaged_files_name_the_file(tiny_mnist, damage, message):
+    damage(tiny_mnist / "train-images-idx3-ubyte")
+    with pytest.raises(UserError, match=message) as info:
+        mnist_idx.load_mnist(tiny_mnist)
+    assert "train-images-idx3-ubyte" in str(info.value)
+
+
+def test_corrupt_gzip_and_count_mismatch(tiny_mnist):
+    (tiny_mnist / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
+    (tiny_mnist / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(UserError, match=r"t10k-labels-idx1-ubyte.gz: cannot be read as gzip"):
+        mnist_idx.load_mnist(tiny_mnist)
+    _write_idx(tiny_mnist / "t10k-labels-idx1-ubyte", np.arange(7), 0x801)
+    (tiny_mnist / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(UserError, match="has 10 images but t10k-labels-idx1-ubyte has 7 labels"):
+        mnist_idx.load_mnist(tiny_mnist)
+
+
+def test_not_a_folder_says_which_param_to_set(tmp_path):
+    with pytest.raises(UserError, match="set prepare.mnist_dir"):
+        mnist_idx.load_mnist(tmp_path / "nowhere")
+
+
+def test_offline_download_says_which_param_to_set(monkeypatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried mirrors")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    with pytest.raises(UserError) as info:
+        mnist_idx.load_mnist(None)
+    assert "could not download MNIST" in str(info.value) and "prepare.mnist_dir" in str(info.value)
+    assert "\n" not in str(info.value)
