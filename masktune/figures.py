@@ -13,8 +13,13 @@ from masktune.storage import atomic_output  # noqa: E402
 
 
 def pick_per_group(groups: np.ndarray, per_group: int) -> np.ndarray:
-    """The first `per_group` sample indices of each group present, group by group."""
-    return np.concatenate([np.flatnonzero(groups == g)[:per_group] for g in np.unique(groups)])
+    """`per_group` indices spread evenly over each group present (datasets are often sorted by
+    class or digit, so the first few would all look alike), group by group."""
+    picked = []
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        picked.append(members[np.unique(np.linspace(0, len(members) - 1, per_group).round().astype(int))])
+    return np.concatenate(picked)
 
 
 def save_mask_grid(path: str | Path, originals: np.ndarray, saliency: np.ndarray, masked: np.ndarray,
@@ -35,7 +40,7 @@ def save_mask_grid(path: str | Path, originals: np.ndarray, saliency: np.ndarray
     for ax, name in zip(axes[0], ("original", "XGradCAM", "masked")):
         ax.set_title(name, fontsize=9)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)

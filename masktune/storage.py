@@ -13,6 +13,7 @@ sample's index in the source file it was built from).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -56,6 +57,12 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def write_json(path: str | Path, data: Mapping) -> None:
+    """Write a metrics file atomically (sorted as given, indented for diffs)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
 @dataclass

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 
 from masktune.datasets import get_dataset
@@ -16,7 +15,7 @@ from masktune.errors import run_stage
 from masktune.figures import pick_per_group, save_mask_grid
 from masktune.metrics import group_metrics
 from masktune.params import load_stage_params
-from masktune.storage import atomic_directory, atomic_output, read_arrays, read_attrs, read_split
+from masktune.storage import atomic_directory, read_arrays, read_attrs, read_split, write_json
 from masktune.training import load_checkpoint, predict, select_device
 
 METHOD_NAMES = {"xgradcam": "masktune", "random": "randmask"}
@@ -51,8 +50,7 @@ def main() -> None:
             predictions = predict(model, samples, batch_size, device, f"{name} on {split}")
             results[name][split] = group_metrics(samples.labels, samples.groups, predictions,
                                                  spec.group_names)
-    with atomic_output(args.metrics) as tmp:
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.metrics, results)
 
     train = read_split(args.data, "train")
     picked = pick_per_group(train.groups, per_group)

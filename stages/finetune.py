@@ -7,11 +7,10 @@ masked images at the same learning rate, unless `finetune.lr` overrides it.
 from __future__ import annotations
 
 import argparse
-import json
 
 from masktune.errors import run_stage
 from masktune.params import load_stage_params
-from masktune.storage import atomic_output, read_attrs, read_split
+from masktune.storage import read_attrs, read_split, write_json
 from masktune.training import (load_checkpoint, make_optimizer, predict, save_checkpoint, seed_everything,
                                select_device, train_epoch)
 
@@ -49,8 +48,7 @@ def main() -> None:
     report = {"method": read_attrs(args.masked)["method"], "lr": optimizer.param_groups[0]["lr"],
               "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
               "val_accuracy": val_accuracy}
-    with atomic_output(args.metrics) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.metrics, report)
     print(f"finetune ({report['method']} masks, lr {report['lr']}): val acc {val_accuracy:.4f}")
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from masktune.errors import UserError, run_stage
 from masktune.masking import apply_masks, cutout_masks, saliency_masks
 from masktune.params import load_stage_params
-from masktune.storage import atomic_output, read_arrays, read_attrs, read_split, write_splits
+from masktune.storage import read_arrays, read_attrs, read_split, write_json, write_splits
 
 
 @run_stage
@@ -52,8 +52,7 @@ def main() -> None:
               "masked_pixel_fraction_by_group": {
                   group_names[str(g)]: float(fraction[train.groups == g].mean())
                   for g in np.unique(train.groups)}}
-    with atomic_output(args.metrics) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.metrics, report)
     print(f"{method}: masked {report['masked_pixel_fraction']:.2%} of the pixels of {n} images")
 
 

@@ -65,6 +65,9 @@ def test_splits_sizes_and_test_bias(splits, mnist):
     assert train.attributes[train.labels == 0].sum() + val.attributes[val.labels == 0].sum() == 30290
     assert train.attributes[train.labels == 1].sum() + val.attributes[val.labels == 1].sum() == 294
     assert set(train.source_index).isdisjoint(val.source_index)
+    # Seeded draw (prepare.seed 0): group sizes y0/y1 without square, y0/y1 with it.
+    assert np.bincount(train.groups, minlength=4).tolist() == [248, 23273, 24252, 227]
+    assert np.bincount(val.groups, minlength=4).tolist() == [58, 5837, 6038, 67]
     original, biased = splits["test_original"], splits["test_biased"]
     assert original.attributes.sum() == 0
     assert (original.labels == 0).sum() == 5139 and (original.labels == 1).sum() == 4861

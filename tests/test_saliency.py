@@ -8,7 +8,6 @@ import torch
 from masktune.masking import saliency_masks
 from masktune.models import SmallCNN
 from masktune.saliency import compute_saliency, xgradcam
-from masktune.storage import SampleSet
 from masktune.training import make_optimizer, seed_everything, to_input, train_epoch
 
 pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam", reason="install the test extras (grad-cam==1.3.7)")
