@@ -8,6 +8,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
+import yaml
 
 from masktune.errors import UserError
 from masktune.params import StageParams, load_stage_params
@@ -110,8 +111,9 @@ def test_every_stage_declares_its_params_and_the_defaults_validate():
 
 
 def test_stage_with_a_bad_param_exits_2_with_one_line(tmp_path):
-    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text().replace(
-        "epochs: 3", "epochs: three"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train_erm"]["epochs"] = "three"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
     result = subprocess.run([sys.executable, "-m", "stages.train_erm", "--data", "x.h5", "--best", "b.pt",
                              "--last", "l.pt", "--live", "live"], cwd=tmp_path, capture_output=True,
