@@ -2,8 +2,8 @@
 
 Checks what a researcher relies on: `dvc repro` runs every stage; the same params rerun to the same
 bytes; `dvc exp run -S finetune.lr=...` reruns only finetune and evaluate; `-S lr=...` reruns
-train_erm and everything after it but not prepare; `dvc metrics diff` shows the change; a second
-`dvc repro` runs nothing; a bad param stops `dvc repro` with one clear line.
+train_erm and everything after it but not prepare; `dvc metrics diff` shows the change;
+`-S mask.method=random` (RandMask) reruns from the masking on; a second `dvc repro` runs nothing; a bad param stops `dvc repro` with one clear line.
 """
 from __future__ import annotations
 
@@ -48,6 +48,10 @@ def test_pipeline_reruns_exactly_what_a_change_affects(project):
     assert erm_loss["diff"] != 0 and erm_loss["old"] != erm_loss["new"]
     params_diff = json.loads(project.dvc("params", "diff", "--json").stdout)["params.yaml"]
     assert (params_diff["lr"]["old"], params_diff["lr"]["new"]) == (0.01, 0.02)
+
+    assert project.stages_run("exp", "run", "-S", "mask.method=random") == [
+        "materialize_masked_dataset", "finetune", "evaluate"]
+    assert set(json.loads((project.path / "metrics/evaluate.json").read_text())) == {"erm", "randmask"}
 
     assert project.stages_run("repro") == []
 
