@@ -15,7 +15,7 @@ from masktune.params import load_stage_params
 from masktune.storage import atomic_directory, read_attrs, read_split
 from masktune.training import (make_optimizer, predict, save_checkpoint, seed_everything, select_device,
                                train_epoch)
-from masktune.models import build_model
+from masktune.models import MODELS, build_model
 
 
 @run_stage
@@ -29,7 +29,7 @@ def main() -> None:
 
     params = load_stage_params("train_erm")
     lr = params.number("lr", 0.0, exclusive_minimum=True)
-    arch = params.choice("train_erm.arch", ["small_cnn"])
+    arch = params.choice("train_erm.arch", list(MODELS))
     epochs = params.integer("train_erm.epochs", 1)
     batch_size = params.integer("train_erm.batch_size", 1)
     momentum = params.number("train_erm.momentum", 0.0, 1.0)
