@@ -99,9 +99,8 @@ def _write_array(group: h5py.Group, name: str, array: np.ndarray) -> None:
                          track_times=False)
 
 
-def write_splits(path: str | Path, splits: Mapping[str, SampleSet], attrs: Mapping | None = None,
-                 extra: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> None:
-    """Write `splits` (and optional extra per-split arrays) to `path` atomically."""
+def write_splits(path: str | Path, splits: Mapping[str, SampleSet], attrs: Mapping | None = None) -> None:
+    """Write `splits` to `path` atomically."""
     with atomic_output(path) as tmp, h5py.File(tmp, "w", track_order=False) as f:
         for key, value in (attrs or {}).items():
             f.attrs[key] = value
@@ -110,8 +109,6 @@ def write_splits(path: str | Path, splits: Mapping[str, SampleSet], attrs: Mappi
             _write_array(group, "images", np.ascontiguousarray(samples.images, dtype=np.uint8))
             for field in VECTOR_FIELDS:
                 _write_array(group, field, np.asarray(getattr(samples, field), dtype=np.int64))
-            for key, array in (extra or {}).get(name, {}).items():
-                _write_array(group, key, array)
 
 
 def write_arrays(path: str | Path, arrays: Mapping[str, np.ndarray], attrs: Mapping | None = None) -> None:

@@ -60,7 +60,7 @@ def main() -> None:
                   f"train acc {stats['accuracy']:.4f}, val acc {val_accuracy:.4f}")
             live.next_step()
         live.summary["best/val_accuracy"] = best_accuracy
-        live.summary["best/epoch"] = best_epoch
+        live.summary["best/epoch"] = best_epoch + 1  # 1-based, as printed
         live.end()
 
 
