@@ -34,7 +34,7 @@ def main() -> None:
         raise UserError(f"params.yaml: mask.cutout_sides must be [min, max] with min <= max, got {sides}")
     seed = params.integer("mask.seed", 0)
 
-    train = read_split(args.data, "train")
+    train, data_attrs = read_split(args.data, "train"), read_attrs(args.data)
     n, height, width = train.images.shape[:3]
     if method == "xgradcam":
         maps = read_arrays(args.saliency, {"saliency": (n, None, None)})["saliency"]
@@ -43,9 +43,9 @@ def main() -> None:
         masks = cutout_masks(n, height, width, (sides[0], sides[1]), np.random.default_rng(seed))
     masked = apply_masks(train.images, masks)
     write_splits(args.out, {"train": train.with_images(masked)},
-                 attrs={"method": method, "dataset": read_attrs(args.data)["dataset"]})
+                 attrs={"method": method, "dataset": data_attrs["dataset"]})
 
-    group_names = json.loads(read_attrs(args.data)["group_names"])
+    group_names = json.loads(data_attrs["group_names"])
     fraction = masks.reshape(n, -1).mean(axis=1)
     report = {"masked_pixel_fraction": float(fraction.mean()),
               "unmasked_images": float((fraction == 0).mean()),
