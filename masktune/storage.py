@@ -60,7 +60,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
 
 
 def write_json(path: str | Path, data: Mapping) -> None:
-    """Write a metrics file atomically (sorted as given, indented for diffs)."""
+    """Write a metrics file atomically (keys in the order given, indented for readable diffs)."""
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
 

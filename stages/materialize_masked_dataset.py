@@ -7,10 +7,10 @@ image). Also writes how much of each group was masked, to compare the two.
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 
+from masktune.datasets import get_dataset
 from masktune.errors import UserError, run_stage
 from masktune.masking import apply_masks, cutout_masks, saliency_masks
 from masktune.params import load_stage_params
@@ -45,12 +45,12 @@ def main() -> None:
     write_splits(args.out, {"train": train.with_images(masked)},
                  attrs={"method": method, "dataset": data_attrs["dataset"]})
 
-    group_names = json.loads(data_attrs["group_names"])
+    group_names = get_dataset(str(data_attrs["dataset"])).group_names
     fraction = masks.reshape(n, -1).mean(axis=1)
     report = {"masked_pixel_fraction": float(fraction.mean()),
               "unmasked_images": float((fraction == 0).mean()),
               "masked_pixel_fraction_by_group": {
-                  group_names[str(g)]: float(fraction[train.groups == g].mean())
+                  group_names[int(g)]: float(fraction[train.groups == g].mean())
                   for g in np.unique(train.groups)}}
     write_json(args.metrics, report)
     print(f"{method}: masked {report['masked_pixel_fraction']:.2%} of the pixels of {n} images")

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from masktune.datasets import DATASETS, get_dataset
+from masktune.datasets import DATASETS
 from masktune.errors import run_stage
 from masktune.params import load_stage_params
 from masktune.storage import write_splits
@@ -20,7 +20,7 @@ def main() -> None:
 
     params = load_stage_params("prepare")
     name = params.choice("dataset", list(DATASETS))
-    spec = get_dataset(name)
+    spec = DATASETS[name]
     splits = spec.prepare(params)
     write_splits(args.out, splits, attrs={"dataset": name, "num_classes": spec.num_classes,
                                           "group_names": json.dumps(spec.group_names)})

@@ -3,7 +3,8 @@
 Checks what a researcher relies on: `dvc repro` runs every stage; the same params rerun to the same
 bytes; `dvc exp run -S finetune.lr=...` reruns only finetune and evaluate; `-S lr=...` reruns
 train_erm and everything after it but not prepare; `dvc metrics diff` shows the change;
-`-S mask.method=random` (RandMask) reruns from the masking on; a second `dvc repro` runs nothing; a bad param stops `dvc repro` with one clear line.
+`-S mask.method=random` (RandMask) reruns from the masking on; a second `dvc repro` runs nothing;
+a bad param stops `dvc repro` with one clear line.
 """
 from __future__ import annotations
 
