@@ -6,10 +6,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from masktune.storage import atomic_output  # noqa: E402
+from masktune.storage import atomic_output
 
 
 def pick_per_group(groups: np.ndarray, per_group: int) -> np.ndarray:

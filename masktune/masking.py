@@ -15,30 +15,44 @@ borders, as in DeVries & Taylor's Cutout. Ours draws them from a seeded generato
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from masktune.errors import UserError
 
 
-def saliency_thresholds(maps: np.ndarray, n_std: float = 2.0) -> np.ndarray:
+def saliency_thresholds(maps: np.ndarray | torch.Tensor, n_std: float = 2.0) -> np.ndarray:
     """Per-map mean + n_std * std of the positive values (NaN for a map with none), in float64."""
-    maps = maps.astype(np.float64)
-    positive = maps > 0
-    count = positive.sum(axis=(1, 2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(positive, maps, 0.0).sum(axis=(1, 2)) / count
-        deviation = np.where(positive, maps - mean[:, None, None], 0.0)
-        std = np.sqrt((deviation ** 2).sum(axis=(1, 2)) / count)
-    return mean + n_std * std
+    return _thresholds(torch.as_tensor(maps), n_std).numpy()
 
 
-def saliency_masks(maps: np.ndarray, n_std: float = 2.0, chunk: int = 4096) -> np.ndarray:
+def _thresholds(maps: torch.Tensor, n_std: float) -> torch.Tensor:
+    values = maps.double().flatten(1)
+    positive = values > 0
+    count = positive.sum(dim=1)
+    mean = torch.where(positive, values, 0.0).sum(dim=1) / count
+    deviation = torch.where(positive, values - mean[:, None], 0.0)
+    return mean + n_std * (deviation.square().sum(dim=1) / count).sqrt()
+
+
+def saliency_masks(maps: np.ndarray | torch.Tensor, n_std: float = 2.0, chunk: int = 4096) -> np.ndarray:
     """Boolean masks (N, H, W): True where the map is above its image's threshold."""
-    masks = np.empty(maps.shape, dtype=bool)
+    maps = torch.as_tensor(maps)
+    masks = np.empty(tuple(maps.shape), dtype=bool)
     for start in range(0, len(maps), chunk):
         part = maps[start:start + chunk]
-        with np.errstate(invalid="ignore"):
-            masks[start:start + chunk] = part > saliency_thresholds(part, n_std)[:, None, None]
+        masks[start:start + chunk] = (part > _thresholds(part, n_std)[:, None, None]).numpy()
     return masks
+
+
+def pack_masks(masks: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool -> (N, ceil(H*W/8)) uint8, one bit per pixel: 1/8 of a bool array's bytes
+    before compression."""
+    return np.packbits(masks.reshape(len(masks), -1), axis=1)
+
+
+def unpack_masks(packed: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Inverse of `pack_masks`."""
+    return np.unpackbits(packed, axis=1, count=height * width).reshape(len(packed), height, width).astype(bool)
 
 
 def resize_nearest(masks: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -59,15 +73,27 @@ def apply_masks(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return np.where(masks[..., None], np.uint8(0), images)
 
 
-def cutout_masks(n: int, height: int, width: int, side_range: tuple[int, int],
+def cutout_boxes(n: int, height: int, width: int, side_range: tuple[int, int],
                  rng: np.random.Generator) -> np.ndarray:
-    """RandMask: one Cutout square per image, side uniform in side_range (inclusive)."""
+    """RandMask's squares: (n, 4) rows (y0, y1, x0, x1), side uniform in side_range (inclusive),
+    centre uniform over the image, clipped at the borders. All drawn up front (32 bytes an image), so
+    the squares do not depend on how the masks are later chunked."""
     sides = rng.integers(side_range[0], side_range[1] + 1, size=n)
     centre_y = rng.integers(0, height, size=n)
     centre_x = rng.integers(0, width, size=n)
-    y0, y1 = np.clip(centre_y - sides // 2, 0, height), np.clip(centre_y + sides // 2, 0, height)
-    x0, x1 = np.clip(centre_x - sides // 2, 0, width), np.clip(centre_x + sides // 2, 0, width)
+    return np.stack([np.clip(centre_y - sides // 2, 0, height), np.clip(centre_y + sides // 2, 0, height),
+                     np.clip(centre_x - sides // 2, 0, width), np.clip(centre_x + sides // 2, 0, width)], axis=1)
+
+
+def box_masks(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Boolean masks (n, H, W) of the boxes from `cutout_boxes`."""
     rows, cols = np.arange(height), np.arange(width)
-    in_rows = (rows[None] >= y0[:, None]) & (rows[None] < y1[:, None])
-    in_cols = (cols[None] >= x0[:, None]) & (cols[None] < x1[:, None])
+    in_rows = (rows[None] >= boxes[:, 0, None]) & (rows[None] < boxes[:, 1, None])
+    in_cols = (cols[None] >= boxes[:, 2, None]) & (cols[None] < boxes[:, 3, None])
     return in_rows[:, :, None] & in_cols[:, None, :]
+
+
+def cutout_masks(n: int, height: int, width: int, side_range: tuple[int, int],
+                 rng: np.random.Generator) -> np.ndarray:
+    """RandMask: one Cutout square per image, side uniform in side_range (inclusive)."""
+    return box_masks(cutout_boxes(n, height, width, side_range, rng), height, width)

@@ -1,9 +1,9 @@
 """Models, looked up by the `train_erm.arch` param. Each names its XGradCAM target layer."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-import torch.nn as nn
+from torch import nn
 
 from masktune.errors import UserError
 

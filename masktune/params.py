@@ -7,8 +7,9 @@ its dvc.yaml entry lists, and every getter checks type and range, naming the key
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -72,6 +73,12 @@ class StageParams:
         value = self._raw(key)
         if value not in options:
             raise self._fail(key, "one of " + ", ".join(repr(o) for o in options), value)
+        return value
+
+    def boolean(self, key: str) -> bool:
+        value = self._raw(key)
+        if not isinstance(value, bool):
+            raise self._fail(key, "true or false", value)
         return value
 
     def optional_path(self, key: str) -> Path | None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import io
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from masktune.errors import UserError
@@ -46,9 +46,12 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def to_input(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1]: torchvision's ToTensor, batched."""
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+def to_input(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1]: torchvision's ToTensor, batched. The
+    result keeps the NHWC layout in memory (a channels-last tensor), which oneDNN and cuDNN convolve
+    fastest; values are the same either way."""
+    tensor = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+    tensor = tensor.to(device, non_blocking=True)
     return tensor.permute(0, 3, 1, 2).float().div_(255)
 
 

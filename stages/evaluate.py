@@ -13,9 +13,12 @@ from pathlib import Path
 from masktune.datasets import get_dataset
 from masktune.errors import run_stage
 from masktune.figures import pick_per_group, save_mask_grid
+from masktune.mask_store import apply_packed_masks, read_packed_masks
 from masktune.metrics import group_metrics
 from masktune.params import load_stage_params
-from masktune.storage import atomic_directory, read_arrays, read_attrs, read_split, write_json
+from masktune.saliency_store import full_maps_at
+from masktune.storage import atomic_directory, read_attrs, read_rows, read_split, write_json
+from masktune.streaming import read_vectors
 from masktune.training import load_checkpoint, predict, select_device
 
 METHOD_NAMES = {"xgradcam": "masktune", "random": "randmask"}
@@ -28,7 +31,7 @@ def main() -> None:
     parser.add_argument("--erm", required=True, help="best ERM checkpoint")
     parser.add_argument("--finetuned", required=True, help="fine-tuned checkpoint")
     parser.add_argument("--saliency", required=True, help="saliency maps of the train split (HDF5)")
-    parser.add_argument("--masked", required=True, help="masked train split (HDF5)")
+    parser.add_argument("--masks", required=True, help="masks of the train split (HDF5)")
     parser.add_argument("--metrics", required=True, help="JSON file of all accuracies")
     parser.add_argument("--plots", required=True, help="folder: group_accuracy.csv, mask_examples.png")
     args = parser.parse_args()
@@ -39,7 +42,7 @@ def main() -> None:
 
     attrs = read_attrs(args.data)
     spec = get_dataset(str(attrs["dataset"]))
-    method = str(read_attrs(args.masked)["method"])
+    method = str(read_attrs(args.masks)["method"])
     device = select_device()
     models = {"erm": load_checkpoint(args.erm, device)[0],
               METHOD_NAMES[method]: load_checkpoint(args.finetuned, device)[0]}
@@ -52,14 +55,15 @@ def main() -> None:
                                                  spec.group_names)
     write_json(args.metrics, results)
 
-    train = read_split(args.data, "train")
-    picked = pick_per_group(train.groups, per_group)
-    saliency = read_arrays(args.saliency, {"saliency": (len(train), None, None)})["saliency"]
-    masked = read_split(args.masked, "train")
+    (groups,) = read_vectors(args.data, "train", "groups")
+    picked = pick_per_group(groups, per_group)  # only these rows are read from the large files
+    images = read_rows(args.data, "train/images", picked)
+    saliency = full_maps_at(args.saliency, len(groups), picked)
+    masked = apply_packed_masks(images, read_packed_masks(args.masks, len(groups), images.shape[1:3], picked))
     with atomic_directory(args.plots) as tmp_dir:
         _write_group_csv(Path(tmp_dir) / "group_accuracy.csv", results)
-        save_mask_grid(Path(tmp_dir) / "mask_examples.png", train.images[picked], saliency[picked],
-                       masked.images[picked], [spec.group_names[int(g)] for g in train.groups[picked]],
+        save_mask_grid(Path(tmp_dir) / "mask_examples.png", images, saliency, masked,
+                       [spec.group_names[int(g)] for g in groups[picked]],
                        f"{METHOD_NAMES[method]} masks ({method}) on training images")
     for name, splits in results.items():
         print(name + ": " + ", ".join(f"{split} {m['accuracy']:.2%} (worst group "

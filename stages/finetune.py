@@ -2,24 +2,33 @@
 
 As the official `finetune()` (src/methods/base_method.py): load the last ERM checkpoint with its
 optimizer state (momentum buffers, learning rate) and train `finetune.epochs` (1) epoch on the
-masked images at the same learning rate, unless `finetune.lr` overrides it.
+masked images at the same learning rate, unless `finetune.lr` overrides it. The masked images are the
+prepared training images with their stored masks applied as each batch is read.
 """
 from __future__ import annotations
 
 import argparse
 
 from masktune.errors import run_stage
+from masktune.mask_store import MaskedImages, read_packed_masks
 from masktune.params import load_stage_params
 from masktune.storage import read_attrs, read_split, write_json
-from masktune.training import (load_checkpoint, make_optimizer, predict, save_checkpoint, seed_everything,
-                               select_device, train_epoch)
+from masktune.training import (
+    load_checkpoint,
+    make_optimizer,
+    predict,
+    save_checkpoint,
+    seed_everything,
+    select_device,
+    train_epoch,
+)
 
 
 @run_stage
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", required=True, help="prepared dataset (HDF5); its val split is used")
-    parser.add_argument("--masked", required=True, help="masked training set (HDF5)")
+    parser.add_argument("--data", required=True, help="prepared dataset (HDF5): train and val splits")
+    parser.add_argument("--masks", required=True, help="masks of the training images (HDF5)")
     parser.add_argument("--checkpoint", required=True, help="the last ERM checkpoint")
     parser.add_argument("--out", required=True, help="fine-tuned checkpoint to write")
     parser.add_argument("--metrics", required=True, help="JSON: finetune loss and accuracies")
@@ -32,7 +41,9 @@ def main() -> None:
     generator = seed_everything(params.integer("finetune.seed", 0))
 
     device = select_device()
-    masked, val = read_split(args.masked, "train"), read_split(args.data, "val")
+    train, val = read_split(args.data, "train"), read_split(args.data, "val")
+    packed = read_packed_masks(args.masks, len(train), train.images.shape[1:3])
+    masked = train.with_images(MaskedImages(train.images, packed))  # masked as each batch is read
     model, state = load_checkpoint(args.checkpoint, device)
     optimizer = make_optimizer(model, lr=1.0, momentum=0.0, weight_decay=0.0)
     optimizer.load_state_dict(state["optimizer"])  # restores lr, momentum, weight decay and buffers
@@ -45,7 +56,7 @@ def main() -> None:
     val_accuracy = float((predict(model, val, 1024, device, "validate") == val.labels).mean())
     save_checkpoint(args.out, model, optimizer, arch=state["arch"], num_classes=state["num_classes"],
                     epoch=epochs - 1, val_accuracy=val_accuracy)
-    report = {"method": read_attrs(args.masked)["method"], "lr": optimizer.param_groups[0]["lr"],
+    report = {"method": read_attrs(args.masks)["method"], "lr": optimizer.param_groups[0]["lr"],
               "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
               "val_accuracy": val_accuracy}
     write_json(args.metrics, report)

@@ -1,8 +1,10 @@
-"""Stage `materialize_masked_dataset`: the training set with its masks applied.
+"""Stage `materialize_masked_dataset`: the mask of every training image.
 
 `mask.method: xgradcam` is MaskTune (pixels above mean + threshold_std * std of the positive
-saliency are zeroed); `mask.method: random` is the paper's RandMask baseline (one Cutout square per
-image). Also writes how much of each group was masked, to compare the two.
+saliency are masked); `mask.method: random` is the paper's RandMask baseline (one Cutout square per
+image). Writes bit-packed masks at the stored image resolution, streamed in chunks (the finetune
+applies them as it loads the images; masktune/mask_store.py says why), and how much of each group was
+masked, to compare the two methods.
 """
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ import numpy as np
 
 from masktune.datasets import get_dataset
 from masktune.errors import UserError, run_stage
-from masktune.masking import apply_masks, cutout_masks, saliency_masks
+from masktune.mask_store import write_random_masks, write_saliency_masks
 from masktune.params import load_stage_params
-from masktune.storage import read_arrays, read_attrs, read_split, write_json, write_splits
+from masktune.storage import dataset_shape, read_attrs, write_json
+from masktune.streaming import read_vectors
 
 
 @run_stage
@@ -22,7 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", required=True, help="prepared dataset (HDF5); its train split is masked")
     parser.add_argument("--saliency", required=True, help="saliency maps of the train split (HDF5)")
-    parser.add_argument("--out", required=True, help="HDF5 file with the masked train split")
+    parser.add_argument("--out", required=True, help="HDF5 file: packed masks of the train split")
     parser.add_argument("--metrics", required=True, help="JSON: fraction of pixels masked per group")
     args = parser.parse_args()
 
@@ -34,26 +37,22 @@ def main() -> None:
         raise UserError(f"params.yaml: mask.cutout_sides must be [min, max] with min <= max, got {sides}")
     seed = params.integer("mask.seed", 0)
 
-    train, data_attrs = read_split(args.data, "train"), read_attrs(args.data)
-    n, height, width = train.images.shape[:3]
+    dataset = str(read_attrs(args.data)["dataset"])
+    rows, height, width, _ = dataset_shape(args.data, "train/images", 4, np.uint8)
+    attrs = {"method": method, "dataset": dataset}
     if method == "xgradcam":
-        maps = read_arrays(args.saliency, {"saliency": (n, None, None)})["saliency"]
-        masks = saliency_masks(maps, n_std)
+        fraction = write_saliency_masks(args.saliency, args.out, rows, (height, width), n_std, attrs)
     else:
-        masks = cutout_masks(n, height, width, (sides[0], sides[1]), np.random.default_rng(seed))
-    masked = apply_masks(train.images, masks)
-    write_splits(args.out, {"train": train.with_images(masked)},
-                 attrs={"method": method, "dataset": data_attrs["dataset"]})
+        fraction = write_random_masks(args.out, rows, (height, width), (sides[0], sides[1]), seed, attrs)
 
-    group_names = get_dataset(str(data_attrs["dataset"])).group_names
-    fraction = masks.reshape(n, -1).mean(axis=1)
+    group_names = get_dataset(dataset).group_names
+    (groups,) = read_vectors(args.data, "train", "groups")
     report = {"masked_pixel_fraction": float(fraction.mean()),
               "unmasked_images": float((fraction == 0).mean()),
               "masked_pixel_fraction_by_group": {
-                  group_names[int(g)]: float(fraction[train.groups == g].mean())
-                  for g in np.unique(train.groups)}}
+                  group_names[int(g)]: float(fraction[groups == g].mean()) for g in np.unique(groups)}}
     write_json(args.metrics, report)
-    print(f"{method}: masked {report['masked_pixel_fraction']:.2%} of the pixels of {n} images")
+    print(f"{method}: masked {report['masked_pixel_fraction']:.2%} of the pixels of {rows:,} images")
 
 
 if __name__ == "__main__":

@@ -11,11 +11,10 @@ import math
 from dvclive import Live
 
 from masktune.errors import run_stage
+from masktune.models import MODELS, build_model
 from masktune.params import load_stage_params
 from masktune.storage import atomic_directory, read_attrs, read_split
-from masktune.training import (make_optimizer, predict, save_checkpoint, seed_everything, select_device,
-                               train_epoch)
-from masktune.models import MODELS, build_model
+from masktune.training import make_optimizer, predict, save_checkpoint, seed_everything, select_device, train_epoch
 
 
 @run_stage

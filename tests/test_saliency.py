@@ -1,20 +1,24 @@
 """Our batched XGradCAM equals the grad-cam library's XGradCAM as the official code ran it (1.3.7)."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from masktune.masking import saliency_masks
 from masktune.models import SmallCNN
-from masktune.saliency import compute_saliency, xgradcam
+from masktune.saliency import feature_cams, full_resolution, prepare_for_saliency, xgradcam
 from masktune.training import make_optimizer, seed_everything, to_input, train_epoch
 
 pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam", reason="install the test extras (grad-cam==1.3.7)")
 
 
 def library_xgradcam(model, images: torch.Tensor) -> np.ndarray:
-    """What the official mask_data got: XGradCAM(model, [target layer])(images), targets=None."""
+    """What the official mask_data got: XGradCAM(model, [target layer])(images), targets=None.
+    The library back-propagates into the parameters, so it gets a copy that has them trainable."""
+    model = copy.deepcopy(model).requires_grad_(True)
     cam = pytorch_grad_cam.XGradCAM(model=model, target_layers=[model.grad_cam_target_layer()],
                                     use_cuda=False)
     try:
@@ -34,7 +38,7 @@ def trained_model(mnist):
     model = SmallCNN(2)
     train_epoch(model, make_optimizer(model, 0.01, 0.9, 1e-4), samples, 128, generator,
                 torch.device("cpu"), "train")
-    return model.eval(), samples
+    return model.eval().requires_grad_(False), samples
 
 
 def test_equal_to_the_library_on_real_digits(trained_model):
@@ -56,14 +60,42 @@ def test_equal_to_the_library_on_random_weights_and_inputs():
     np.testing.assert_allclose(ours.numpy(), library_xgradcam(model, inputs), atol=1e-5, rtol=0)
 
 
-def test_batch_size_does_not_change_the_maps_and_model_is_untouched(trained_model):
+def test_feature_maps_recompute_the_full_maps_exactly(trained_model):
+    """What compute_saliency stores (feature-map-resolution maps) gives back the library's maps."""
     model, samples = trained_model
-    subset = samples.subset(np.arange(300))
+    inputs = to_input(samples.images[:200], torch.device("cpu"))
+    cams, _ = feature_cams(model, model.grad_cam_target_layer(), inputs)
+    assert cams.shape == (200, 8, 8) and cams.dtype == torch.float32 and cams.min() >= 0
+    np.testing.assert_array_equal(full_resolution(cams, (28, 28)).numpy(),
+                                  xgradcam(model, model.grad_cam_target_layer(), inputs)[0].numpy())
+    np.testing.assert_allclose(full_resolution(cams, (28, 28)).numpy(), library_xgradcam(model, inputs),
+                               atol=1e-5, rtol=0)
+
+
+def test_channels_last_and_batch_size_do_not_change_the_maps(trained_model):
+    model, samples = trained_model
+    inputs = to_input(samples.images[:300], torch.device("cpu"))
+    reference, predicted = feature_cams(model, model.grad_cam_target_layer(), inputs.contiguous())
+    fast = prepare_for_saliency(copy.deepcopy(model), torch.device("cpu"), channels_last=True)
+    for batch in (300, 7):
+        parts = [feature_cams(fast, fast.grad_cam_target_layer(), inputs[i:i + batch]) for i in range(0, 300, batch)]
+        np.testing.assert_allclose(torch.cat([c for c, _ in parts]).numpy(), reference.numpy(), atol=1e-5)
+        np.testing.assert_array_equal(torch.cat([p for _, p in parts]).numpy(), predicted.numpy())
+
+
+def test_bfloat16_changes_few_mask_pixels(trained_model):
+    """The fast bfloat16 mode is not bit-equal; the masks it gives differ on few pixels."""
+    model, samples = trained_model
+    inputs = to_input(samples.images[::8], torch.device("cpu"))
+    exact, _ = xgradcam(model, model.grad_cam_target_layer(), inputs)
+    fast, _ = xgradcam(model, model.grad_cam_target_layer(), inputs, precision="bfloat16")
+    differing = (saliency_masks(exact) != saliency_masks(fast)).mean()
+    assert 0 <= differing < 0.01
+
+
+def test_model_is_untouched(trained_model):
+    model, samples = trained_model
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    maps_a, pred_a = compute_saliency(model, subset, 256, torch.device("cpu"))
-    maps_b, pred_b = compute_saliency(model, subset, 7, torch.device("cpu"))
-    np.testing.assert_allclose(maps_a, maps_b, atol=1e-6)
-    np.testing.assert_array_equal(pred_a, pred_b)
-    assert maps_a.min() >= 0 and maps_a.max() <= 1
+    feature_cams(model, model.grad_cam_target_layer(), to_input(samples.images[:64], torch.device("cpu")))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not model._forward_hooks and not model.grad_cam_target_layer()._forward_hooks

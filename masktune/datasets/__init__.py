@@ -5,8 +5,8 @@ splits as `SampleSet`s; `prepare` writes them to one HDF5 file.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from masktune.datasets.biased_mnist import GROUP_NAMES as MNIST_GROUP_NAMES
 from masktune.datasets.biased_mnist import build_biased_mnist
