@@ -1,0 +1,135 @@
+"""compute_saliency streams, resumes after a kill -9 to the same content, and never leaves a half file."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from masktune.journal import ResumeJournal
+from masktune.models import SmallCNN
+from masktune.saliency import xgradcam
+from masktune.saliency_store import SaliencySettings, compute_saliency_file, full_maps_at, iter_full_maps
+from masktune.storage import write_splits
+from masktune.streaming import stream_images
+from masktune.training import make_optimizer, save_checkpoint, to_input
+
+from conftest import ROOT
+
+N_IMAGES = 20_000
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, mnist):
+    """A project folder with 20,000 real biased-MNIST training images and a SmallCNN checkpoint."""
+    from masktune.datasets.biased_mnist import build_biased_split
+
+    folder = tmp_path_factory.mktemp("saliency")
+    images, digits = mnist["train"]
+    train = build_biased_split(images[:N_IMAGES], digits[:N_IMAGES], 0.01, 4, (255, 0, 0))
+    write_splits(folder / "prepared.h5", {"train": train}, attrs={"dataset": "biased_mnist"})
+    torch.manual_seed(0)
+    model = SmallCNN(2)
+    save_checkpoint(folder / "model.pt", model, make_optimizer(model, 0.01, 0.9, 1e-4), arch="small_cnn",
+                    num_classes=2, epoch=1, val_accuracy=0.5)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["saliency"].update(batch_size=8, resume_every=512, workers=0)  # many small shards
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    (folder / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    return folder
+
+
+def _stage(folder, out: str) -> list[str]:
+    return [sys.executable, "-m", "stages.compute_saliency", "--data", "prepared.h5", "--model", "model.pt",
+            "--out", out]
+
+
+def _env() -> dict:
+    return {"PYTHONPATH": str(ROOT), "PATH": os.environ["PATH"], "TQDM_DISABLE": "1"}
+
+
+def _content(path) -> dict:
+    with h5py.File(path, "r") as f:
+        attrs = {key: np.asarray(value).tolist() for key, value in f.attrs.items()}
+        return {"attrs": attrs, **{name: f[name][()] for name in f}}
+
+
+def test_killed_run_resumes_to_the_same_content(workdir):
+    uninterrupted = subprocess.run(_stage(workdir, "whole.h5"), cwd=workdir, env=_env(), capture_output=True,
+                                   text=True, check=True)
+    assert "resuming" not in uninterrupted.stdout
+
+    journal = workdir / "cut.h5.partial"
+    process = subprocess.Popen(_stage(workdir, "cut.h5"), cwd=workdir, env=_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(list(journal.glob("rows-*.h5"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    shards = sorted(journal.glob("rows-*.h5"))
+    assert 3 <= len(shards) < N_IMAGES // 512, "the run should be killed mid-way"
+    assert not (workdir / "cut.h5").exists()  # nothing DVC could take for a finished output
+
+    resumed = subprocess.run(_stage(workdir, "cut.h5"), cwd=workdir, env=_env(), capture_output=True,
+                             text=True, check=True)
+    done = int(shards[-1].name.split("-")[2].split(".")[0])
+    assert f"resuming from image {done:,} of {N_IMAGES:,}" in resumed.stdout
+    assert not journal.exists()
+    whole, cut = _content(workdir / "whole.h5"), _content(workdir / "cut.h5")
+    assert whole.keys() == cut.keys() == {"attrs", "cams", "predicted"}
+    np.testing.assert_array_equal(whole["cams"], cut["cams"])
+    np.testing.assert_array_equal(whole["predicted"], cut["predicted"])
+    assert whole["attrs"] == cut["attrs"]
+    assert (workdir / "whole.h5").read_bytes() == (workdir / "cut.h5").read_bytes()
+
+
+def test_journal_of_other_inputs_is_discarded(tmp_path):
+    first = ResumeJournal(tmp_path / "out.h5", {"checkpoint": "a", "batch_size": 8})
+    first.write_shard(0, {"cams": np.zeros((4, 2, 2), np.float32)})
+    assert ResumeJournal(tmp_path / "out.h5", {"checkpoint": "a", "batch_size": 8}).done_rows() == 4
+    other = ResumeJournal(tmp_path / "out.h5", {"checkpoint": "b", "batch_size": 8})
+    assert other.discarded and other.done_rows() == 0
+
+
+def test_journal_resumes_only_the_contiguous_prefix(tmp_path):
+    journal = ResumeJournal(tmp_path / "out.h5", {"k": 1})
+    for start in (0, 4, 12):  # rows 8..11 missing (a shard lost mid-write)
+        journal.write_shard(start, {"x": np.full((4,), start)})
+    assert journal.done_rows() == 8
+    assert [start for start, _ in journal.read_shards(100)] == [0, 4]
+
+
+def test_file_matches_direct_computation_and_full_maps_are_recomputed(workdir):
+    torch.manual_seed(0)
+    model = SmallCNN(2).eval()
+    settings = SaliencySettings(batch_size=300, workers=1, resume_every=1000)
+    out = workdir / "direct.h5"
+    summary = compute_saliency_file(model, workdir / "model.pt", workdir / "prepared.h5", out, settings,
+                                    torch.device("cpu"))
+    assert summary["images"] == N_IMAGES and summary["resumed_from"] == 0
+    with h5py.File(workdir / "prepared.h5", "r") as f:
+        some = f["train/images"][[5, 9_000, 19_999]]
+    expected, predicted = xgradcam(model, model.grad_cam_target_layer(), to_input(some, torch.device("cpu")))
+    index = np.array([5, 9_000, 19_999])
+    np.testing.assert_allclose(full_maps_at(out, N_IMAGES, index), expected.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(summary["predicted"][index], predicted.numpy())
+    chunks = list(iter_full_maps(out, N_IMAGES, 7_000))
+    assert [first for first, _ in chunks] == [0, 7_000, 14_000]
+    np.testing.assert_allclose(chunks[1][1][9_000 - 7_000].numpy(), expected[1].numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stream_covers_every_row_once_in_order(workdir, workers):
+    seen = list(stream_images(workdir / "prepared.h5", "train", 3_000, start=1_000, workers=workers))
+    assert [first for first, _ in seen] == list(range(1_000, N_IMAGES, 3_000))
+    assert sum(len(batch) for _, batch in seen) == N_IMAGES - 1_000
+    with h5py.File(workdir / "prepared.h5", "r") as f:
+        np.testing.assert_array_equal(seen[-1][1].numpy(), f["train/images"][19_000:])
