@@ -35,10 +35,44 @@ class SmallCNN(nn.Module):
         return self.linear(self.backbone(x))
 
 
-MODELS: dict[str, Callable[[int], nn.Module]] = {"small_cnn": SmallCNN}
+class TinyCNN(nn.Module):
+    """Not from the paper: a few-thousand-parameter CNN for any input size whose target layer sits at
+    1/32 of the input, like ResNet-50's (7 x 7 at 224 x 224). For tests and the data-path benchmarks,
+    where ResNet-50's compute on a CPU would hide what is being measured."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 8, stride=8), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        )
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes))
+
+    def grad_cam_target_layer(self) -> nn.Module:
+        return self.features[-1]
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def _resnet(depth: int) -> Callable[[int], nn.Module]:
+    def build(num_classes: int) -> nn.Module:
+        from masktune.resnet import build_resnet  # imports torchvision: only when a ResNet is built
+
+        return build_resnet(depth, num_classes)
+    return build
+
+
+MODELS: dict[str, Callable[[int], nn.Module]] = {
+    "small_cnn": SmallCNN,
+    "resnet18": _resnet(18),
+    "resnet50": _resnet(50),
+    "tiny_cnn": TinyCNN,
+}
 
 
 def build_model(arch: str, num_classes: int) -> nn.Module:
     if arch not in MODELS:
         raise UserError(f"params.yaml: train_erm.arch must be one of {', '.join(MODELS)}, got {arch!r}")
-    return MODELS[arch](num_classes)
+    return MODELS[arch](num_classes=num_classes)

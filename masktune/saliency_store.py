@@ -31,6 +31,7 @@ class SaliencySettings:
     batch_size: int
     precision: str = "float32"   # float32 | bfloat16 | float16 (autocast)
     channels_last: bool = True
+    fold_batchnorm: bool = True  # BatchNorm folded into the convolutions (maps within 1e-5)
     workers: int = 1             # DataLoader processes reading and decompressing the next batches
     resume_every: int = 8192     # rows per journal shard: at most this much work is lost on a crash
 
@@ -52,7 +53,7 @@ def compute_saliency_file(model: nn.Module, checkpoint: str | Path, data: str | 
         print(f"{journal.folder}: left by other inputs or settings, starting over")
     if start:
         print(f"resuming from image {start:,} of {n:,} ({journal.folder})")
-    model = prepare_for_saliency(model, device, settings.channels_last)
+    model = prepare_for_saliency(model, device, settings.channels_last, settings.fold_batchnorm)
     _journal_rows(model, data, journal, start, n, settings, device)
     predicted = _assemble(journal, out, n, input_size, settings)
     journal.remove()

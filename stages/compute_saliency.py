@@ -31,6 +31,7 @@ def main() -> None:
         batch_size=params.integer("saliency.batch_size", 1),
         precision=params.choice("saliency.precision", list(PRECISIONS)),
         channels_last=params.boolean("saliency.channels_last"),
+        fold_batchnorm=params.boolean("saliency.fold_batchnorm"),
         workers=params.integer("saliency.workers", 0, 64),
         resume_every=params.integer("saliency.resume_every", 1),
     )

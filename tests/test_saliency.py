@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from masktune.masking import saliency_masks
-from masktune.models import SmallCNN
+from masktune.models import SmallCNN, build_model
 from masktune.saliency import feature_cams, full_resolution, prepare_for_saliency, xgradcam
 from masktune.training import make_optimizer, seed_everything, to_input, train_epoch
 
@@ -52,12 +52,22 @@ def test_equal_to_the_library_on_real_digits(trained_model):
     np.testing.assert_array_equal(saliency_masks(ours.numpy()), saliency_masks(theirs))
 
 
-def test_equal_to_the_library_on_random_weights_and_inputs():
+@pytest.mark.parametrize(("arch", "size"), [("small_cnn", 28), ("tiny_cnn", 96), ("resnet18", 96)])
+def test_equal_to_the_library_on_random_weights_and_inputs(arch, size):
     torch.manual_seed(0)
-    model = SmallCNN(2).eval()
-    inputs = torch.rand(64, 3, 28, 28)
+    model = build_model(arch, 2).eval()
+    for module in model.modules():  # BatchNorm statistics as a trained model has them, not 0 and 1
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    inputs = torch.rand(16, 3, size, size)
+    theirs = library_xgradcam(model, inputs)
     ours, _ = xgradcam(model, model.grad_cam_target_layer(), inputs)
-    np.testing.assert_allclose(ours.numpy(), library_xgradcam(model, inputs), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ours.numpy(), theirs, atol=1e-5, rtol=0)
+    fast = prepare_for_saliency(copy.deepcopy(model), torch.device("cpu"), channels_last=True, fold_bn=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())  # every one folded
+    ours_fast, _ = xgradcam(fast, fast.grad_cam_target_layer(), inputs.contiguous(memory_format=torch.channels_last))
+    np.testing.assert_allclose(ours_fast.numpy(), theirs, atol=1e-5, rtol=0)
 
 
 def test_feature_maps_recompute_the_full_maps_exactly(trained_model):
@@ -76,7 +86,7 @@ def test_channels_last_and_batch_size_do_not_change_the_maps(trained_model):
     model, samples = trained_model
     inputs = to_input(samples.images[:300], torch.device("cpu"))
     reference, predicted = feature_cams(model, model.grad_cam_target_layer(), inputs.contiguous())
-    fast = prepare_for_saliency(copy.deepcopy(model), torch.device("cpu"), channels_last=True)
+    fast = prepare_for_saliency(copy.deepcopy(model), torch.device("cpu"), channels_last=True, fold_bn=True)
     for batch in (300, 7):
         parts = [feature_cams(fast, fast.grad_cam_target_layer(), inputs[i:i + batch]) for i in range(0, 300, batch)]
         np.testing.assert_allclose(torch.cat([c for c, _ in parts]).numpy(), reference.numpy(), atol=1e-5)

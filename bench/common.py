@@ -1,0 +1,74 @@
+"""What every benchmark prints: a table of its figures, then the same figures as one JSON line.
+
+The JSON line is last so that `python bench/x.py | tail -1` is comparable between runs by a script.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def machine() -> dict:
+    """Where a figure was measured (CPU model and cores, or the GPU), to print beside it."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def rate(step: Callable[[], object], items_per_step: int, min_seconds: float = 3.0, warmup: int = 1,
+         sync: Callable[[], None] = lambda: None) -> float:
+    """Items per second of `step`, after `warmup` calls, over at least `min_seconds` (whole steps)."""
+    for _ in range(warmup):
+        step()
+    sync()
+    steps, start = 0, time.perf_counter()
+    while True:
+        step()
+        steps += 1
+        sync()
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return steps * items_per_step / elapsed
+
+
+def print_table(rows: Sequence[dict], title: str) -> None:
+    """A plain fixed-width table of dicts sharing their keys; floats with 3 significant digits."""
+    columns = list(rows[0])
+    cells = [[_cell(row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print(f"\n{title}")
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def emit_json(figures: dict) -> None:
+    """The last line of every benchmark: its figures as one JSON object."""
+    print(json.dumps(figures, sort_keys=False))

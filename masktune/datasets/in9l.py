@@ -1,0 +1,95 @@
+"""IN-9L (training) and the ImageNet-9 Backgrounds Challenge variants (testing), read from folders.
+
+Layout (MadryLab/backgrounds_challenge README: the IN-9L training data `in9l.tar.gz` and the test
+release `backgrounds_challenge_data.tar.gz`):
+
+    train_root/train/<class folder>/*.JPEG       IN-9L training images
+    train_root/val/<class folder>/*.JPEG         IN-9L's own validation images
+    challenge_root/<variant>/val/<class folder>/*.JPEG   for each variant in `VARIANTS`
+
+with the nine class folders `CLASS_FOLDERS` (`00_dog` ... `08_fish`; the label is the number
+before the first underscore). The challenge release also has `fg_mask/` (foreground masks, not
+images); it is not a test split.
+
+Reference: aliasgharkhani/Masktune, src/datasets/in9l.py (`IN9L`): split `train` or `val` reads
+`root/<split>`, any other split (a `--test_data_types` choice: `original`, `mixed_same`,
+`mixed_rand`, `mixed_next`, `only_fg`, `no_fg`, `only_bg_b`, `only_bg_t`) reads
+`root/test/<split>/val`; the label is `int(folder.split('_')[0])` and entries without a number are
+skipped. src/methods/in9l_train.py trains on `train`, selects on `val` and tests every requested
+variant. So: train = IN-9L `train/`, val = IN-9L `val/`, test_<variant> = `<variant>/val`. With the
+official folder (`dataset_dir`), pass `train_root=dataset_dir`, `challenge_root=dataset_dir/test`.
+We list each class folder's image files sorted by name (the official `glob` has no fixed order).
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from masktune.datasets.records import IMAGE_EXTENSIONS, ImageRecords, require_dir
+from masktune.errors import UserError
+
+CLASS_FOLDERS = ("00_dog", "01_bird", "02_wheeled vehicle", "03_reptile", "04_carnivore", "05_insect",
+                 "06_musical instrument", "07_primate", "08_fish")
+CLASS_NAMES = tuple(folder.split("_", 1)[1] for folder in CLASS_FOLDERS)
+NUM_CLASSES = len(CLASS_FOLDERS)
+GROUP_NAMES = dict(enumerate(CLASS_NAMES))  # no spurious attribute: group = 2 * 0 + label
+VARIANTS = ("original", "mixed_same", "mixed_rand", "mixed_next", "only_fg", "no_fg", "only_bg_b", "only_bg_t")
+TEST_SPLITS = tuple(f"test_{variant}" for variant in VARIANTS)
+_NUMBERED = re.compile(r"^(\d+)_")
+
+
+def read_class_folders(split_dir: Path) -> ImageRecords:
+    """Records of one split folder holding the nine class folders; paths relative to `split_dir`.
+
+    The label is the number before the first underscore, as in the official code (so a folder
+    named `02_wheeled_vehicle` would do too); entries without a leading number, hidden files and
+    non-image files are skipped. UserError for a missing folder, a missing class number, a number
+    outside 0-8 or given twice, or a class folder without images.
+    """
+    split_dir = require_dir(split_dir, "IN-9 split folder")
+    found = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir() and _NUMBERED.match(entry.name))
+    by_label: dict[int, str] = {}
+    for folder in found:
+        label = int(_NUMBERED.match(folder).group(1))
+        if label >= NUM_CLASSES or label in by_label:
+            raise UserError(f"{split_dir}: unexpected class folder {folder!r} "
+                            f"(IN-9 has {', '.join(CLASS_FOLDERS)})")
+        by_label[label] = folder
+    missing = [CLASS_FOLDERS[label] for label in range(NUM_CLASSES) if label not in by_label]
+    if missing:
+        raise UserError(f"{split_dir}: missing class folder {missing[0]!r}"
+                        f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''} "
+                        f"(found: {', '.join(found) or 'none'})")
+    paths, labels = [], []
+    for label, folder in sorted(by_label.items()):
+        names = sorted(entry.name for entry in os.scandir(split_dir / folder)
+                       if entry.is_file() and not entry.name.startswith(".")
+                       and entry.name.lower().endswith(IMAGE_EXTENSIONS))
+        if not names:
+            raise UserError(f"{split_dir / folder}: class folder has no images")
+        paths += [f"{folder}/{name}" for name in names]
+        labels += [label] * len(names)
+    return ImageRecords(split_dir, paths, labels, [0] * len(paths))
+
+
+def read_in9l(train_root: str | Path, challenge_root: str | Path,
+              variants: Sequence[str] = VARIANTS) -> dict[str, ImageRecords]:
+    """`{"train", "val", "test_<variant>" for each variant}`; each split's `root` is its own folder.
+
+    train/val: `train_root/train`, `train_root/val` (IN-9L); `test_<variant>`:
+    `challenge_root/<variant>/val`. Labels 0-8 in `CLASS_FOLDERS` order; attributes all 0.
+    """
+    train_root = require_dir(Path(train_root), "IN-9L training folder")
+    challenge_root = require_dir(Path(challenge_root), "Backgrounds Challenge folder")
+    unknown = [variant for variant in variants if variant not in VARIANTS]
+    if unknown:
+        raise UserError(f"IN-9: unknown test variant {unknown[0]!r} (known: {', '.join(VARIANTS)})")
+    splits = {split: read_class_folders(train_root / split) for split in ("train", "val")}
+    for variant in variants:
+        if not (challenge_root / variant).is_dir():
+            raise UserError(f"{challenge_root / variant}: Backgrounds Challenge variant folder not found "
+                            f"(found: {', '.join(sorted(p.name for p in challenge_root.iterdir() if p.is_dir()))})")
+        splits[f"test_{variant}"] = read_class_folders(challenge_root / variant / "val")
+    return splits

@@ -1,0 +1,206 @@
+"""Image-folder datasets as lists of files: what the readers return, and the checks they share.
+
+A reader (Waterbirds, CelebA, IN-9L) parses a dataset's own metadata files and returns, per split,
+an `ImageRecords`: the image paths relative to the dataset folder, in the metadata file's order,
+with their labels and spurious attribute. Nothing is decoded there; `check_images` and `load_rgb`
+open the images, and every problem a user can fix (a missing file, a bad column, a truncated JPEG)
+becomes a one-line `UserError` that names the file (and the line or column where it applies).
+"""
+from __future__ import annotations
+
+import csv
+import difflib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from masktune.errors import UserError
+
+# torchvision's ImageFolder extensions (lower case); the official code globs every file.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def _frozen_int64(values) -> np.ndarray:
+    array = np.array(values, dtype=np.int64).reshape(-1)
+    array.setflags(write=False)
+    return array
+
+
+@dataclass(frozen=True, eq=False)
+class ImageRecords:
+    """One split of an image-folder dataset: paths relative to `root`, labels and spurious attribute.
+
+    `attributes` is the spurious attribute (Waterbirds: place, CelebA: the `spurious` attribute,
+    Male by default; IN-9L: 0, there is none); group = 2 * attribute + label. `source_index` is each
+    image's 0-based data row in the metadata file (IN-9L: its position in the sorted folder
+    listing); it defaults to 0..N-1.
+    """
+
+    root: Path
+    paths: tuple[str, ...]
+    labels: np.ndarray
+    attributes: np.ndarray
+    source_index: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+        object.__setattr__(self, "paths", tuple(str(p) for p in self.paths))
+        n = len(self.paths)
+        source = np.arange(n) if self.source_index is None else self.source_index
+        for name, values in (("labels", self.labels), ("attributes", self.attributes), ("source_index", source)):
+            array = _frozen_int64(values)
+            if len(array) != n:
+                raise ValueError(f"ImageRecords: {name} has {len(array)} entries for {n} paths")
+            object.__setattr__(self, name, array)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ImageRecords):
+            return NotImplemented
+        return (self.root == other.root and self.paths == other.paths
+                and all(np.array_equal(getattr(self, f), getattr(other, f))
+                        for f in ("labels", "attributes", "source_index")))
+
+    __hash__ = None  # type: ignore[assignment]  # holds arrays, like numpy
+
+    @property
+    def groups(self) -> np.ndarray:
+        """Group id = 2 * spurious attribute + label (Waterbirds' convention: 2 * place + y)."""
+        return 2 * self.attributes + self.labels
+
+    def path(self, index: int) -> Path:
+        """Absolute path of image `index`."""
+        return self.root / self.paths[index]
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> ImageRecords:
+        """The records at `index`, in that order (e.g. a limit for quick runs)."""
+        index = np.asarray(index, dtype=np.int64).reshape(-1)
+        return ImageRecords(self.root, tuple(self.paths[i] for i in index), self.labels[index],
+                            self.attributes[index], self.source_index[index])
+
+
+# ---------------------------------------------------------------------------------------------
+# Images
+
+
+def _open_decoded(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise UserError(f"{path}: image not found")
+    try:
+        image = Image.open(path)
+        image.load()  # full decode: verify() does not notice a truncated JPEG
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"{path}: cannot read image (corrupted or truncated? {reason})") from None
+    return image
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image to uint8 (H, W, 3); grey, palette, RGBA (alpha dropped) and CMYK go to RGB."""
+    path = Path(path)
+    with _open_decoded(path) as image:
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        array = np.asarray(rgb, dtype=np.uint8)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise UserError(f"{path}: cannot convert image mode {image.mode!r} to RGB")
+    return array
+
+
+def check_images(records: ImageRecords) -> int:
+    """Open and fully decode every image; UserError naming the first missing or unreadable file.
+
+    Returns the number of images checked. Decoding is what the training reads cost, so this is for
+    an explicit check (a data-validation step), not for every read.
+    """
+    for i in range(len(records)):
+        with _open_decoded(records.path(i)):
+            pass
+    return len(records)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata parsing helpers shared by the readers
+
+
+def require_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        hint = "" if path.parent.is_dir() else f" (folder {path.parent} does not exist either)"
+        raise UserError(f"{path}: {what} not found{hint}")
+    return path
+
+
+def require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise UserError(f"{path}: {what} not found")
+    return path
+
+
+def read_csv_rows(path: Path, required: Sequence[str]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """Header and (line number, row) pairs of a CSV file, after checking `required` columns."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = [name.strip() for name in next(reader, [])]
+            rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise UserError(f"{path}: not a readable CSV file ({error})") from None
+    if not header:
+        raise UserError(f"{path}: empty file (expected a header with {', '.join(required)})")
+    missing = [name for name in required if name not in header]
+    if missing:
+        raise UserError(f"{path}: missing column{'s' if len(missing) > 1 else ''} "
+                        f"{', '.join(repr(m) for m in missing)} (found: {', '.join(header)})")
+    records = []
+    for line, row in rows:
+        if len(row) != len(header):
+            raise UserError(f"{path}: line {line}: {len(row)} fields, the header has {len(header)}")
+        records.append((line, dict(zip(header, (cell.strip() for cell in row)))))
+    return header, records
+
+
+def parse_code(value: str, allowed: dict[str, int], path: Path, line: int, column: str,
+               meaning: str) -> int:
+    """`value` as one of the `allowed` codes, else a UserError naming file, line and column."""
+    if value in allowed:
+        return allowed[value]
+    raise UserError(f"{path}: line {line}: column {column!r} must be {meaning}, got {value!r}")
+
+
+def unknown_name(path: Path, kind: str, name: str, known: Sequence[str]) -> UserError:
+    """UserError for a name not in `known`, listing the close ones (or all of them if none is)."""
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+    listed = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(known)}"
+    return UserError(f"{path}: unknown {kind} {name!r} ({listed})")
+
+
+class DirectoryIndex:
+    """Existence checks for many files through one listing per folder (200k stats are slow)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._listings: dict[str, set[str]] = {}
+
+    def exists(self, relative: str) -> bool:
+        folder, _, name = relative.replace(os.sep, "/").rpartition("/")
+        if folder not in self._listings:
+            try:
+                self._listings[folder] = set(os.listdir(self.root / folder))
+            except (FileNotFoundError, NotADirectoryError):
+                self._listings[folder] = set()
+        return name in self._listings[folder]
+
+
+def check_listed_files(root: Path, paths: Sequence[str], lines: Sequence[int], listed_in: Path) -> None:
+    """UserError naming the first image listed in `listed_in` that is not under `root`."""
+    index = DirectoryIndex(root)
+    missing = [i for i, p in enumerate(paths) if not index.exists(p)]
+    if missing:
+        first = missing[0]
+        raise UserError(f"{root / paths[first]}: image listed in {listed_in} (line {lines[first]}) not found "
+                        f"({len(missing)} of {len(paths)} listed images are missing)")

@@ -1,0 +1,76 @@
+"""Waterbirds read from its folder: `metadata.csv` and the images under their relative paths.
+
+Both the original `waterbird_complete95_forest2water2` and the authors' corrected Waterbirds have
+this layout. `metadata.csv` has the columns `img_id, img_filename, y, split, place,
+place_filename`; `img_filename` is relative to the folder (`001.Black_footed_Albatross/...jpg`).
+
+Reference: aliasgharkhani/Masktune, src/datasets/waterbirds.py (`WaterbirdsDataset`): it reads
+`metadata.csv` with `csv.reader`, skips the header, takes `y` as the label, `split` through
+`{0: 'train', 1: 'val', 2: 'test'}` and `place` as the spurious attribute returned with the
+image; src/methods/waterbirds_train.py then scores group `2 * place + y` (worst-group accuracy on
+`test`, and on `val` for model selection). We follow that, reading the columns by header name
+(so extra columns or another column order work) and keeping the metadata file's row order (the
+official code re-lists the copied images with `glob`, in no fixed order).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from masktune.datasets.records import (
+    ImageRecords,
+    check_listed_files,
+    parse_code,
+    read_csv_rows,
+    require_dir,
+    require_file,
+)
+from masktune.errors import UserError
+
+NUM_CLASSES = 2
+CLASS_NAMES = ("landbird", "waterbird")
+ATTRIBUTE_NAMES = ("land", "water")
+GROUP_NAMES = {0: "landbird_land", 1: "waterbird_land", 2: "landbird_water", 3: "waterbird_water"}
+SPLIT_CODES = {"0": "train", "1": "val", "2": "test"}
+SPLITS = ("train", "val", "test")
+METADATA = "metadata.csv"
+COLUMNS = ("img_filename", "y", "split", "place")
+_BINARY = {"0": 0, "1": 1}
+
+
+def read_waterbirds(root: str | Path) -> dict[str, ImageRecords]:
+    """`{"train", "val", "test"}` records from `root/metadata.csv` (labels y, attributes place).
+
+    UserError (naming the file) for a missing folder or metadata file, a missing column, a split
+    code other than 0/1/2 or a `y`/`place` other than 0/1 (naming the line), an empty split and
+    an image listed but not found. Images are not decoded here (see `records.check_images`).
+    """
+    root = require_dir(Path(root), "Waterbirds folder")
+    metadata = require_file(root / METADATA, "Waterbirds metadata file")
+    _, rows = read_csv_rows(metadata, COLUMNS)
+    if not rows:
+        raise UserError(f"{metadata}: no rows after the header")
+    by_split: dict[str, list] = {split: [] for split in SPLITS}
+    all_paths, all_lines = [], []
+    for row_index, (line, row) in enumerate(rows):
+        split = SPLIT_CODES.get(row["split"])
+        if split is None:
+            raise UserError(f"{metadata}: line {line}: column 'split' must be 0, 1 or 2 "
+                            f"(train/val/test), got {row['split']!r}")
+        label = parse_code(row["y"], _BINARY, metadata, line, "y", "0 or 1 (landbird/waterbird)")
+        place = parse_code(row["place"], _BINARY, metadata, line, "place", "0 or 1 (land/water)")
+        filename = row["img_filename"]
+        if not filename:
+            raise UserError(f"{metadata}: line {line}: empty 'img_filename'")
+        by_split[split].append((filename, label, place, row_index))
+        all_paths.append(filename)
+        all_lines.append(line)
+    for split, code in zip(SPLITS, SPLIT_CODES):
+        if not by_split[split]:
+            raise UserError(f"{metadata}: no rows with split {code} ({split})")
+    check_listed_files(root, all_paths, all_lines, metadata)
+    return {split: _records(root, entries) for split, entries in by_split.items()}
+
+
+def _records(root: Path, entries: list) -> ImageRecords:
+    paths, labels, places, index = zip(*entries) if entries else ((), (), (), ())
+    return ImageRecords(root, paths, labels, places, index)

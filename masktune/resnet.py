@@ -1,0 +1,25 @@
+"""torchvision's ResNets with the XGradCAM target layer the official code uses.
+
+A module of its own because `import torchvision` costs about 0.8 s (it loads every model family and
+its ops); only the stages that build a ResNet pay it, not the MNIST pipeline.
+"""
+from __future__ import annotations
+
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+LAYERS = {18: (BasicBlock, [2, 2, 2, 2]), 50: (Bottleneck, [3, 4, 6, 3])}
+
+
+class TorchvisionResNet(ResNet):
+    """torchvision's ResNet (same parameter names, so torchvision's ImageNet weights load into it)
+    with a `num_classes` head, as the official code builds it (src/models/resnet.py)."""
+
+    def grad_cam_target_layer(self) -> nn.Module:
+        """`layer4[-1]`, the last residual block, as the official `get_grad_cam_target_layer`."""
+        return self.layer4[-1]
+
+
+def build_resnet(depth: int, num_classes: int) -> TorchvisionResNet:
+    block, layers = LAYERS[depth]
+    return TorchvisionResNet(block, layers, num_classes=num_classes)

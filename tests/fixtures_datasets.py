@@ -1,0 +1,195 @@
+"""Tiny Waterbirds, CelebA and IN-9L folders in exactly the real on-disk formats.
+
+The real datasets are not reachable from the tests; these builders write a few small JPEGs plus
+the metadata files the readers in `masktune.datasets` parse, laid out as the real downloads are.
+They are deterministic (same arguments, same bytes) and quick (about 0.1 s for the defaults), and
+the pictures carry the signal and the spurious cue so end-to-end runs can learn something:
+
+- Waterbirds: background = place (green land / blue water, with noise), a bird blob whose colour
+  is the label (brown landbird / white waterbird); widths vary (the real images differ in size)
+  and every 7th image is a greyscale JPEG (CUB has some);
+- CelebA: 36 x 44 px (the real 178 x 218 aspect); hair band blond or dark (the target), a lower
+  band darker for the spurious attribute;
+- IN-9L: a class-coloured square; the background depends on the class for `original`, `mixed_same`
+  and the training set, is random for `mixed_rand`/`mixed_next`, black for `only_fg`; `no_fg` and
+  `only_bg_*` have no class square.
+
+Counts are per group, group = 2 * attribute + label (Waterbirds: 2 * place + y).
+"""
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from masktune.datasets.celeba import ATTRIBUTE_NAMES
+from masktune.datasets.in9l import CLASS_FOLDERS, VARIANTS
+
+SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
+
+WATERBIRDS_COUNTS: dict[str, tuple[int, int, int, int]] = {
+    "train": (6, 1, 2, 5), "val": (2, 2, 2, 2), "test": (3, 2, 2, 3)}
+WATERBIRD_SPECIES = {0: ("010.Red_winged_Blackbird", "094.White_breasted_Nuthatch"),
+                     1: ("001.Black_footed_Albatross", "045.Northern_Fulmar")}
+PLACE_FOLDERS = {0: ("/b/bamboo_forest", "/f/forest/broadleaf"), 1: ("/o/ocean", "/l/lake/natural")}
+
+CELEBA_COUNTS: dict[str, tuple[int, int, int, int]] = {
+    "train": (5, 2, 4, 1), "val": (2, 1, 2, 1), "test": (2, 1, 2, 1)}
+
+IN9_WNIDS = ("n02084071", "n01503061", "n04576211", "n01661091", "n02075296", "n02159955", "n03800933",
+             "n02469914", "n02512053")
+CLASS_COLOURS = np.array([(230, 30, 30), (30, 200, 30), (30, 30, 230), (220, 220, 30), (220, 30, 220),
+                          (30, 220, 220), (250, 140, 0), (120, 60, 200), (250, 250, 250)], dtype=np.int16)
+
+
+def save_jpeg(path: Path, pixels: np.ndarray, grey: bool = False) -> None:
+    """Write uint8 (H, W, 3) pixels as a JPEG (greyscale 'L' mode if `grey`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    (image.convert("L") if grey else image).save(path, format="JPEG", quality=90)
+
+
+def _noisy(rng: np.random.Generator, height: int, width: int, colour) -> np.ndarray:
+    return np.asarray(colour, dtype=np.int16) + rng.integers(-25, 26, size=(height, width, 3), dtype=np.int16)
+
+
+def _group_order(counts: Sequence[int], rng: np.random.Generator) -> list[int]:
+    groups = [g for g, n in enumerate(counts) for _ in range(n)]
+    return [groups[i] for i in rng.permutation(len(groups))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Waterbirds
+
+
+def make_waterbirds(root: str | Path, counts: Mapping[str, Sequence[int]] = WATERBIRDS_COUNTS, *,
+                    size: int = 40, seed: int = 0, grey_every: int = 7) -> Path:
+    """A Waterbirds folder: `metadata.csv` (img_id, img_filename, y, split, place, place_filename)
+    and CUB-style `NNN.Species/Species_XXXX.jpg` images; `counts[split]` = images per group 0-3.
+
+    Rows are shuffled across splits (as in the real file); returns `root`.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    entries = [(split, g) for split in ("train", "val", "test") for g in _group_order(counts[split], rng)]
+    entries = [entries[i] for i in rng.permutation(len(entries))]
+    rows = []
+    for img_id, (split, group) in enumerate(entries, start=1):
+        y, place = group % 2, group // 2
+        species = WATERBIRD_SPECIES[y][img_id % 2]
+        filename = f"{species}/{species.split('.', 1)[1]}_{img_id:04d}_{img_id % 89 + 1}.jpg"
+        width = size + 4 * (img_id % 3)
+        pixels = _noisy(rng, size, width, (60, 130, 40) if place == 0 else (40, 90, 170))
+        bird = (150, 75, 30) if y == 0 else (235, 235, 225)
+        top, left = size // 4 + img_id % 3, width // 4 + img_id % 4
+        pixels[top:top + size // 2, left:left + width // 2] = _noisy(rng, size // 2, width // 2, bird)
+        save_jpeg(root / filename, pixels, grey=grey_every > 0 and img_id % grey_every == 0)
+        place_file = f"{PLACE_FOLDERS[place][img_id % 2]}/{img_id:08d}.jpg"
+        rows.append((img_id, filename, y, SPLIT_CODE[split], place, place_file))
+    with open(root / "metadata.csv", "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(("img_id", "img_filename", "y", "split", "place", "place_filename"))
+        writer.writerows(rows)
+    return root
+
+
+# ---------------------------------------------------------------------------------------------
+# CelebA
+
+
+def make_celeba(root: str | Path, counts: Mapping[str, Sequence[int]] = CELEBA_COUNTS, *,
+                formats: Sequence[str] = ("csv",), nested: bool = False, seed: int = 0,
+                size: tuple[int, int] = (36, 44), target: str = "Blond_Hair", spurious: str = "Male") -> Path:
+    """A CelebA folder: `list_attr_celeba` and `list_eval_partition` as `formats` ("csv": Kaggle,
+    "txt": original; both may be written), images `000001.jpg`... in `img_align_celeba/` (or
+    `img_align_celeba/img_align_celeba/` if `nested`, as the Kaggle zip has them).
+
+    `counts[split]` = images per group 2 * spurious + target; ids run train, val, test as in the
+    real partition; the other 38 attributes are random -1/1. `size` = (width, height). Returns root.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    images = root / "img_align_celeba" / ("img_align_celeba" if nested else "")
+    t, s = ATTRIBUTE_NAMES.index(target), ATTRIBUTE_NAMES.index(spurious)
+    width, height = size
+    attr_rows, partition_rows = [], []
+    for split in ("train", "val", "test"):
+        for group in _group_order(counts[split], rng):
+            image_id = f"{len(attr_rows) + 1:06d}.jpg"
+            values = rng.choice([-1, 1], size=len(ATTRIBUTE_NAMES))
+            values[t], values[s] = (1 if group % 2 else -1), (1 if group // 2 else -1)
+            pixels = _noisy(rng, height, width, (120, 120, 125))
+            face_x, hair_h = width // 5, height // 4
+            pixels[height // 5:, face_x:width - face_x] = _noisy(rng, height - height // 5, width - 2 * face_x,
+                                                                 (215, 175, 145))
+            pixels[:hair_h] = _noisy(rng, hair_h, width, (235, 205, 95) if values[t] == 1 else (45, 35, 25))
+            if values[s] == 1:
+                chin_x = width // 4
+                pixels[height - hair_h:, chin_x:width - chin_x] = _noisy(rng, hair_h, width - 2 * chin_x, (95, 75, 60))
+            save_jpeg(images / image_id, pixels)
+            attr_rows.append((image_id, [int(v) for v in values]))
+            partition_rows.append((image_id, SPLIT_CODE[split]))
+    if "csv" in formats:
+        with open(root / "list_attr_celeba.csv", "w", newline="") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(("image_id", *ATTRIBUTE_NAMES))
+            writer.writerows((image_id, *values) for image_id, values in attr_rows)
+        with open(root / "list_eval_partition.csv", "w", newline="") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(("image_id", "partition"))
+            writer.writerows(partition_rows)
+    if "txt" in formats:
+        lines = [f"{len(attr_rows)}", " ".join(ATTRIBUTE_NAMES) + " "]
+        lines += [f"{image_id} " + " ".join(f"{v:2d}" for v in values) for image_id, values in attr_rows]
+        (root / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
+        (root / "list_eval_partition.txt").write_text("".join(f"{i} {p}\n" for i, p in partition_rows))
+    return root
+
+
+# ---------------------------------------------------------------------------------------------
+# IN-9L and the Backgrounds Challenge
+
+
+def _in9_image(rng: np.random.Generator, label: int, variant: str, size: int) -> np.ndarray:
+    if variant == "only_fg":
+        pixels = np.zeros((size, size, 3), dtype=np.int16)
+    elif variant in ("mixed_rand", "mixed_next"):
+        pixels = _noisy(rng, size, size, rng.integers(40, 200, size=3))
+    else:  # the class's own kind of background (IN-9L, original, mixed_same, no_fg, only_bg_*)
+        pixels = _noisy(rng, size, size, 60 + CLASS_COLOURS[(label + 4) % 9] // 3)
+    lo, hi = size // 4, size - size // 4
+    if variant == "no_fg":
+        pixels[lo:hi, lo:hi] = 0
+    elif not variant.startswith("only_bg"):
+        pixels[lo:hi, lo:hi] = _noisy(rng, hi - lo, hi - lo, CLASS_COLOURS[label])
+    return pixels
+
+
+def _in9_split(folder: Path, per_class: int, variant: str, rng: np.random.Generator, size: int) -> None:
+    for label, class_folder in enumerate(CLASS_FOLDERS):
+        for k in range(per_class):
+            name = f"{IN9_WNIDS[label]}_{1000 + 7 * k + label}.JPEG"
+            save_jpeg(folder / class_folder / name, _in9_image(rng, label, variant, size))
+
+
+def make_in9l(root: str | Path, *, train_per_class: int = 3, val_per_class: int = 1, test_per_class: int = 1,
+              variants: Sequence[str] = VARIANTS, size: int = 32, seed: int = 0) -> tuple[Path, Path]:
+    """IN-9L `root/in9l/{train,val}/<class>/*.JPEG` and the Backgrounds Challenge
+    `root/bg_challenge/<variant>/val/<class>/*.JPEG` (plus `fg_mask/val/<class>/*.npy`, as in the
+    release, which is not a test split). Returns (train_root, challenge_root).
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    train_root, challenge_root = root / "in9l", root / "bg_challenge"
+    _in9_split(train_root / "train", train_per_class, "original", rng, size)
+    _in9_split(train_root / "val", val_per_class, "original", rng, size)
+    for variant in variants:
+        _in9_split(challenge_root / variant / "val", test_per_class, variant, rng, size)
+    for label, class_folder in enumerate(CLASS_FOLDERS):
+        mask_dir = challenge_root / "fg_mask" / "val" / class_folder
+        mask_dir.mkdir(parents=True, exist_ok=True)
+        np.save(mask_dir / f"{IN9_WNIDS[label]}_{1000 + label}.npy", np.ones((size, size), dtype=bool))
+    return train_root, challenge_root
