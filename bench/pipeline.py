@@ -22,7 +22,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from masktune.scratch import ScratchProject  # noqa: E402
+from masktune.scratch import ScratchProject
 
 SPLITS = ("test_original", "test_biased", "val")
 

@@ -13,12 +13,12 @@ in float32 and in bfloat16 (autocast, for both inference and saliency). The rati
 from __future__ import annotations
 
 import argparse
-import copy
 import contextlib
+import copy
 
 import torch
-
 from common import emit_json, machine, print_table, rate
+
 from masktune.models import build_model
 from masktune.saliency import PRECISIONS, prepare_for_saliency, xgradcam
 

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from masktune.scratch import ScratchProject  # noqa: E402
+from masktune.scratch import ScratchProject
 
 COLUMNS = [("erm", "test_original"), ("erm", "test_biased"), ("masktune", "test_original"),
            ("masktune", "test_biased")]

@@ -1,9 +1,10 @@
 """Benchmark 3: memory, time and output bytes of `compute_saliency` + `materialize_masked_dataset` vs N.
 
 For each N it writes a synthetic prepared dataset of N 224 x 224 RGB images (a cycled pool of
-drawn shapes, in the exact layout `prepare` writes), saves a `tiny_cnn` checkpoint (its target layer
-is 7 x 7 at 224 x 224, like ResNet-50's, so the saliency and mask files are shaped as for ResNet-50,
-while its compute stays small enough that the data path is what gets measured), then runs the two
+drawn shapes, class 1 with a white disc, in the exact layout `prepare` writes), trains a `tiny_cnn`
+on the pool for a few steps (its target layer is 7 x 7 at 224 x 224, like ResNet-50's, so the
+saliency and mask files are shaped as for ResNet-50 and its maps pick out the disc, while its
+compute stays small enough that the data path is what gets measured), then runs the two
 stages as `dvc repro` would (`python -m stages...` in a scratch folder with this project's
 dvc.yaml and params.yaml) and samples the memory of the stage's process tree every 20 ms.
 
@@ -30,14 +31,14 @@ import h5py
 import numpy as np
 import torch
 import yaml
-
 from common import ROOT, emit_json, machine, print_table
+
 from masktune.mask_store import read_packed_masks
 from masktune.masking import apply_masks, unpack_masks
 from masktune.models import build_model
-from masktune.saliency_store import iter_full_maps
-from masktune.storage import create_rows, h5_output
-from masktune.training import make_optimizer, save_checkpoint
+from masktune.saliency import full_resolution
+from masktune.storage import SampleSet, create_rows, h5_output
+from masktune.training import make_optimizer, save_checkpoint, seed_everything, train_epoch
 
 CELEBA_TRAIN = 162_770
 SIZE = 224
@@ -45,8 +46,9 @@ POOL = 256  # distinct synthetic images, cycled
 
 
 def synthetic_pool(seed: int = 0) -> np.ndarray:
-    """POOL images of a few filled rectangles and discs on a colour gradient (compressible, like photos
-    are not, but the stages' memory and outputs do not depend on the pixels' entropy)."""
+    """POOL images of a few filled rectangles and discs on a colour gradient, odd ones (class 1) with
+    a white disc (compressible, like photos are not, but the stages' memory and outputs do not depend
+    on the pixels' entropy)."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:SIZE, 0:SIZE]
     pool = np.empty((POOL, SIZE, SIZE, 3), dtype=np.uint8)
@@ -57,7 +59,10 @@ def synthetic_pool(seed: int = 0) -> np.ndarray:
             cy, cx, r = rng.integers(0, SIZE, 2).tolist() + [int(rng.integers(10, 50))]
             inside = (y - cy) ** 2 + (x - cx) ** 2 < r * r if rng.random() < 0.5 else \
                 (abs(y - cy) < r) & (abs(x - cx) < r)
-            image[inside] = rng.integers(0, 256, 3)
+            image[inside] = rng.integers(0, 200, 3)
+        if k % 2:
+            cy, cx = rng.integers(30, SIZE - 30, 2)
+            image[(y - cy) ** 2 + (x - cx) ** 2 < 20 ** 2] = 255
         pool[k] = image
     return pool
 
@@ -65,7 +70,7 @@ def synthetic_pool(seed: int = 0) -> np.ndarray:
 def write_prepared(path: Path, n: int, pool: np.ndarray) -> None:
     """A prepared file with one `train` split of n images, written in chunks (as `prepare` lays it out)."""
     rng = np.random.default_rng(n)
-    labels, attributes = rng.integers(0, 2, n), rng.integers(0, 2, n)
+    labels, attributes = np.arange(n) % POOL % 2, rng.integers(0, 2, n)
     with h5_output(path, {"dataset": "biased_mnist", "num_classes": 2}) as f:
         group = f.create_group("train")
         images = create_rows(group, "images", n, (SIZE, SIZE, 3), np.uint8)
@@ -131,15 +136,21 @@ def run_measured(command: list[str], cwd: Path) -> dict:
     return {"seconds": seconds, "peak_rss_mb": peak["rss"] / 1024, "peak_pss_tree_mb": peak["pss"] / 1024}
 
 
-def scratch_project(folder: Path, batch_size: int) -> None:
+def scratch_project(folder: Path, batch_size: int, pool: np.ndarray) -> None:
+    """params.yaml, dvc.yaml and a tiny_cnn trained for a few epochs on the pool (class = disc)."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["saliency"]["batch_size"] = batch_size
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copy(ROOT / "dvc.yaml", folder / "dvc.yaml")
-    torch.manual_seed(0)
+    generator = seed_everything(0)
     model = build_model("tiny_cnn", 2)
-    save_checkpoint(folder / "model.pt", model, make_optimizer(model, 0.01, 0.9, 1e-4), arch="tiny_cnn",
-                    num_classes=2, epoch=1, val_accuracy=0.5)
+    optimizer = make_optimizer(model, 0.05, 0.9, 1e-4)
+    samples = SampleSet(pool, np.arange(POOL) % 2, np.zeros(POOL, dtype=np.int64), np.arange(POOL))
+    for _ in range(8):
+        loss = train_epoch(model, optimizer, samples, 32, generator, torch.device("cpu"), "tiny_cnn")
+    print(f"tiny_cnn trained on the pool: loss {loss['loss']:.3f}", flush=True)
+    save_checkpoint(folder / "model.pt", model, optimizer, arch="tiny_cnn", num_classes=2, epoch=8,
+                    val_accuracy=0.0)
 
 
 def measure_n(folder: Path, n: int, pool: np.ndarray) -> list[dict]:
@@ -169,11 +180,11 @@ def storage_options(folder: Path, n: int) -> list[dict]:
     with h5py.File(folder / "prepared.h5", "r") as f:
         images = f["train/images"][:n]
     with h5py.File(folder / "saliency.h5", "r") as f:
-        cams_raw = f["cams"][:n].nbytes / n
-    full = np.concatenate([maps.numpy() for _, maps in iter_full_maps(folder / "saliency.h5", n, 500)])
+        cams = f["cams"][:n]
+    full = full_resolution(torch.from_numpy(cams), (SIZE, SIZE)).numpy()
     packed = read_packed_masks(folder / "masks.h5", n_rows(folder), (SIZE, SIZE))[:n]
     masked = apply_masks(images, unpack_masks(packed, SIZE, SIZE))
-    options = [("saliency", "feature-map cams float32 (chosen)", cams_raw, _gzip_bytes(folder, "cams", None)),
+    options = [("saliency", "feature-map cams float32 (chosen)", cams.nbytes / n, _gzip_bytes(folder, "cams", cams)),
                ("saliency", "full-resolution maps float32", full.nbytes / n, _gzip_bytes(folder, "full", full)),
                ("saliency", "full-resolution maps float16", full.nbytes / n / 2,
                 _gzip_bytes(folder, "full16", full.astype(np.float16))),
@@ -188,11 +199,8 @@ def n_rows(folder: Path) -> int:
         return f["masks"].shape[0]
 
 
-def _gzip_bytes(folder: Path, name: str, array: np.ndarray | None) -> float:
+def _gzip_bytes(folder: Path, name: str, array: np.ndarray) -> float:
     """Bytes per image of `array` stored the project's way (create_rows: chunked, gzip 4)."""
-    if array is None:
-        with h5py.File(folder / "saliency.h5", "r") as f:
-            array = f["cams"][:2000]
     path = folder / f"option-{name}.h5"
     with h5py.File(path, "w") as f:
         create_rows(f, "x", len(array), array.shape[1:], array.dtype)[...] = array
@@ -209,8 +217,8 @@ def main() -> None:
     args = parser.parse_args()
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    scratch_project(args.workdir, args.batch_size)
     pool = synthetic_pool()
+    scratch_project(args.workdir, args.batch_size, pool)
     rows = []
     for n in args.sizes:
         rows += measure_n(args.workdir, n, pool)

@@ -18,8 +18,8 @@ import copy
 import numpy as np
 import pytorch_grad_cam
 import torch
-
 from common import emit_json, machine, print_table, rate
+
 from masktune.masking import saliency_masks
 from masktune.models import build_model
 from masktune.saliency import prepare_for_saliency, xgradcam

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import masktune.mask_store as mask_store
+from masktune import mask_store
 from masktune.errors import UserError
 from masktune.mask_store import MaskedImages, read_packed_masks, write_random_masks, write_saliency_masks
 from masktune.masking import apply_masks, cutout_masks, pack_masks, saliency_masks, unpack_masks

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import ROOT
 
 from masktune.journal import ResumeJournal
 from masktune.models import SmallCNN
@@ -20,8 +21,6 @@ from masktune.saliency_store import SaliencySettings, compute_saliency_file, ful
 from masktune.storage import write_splits
 from masktune.streaming import stream_images
 from masktune.training import make_optimizer, save_checkpoint, to_input
-
-from conftest import ROOT
 
 N_IMAGES = 20_000
 

@@ -9,12 +9,11 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from conftest import ROOT
 
 from masktune.errors import UserError
 from masktune.params import StageParams, load_stage_params
 from masktune.storage import SampleSet, atomic_output, read_arrays, read_split, write_arrays, write_splits
-
-from conftest import ROOT
 
 
 def _samples(n=5, seed=0):
@@ -64,16 +63,14 @@ def test_wrong_shapes_and_missing_pieces_are_named(tmp_path):
 
 def test_atomic_output_leaves_nothing_when_interrupted(tmp_path):
     target = tmp_path / "out.bin"
-    with pytest.raises(RuntimeError):
-        with atomic_output(target) as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
     target.write_bytes(b"old")
-    with pytest.raises(RuntimeError):
-        with atomic_output(target) as tmp:
-            tmp.write_bytes(b"new")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
+        tmp.write_bytes(b"new")
+        raise RuntimeError("killed")
     assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
 
 
