@@ -113,27 +113,35 @@ def _kib(pid: int, path: str, field: str) -> int:
 
 
 def run_measured(command: list[str], cwd: Path) -> dict:
-    """Run a stage; its wall time, peak RSS of its process and peak PSS of its process tree."""
+    """Run a stage; its wall time, the peak RSS of the stage process (the kernel's high-water mark
+    VmHWM, which is monotonic and reset by exec, so polling it misses at most the last 20 ms; wait4's
+    ru_maxrss would count the pages of this forking parent), and the peak PSS of the whole process
+    tree with its DataLoader workers, sampled every 20 ms (shared pages counted once; a sample can
+    miss a short spike, so this one is a lower bound)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
+    log = cwd / "stage.log"
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
-    peak = {"rss": 0, "pss": 0}
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    peak_pss, peak_rss, finished = 0, 0, threading.Event()
 
     def sample() -> None:
-        while process.poll() is None:
-            peak["rss"] = max(peak["rss"], _kib(process.pid, "status", "VmRSS:"))
-            peak["pss"] = max(peak["pss"], sum(_kib(p, "smaps_rollup", "Pss:") for p in _tree(process.pid)))
+        nonlocal peak_pss, peak_rss
+        while not finished.is_set():
+            peak_rss = max(peak_rss, _kib(process.pid, "status", "VmHWM:"))
+            peak_pss = max(peak_pss, sum(_kib(p, "smaps_rollup", "Pss:") for p in _tree(process.pid)))
             time.sleep(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    output = process.communicate()[0]
+    _, status = os.waitpid(process.pid, 0)
     seconds = time.perf_counter() - start
+    finished.set()
     sampler.join()
+    process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed:\n{output}")
-    return {"seconds": seconds, "peak_rss_mb": peak["rss"] / 1024, "peak_pss_tree_mb": peak["pss"] / 1024}
+        sys.exit(f"{' '.join(command)} failed:\n{log.read_text()}")
+    return {"seconds": seconds, "peak_rss_mb": peak_rss / 1024, "peak_pss_tree_mb": peak_pss / 1024}
 
 
 def scratch_project(folder: Path, batch_size: int, pool: np.ndarray) -> None:
@@ -146,10 +154,10 @@ def scratch_project(folder: Path, batch_size: int, pool: np.ndarray) -> None:
     model = build_model("tiny_cnn", 2)
     optimizer = make_optimizer(model, 0.05, 0.9, 1e-4)
     samples = SampleSet(pool, np.arange(POOL) % 2, np.zeros(POOL, dtype=np.int64), np.arange(POOL))
-    for _ in range(8):
+    for _ in range(20):
         loss = train_epoch(model, optimizer, samples, 32, generator, torch.device("cpu"), "tiny_cnn")
     print(f"tiny_cnn trained on the pool: loss {loss['loss']:.3f}", flush=True)
-    save_checkpoint(folder / "model.pt", model, optimizer, arch="tiny_cnn", num_classes=2, epoch=8,
+    save_checkpoint(folder / "model.pt", model, optimizer, arch="tiny_cnn", num_classes=2, epoch=20,
                     val_accuracy=0.0)
 
 

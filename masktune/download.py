@@ -374,12 +374,12 @@ def resolve_dataset_folder(local: str | Path | None, download: bool, sources: Se
         local = Path(local)
         if not local.is_dir():
             raise UserError(f"{first.param}: {local} is not a folder: set it to your copy of {first.description}, "
-                            f"or to null with prepare.download: true")
+                            f"or to null with download: true")
         _require(local, markers, first)
         return local
     if not download:
         raise UserError(f"{first.description}: no local copy and download is off: set {first.param} to its folder, "
-                        f"or prepare.download: true")
+                        f"or download: true")
     cache = Path(cache)
     for source in sources:
         _install(source, cache, keep_archives)
@@ -396,9 +396,9 @@ def _drive(file_id: str) -> str:
     return f"https://drive.usercontent.google.com/download?id={file_id}&export=download&confirm=t"
 
 
-_WATERBIRDS = {"param": "prepare.waterbirds_dir", "description": "Waterbirds (Sagawa et al. 2020)"}
-_CELEBA = {"param": "prepare.celeba_dir", "description": "CelebA (Liu et al. 2015)"}
-_IN9L = {"param": "prepare.in9l_dir", "description": "ImageNet-9 backgrounds challenge and IN-9L (Xiao et al. 2021)"}
+_WATERBIRDS = {"param": "prepare.waterbirds.dir", "description": "Waterbirds (Sagawa et al. 2020)"}
+_CELEBA = {"param": "prepare.celeba.dir", "description": "CelebA (Liu et al. 2015)"}
+_IN9L = {"param": "prepare.in9l.dir", "description": "ImageNet-9 backgrounds challenge and IN-9L (Xiao et al. 2021)"}
 
 SOURCES: dict[str, list[Source]] = {
     # The tarball the dataset's authors link in kohpangwei/group_DRO README.md ("Waterbirds"); it unpacks to

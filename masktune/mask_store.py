@@ -19,7 +19,8 @@ from masktune.masking import box_masks, cutout_boxes, pack_masks, resize_nearest
 from masktune.saliency_store import iter_full_maps, saliency_layout
 from masktune.storage import create_rows, h5_output, open_h5, read_rows
 
-PIXELS_PER_CHUNK = 1 << 22  # full-resolution maps thresholded at a time (float64 intermediates: ~100 MB)
+RANDOM_READ_CHUNK_BYTES = 64 << 10  # a shuffled finetune reads one mask at a time: decompress little
+PIXELS_PER_CHUNK = 1 << 20  # full-resolution maps thresholded at a time (float64 intermediates: ~30 MB)
 
 
 def _chunk_rows(height: int, width: int) -> int:
@@ -32,7 +33,7 @@ def _write_masks(out: str | Path, rows: int, image_size: tuple[int, int], chunks
     height, width = image_size
     fraction = np.empty(rows, dtype=np.float64)
     with h5_output(out, {**attrs, "image_size": [height, width]}) as f:
-        packed = create_rows(f, "masks", rows, (-(-height * width // 8),), np.uint8)
+        packed = create_rows(f, "masks", rows, (-(-height * width // 8),), np.uint8, chunk_bytes=RANDOM_READ_CHUNK_BYTES)
         for first, masks in chunks:
             masks = resize_nearest(masks, height, width)
             fraction[first:first + len(masks)] = masks.reshape(len(masks), -1).mean(axis=1)
@@ -59,9 +60,8 @@ def write_random_masks(out: str | Path, rows: int, image_size: tuple[int, int], 
     return _write_masks(out, rows, image_size, chunks, attrs)
 
 
-def read_packed_masks(path: str | Path, rows: int, image_size: tuple[int, int],
-                      index: np.ndarray | None = None) -> np.ndarray:
-    """The packed masks (all, or the rows `index`), checked against the images they belong to."""
+def check_masks_file(path: str | Path, rows: int, image_size: tuple[int, int]) -> None:
+    """UserError unless `path` holds masks for `rows` images of `image_size` (reads no mask)."""
     with open_h5(path) as f:
         if "masks" not in f or "image_size" not in f.attrs:
             raise UserError(f"{path}: not a masks file of this project; rerun materialize_masked_dataset")
@@ -69,7 +69,14 @@ def read_packed_masks(path: str | Path, rows: int, image_size: tuple[int, int],
         if f["masks"].shape[0] != rows or stored != tuple(image_size):
             raise UserError(f"{path}: masks for {f['masks'].shape[0]} images of {stored}, but the data has "
                             f"{rows} of {tuple(image_size)}: rerun `dvc repro`")
-        if index is None:
+
+
+def read_packed_masks(path: str | Path, rows: int, image_size: tuple[int, int],
+                      index: np.ndarray | None = None) -> np.ndarray:
+    """The packed masks (all, or the rows `index`), checked against the images they belong to."""
+    check_masks_file(path, rows, image_size)
+    if index is None:
+        with open_h5(path) as f:
             return f["masks"][()]
     return read_rows(path, "masks", index)
 

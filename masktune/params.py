@@ -7,6 +7,7 @@ its dvc.yaml entry lists, and every getter checks type and range, naming the key
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import yaml
 from masktune.errors import UserError
 
 _MISSING = object()
+_TEMPLATE = re.compile(r"\$\{([\w.]+)\}")
 
 
 class StageParams:
@@ -39,6 +41,22 @@ class StageParams:
                 raise UserError(f"{self.source}: missing key '{key}'")
             node = node[part]
         return node
+
+    def recipe_key(self, key: str, recipe_field: str) -> str:
+        """`key` when it is set, else `recipes.<dataset>.<recipe_field>`: the key whose value applies.
+
+        Hyperparameters that differ between datasets (learning rate, epochs, architecture, ...) are
+        null in the stage's section by default and come from the dataset's official recipe, so that
+        `dvc exp run -S dataset=waterbirds` runs the official Waterbirds recipe; setting the stage's
+        key overrides it. Pass the result to a typed getter, so a message names the key that was read.
+        """
+        return key if self._raw(key) is not None else self.recipe_field(recipe_field)
+
+    def recipe_field(self, field: str) -> str:
+        """`recipes.<dataset>.<field>`, checked to be declared and present."""
+        recipe = f"recipes.{self._raw('dataset')}"
+        self._raw(recipe)
+        return f"{recipe}.{field}"
 
     def _fail(self, key: str, expected: str, value: Any) -> UserError:
         return UserError(f"{self.source}: {key} must be {expected}, got {value!r}")
@@ -120,8 +138,19 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def declared_params(stage: str, dvc_file: Path) -> list[str]:
-    """The param keys dvc.yaml lists for `stage` (from params.yaml, the default params file)."""
+def _render(entry: str, values: dict) -> str:
+    """DVC's `${key}` templating in a params entry (`recipes.${dataset}`), from params.yaml."""
+    def value(match: re.Match) -> str:
+        node: Any = values
+        for part in match[1].split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return str(node)
+    return _TEMPLATE.sub(value, entry)
+
+
+def declared_params(stage: str, dvc_file: Path, values: dict | None = None) -> list[str]:
+    """The param keys dvc.yaml lists for `stage` (from params.yaml, the default params file), with
+    `${...}` templates rendered from `values` (params.yaml) as DVC renders them."""
     stages = _read_yaml(dvc_file).get("stages", {})
     if stage not in stages:
         raise UserError(f"{dvc_file}: no stage named '{stage}'")
@@ -131,11 +160,12 @@ def declared_params(stage: str, dvc_file: Path) -> list[str]:
             declared.append(entry)
         elif isinstance(entry, dict):  # {other_params_file: [keys]}: only params.yaml is ours
             declared.extend(k for keys in entry.values() for k in (keys or []))
-    return declared
+    return [_render(entry, values or {}) for entry in declared]
 
 
 def load_stage_params(stage: str, params_file: str | Path = "params.yaml",
                       dvc_file: str | Path = "dvc.yaml") -> StageParams:
     """Load params.yaml, restricted to what dvc.yaml declares for `stage`."""
     params_file, dvc_file = Path(params_file), Path(dvc_file)
-    return StageParams(stage, _read_yaml(params_file), declared_params(stage, dvc_file), str(params_file))
+    values = _read_yaml(params_file)
+    return StageParams(stage, values, declared_params(stage, dvc_file, values), str(params_file))

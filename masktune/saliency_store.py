@@ -20,10 +20,10 @@ from tqdm import tqdm
 
 from masktune.errors import UserError
 from masktune.journal import ResumeJournal, file_sha256
+from masktune.loaders import masking_view_size, saliency_batches
 from masktune.saliency import feature_cams, full_resolution, prepare_for_saliency
-from masktune.storage import create_rows, h5_output, open_h5, read_rows
-from masktune.streaming import split_length, stream_images
-from masktune.training import to_input
+from masktune.storage import STREAM_CACHE_BYTES, create_rows, h5_output, open_h5, read_rows
+from masktune.streaming import split_length
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,7 @@ def compute_saliency_file(model: nn.Module, checkpoint: str | Path, data: str | 
                           settings: SaliencySettings, device: torch.device) -> dict:
     """XGradCAM of every training image of `data` into `out`; resumes an interrupted run."""
     n = split_length(data, "train")
-    with open_h5(data) as f:
-        input_size = tuple(int(s) for s in f["train/images"].shape[1:3])
+    input_size = masking_view_size(data)
     data_stat = Path(data).stat()
     fingerprint = {"checkpoint_sha256": file_sha256(checkpoint), "data": str(Path(data).resolve()),
                    "data_size": data_stat.st_size, "data_mtime_ns": data_stat.st_mtime_ns, "rows": n,
@@ -70,12 +69,11 @@ def _journal_rows(model: nn.Module, data: str | Path, journal: ResumeJournal, st
     buffer: dict[str, list] = {"cams": [], "predicted": []}
     shard_start, pending = start, None
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
-        for first, images in stream_images(data, "train", settings.batch_size, start, settings.workers,
-                                           pin_memory=device.type == "cuda"):
-            cams, predicted = feature_cams(model, layer, to_input(images, device), settings.precision)
+        for first, inputs in saliency_batches(data, start, settings.batch_size, settings.workers, device):
+            cams, predicted = feature_cams(model, layer, inputs, settings.precision)
             buffer["cams"].append(cams.cpu().numpy())
             buffer["predicted"].append(predicted.cpu().numpy())
-            done = first + len(images)
+            done = first + len(inputs)
             bar.update()
             if done - shard_start >= settings.resume_every or done == n:
                 if pending is not None:
@@ -124,7 +122,7 @@ def saliency_layout(path: str | Path, rows: int) -> tuple[tuple[int, int], tuple
 def iter_full_maps(path: str | Path, rows: int, chunk: int):
     """Yield (first row, input-resolution maps (B, H, W) float32 tensor), `chunk` rows at a time."""
     _, input_size = saliency_layout(path, rows)
-    with open_h5(path) as f:
+    with open_h5(path, STREAM_CACHE_BYTES) as f:
         for first in range(0, rows, chunk):
             cams = torch.from_numpy(f["cams"][first:first + chunk])
             yield first, full_resolution(cams, input_size)

@@ -92,18 +92,21 @@ class SampleSet:
 
 CHUNK_BYTES = 1 << 20  # ~1 MiB chunks: a batch read decompresses little more than it needs
 CHUNK_CACHE_BYTES = 64 << 20  # per open file: a batch spanning several chunks decompresses each once
+STREAM_CACHE_BYTES = 4 << 20  # for one front-to-back pass: every chunk is read once, keep few of them
 
 
-def chunk_rows(row_bytes: int, n: int) -> int:
-    """Rows per HDF5 chunk: about `CHUNK_BYTES` of data (MNIST: 445 images, 224 x 224 RGB: 6),
+def chunk_rows(row_bytes: int, n: int, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """Rows per HDF5 chunk: about `chunk_bytes` of data (1 MiB: MNIST 445 images, 224 x 224 RGB 6),
     so reading one batch never decompresses hundreds of megabytes it does not use."""
-    return int(max(1, min(n, 1024, CHUNK_BYTES // max(1, row_bytes))))
+    return int(max(1, min(n, 1024, chunk_bytes // max(1, row_bytes))))
 
 
-def create_rows(group: h5py.Group, name: str, n: int, row_shape: tuple, dtype) -> h5py.Dataset:
-    """An (n, *row_shape) dataset to fill batch by batch: chunked by rows, gzip-compressed."""
+def create_rows(group: h5py.Group, name: str, n: int, row_shape: tuple, dtype,
+                chunk_bytes: int = CHUNK_BYTES) -> h5py.Dataset:
+    """An (n, *row_shape) dataset to fill batch by batch: chunked by rows, gzip-compressed. Smaller
+    `chunk_bytes` for data read one random row at a time (the masks of a shuffled finetune)."""
     row_bytes = int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-    chunks = (chunk_rows(row_bytes, n),) + tuple(row_shape) if n > 0 else None
+    chunks = (chunk_rows(row_bytes, n, chunk_bytes),) + tuple(row_shape) if n > 0 else None
     return group.create_dataset(name, shape=(n,) + tuple(row_shape), dtype=dtype, chunks=chunks,
                                 compression="gzip" if chunks else None, compression_opts=4 if chunks else None,
                                 shuffle=bool(chunks) and np.dtype(dtype).itemsize > 1, track_times=False)
@@ -144,12 +147,12 @@ def write_arrays(path: str | Path, arrays: Mapping[str, np.ndarray], attrs: Mapp
             _write_array(f, name, array)
 
 
-def _open(path: str | Path) -> h5py.File:
+def _open(path: str | Path, cache_bytes: int = CHUNK_CACHE_BYTES) -> h5py.File:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found (run the stage that writes it: `dvc repro`)")
     try:
-        return h5py.File(path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES)
+        return h5py.File(path, "r", rdcc_nbytes=cache_bytes)
     except OSError as error:
         raise UserError(f"{path}: not a readable HDF5 file ({error})") from None
 
@@ -200,9 +203,16 @@ def read_attrs(path: str | Path) -> dict:
         return dict(f.attrs)
 
 
-def open_h5(path: str | Path) -> h5py.File:
-    """Open an HDF5 file for reading (a clear message when it is missing or not HDF5)."""
-    return _open(path)
+def read_group_names(path: str | Path) -> dict[int, str]:
+    """Group id -> name, as `prepare` recorded them for this dataset (and its params)."""
+    return {int(g): name for g, name in json.loads(str(read_attrs(path)["group_names"])).items()}
+
+
+def open_h5(path: str | Path, cache_bytes: int = CHUNK_CACHE_BYTES) -> h5py.File:
+    """Open an HDF5 file for reading (a clear message when it is missing or not HDF5). A stage that
+    streams a dataset once from front to back passes `STREAM_CACHE_BYTES`: its memory then does not
+    grow with the file until the default cache is full."""
+    return _open(path, cache_bytes)
 
 
 def dataset_shape(path: str | Path, name: str, ndim: int, dtype=None) -> tuple[int, ...]:

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from masktune.errors import UserError
-from masktune.storage import open_h5
+from masktune.storage import STREAM_CACHE_BYTES, open_h5
 
 
 class ImageBatches(Dataset):
@@ -35,7 +35,7 @@ class ImageBatches(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
         if self._file is None:
-            self._file = open_h5(self.path)
+            self._file = open_h5(self.path, STREAM_CACHE_BYTES)
         first = self.start + i * self.batch_size
         return first, torch.from_numpy(self._file[self.key][first:min(first + self.batch_size, self.n)])
 

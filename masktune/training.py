@@ -25,9 +25,9 @@ from masktune.models import build_model
 from masktune.storage import SampleSet, atomic_output
 
 
-def progress(iterable, desc: str) -> tqdm:
+def progress(iterable, desc: str, total: int | None = None) -> tqdm:
     """A batch progress bar on a terminal; silent when output goes to a log (CI, files)."""
-    return tqdm(iterable, desc=desc, unit="batch", leave=False, disable=None)
+    return tqdm(iterable, desc=desc, total=total, unit="batch", leave=False, disable=None)
 
 
 def select_device() -> torch.device:
@@ -66,15 +66,25 @@ def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: f
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, samples: SampleSet, batch_size: int,
+def _as_split(data):
+    """A `SampleSet` (arrays in memory) as a split with `.batches`; splits pass through."""
+    if isinstance(data, SampleSet):
+        from masktune.loaders import ArraySplit
+
+        return ArraySplit(data.images, data.labels, data.groups)
+    return data
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data, batch_size: int,
                 generator: torch.Generator, device: torch.device, desc: str) -> dict[str, float]:
-    """One shuffled pass; returns the mean loss and the accuracy over the epoch."""
+    """One shuffled pass over `data` (a `SampleSet` or a `loaders` split); returns the mean loss and
+    the accuracy over the epoch."""
+    data = _as_split(data)
     model.train()
     total_loss, correct = 0.0, 0
-    bar = progress(list(batches(len(samples), batch_size, generator)), desc=desc)
-    for index in bar:
-        inputs = to_input(samples.images[index], device)
-        targets = torch.from_numpy(samples.labels[index]).to(device)
+    bar = progress(data.batches(batch_size, generator, device), desc, total=-(-len(data) // batch_size))
+    for inputs, index in bar:
+        targets = torch.from_numpy(np.asarray(data.labels)[index]).to(device)
         logits = model(inputs)
         loss = F.cross_entropy(logits, targets)
         optimizer.zero_grad(set_to_none=True)
@@ -83,18 +93,16 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, samples: Sam
         total_loss += loss.item() * len(index)
         correct += (logits.argmax(1) == targets).sum().item()
         bar.set_postfix(loss=f"{loss.item():.4f}")
-    return {"loss": total_loss / len(samples), "accuracy": correct / len(samples)}
+    return {"loss": total_loss / len(data), "accuracy": correct / len(data)}
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, samples: SampleSet, batch_size: int, device: torch.device,
-            desc: str = "predict") -> np.ndarray:
-    """Predicted class of every sample, in order."""
+def predict(model: nn.Module, data, batch_size: int, device: torch.device, desc: str = "predict") -> np.ndarray:
+    """Predicted class of every sample of `data` (a `SampleSet` or a `loaders` split), in order."""
+    data = _as_split(data)
     model.eval()
-    predictions = [
-        model(to_input(samples.images[index], device)).argmax(1).cpu().numpy()
-        for index in progress(list(batches(len(samples), batch_size)), desc=desc)
-    ]
+    bar = progress(data.batches(batch_size, None, device), desc, total=-(-len(data) // batch_size))
+    predictions = [model(inputs).argmax(1).cpu().numpy() for inputs, _ in bar]
     return np.concatenate(predictions) if predictions else np.zeros(0, dtype=np.int64)
 
 

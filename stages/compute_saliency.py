@@ -28,7 +28,7 @@ def main() -> None:
 
     params = load_stage_params("compute_saliency")
     settings = SaliencySettings(
-        batch_size=params.integer("saliency.batch_size", 1),
+        batch_size=params.integer(params.recipe_key("saliency.batch_size", "saliency_batch_size"), 1),
         precision=params.choice("saliency.precision", list(PRECISIONS)),
         channels_last=params.boolean("saliency.channels_last"),
         fold_batchnorm=params.boolean("saliency.fold_batchnorm"),

@@ -2,9 +2,10 @@
 
 `mask.method: xgradcam` is MaskTune (pixels above mean + threshold_std * std of the positive
 saliency are masked); `mask.method: random` is the paper's RandMask baseline (one Cutout square per
-image). Writes bit-packed masks at the stored image resolution, streamed in chunks (the finetune
-applies them as it loads the images; masktune/mask_store.py says why), and how much of each group was
-masked, to compare the two methods.
+image). Writes bit-packed masks at the resolution the saliency saw (the stored images, or the
+masking view of an image-folder dataset), streamed in chunks (the finetune applies them as it loads
+the images; masktune/mask_store.py says why), and how much of each group was masked, to compare the
+two methods.
 """
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ import argparse
 
 import numpy as np
 
-from masktune.datasets import get_dataset
 from masktune.errors import UserError, run_stage
+from masktune.loaders import masking_view_size
 from masktune.mask_store import write_random_masks, write_saliency_masks
 from masktune.params import load_stage_params
-from masktune.storage import dataset_shape, read_attrs, write_json
-from masktune.streaming import read_vectors
+from masktune.storage import read_attrs, read_group_names, write_json
+from masktune.streaming import read_vectors, split_length
 
 
 @run_stage
@@ -38,14 +39,15 @@ def main() -> None:
     seed = params.integer("mask.seed", 0)
 
     dataset = str(read_attrs(args.data)["dataset"])
-    rows, height, width, _ = dataset_shape(args.data, "train/images", 4, np.uint8)
+    rows = split_length(args.data, "train")
+    height, width = masking_view_size(args.data)  # the images the saliency saw (masking view)
     attrs = {"method": method, "dataset": dataset}
     if method == "xgradcam":
         fraction = write_saliency_masks(args.saliency, args.out, rows, (height, width), n_std, attrs)
     else:
         fraction = write_random_masks(args.out, rows, (height, width), (sides[0], sides[1]), seed, attrs)
 
-    group_names = get_dataset(dataset).group_names
+    group_names = read_group_names(args.data)
     (groups,) = read_vectors(args.data, "train", "groups")
     report = {"masked_pixel_fraction": float(fraction.mean()),
               "unmasked_images": float((fraction == 0).mean()),

@@ -1,4 +1,9 @@
-"""Stage `prepare`: build the dataset named by the `dataset` param and write all its splits."""
+"""Stage `prepare`: build the dataset named by the `dataset` param and write all its splits.
+
+Biased MNIST is built from MNIST as pixel arrays; Waterbirds, CelebA and IN-9L are read from their
+folders (or downloaded, see params.yaml) and copied, each image's file bytes as they are, into the
+same HDF5 file (masktune/image_store.py).
+"""
 from __future__ import annotations
 
 import argparse
@@ -21,11 +26,17 @@ def main() -> None:
     params = load_stage_params("prepare")
     name = params.choice("dataset", list(DATASETS))
     spec = DATASETS[name]
+    group_names = spec.group_names(params)
     splits = spec.prepare(params)
-    write_splits(args.out, splits, attrs={"dataset": name, "num_classes": spec.num_classes,
-                                          "group_names": json.dumps(spec.group_names)})
+    attrs = {"dataset": name, "num_classes": spec.num_classes, "group_names": json.dumps(group_names)}
+    if spec.image_folder:
+        from masktune.image_store import write_image_splits
+
+        write_image_splits(args.out, splits, attrs)
+    else:
+        write_splits(args.out, splits, attrs)
     for split, samples in splits.items():
-        counts = {spec.group_names[g]: int(n) for g, n in zip(*np.unique(samples.groups, return_counts=True))}
+        counts = {group_names[g]: int(n) for g, n in zip(*np.unique(samples.groups, return_counts=True))}
         print(f"{split}: {len(samples)} images, groups {counts}")
 
 

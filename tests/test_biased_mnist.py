@@ -76,7 +76,7 @@ def test_splits_sizes_and_test_bias(splits, mnist):
 
 
 def test_seeded_validation_and_random_placement(mnist):
-    kwargs = dict(conflicting_ratio=0.01, square_size=4, color=RED, val_size=12000)
+    kwargs = {"conflicting_ratio": 0.01, "square_size": 4, "color": RED, "val_size": 12000}
     a = build_biased_mnist(mnist, placement="random", seed=1, **kwargs)
     b = build_biased_mnist(mnist, placement="random", seed=1, **kwargs)
     c = build_biased_mnist(mnist, placement="random", seed=2, **kwargs)

@@ -22,7 +22,7 @@ from masktune import download
 from masktune.download import SOURCES, Source, archive_kind, extract, fetch, resolve_dataset_folder
 from masktune.errors import UserError
 
-PARAM = "prepare.waterbirds_dir"
+PARAM = "prepare.waterbirds.dir"
 DESCRIPTION = "Waterbirds (Sagawa et al. 2020)"
 METADATA = b"img_id,img_filename,y,split,place\n1,images/a.jpg,1,0,0\n"
 JPEG = random.Random(0).randbytes(60_000)  # incompressible, so the archive is ~60 kB
@@ -352,8 +352,8 @@ def test_local_folder_without_marker_names_the_missing_file(tmp_path):
 def test_download_off_without_local_copy_names_the_param(tmp_path):
     with pytest.raises(UserError) as error:
         resolve_dataset_folder(None, False, SOURCES["celeba"], tmp_path / "cache", "list_attr_celeba.txt")
-    assert str(error.value) == ("CelebA (Liu et al. 2015): no local copy and download is off: set prepare.celeba_dir "
-                                "to its folder, or prepare.download: true")
+    assert str(error.value) == ("CelebA (Liu et al. 2015): no local copy and download is off: set prepare.celeba.dir "
+                                "to its folder, or download: true")
 
 
 def test_download_fetches_unpacks_and_finds_the_dataset_folder(server, tmp_path):
@@ -377,6 +377,6 @@ def test_registry_is_complete_and_consistent():
     for name, sources in SOURCES.items():
         assert len({(s.param, s.description) for s in sources}) == 1, name
         for s in sources:
-            assert s.url.startswith("https://") and s.param == f"prepare.{name}_dir"
+            assert s.url.startswith("https://") and s.param == f"prepare.{name}.dir"
             assert s.md5 is None or len(s.md5) == 32
     assert [archive_kind(s.filename) for s in SOURCES["celeba"]] == ["zip", None, None]

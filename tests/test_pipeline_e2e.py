@@ -48,7 +48,8 @@ def test_pipeline_reruns_exactly_what_a_change_affects(project):
     erm_loss = diff["metrics/train_erm/metrics.json"]["train.loss"]
     assert erm_loss["diff"] != 0 and erm_loss["old"] != erm_loss["new"]
     params_diff = json.loads(project.dvc("params", "diff", "--json").stdout)["params.yaml"]
-    assert (params_diff["lr"]["old"], params_diff["lr"]["new"]) == (0.01, 0.02)
+    assert (params_diff["lr"]["old"], params_diff["lr"]["new"]) == (None, 0.02)  # null: recipes.biased_mnist.lr
+    assert json.loads((project.path / "metrics/train_erm/metrics.json").read_text())["recipe"]["lr"] == 0.02
 
     assert project.stages_run("exp", "run", "-S", "mask.method=random") == [
         "materialize_masked_dataset", "finetune", "evaluate"]

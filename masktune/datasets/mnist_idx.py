@@ -73,7 +73,7 @@ def download_mnist(into: Path) -> Path:
     try:
         MNIST(root=str(into), train=True, download=True)
         MNIST(root=str(into), train=False, download=True)
-    except Exception as error:  # torchvision raises RuntimeError, URLError, OSError...
+    except Exception as error:  # noqa: BLE001 - torchvision raises RuntimeError, URLError, OSError...
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"could not download MNIST ({reason[:200]}); {DOWNLOAD_HINT}") from None
     return into / "MNIST" / "raw"

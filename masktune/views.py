@@ -1,0 +1,349 @@
+"""How each dataset's images are viewed: the masking, evaluation and training transforms.
+
+MaskTune computes the saliency of each training image on the *masking view* (the official
+`transform_data_to_mask`), thresholds it into a mask of that view's size, and fine-tunes on the raw
+images with the masked pixels set to 0, through the *train* transform. The official code
+(`apply_mask_and_save_individual_image_in_png`) stretches the view mask over the whole raw image with
+`cv2.resize(..., INTER_NEAREST)`, which misaligns it whenever the masking view crops (Waterbirds:
+resize to 256 then centre-crop 224, a shift of up to 16/256 = 6% of the image; CelebA: centre-crop
+178x178 out of 178x218, a 1.22x vertical stretch). Here a geometric view is a tuple of ops, the single
+source of truth for both the torchvision transform and the raw -> view coordinate map, and
+`mask_to_raw` maps a view mask back through the exact geometry (`alignment="crop"`, the default) or
+stretches it as the official code does (`alignment="stretch"`).
+
+Coordinates are continuous with pixel *edges* at integers: raw pixel (y, x) covers [y, y + 1) x
+[x, x + 1) and its centre is (y + 0.5, x + 0.5). PIL's resize (torchvision's PIL path) samples output
+pixel centre v + 0.5 at input (v + 0.5) * in / out, so a resize is the linear map v = u * out / in, and
+a crop at `top` is v = u - top: every view here is v = u * scale + offset per axis.
+
+torchvision is imported lazily, inside the functions that build transforms: the geometry, `affine` and
+`mask_to_raw` need only numpy, so stages that never build a transform do not pay its import.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+Size = int | tuple[int, int]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IN9L_MEAN = (0.4717, 0.4499, 0.3837)
+IN9L_STD = (0.2600, 0.2516, 0.2575)
+# AlexNet-style PCA lighting of ImageNet's RGB (official src/methods/in9l_train.py, IMAGENET_PCA).
+IMAGENET_PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+IMAGENET_PCA_EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+ALIGNMENTS = ("crop", "stretch")
+
+
+def _normalise_size(size, name: str) -> Size:
+    if isinstance(size, (list, tuple)):
+        if len(size) == 1:
+            size = int(size[0])
+        elif len(size) == 2:
+            size = (int(size[0]), int(size[1]))
+        else:
+            raise ValueError(f"{name} size must be an int or (height, width), got {size!r}")
+    elif isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        size = int(size)
+    else:
+        raise TypeError(f"{name} size must be an int or (height, width), got {size!r}")
+    if min(size if isinstance(size, tuple) else (size,)) <= 0:
+        raise ValueError(f"{name} size must be positive, got {size!r}")
+    return size
+
+
+@dataclass(frozen=True)
+class Resize:
+    """torchvision `Resize(size)`, bilinear with antialias (PIL path).
+
+    An int resizes the short side to `size` and the long side to `int(size * long / short)` (aspect
+    kept, truncated), a (height, width) tuple stretches to exactly that size
+    (torchvision.transforms.functional._compute_resized_output_size, max_size=None).
+    """
+
+    size: Size
+
+    def __post_init__(self):
+        object.__setattr__(self, "size", _normalise_size(self.size, "Resize"))
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        if isinstance(self.size, tuple):
+            return self.size
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = self.size, int(self.size * long / short)
+        return (new_long, new_short) if width <= height else (new_short, new_long)
+
+    def affine(self, height: int, width: int) -> tuple[float, float, float, float]:
+        out_h, out_w = self.output_size(height, width)
+        return out_h / height, 0.0, out_w / width, 0.0
+
+    def torchvision(self):
+        from torchvision import transforms
+
+        return transforms.Resize(self.size, interpolation=transforms.InterpolationMode.BILINEAR, antialias=True)
+
+
+@dataclass(frozen=True)
+class CenterCrop:
+    """torchvision `CenterCrop(size)`: an int is a square crop.
+
+    Along each axis (torchvision.transforms.functional.center_crop): when the crop is larger than the
+    image, the image is zero-padded by (crop - size) // 2 before (and the rest after), and the crop then
+    starts at 0; otherwise the crop starts at `int(round((size - crop) / 2.0))` (Python's round: halves
+    go to the even integer).
+    """
+
+    size: Size
+
+    def __post_init__(self):
+        object.__setattr__(self, "size", _normalise_size(self.size, "CenterCrop"))
+
+    def _crop_hw(self) -> tuple[int, int]:
+        return self.size if isinstance(self.size, tuple) else (self.size, self.size)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        return self._crop_hw()
+
+    @staticmethod
+    def _offset(size: int, crop: int) -> float:
+        if crop > size:
+            return float((crop - size) // 2)  # padding before the image
+        return -float(round((size - crop) / 2.0))  # Python's round: halves to even
+
+    def affine(self, height: int, width: int) -> tuple[float, float, float, float]:
+        crop_h, crop_w = self._crop_hw()
+        return 1.0, self._offset(height, crop_h), 1.0, self._offset(width, crop_w)
+
+    def torchvision(self):
+        from torchvision import transforms
+
+        return transforms.CenterCrop(self.size)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """A deterministic geometric view: the ops applied in order to a raw (PIL) image."""
+
+    ops: tuple = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "ops", tuple(self.ops))
+        for op in self.ops:
+            if not isinstance(op, (Resize, CenterCrop)):
+                raise TypeError(f"unsupported geometric op {op!r}")
+
+    def transforms(self) -> list:
+        """The torchvision transforms, exactly as the official Compose lists them."""
+        return [op.torchvision() for op in self.ops]
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) of the view of a raw image of that size."""
+        for op in self.ops:
+            height, width = op.output_size(height, width)
+        return height, width
+
+    def affine(self, height: int, width: int) -> tuple[float, float, float, float]:
+        """(scale_y, offset_y, scale_x, offset_x): raw coordinate u maps to view v = u * scale + offset."""
+        scale_y, offset_y, scale_x, offset_x = 1.0, 0.0, 1.0, 0.0
+        for op in self.ops:
+            sy, oy, sx, ox = op.affine(height, width)
+            scale_y, offset_y = scale_y * sy, offset_y * sy + oy
+            scale_x, offset_x = scale_x * sx, offset_x * sx + ox
+            height, width = op.output_size(height, width)
+        return scale_y, offset_y, scale_x, offset_x
+
+
+def _crop_indices(raw: int, view: int, scale: float, offset: float) -> tuple[np.ndarray, np.ndarray]:
+    """View index of each raw pixel centre along one axis, and whether it falls inside the view."""
+    v = (np.arange(raw, dtype=np.float64) + 0.5) * scale + offset
+    index = np.floor(v).astype(np.int64)
+    inside = (index >= 0) & (index < view)
+    return np.clip(index, 0, view - 1), inside
+
+
+def _stretch_indices(raw: int, view: int) -> np.ndarray:
+    """cv2.resize INTER_NEAREST's source index: min(floor(dst * (1 / (dst_size / src_size))), src - 1)."""
+    inverse_scale = 1.0 / (raw / view)
+    return np.minimum(np.floor(np.arange(raw, dtype=np.float64) * inverse_scale).astype(np.int64), view - 1)
+
+
+def mask_to_raw(
+    view_mask: np.ndarray,
+    height: int,
+    width: int,
+    geometry: Geometry | None = None,
+    alignment: str = "crop",
+) -> np.ndarray:
+    """A boolean mask on the view, (..., h, w), mapped back to the raw image: (..., height, width).
+
+    `crop` (ours): each raw pixel centre is mapped through `geometry.affine` and takes the view mask
+    value at the view pixel it lands in; raw pixels outside the view (cropped away, never seen by the
+    saliency) are False. The mask must have the geometry's output size for that raw size.
+    `stretch` (official): the view mask is stretched over the whole raw image, exactly as
+    `cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)`; the geometry is ignored.
+    Leading axes (a batch of masks of images of the same raw size) are kept.
+    """
+    mask = np.asarray(view_mask).astype(bool, copy=False)
+    if mask.ndim < 2:
+        raise ValueError(f"view mask must be at least 2-D, got shape {mask.shape}")
+    height, width = int(height), int(width)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"raw size must be positive, got {height}x{width}")
+    view_h, view_w = mask.shape[-2:]
+    if alignment == "stretch":
+        rows, cols = _stretch_indices(height, view_h), _stretch_indices(width, view_w)
+        return mask[..., rows[:, None], cols[None, :]]
+    if alignment != "crop":
+        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
+    if geometry is None:
+        raise ValueError("alignment='crop' needs the geometry of the view")
+    expected = geometry.output_size(height, width)
+    if (view_h, view_w) != expected:
+        raise ValueError(f"view mask is {view_h}x{view_w} but the view of a {height}x{width} image is "
+                         f"{expected[0]}x{expected[1]}")
+    scale_y, offset_y, scale_x, offset_x = geometry.affine(height, width)
+    rows, rows_inside = _crop_indices(height, view_h, scale_y, offset_y)
+    cols, cols_inside = _crop_indices(width, view_w, scale_x, offset_x)
+    raw = mask[..., rows[:, None], cols[None, :]]
+    return raw & (rows_inside[:, None] & cols_inside[None, :])
+
+
+class Lighting:
+    """AlexNet-style PCA lighting noise on a [0, 1] (3, H, W) tensor (official src/methods/in9l_train.py).
+
+    Draws alpha ~ N(0, alphastd) (3 values, torch's global generator, as the official `normal_`) and adds
+    rgb = eigvec @ (alpha * eigval) to each channel. alphastd 0 returns the input unchanged.
+    """
+
+    def __init__(self, alphastd: float, eigval=IMAGENET_PCA_EIGVAL, eigvec=IMAGENET_PCA_EIGVEC):
+        import torch
+
+        self.alphastd = float(alphastd)
+        self.eigval = torch.as_tensor(eigval, dtype=torch.float32)
+        self.eigvec = torch.as_tensor(eigvec, dtype=torch.float32)
+
+    def __call__(self, img):
+        import torch
+
+        if self.alphastd == 0:
+            return img
+        alpha = torch.empty(3, dtype=img.dtype).normal_(0, self.alphastd)
+        eigvec = self.eigvec.to(img.dtype)
+        rgb = (eigvec * alpha[None, :] * self.eigval.to(img.dtype)[None, :]).sum(dim=1)
+        return img + rgb.to(img.device)[:, None, None]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(alphastd={self.alphastd})"
+
+
+def _waterbirds_train():
+    # Official src/methods/waterbirds_train.py, transform_train.
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.RandomResizedCrop((224, 224), scale=(0.7, 1.0), ratio=(0.75, 1.3333333333333333),
+                                     interpolation=transforms.InterpolationMode.BILINEAR),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def _celeba_train():
+    # Official src/methods/celebA_train.py, transform_train.
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.RandomResizedCrop((224, 224), scale=(0.7, 1.0), ratio=(1.0, 1.3333333333333333),
+                                     interpolation=transforms.InterpolationMode.BILINEAR),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def _in9l_train():
+    # Official src/methods/in9l_train.py, transform_train (TRAIN_TRANSFORMS_IMAGENET + Normalize).
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.RandomResizedCrop(224),
+        transforms.RandomHorizontalFlip(),
+        transforms.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1),
+        transforms.ToTensor(),
+        Lighting(0.05, IMAGENET_PCA_EIGVAL, IMAGENET_PCA_EIGVEC),
+        transforms.Normalize(IN9L_MEAN, IN9L_STD),
+    ])
+
+
+@dataclass(frozen=True)
+class DatasetViews:
+    """A dataset's views: masking and evaluation geometry, normalisation, and its train transform factory."""
+
+    masking: Geometry
+    evaluation: Geometry
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    train: Callable[[], object]
+
+
+VIEWS: dict[str, DatasetViews] = {
+    # Official src/methods/waterbirds_train.py: transform_test and transform_data_to_mask are both
+    # Resize((int(224 * 256/224),) * 2) = Resize((256, 256)) (a stretch), then CenterCrop((224, 224)).
+    "waterbirds": DatasetViews(
+        masking=Geometry((Resize((256, 256)), CenterCrop((224, 224)))),
+        evaluation=Geometry((Resize((256, 256)), CenterCrop((224, 224)))),
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, train=_waterbirds_train,
+    ),
+    # Official src/methods/celebA_train.py: transform_test and transform_data_to_mask are both
+    # CenterCrop(min(178, 218) = 178), then Resize((224, 224)).
+    "celeba": DatasetViews(
+        masking=Geometry((CenterCrop(178), Resize((224, 224)))),
+        evaluation=Geometry((CenterCrop(178), Resize((224, 224)))),
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, train=_celeba_train,
+    ),
+    # Official src/methods/in9l_train.py: transform_test is Resize(256) (short side) then CenterCrop(224);
+    # transform_data_to_mask is Resize((224, 224)), a pure stretch.
+    "in9l": DatasetViews(
+        masking=Geometry((Resize((224, 224)),)),
+        evaluation=Geometry((Resize(256), CenterCrop(224))),
+        mean=IN9L_MEAN, std=IN9L_STD, train=_in9l_train,
+    ),
+}
+
+
+def dataset_views(name: str) -> DatasetViews:
+    try:
+        return VIEWS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; known: {sorted(VIEWS)}") from None
+
+
+def _compose(geometry: Geometry, mean, std):
+    from torchvision import transforms
+
+    return transforms.Compose([*geometry.transforms(), transforms.ToTensor(), transforms.Normalize(mean, std)])
+
+
+def train_transform(name: str):
+    """The official train transform of the dataset (random; draws from torch's global generator)."""
+    return dataset_views(name).train()
+
+
+def eval_transform(name: str):
+    """The official evaluation transform: evaluation geometry, ToTensor, Normalize."""
+    views = dataset_views(name)
+    return _compose(views.evaluation, views.mean, views.std)
+
+
+def masking_transform(name: str):
+    """The official `transform_data_to_mask`: masking geometry, ToTensor, Normalize."""
+    views = dataset_views(name)
+    return _compose(views.masking, views.mean, views.std)
