@@ -19,6 +19,7 @@ measured on the first 2,000 images.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -71,7 +72,8 @@ def write_prepared(path: Path, n: int, pool: np.ndarray) -> None:
     """A prepared file with one `train` split of n images, written in chunks (as `prepare` lays it out)."""
     rng = np.random.default_rng(n)
     labels, attributes = np.arange(n) % POOL % 2, rng.integers(0, 2, n)
-    with h5_output(path, {"dataset": "biased_mnist", "num_classes": 2}) as f:
+    names = json.dumps({0: "class0_attr0", 1: "class1_attr0", 2: "class0_attr1", 3: "class1_attr1"})
+    with h5_output(path, {"dataset": "biased_mnist", "num_classes": 2, "group_names": names}) as f:
         group = f.create_group("train")
         images = create_rows(group, "images", n, (SIZE, SIZE, 3), np.uint8)
         step = 2048

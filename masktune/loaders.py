@@ -17,10 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from masktune import views
 from masktune.image_store import EncodedImages, has_encoded_images
-from masktune.storage import open_h5
+from masktune.masking import unpack_masks
+from masktune.storage import dataset_shape, open_h5, read_attrs, read_rows, read_split
+from masktune.streaming import read_vectors, stream_images
 from masktune.training import batches, to_input
 
 
@@ -48,13 +52,10 @@ class RawMasks:
         self._file = None
 
     def __call__(self, i: int, height: int, width: int) -> np.ndarray:
-        from masktune.masking import unpack_masks
-        from masktune.views import mask_to_raw
-
         if self._file is None:
             self._file = open_h5(self.path)
         view_mask = unpack_masks(self._file["masks"][i:i + 1], *self.view_size)[0]
-        return mask_to_raw(view_mask, height, width, self.geometry, self.alignment)
+        return views.mask_to_raw(view_mask, height, width, self.geometry, self.alignment)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_file": None}
@@ -70,8 +71,6 @@ class _TransformedImages(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         image = self.images[i]
         if self.masks is not None:
-            from PIL import Image
-
             pixels = np.asarray(image)
             mask = self.masks(i, *pixels.shape[:2])
             image = Image.fromarray(np.where(mask[..., None], np.uint8(0), pixels))
@@ -105,9 +104,6 @@ def load_split(path: str | Path, split: str, transform: str, workers: int = 0, m
     """A split of the prepared file as an `ArraySplit` (pixel arrays) or an `ImageSplit` (encoded
     images, through the dataset's official `transform`: train | eval | masking). Masks: `packed_masks`
     (arrays, applied as batches are read) or `masks` (encoded images, mapped to each raw image)."""
-    from masktune.storage import read_attrs, read_split
-    from masktune.streaming import read_vectors
-
     if not has_encoded_images(path, split):
         samples = read_split(path, split)
         images = samples.images
@@ -116,8 +112,6 @@ def load_split(path: str | Path, split: str, transform: str, workers: int = 0, m
 
             images = MaskedImages(images, packed_masks)
         return ArraySplit(images, samples.labels, samples.groups)
-    from masktune import views
-
     dataset = str(read_attrs(path)["dataset"])
     build = {"train": views.train_transform, "eval": views.eval_transform, "masking": views.masking_transform}
     labels, groups = read_vectors(path, split, "labels", "groups")
@@ -127,12 +121,8 @@ def load_split(path: str | Path, split: str, transform: str, workers: int = 0, m
 def masking_view_size(path: str | Path) -> tuple[int, int]:
     """(height, width) of the images the saliency and the masks are computed on: the stored images
     (pixel arrays), or the dataset's masking view (encoded images)."""
-    from masktune.storage import dataset_shape, read_attrs
-
     if not has_encoded_images(path, "train"):
         return tuple(dataset_shape(path, "train/images", 4)[1:3])
-    from masktune import views
-
     with open_h5(path) as f:
         height, width = (int(s) for s in f["train/image_sizes"][0])
     return views.dataset_views(str(read_attrs(path)["dataset"])).masking.output_size(height, width)
@@ -140,9 +130,6 @@ def masking_view_size(path: str | Path) -> tuple[int, int]:
 
 def raw_masks(path: str | Path, masks_path: str | Path, alignment: str) -> RawMasks:
     """The masks of an encoded train split, mapped to the raw images through the masking view."""
-    from masktune import views
-    from masktune.storage import read_attrs
-
     geometry = views.dataset_views(str(read_attrs(path)["dataset"])).masking
     return RawMasks(masks_path, masking_view_size(path), geometry, alignment)
 
@@ -152,8 +139,6 @@ def saliency_batches(path: str | Path, start: int, batch_size: int, workers: int
     """(first row, model inputs on the device) of the train split from row `start`, in order, as the
     saliency sees them: the stored images (ToTensor) or the dataset's masking view."""
     if not has_encoded_images(path, "train"):
-        from masktune.streaming import stream_images
-
         for first, images in stream_images(path, "train", batch_size, start, workers,
                                            pin_memory=device.type == "cuda"):
             yield first, to_input(images, device)
@@ -170,13 +155,8 @@ def masking_view_images(path: str | Path, rows: np.ndarray) -> np.ndarray:
     """uint8 (k, H, W, 3) training images `rows` as the saliency saw them (for the mask figure):
     the stored images, or the masking view's geometry applied to the raw images (not normalised)."""
     if not has_encoded_images(path, "train"):
-        from masktune.storage import read_rows
-
         return read_rows(path, "train/images", rows)
-    from torchvision.transforms import Compose
-
-    from masktune import views
-    from masktune.storage import read_attrs
+    from torchvision.transforms import Compose  # torchvision only for image-folder datasets
 
     geometry = Compose(views.dataset_views(str(read_attrs(path)["dataset"])).masking.transforms())
     images = EncodedImages(path, "train")

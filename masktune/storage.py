@@ -205,7 +205,10 @@ def read_attrs(path: str | Path) -> dict:
 
 def read_group_names(path: str | Path) -> dict[int, str]:
     """Group id -> name, as `prepare` recorded them for this dataset (and its params)."""
-    return {int(g): name for g, name in json.loads(str(read_attrs(path)["group_names"])).items()}
+    attrs = read_attrs(path)
+    if "group_names" not in attrs:
+        raise UserError(f"{path}: no group names recorded (written by an older prepare): rerun `dvc repro`")
+    return {int(g): name for g, name in json.loads(str(attrs["group_names"])).items()}
 
 
 def open_h5(path: str | Path, cache_bytes: int = CHUNK_CACHE_BYTES) -> h5py.File:
