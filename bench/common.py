@@ -10,7 +10,10 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -19,8 +22,6 @@ if str(ROOT) not in sys.path:
 
 def machine() -> dict:
     """Where a figure was measured (CPU model and cores, or the GPU), to print beside it."""
-    import torch
-
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -34,6 +35,33 @@ def machine() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+@dataclass
+class SaliencyBench:
+    """One model twice (as trained: NCHW with BatchNorm; as `compute_saliency` prepares it: channels-last,
+    BatchNorm folded) and one batch of random images in both layouts, on one device."""
+
+    trained: torch.nn.Module
+    prepared: torch.nn.Module
+    images: torch.Tensor
+    images_cl: torch.Tensor
+    sync: Callable[[], None]
+
+
+def saliency_bench(arch: str, size: int, batch: int, device) -> SaliencyBench:
+    """Random weights and images, seeded: speed does not depend on them, equality checks do on the seed."""
+    import copy
+
+    from masktune.models import build_model
+    from masktune.saliency import prepare_for_saliency
+
+    torch.manual_seed(0)
+    trained = build_model(arch, 2).to(device).eval()
+    prepared = prepare_for_saliency(copy.deepcopy(trained), device, channels_last=True, fold_bn=True)
+    images = torch.rand(batch, 3, size, size, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    return SaliencyBench(trained, prepared, images, images.contiguous(memory_format=torch.channels_last), sync)
 
 
 def rate(step: Callable[[], object], items_per_step: int, min_seconds: float = 3.0, warmup: int = 1,

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 
 import torch
-from common import emit_json, machine, print_table, rate
+from common import emit_json, machine, print_table, rate, saliency_bench
 
-from masktune.models import build_model
-from masktune.saliency import PRECISIONS, prepare_for_saliency, xgradcam
+from masktune.saliency import PRECISIONS, xgradcam
 
 MODELS = (("small_cnn", 28, 256), ("resnet50", 224, 16))
 
@@ -31,12 +29,9 @@ def _autocast(device: torch.device, precision: str):
 
 
 def measure(arch: str, size: int, batch: int, precision: str, device: torch.device, seconds: float) -> dict:
-    torch.manual_seed(0)
-    trained = build_model(arch, 2).to(device).eval()
-    prepared = prepare_for_saliency(copy.deepcopy(trained), device, channels_last=True, fold_bn=True)
-    images = torch.rand(batch, 3, size, size, device=device)
-    images_cl = images.contiguous(memory_format=torch.channels_last)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    bench = saliency_bench(arch, size, batch, device)
+    trained, prepared, images, images_cl, sync = (bench.trained, bench.prepared, bench.images,
+                                                  bench.images_cl, bench.sync)
 
     def infer(model, inputs):
         with torch.inference_mode(), _autocast(device, precision):

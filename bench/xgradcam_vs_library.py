@@ -13,27 +13,22 @@ differ, for float32 (the default: must equal the library to 1e-5) and bfloat16.
 from __future__ import annotations
 
 import argparse
-import copy
 
 import numpy as np
 import pytorch_grad_cam
 import torch
-from common import emit_json, machine, print_table, rate
+from common import emit_json, machine, print_table, rate, saliency_bench
 
 from masktune.masking import saliency_masks
-from masktune.models import build_model
-from masktune.saliency import prepare_for_saliency, xgradcam
+from masktune.saliency import xgradcam
 
 MODELS = (("small_cnn", 28, 256), ("resnet50", 224, 16))
 
 
 def measure(arch: str, size: int, batch: int, device: torch.device, seconds: float) -> list[dict]:
-    torch.manual_seed(0)
-    trained = build_model(arch, 2).to(device).eval()
-    prepared = prepare_for_saliency(copy.deepcopy(trained), device, channels_last=True, fold_bn=True)
-    images = torch.rand(batch, 3, size, size, device=device)
-    images_cl = images.contiguous(memory_format=torch.channels_last)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    bench = saliency_bench(arch, size, batch, device)
+    trained, prepared, images, images_cl, sync = (bench.trained, bench.prepared, bench.images,
+                                                  bench.images_cl, bench.sync)
 
     library = pytorch_grad_cam.XGradCAM(model=trained, target_layers=[trained.grad_cam_target_layer()],
                                         use_cuda=device.type == "cuda")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -243,25 +244,13 @@ class Lighting:
         return f"{type(self).__name__}(alphastd={self.alphastd})"
 
 
-def _waterbirds_train():
-    # Official src/methods/waterbirds_train.py, transform_train.
+def _crop_flip_train(ratio: tuple[float, float]):
+    """Official waterbirds_train.py / celebA_train.py transform_train: the two differ only in the crop's
+    aspect-ratio range (Waterbirds (3/4, 4/3), CelebA (1, 4/3))."""
     from torchvision import transforms
 
     return transforms.Compose([
-        transforms.RandomResizedCrop((224, 224), scale=(0.7, 1.0), ratio=(0.75, 1.3333333333333333),
-                                     interpolation=transforms.InterpolationMode.BILINEAR),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
-
-
-def _celeba_train():
-    # Official src/methods/celebA_train.py, transform_train.
-    from torchvision import transforms
-
-    return transforms.Compose([
-        transforms.RandomResizedCrop((224, 224), scale=(0.7, 1.0), ratio=(1.0, 1.3333333333333333),
+        transforms.RandomResizedCrop((224, 224), scale=(0.7, 1.0), ratio=ratio,
                                      interpolation=transforms.InterpolationMode.BILINEAR),
         transforms.RandomHorizontalFlip(),
         transforms.ToTensor(),
@@ -300,14 +289,14 @@ VIEWS: dict[str, DatasetViews] = {
     "waterbirds": DatasetViews(
         masking=Geometry((Resize((256, 256)), CenterCrop((224, 224)))),
         evaluation=Geometry((Resize((256, 256)), CenterCrop((224, 224)))),
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, train=_waterbirds_train,
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, train=partial(_crop_flip_train, (0.75, 1.3333333333333333)),
     ),
     # Official src/methods/celebA_train.py: transform_test and transform_data_to_mask are both
     # CenterCrop(min(178, 218) = 178), then Resize((224, 224)).
     "celeba": DatasetViews(
         masking=Geometry((CenterCrop(178), Resize((224, 224)))),
         evaluation=Geometry((CenterCrop(178), Resize((224, 224)))),
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, train=_celeba_train,
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, train=partial(_crop_flip_train, (1.0, 1.3333333333333333)),
     ),
     # Official src/methods/in9l_train.py: transform_test is Resize(256) (short side) then CenterCrop(224);
     # transform_data_to_mask is Resize((224, 224)), a pure stretch.
