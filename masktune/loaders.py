@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from masktune import views
 from masktune.image_store import EncodedImages, has_encoded_images
-from masktune.masking import unpack_masks
+from masktune.masking import apply_masks, unpack_masks
 from masktune.storage import dataset_shape, open_h5, read_attrs, read_rows, read_split
 from masktune.streaming import read_vectors, stream_images
 from masktune.training import batches, to_input
@@ -73,7 +73,7 @@ class _TransformedImages(Dataset):
         if self.masks is not None:
             pixels = np.asarray(image)
             mask = self.masks(i, *pixels.shape[:2])
-            image = Image.fromarray(np.where(mask[..., None], np.uint8(0), pixels))
+            image = Image.fromarray(apply_masks(pixels[None], mask[None])[0])
         return self.transform(image), i
 
 

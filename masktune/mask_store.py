@@ -15,7 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from masktune.errors import UserError
-from masktune.masking import box_masks, cutout_boxes, pack_masks, resize_nearest, saliency_masks, unpack_masks
+from masktune.masking import (
+    apply_masks,
+    box_masks,
+    cutout_boxes,
+    pack_masks,
+    resize_nearest,
+    saliency_masks,
+    unpack_masks,
+)
 from masktune.saliency_store import iter_full_maps, saliency_layout
 from masktune.storage import create_rows, h5_output, open_h5, read_rows
 
@@ -83,8 +91,7 @@ def read_packed_masks(path: str | Path, rows: int, image_size: tuple[int, int],
 
 def apply_packed_masks(images: np.ndarray, packed: np.ndarray) -> np.ndarray:
     """Zero the masked pixels (every channel) of uint8 images (B, H, W, C)."""
-    masks = unpack_masks(packed, *images.shape[1:3])
-    return np.where(masks[..., None], np.uint8(0), images)
+    return apply_masks(images, unpack_masks(packed, *images.shape[1:3]))
 
 
 class MaskedImages:

@@ -147,7 +147,10 @@ def write_arrays(path: str | Path, arrays: Mapping[str, np.ndarray], attrs: Mapp
             _write_array(f, name, array)
 
 
-def _open(path: str | Path, cache_bytes: int = CHUNK_CACHE_BYTES) -> h5py.File:
+def open_h5(path: str | Path, cache_bytes: int = CHUNK_CACHE_BYTES) -> h5py.File:
+    """Open an HDF5 file for reading (a clear message when it is missing or not HDF5). A stage that
+    streams a dataset once from front to back passes `STREAM_CACHE_BYTES`: its memory then does not
+    grow with the file until the default cache is full."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found (run the stage that writes it: `dvc repro`)")
@@ -159,7 +162,7 @@ def _open(path: str | Path, cache_bytes: int = CHUNK_CACHE_BYTES) -> h5py.File:
 
 def read_split(path: str | Path, split: str) -> SampleSet:
     """Read one split, checking that every field is present with a consistent shape and dtype."""
-    with _open(path) as f:
+    with open_h5(path) as f:
         if split not in f:
             raise UserError(f"{path}: no split '{split}' (has: {', '.join(f.keys())})")
         group = f[split]
@@ -185,7 +188,7 @@ def read_split(path: str | Path, split: str) -> SampleSet:
 def read_arrays(path: str | Path, names: Mapping[str, tuple]) -> dict[str, np.ndarray]:
     """Read named arrays, checking each against an expected shape (None = any size on that axis)."""
     out = {}
-    with _open(path) as f:
+    with open_h5(path) as f:
         for name, shape in names.items():
             if name not in f:
                 raise UserError(f"{path}: no dataset '{name}'")
@@ -199,7 +202,7 @@ def read_arrays(path: str | Path, names: Mapping[str, tuple]) -> dict[str, np.nd
 
 
 def read_attrs(path: str | Path) -> dict:
-    with _open(path) as f:
+    with open_h5(path) as f:
         return dict(f.attrs)
 
 
@@ -211,16 +214,9 @@ def read_group_names(path: str | Path) -> dict[int, str]:
     return {int(g): name for g, name in json.loads(str(attrs["group_names"])).items()}
 
 
-def open_h5(path: str | Path, cache_bytes: int = CHUNK_CACHE_BYTES) -> h5py.File:
-    """Open an HDF5 file for reading (a clear message when it is missing or not HDF5). A stage that
-    streams a dataset once from front to back passes `STREAM_CACHE_BYTES`: its memory then does not
-    grow with the file until the default cache is full."""
-    return _open(path, cache_bytes)
-
-
 def dataset_shape(path: str | Path, name: str, ndim: int, dtype=None) -> tuple[int, ...]:
     """Shape of dataset `name`, checked for `ndim` dimensions (and dtype), without reading it."""
-    with _open(path) as f:
+    with open_h5(path) as f:
         if name not in f:
             raise UserError(f"{path}: no dataset '{name}' (has: {', '.join(f.keys())})")
         data = f[name]
@@ -235,7 +231,7 @@ def read_rows(path: str | Path, name: str, index: np.ndarray) -> np.ndarray:
     index = np.asarray(index, dtype=np.int64)
     order = np.argsort(index, kind="stable")
     unique, inverse = np.unique(index[order], return_inverse=True)
-    with _open(path) as f:
+    with open_h5(path) as f:
         rows = f[name][unique] if len(unique) else f[name][:0]
     out = np.empty((len(index),) + rows.shape[1:], dtype=rows.dtype)
     out[order] = rows[inverse]
