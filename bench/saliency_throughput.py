@@ -13,19 +13,13 @@ in float32 and in bfloat16 (autocast, for both inference and saliency). The rati
 from __future__ import annotations
 
 import argparse
-import contextlib
 
 import torch
 from common import emit_json, machine, print_table, rate, saliency_bench
 
-from masktune.saliency import PRECISIONS, xgradcam
+from masktune.saliency import PRECISIONS, precision_autocast, xgradcam
 
 MODELS = (("small_cnn", 28, 256), ("resnet50", 224, 16))
-
-
-def _autocast(device: torch.device, precision: str):
-    dtype = PRECISIONS[precision]
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def measure(arch: str, size: int, batch: int, precision: str, device: torch.device, seconds: float) -> dict:
@@ -34,7 +28,7 @@ def measure(arch: str, size: int, batch: int, precision: str, device: torch.devi
                                                   bench.images_cl, bench.sync)
 
     def infer(model, inputs):
-        with torch.inference_mode(), _autocast(device, precision):
+        with torch.inference_mode(), precision_autocast(device, precision):
             return model(inputs)
 
     layer = prepared.grad_cam_target_layer()

@@ -48,7 +48,8 @@ def _min_max_scale(maps: torch.Tensor) -> torch.Tensor:
     return shifted / (EPS + shifted.amax(dim=(-2, -1), keepdim=True))
 
 
-def _autocast(device: torch.device, precision: str):
+def precision_autocast(device: torch.device, precision: str):
+    """Autocast to `precision` (a key of PRECISIONS) on `device`; float32: no autocast at all."""
     dtype = PRECISIONS[precision]
     return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
@@ -65,7 +66,7 @@ def feature_cams(model: nn.Module, target_layer: nn.Module, inputs: torch.Tensor
 
     handle = target_layer.register_forward_hook(keep_activation)
     try:
-        with torch.enable_grad(), _autocast(inputs.device, precision):
+        with torch.enable_grad(), precision_autocast(inputs.device, precision):
             logits = model(inputs)
             predicted = logits.argmax(dim=1)
             score = logits.gather(1, predicted[:, None]).sum()
