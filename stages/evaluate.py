@@ -11,22 +11,22 @@ the official `test()`.
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
 
-from masktune.datasets import get_dataset
+from masktune.config.stages import load_stage_config
+from masktune.data.masks import apply_masks, read_masks
+from masktune.data.splits import masking_view_images, open_split
+from masktune.datasets import open_prepared
 from masktune.errors import run_stage
-from masktune.figures import pick_per_group, save_mask_grid
-from masktune.loaders import load_split, masking_view_images
-from masktune.mask_store import apply_packed_masks, read_packed_masks
-from masktune.metrics import background_challenge_metrics, group_metrics
-from masktune.params import load_stage_params
-from masktune.saliency_store import full_maps_at
-from masktune.storage import atomic_directory, read_attrs, read_group_names, write_json
-from masktune.streaming import read_vectors
-from masktune.training import load_checkpoint, predict, select_device
+from masktune.eval.figures import pick_per_group, save_mask_grid, write_group_csv
+from masktune.eval.metrics import background_challenge_metrics, group_metrics
+from masktune.io.files import atomic_directory, write_json
+from masktune.io.hdf5 import read_attrs
+from masktune.models.checkpoint import load_checkpoint
+from masktune.saliency.file import full_maps_at
+from masktune.train.loop import predict, select_device
 
 METHOD_NAMES = {"xgradcam": "masktune", "random": "randmask"}
 
@@ -43,24 +43,20 @@ def main() -> None:
     parser.add_argument("--plots", required=True, help="folder: group_accuracy.csv, mask_examples.png")
     args = parser.parse_args()
 
-    params = load_stage_params("evaluate")
-    batch_size = params.integer(params.recipe_key("evaluate.batch_size", "eval_batch_size"), 1)
-    workers = params.integer("evaluate.workers", 0, 64)
-    per_group = params.integer("evaluate.examples_per_group", 1, 16)
-
-    spec = get_dataset(str(read_attrs(args.data)["dataset"]))
-    group_names = read_group_names(args.data)
+    config = load_stage_config("evaluate")
+    prepared, spec = open_prepared(args.data)
+    group_names = prepared.group_names
     method = str(read_attrs(args.masks)["method"])
     device = select_device()
     models = {"erm": load_checkpoint(args.erm, device)[0],
               METHOD_NAMES[method]: load_checkpoint(args.finetuned, device)[0]}
-    (groups,) = read_vectors(args.data, "train", "groups")
+    (groups,) = prepared.vectors("train", "groups")
     train_counts = {int(g): int(n) for g, n in zip(*np.unique(groups, return_counts=True))}
     results: dict = {name: {} for name in models}
     for split in spec.test_splits + ("val",):
-        data = load_split(args.data, split, "eval", workers)
+        data = open_split(prepared, split, spec.views, "eval", config.workers)
         for name, model in models.items():
-            predictions = predict(model, data, batch_size, device, f"{name} on {split}")
+            predictions = predict(model, data, config.eval_batch_size, device, f"{name} on {split}")
             results[name][split] = group_metrics(data.labels, data.groups, predictions, group_names, train_counts)
     if spec.metrics == "background_challenge":
         for name in models:
@@ -68,12 +64,12 @@ def main() -> None:
                 {split.removeprefix("test_"): results[name][split]["accuracy"] for split in spec.test_splits})
     write_json(args.metrics, results)
 
-    picked = pick_per_group(groups, per_group)  # only these rows are read from the large files
-    images = masking_view_images(args.data, picked)
+    picked = pick_per_group(groups, config.examples_per_group)  # only these rows are read from the large files
+    images = masking_view_images(prepared, spec.views, picked)
     saliency = full_maps_at(args.saliency, len(groups), picked)
-    masked = apply_packed_masks(images, read_packed_masks(args.masks, len(groups), images.shape[1:3], picked))
+    masked = apply_masks(images, read_masks(args.masks, len(groups), images.shape[1:3], picked))
     with atomic_directory(args.plots) as tmp_dir:
-        _write_group_csv(Path(tmp_dir) / "group_accuracy.csv", results)
+        write_group_csv(Path(tmp_dir) / "group_accuracy.csv", results)
         save_mask_grid(Path(tmp_dir) / "mask_examples.png", images, saliency, masked,
                        [group_names[int(g)] for g in groups[picked]],
                        f"{METHOD_NAMES[method]} masks ({method}) on training images (as the saliency saw them)")
@@ -82,16 +78,6 @@ def main() -> None:
                                       for split, m in splits.items() if "worst_group_accuracy" in m))
         if "background_challenge" in splits:
             print(f"{name}: BG-gap {splits['background_challenge'].get('bg_gap', float('nan')):.2%}")
-
-
-def _write_group_csv(path: Path, results: dict) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["model_split_group", "accuracy"])
-        for name, splits in results.items():
-            for split, metrics in splits.items():
-                for group, accuracy in metrics.get("groups", {}).items():
-                    writer.writerow([f"{name} | {split} | {group}", f"{accuracy:.6f}"])
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Biased MNIST is built from MNIST as pixel arrays; Waterbirds, CelebA and IN-9L are read from their
 folders (or downloaded, see params.yaml) and copied, each image's file bytes as they are, into the
-same HDF5 file (masktune/image_store.py).
+same HDF5 file (masktune/data/prepared.py says why).
 """
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import json
 
 import numpy as np
 
-from masktune.datasets import DATASETS
+from masktune.config.stages import load_stage_config
+from masktune.data.prepared import write_prepared
+from masktune.datasets import get_dataset
 from masktune.errors import run_stage
-from masktune.params import load_stage_params
-from masktune.storage import write_splits
 
 
 @run_stage
@@ -23,18 +23,12 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="HDF5 file to write (one group per split)")
     args = parser.parse_args()
 
-    params = load_stage_params("prepare")
-    name = params.choice("dataset", list(DATASETS))
-    spec = DATASETS[name]
-    group_names = spec.group_names(params)
-    splits = spec.prepare(params)
-    attrs = {"dataset": name, "num_classes": spec.num_classes, "group_names": json.dumps(group_names)}
-    if spec.image_folder:
-        from masktune.image_store import write_image_splits
-
-        write_image_splits(args.out, splits, attrs)
-    else:
-        write_splits(args.out, splits, attrs)
+    config = load_stage_config("prepare")
+    spec = get_dataset(config.dataset)
+    group_names = spec.group_names(config.options)
+    splits = spec.prepare(config)
+    write_prepared(args.out, splits, {"dataset": spec.name, "num_classes": spec.num_classes,
+                                      "group_names": json.dumps(group_names)})
     for split, samples in splits.items():
         counts = {group_names[g]: int(n) for g, n in zip(*np.unique(samples.groups, return_counts=True))}
         print(f"{split}: {len(samples)} images, groups {counts}")

@@ -13,7 +13,8 @@ from PIL import Image
 from masktune.datasets import celeba, in9l, waterbirds
 from masktune.datasets.celeba import read_celeba
 from masktune.datasets.in9l import read_in9l
-from masktune.datasets.records import ImageRecords, check_images, load_rgb
+from masktune.data.samples import ImageRecords
+from masktune.datasets.readers import check_images, load_rgb
 from masktune.datasets.waterbirds import read_waterbirds
 from masktune.errors import UserError
 from tests.fixtures_datasets import (

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from masktune import download
-from masktune.download import SOURCES, Source, archive_kind, extract, fetch, resolve_dataset_folder
+from masktune.datasets import DATASETS, download
+from masktune.datasets.download import Source, archive_kind, extract, fetch, resolve_dataset_folder
 from masktune.errors import UserError
+
+SOURCES = {name: spec.sources for name, spec in DATASETS.items() if spec.sources}
 
 PARAM = "prepare.waterbirds.dir"
 DESCRIPTION = "Waterbirds (Sagawa et al. 2020)"

@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from masktune import mask_store
+from masktune.data.masks import MaskSource, apply_masks, pack_masks, read_masks, unpack_masks
+from masktune.data.views import Geometry, mask_to_raw
 from masktune.errors import UserError
-from masktune.mask_store import MaskedImages, read_packed_masks, write_random_masks, write_saliency_masks
-from masktune.masking import apply_masks, cutout_masks, pack_masks, saliency_masks, unpack_masks
-from masktune.saliency import full_resolution
-from masktune.storage import read_rows, write_arrays
+from masktune.io.hdf5 import read_rows, write_arrays
+from masktune.masking import compute as mask_compute
+from masktune.masking.compute import write_random_masks, write_saliency_masks
+from masktune.masking.rules import cutout_masks, saliency_masks
+from masktune.saliency.xgradcam import full_resolution
 
 
 def _saliency_file(path, n=50, feature=(7, 7), input_size=(30, 30), seed=0) -> torch.Tensor:
@@ -37,10 +39,12 @@ def test_saliency_masks_file_gives_the_images_masked_copies_would(tmp_path):
     maps = _saliency_file(tmp_path / "saliency.h5")
     images = np.random.default_rng(2).integers(1, 256, (50, 60, 45, 3), dtype=np.uint8)  # stored size differs
     fraction = write_saliency_masks(tmp_path / "saliency.h5", tmp_path / "masks.h5", 50, (60, 45), 2.0, {})
-    expected = apply_masks(images, saliency_masks(maps.numpy(), 2.0))  # the official path: masked copies
-    masked = MaskedImages(images, read_packed_masks(tmp_path / "masks.h5", 50, (60, 45)))
-    np.testing.assert_array_equal(masked[np.arange(50)], expected)
-    np.testing.assert_array_equal(masked[np.array([7, 2])], expected[[7, 2]])
+    official = mask_to_raw(saliency_masks(maps.numpy(), 2.0), 60, 45, alignment="stretch")  # cv2 nearest resize
+    expected = apply_masks(images, official)  # the official path: masked copies
+    for alignment in ("crop", "stretch"):  # the stored image is the view: both are the identity
+        source = MaskSource(tmp_path / "masks.h5", 50, (60, 45), Geometry(), alignment, in_memory=alignment == "crop")
+        np.testing.assert_array_equal(source.apply(images, np.arange(50)), expected)
+        np.testing.assert_array_equal(source.apply(images[[7, 2]], np.array([7, 2])), expected[[7, 2]])
     np.testing.assert_allclose(fraction, (expected == 0).all(axis=-1).reshape(50, -1).mean(axis=1))
     assert fraction[3] == 0 and 0 < fraction.mean() < 0.2
 
@@ -49,7 +53,7 @@ def test_chunking_does_not_change_the_file(tmp_path, monkeypatch):
     _saliency_file(tmp_path / "saliency.h5")
     write_saliency_masks(tmp_path / "saliency.h5", tmp_path / "a.h5", 50, (30, 30), 2.0, {})
     write_random_masks(tmp_path / "ra.h5", 50, (30, 30), (4, 9), 0, {})
-    monkeypatch.setattr(mask_store, "PIXELS_PER_CHUNK", 7 * 900)  # 7 images at a time
+    monkeypatch.setattr(mask_compute, "PIXELS_PER_CHUNK", 7 * 900)  # 7 images at a time
     write_saliency_masks(tmp_path / "saliency.h5", tmp_path / "b.h5", 50, (30, 30), 2.0, {})
     write_random_masks(tmp_path / "rb.h5", 50, (30, 30), (4, 9), 0, {})
     digest = {name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() for name in
@@ -60,18 +64,17 @@ def test_chunking_does_not_change_the_file(tmp_path, monkeypatch):
 def test_random_masks_are_the_seeded_cutout_squares(tmp_path):
     fraction = write_random_masks(tmp_path / "masks.h5", 40, (28, 28), (3, 10), 5, {})
     expected = cutout_masks(40, 28, 28, (3, 10), np.random.default_rng(5))
-    np.testing.assert_array_equal(unpack_masks(read_packed_masks(tmp_path / "masks.h5", 40, (28, 28)), 28, 28),
-                                  expected)
+    np.testing.assert_array_equal(read_masks(tmp_path / "masks.h5", 40, (28, 28)), expected)
     np.testing.assert_allclose(fraction, expected.reshape(40, -1).mean(axis=1))
 
 
 def test_masks_for_other_data_are_refused(tmp_path):
     write_random_masks(tmp_path / "masks.h5", 40, (28, 28), (3, 10), 5, {})
     with pytest.raises(UserError, match="masks for 40 images of \\(28, 28\\), but the data has 41"):
-        read_packed_masks(tmp_path / "masks.h5", 41, (28, 28))
+        read_masks(tmp_path / "masks.h5", 41, (28, 28))
     _saliency_file(tmp_path / "saliency.h5")
     with pytest.raises(UserError, match="saliency.h5: not a masks file"):
-        read_packed_masks(tmp_path / "saliency.h5", 50, (30, 30))
+        read_masks(tmp_path / "saliency.h5", 50, (30, 30))
 
 
 def test_read_rows_returns_any_order_with_repeats(tmp_path):

@@ -5,7 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-from masktune.masking import apply_masks, cutout_masks, resize_nearest, saliency_masks, saliency_thresholds
+from masktune.data.masks import apply_masks
+from masktune.data.views import mask_to_raw
+from masktune.masking.rules import cutout_masks, saliency_masks, saliency_thresholds
 
 
 def official_threshold_masks(heat_maps: np.ndarray) -> np.ndarray:
@@ -53,15 +55,22 @@ def test_agrees_with_the_official_rule_on_random_maps():
     np.testing.assert_array_equal(saliency_masks(maps, chunk=64), official_threshold_masks(maps))
 
 
-def test_apply_zeroes_every_channel_and_resizes_like_cv2_nearest():
+def test_stretched_masks_zero_every_channel_like_the_official_cv2_resize_and_multiply():
     rng = np.random.default_rng(1)
     images = rng.integers(1, 256, size=(3, 30, 45, 3), dtype=np.uint8)
     masks = rng.random((3, 7, 9)) > 0.6
-    masked = apply_masks(images, masks)
+    masked = apply_masks(images, mask_to_raw(masks, 30, 45, alignment="stretch"))
     for image, mask, out in zip(images, masks, masked):
         big = cv2.resize(mask.astype(np.uint8), dsize=(45, 30), interpolation=cv2.INTER_NEAREST)
-        np.testing.assert_array_equal(resize_nearest(mask[None], 30, 45)[0], big.astype(bool))
         np.testing.assert_array_equal(out, image * (1 - big)[..., None])  # the official multiply
+
+
+def test_apply_refuses_masks_of_another_size_or_count():
+    images = np.ones((2, 5, 5, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="masks of"):
+        apply_masks(images, np.zeros((2, 4, 5), dtype=bool))
+    with pytest.raises(Exception, match="1 masks for 2 images"):
+        apply_masks(images, np.zeros((1, 5, 5), dtype=bool))
 
 
 def test_cutout_squares_are_seeded_and_within_the_side_range():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from masktune.metrics import background_challenge_metrics, group_metrics
+from masktune.eval.metrics import background_challenge_metrics, group_metrics
 
 NAMES = {0: "y0_no_square", 1: "y1_no_square", 2: "y0_square", 3: "y1_square"}
 

@@ -72,7 +72,7 @@ def test_corrupt_gzip_and_count_mismatch(tiny_mnist):
 
 
 def test_not_a_folder_says_which_param_to_set(tmp_path):
-    with pytest.raises(UserError, match="set prepare.mnist_dir"):
+    with pytest.raises(UserError, match="set prepare.biased_mnist.mnist_dir"):
         mnist_idx.load_mnist(tmp_path / "nowhere")
 
 
@@ -85,5 +85,5 @@ def test_offline_download_says_which_param_to_set(monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
     with pytest.raises(UserError) as info:
         mnist_idx.load_mnist(None)
-    assert "could not download MNIST" in str(info.value) and "prepare.mnist_dir" in str(info.value)
+    assert "could not download MNIST" in str(info.value) and "prepare.biased_mnist.mnist_dir" in str(info.value)
     assert "\n" not in str(info.value)

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torchvision
 
-from masktune import pretrained
+from masktune.models import pretrained
 from masktune.errors import UserError
 from masktune.models import build_model
-from masktune.pretrained import imagenet_weights_url, load_imagenet_weights
+from masktune.models.pretrained import imagenet_weights_url, load_imagenet_weights
 
 REAL_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
 

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from masktune.masking import saliency_masks
+from masktune.data.splits import PixelSplit, to_input
+from masktune.masking.rules import saliency_masks
 from masktune.models import SmallCNN, build_model
-from masktune.saliency import feature_cams, full_resolution, prepare_for_saliency, xgradcam
-from masktune.training import make_optimizer, seed_everything, to_input, train_epoch
+from masktune.saliency.xgradcam import feature_cams, full_resolution, prepare_for_saliency, xgradcam
+from masktune.train.loop import make_optimizer, seed_everything, train_epoch
 
 pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam", reason="install the test extras (grad-cam==1.3.7)")
 
@@ -36,7 +37,7 @@ def trained_model(mnist):
     samples = build_biased_split(images[:2048], digits[:2048], 0.01, 4, (255, 0, 0))
     generator = seed_everything(0)
     model = SmallCNN(2)
-    train_epoch(model, make_optimizer(model, 0.01, 0.9, 1e-4), samples, 128, generator,
+    train_epoch(model, make_optimizer(model, 0.01, 0.9, 1e-4), PixelSplit.from_samples(samples), 128, generator,
                 torch.device("cpu"), "train")
     return model.eval().requires_grad_(False), samples
 

@@ -9,17 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from masktune.views import (
-    VIEWS,
-    CenterCrop,
-    Geometry,
-    Lighting,
-    Resize,
-    eval_transform,
-    mask_to_raw,
-    masking_transform,
-    train_transform,
-)
+from masktune.data.views import CenterCrop, Geometry, Lighting, Resize, mask_to_raw
+from masktune.datasets import DATASETS
+
+VIEWS = {name: spec.views for name, spec in DATASETS.items() if not spec.views.is_plain}
 
 cv2 = pytest.importorskip("cv2")
 transforms = pytest.importorskip("torchvision.transforms")
@@ -207,21 +200,21 @@ def test_masking_transform_equals_official_compose(name, official):
     views = VIEWS[name]
     compose = transforms.Compose([*official(), transforms.ToTensor(), transforms.Normalize(views.mean, views.std)])
     image = _photo(218, 178) if name == "celeba" else _photo(375, 500)
-    assert torch.equal(masking_transform(name)(image), compose(image))
+    assert torch.equal(VIEWS[name].transform("masking")(image), compose(image))
 
 
 def test_eval_transform_equals_official_in9l():
     compose = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
                                   transforms.Normalize([0.4717, 0.4499, 0.3837], [0.2600, 0.2516, 0.2575])])
     image = _photo(300, 401)
-    out = eval_transform("in9l")(image)
+    out = VIEWS["in9l"].transform("eval")(image)
     assert out.shape == (3, 224, 224) and torch.equal(out, compose(image))
 
 
 @pytest.mark.parametrize("name,size", [("waterbirds", (375, 500)), ("celeba", (218, 178)), ("in9l", (300, 401))])
 def test_train_transform_seeded(name, size):
     image = _photo(*size, seed=3)
-    t = train_transform(name)
+    t = VIEWS[name].transform("train")
     torch.manual_seed(7)
     a = t(image)
     torch.manual_seed(7)
@@ -250,8 +243,9 @@ def test_lighting():
 
 
 def test_views_import_without_torchvision():
-    code = ("import sys, numpy as np; import masktune.views as v; "
-            "m = v.mask_to_raw(np.ones((224, 224), bool), 218, 178, v.VIEWS['celeba'].masking); "
+    code = ("import sys, numpy as np; from masktune.data.views import mask_to_raw; "
+            "from masktune.datasets import DATASETS; "
+            "m = mask_to_raw(np.ones((224, 224), bool), 218, 178, DATASETS['celeba'].views.masking); "
             "assert m[20:198].all() and not m[:20].any(); "
             "assert 'torchvision' not in sys.modules, 'torchvision imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

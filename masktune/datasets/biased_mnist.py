@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from masktune.config.stages import PrepareConfig
+from masktune.data.samples import SampleSet
+from masktune.data.views import PLAIN
+from masktune.datasets.mnist_idx import load_mnist
+from masktune.datasets.spec import DatasetSpec
 from masktune.errors import UserError
-from masktune.storage import SampleSet
 
 DIGITS_TO_CLASS = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
 GROUP_NAMES = {0: "y0_no_square", 1: "y1_no_square", 2: "y0_square", 3: "y1_square"}
@@ -56,7 +60,7 @@ def build_biased_split(images: np.ndarray, digits: np.ndarray, conflicting_ratio
 def split_validation(samples: SampleSet, val_size: int, rng: np.random.Generator) -> tuple[SampleSet, SampleSet]:
     """Draw `val_size` samples for validation; the rest, in their order, stay for training."""
     if not 0 < val_size < len(samples):
-        raise UserError(f"params.yaml: prepare.val_size must be between 1 and {len(samples) - 1} "
+        raise UserError(f"params.yaml: prepare.biased_mnist.val_size must be between 1 and {len(samples) - 1} "
                         f"(the training set has {len(samples)} images), got {val_size}")
     val_index = np.sort(rng.choice(len(samples), size=val_size, replace=False))
     keep = np.ones(len(samples), dtype=bool)
@@ -81,3 +85,17 @@ def build_biased_mnist(mnist: dict[str, tuple[np.ndarray, np.ndarray]], *, confl
         "test_original": build_biased_split(test_images, test_digits, None, square_size, color),
         "test_biased": build_biased_split(test_images, test_digits, 1.0, square_size, color),
     }
+
+
+def _prepare(config: PrepareConfig) -> dict[str, SampleSet]:
+    options = config.options
+    return build_biased_mnist(
+        load_mnist(options["mnist_dir"]), conflicting_ratio=options["bias_conflicting_ratio"],
+        square_size=options["square_size"], color=options["square_color"], placement=options["square_placement"],
+        val_size=options["val_size"], seed=options["seed"], train_limit=options["train_limit"],
+        test_limit=options["test_limit"])
+
+
+# The images are small pixel arrays, input to the model as they are (official MNIST transforms: ToTensor).
+SPEC = DatasetSpec(name="biased_mnist", num_classes=2, group_names=lambda options: GROUP_NAMES,
+                   test_splits=("test_original", "test_biased"), prepare=_prepare, views=PLAIN)

@@ -21,16 +21,21 @@ from __future__ import annotations
 
 import contextlib
 import csv
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from functools import partial
 from pathlib import Path
 
-from masktune.datasets.records import (
-    ImageRecords,
+from masktune.config.stages import PrepareConfig
+from masktune.data.samples import ImageRecords
+from masktune.data.views import IMAGENET_MEAN, IMAGENET_STD, CenterCrop, DatasetViews, Geometry, Resize, crop_flip_train
+from masktune.datasets.download import Source, drive_url
+from masktune.datasets.readers import (
     check_listed_files,
     parse_code,
     require_dir,
     unknown_name,
 )
+from masktune.datasets.spec import DatasetSpec, dataset_folder, first_images
 from masktune.errors import UserError
 
 NUM_CLASSES = 2
@@ -165,3 +170,47 @@ def read_celeba(root: str | Path, target: str = "Blond_Hair", spurious: str = "M
 def _records(root: Path, entries: list) -> ImageRecords:
     paths, labels, attributes, index = zip(*entries)
     return ImageRecords(root, paths, labels, attributes, index)
+
+
+def _attributes(options: Mapping) -> tuple[str, str]:
+    """prepare.celeba.target and .spurious, checked to be two different CelebA attributes."""
+    for key in ("target", "spurious"):
+        if options[key] not in ATTRIBUTE_NAMES:
+            raise unknown_name(Path("params.yaml"), f"prepare.celeba.{key} attribute", options[key], ATTRIBUTE_NAMES)
+    if options["target"] == options["spurious"]:
+        raise UserError(f"params.yaml: prepare.celeba.target and prepare.celeba.spurious are both {options['target']!r}")
+    return options["target"], options["spurious"]
+
+
+def _prepare(config: PrepareConfig) -> dict[str, ImageRecords]:
+    target, spurious = _attributes(config.options)
+    return first_images(read_celeba(dataset_folder(config, SOURCES, IMAGE_FOLDER), target, spurious), config)
+
+
+# The CelebA authors' Google Drive files, ids and md5s from torchvision 0.29 torchvision/datasets/celeba.py
+# (CelebA.file_list): aligned images (a zip of img_align_celeba/), the 40 attributes and the official
+# train/val/test partition. MaskTune's src/datasets/celebA.py reads the Kaggle CSV version of the same two
+# lists (list_attr_celeba.csv, list_eval_partition.csv), which WILDS serves as CodaLab bundle
+# 0xfe55077f5cd541f985ebf9ec50473293 (wilds/datasets/celebA_dataset.py, compressed_size 1_308_557_312, no
+# checksum); the .txt files hold the same values, space-separated, after a count line and a header line.
+_SOURCE = {"param": "prepare.celeba.dir", "description": "CelebA (Liu et al. 2015)"}
+SOURCES = (
+    Source(url=drive_url("0B7EVK8r0v71pZjFTYXZWM3FlRnM"), filename="img_align_celeba.zip",
+           md5="00d2c5bc6d35e252742224ab0c1e8fcb", **_SOURCE),
+    Source(url=drive_url("0B7EVK8r0v71pblRyaVFSWGxPY0U"), filename="list_attr_celeba.txt",
+           md5="75e246fa4810816ffd6ee81facbd244c", **_SOURCE),
+    Source(url=drive_url("0B7EVK8r0v71pY0NSMzRuSXJEVkk"), filename="list_eval_partition.txt",
+           md5="d32c9cbf5e040fd4025c592c306e6668", **_SOURCE),
+)
+
+SPEC = DatasetSpec(
+    name="celeba", num_classes=NUM_CLASSES, group_names=lambda options: group_names(*_attributes(options)),
+    test_splits=("test",), prepare=_prepare, sources=SOURCES,
+    # Official src/methods/celebA_train.py: transform_test and transform_data_to_mask are both
+    # CenterCrop(min(178, 218) = 178), then Resize((224, 224)).
+    views=DatasetViews(
+        masking=Geometry((CenterCrop(178), Resize((224, 224)))),
+        evaluation=Geometry((CenterCrop(178), Resize((224, 224)))),
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, train=partial(crop_flip_train, (1.0, 1.3333333333333333)),
+    ),
+)

@@ -27,7 +27,20 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from masktune.datasets.records import IMAGE_EXTENSIONS, ImageRecords, require_dir
+from masktune.config.stages import PrepareConfig
+from masktune.data.samples import ImageRecords
+from masktune.data.views import (
+    IMAGENET_PCA_EIGVAL,
+    IMAGENET_PCA_EIGVEC,
+    CenterCrop,
+    DatasetViews,
+    Geometry,
+    Lighting,
+    Resize,
+)
+from masktune.datasets.download import Source
+from masktune.datasets.readers import IMAGE_EXTENSIONS, require_dir
+from masktune.datasets.spec import DatasetSpec, dataset_folder, first_images
 from masktune.errors import UserError
 
 CLASS_FOLDERS = ("00_dog", "01_bird", "02_wheeled vehicle", "03_reptile", "04_carnivore", "05_insect",
@@ -93,3 +106,56 @@ def read_in9l(train_root: str | Path, challenge_root: str | Path,
                             f"(found: {', '.join(sorted(p.name for p in challenge_root.iterdir() if p.is_dir()))})")
         splits[f"test_{variant}"] = read_class_folders(challenge_root / variant / "val")
     return splits
+
+
+MEAN = (0.4717, 0.4499, 0.3837)  # IN-9 normalisation (official src/methods/in9l_train.py)
+STD = (0.2600, 0.2516, 0.2575)
+TEST_VARIANTS = ("original", "mixed_same", "mixed_rand", "only_fg")  # the paper's Table 3 columns
+
+
+def _train_transform():
+    # Official src/methods/in9l_train.py, transform_train (TRAIN_TRANSFORMS_IMAGENET + Normalize).
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.RandomResizedCrop(224),
+        transforms.RandomHorizontalFlip(),
+        transforms.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1),
+        transforms.ToTensor(),
+        Lighting(0.05, IMAGENET_PCA_EIGVAL, IMAGENET_PCA_EIGVEC),
+        transforms.Normalize(MEAN, STD),
+    ])
+
+
+def _prepare(config: PrepareConfig) -> dict[str, ImageRecords]:
+    """`prepare.in9l.dir` holds `in9l/` (train, val) and `bg_challenge/` (the test variants), as the
+    two official archives unpack."""
+    root = dataset_folder(config, SOURCES, ("in9l/train", "bg_challenge/original/val"))
+    return first_images(read_in9l(root / "in9l", root / "bg_challenge", variants=TEST_VARIANTS), config)
+
+
+# MadryLab/backgrounds_challenge README.md: the test sets are the release asset (unpacks to bg_challenge/
+# <variant>/val/<class>/, variants original, mixed_same, mixed_rand, only_fg, ...) and "Training Data"
+# links IN-9L on Dropbox (unpacks to in9l/train and in9l/val); `dl=1` instead of the README's `dl=0` asks
+# Dropbox for the file rather than its preview page. No checksums are published. MaskTune's
+# src/datasets/in9l.py reads <root>/train, <root>/val and <root>/test/<variant>/val.
+_SOURCE = {"param": "prepare.in9l.dir",
+           "description": "ImageNet-9 backgrounds challenge and IN-9L (Xiao et al. 2021)"}
+SOURCES = (
+    Source(url="https://github.com/MadryLab/backgrounds_challenge/releases/download/data/"
+               "backgrounds_challenge_data.tar.gz", filename="backgrounds_challenge_data.tar.gz", **_SOURCE),
+    Source(url="https://www.dropbox.com/s/8w29bg9niya19rn/in9l.tar.gz?dl=1", filename="in9l.tar.gz", **_SOURCE),
+)
+
+SPEC = DatasetSpec(
+    name="in9l", num_classes=NUM_CLASSES, group_names=lambda options: GROUP_NAMES,
+    test_splits=tuple(f"test_{variant}" for variant in TEST_VARIANTS), prepare=_prepare, sources=SOURCES,
+    metrics="background_challenge",
+    # Official src/methods/in9l_train.py: transform_test is Resize(256) (short side) then CenterCrop(224);
+    # transform_data_to_mask is Resize((224, 224)), a pure stretch.
+    views=DatasetViews(
+        masking=Geometry((Resize((224, 224)),)),
+        evaluation=Geometry((Resize(256), CenterCrop(224))),
+        mean=MEAN, std=STD, train=_train_transform,
+    ),
+)

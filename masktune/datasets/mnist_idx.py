@@ -21,8 +21,8 @@ FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 _MAGIC = {3: 0x00000803, 1: 0x00000801}  # unsigned bytes, 3 dims (images) / 1 dim (labels)
-DOWNLOAD_HINT = ("set prepare.mnist_dir in params.yaml to a folder holding the four MNIST IDX files "
-                 "(e.g. `dvc exp run -S prepare.mnist_dir=../shared/data/mnist`)")
+DOWNLOAD_HINT = ("set prepare.biased_mnist.mnist_dir in params.yaml to a folder holding the four MNIST IDX files "
+                 "(e.g. `dvc exp run -S prepare.biased_mnist.mnist_dir=../shared/data/mnist`)")
 
 
 def _find(folder: Path, stem: str) -> Path:
@@ -54,7 +54,7 @@ def load_mnist_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 28, 28) uint8 and digits (N,) int64 of the `train` or `test` split."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"prepare.mnist_dir: {folder} is not a folder; {DOWNLOAD_HINT}")
+        raise UserError(f"prepare.biased_mnist.mnist_dir: {folder} is not a folder; {DOWNLOAD_HINT}")
     image_stem, label_stem = FILES[split]
     images = read_idx(_find(folder, image_stem), 3)
     digits = read_idx(_find(folder, label_stem), 1).astype(np.int64)

@@ -14,16 +14,21 @@ official code re-lists the copied images with `glob`, in no fixed order).
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
-from masktune.datasets.records import (
-    ImageRecords,
+from masktune.config.stages import PrepareConfig
+from masktune.data.samples import ImageRecords
+from masktune.data.views import IMAGENET_MEAN, IMAGENET_STD, CenterCrop, DatasetViews, Geometry, Resize, crop_flip_train
+from masktune.datasets.download import Source
+from masktune.datasets.readers import (
     check_listed_files,
     parse_code,
     read_csv_rows,
     require_dir,
     require_file,
 )
+from masktune.datasets.spec import DatasetSpec, dataset_folder, first_images
 from masktune.errors import UserError
 
 NUM_CLASSES = 2
@@ -74,3 +79,30 @@ def read_waterbirds(root: str | Path) -> dict[str, ImageRecords]:
 def _records(root: Path, entries: list) -> ImageRecords:
     paths, labels, places, index = zip(*entries) if entries else ((), (), (), ())
     return ImageRecords(root, paths, labels, places, index)
+
+
+def _prepare(config: PrepareConfig) -> dict[str, ImageRecords]:
+    return first_images(read_waterbirds(dataset_folder(config, SOURCES, METADATA)), config)
+
+
+# The tarball the dataset's authors link in kohpangwei/group_DRO README.md ("Waterbirds"); it unpacks to
+# waterbird_complete95_forest2water2/ (metadata.csv + 200 class folders), the folder MaskTune's
+# src/datasets/waterbirds.py reads as raw_data_path. No checksum is published (WILDS serves the same files
+# as CodaLab bundle 0x505056d5cdea4e4eaa0e242cbfe2daa4 with compressed_size None).
+SOURCES = (
+    Source(url="https://nlp.stanford.edu/data/dro/waterbird_complete95_forest2water2.tar.gz",
+           filename="waterbird_complete95_forest2water2.tar.gz", param="prepare.waterbirds.dir",
+           description="Waterbirds (Sagawa et al. 2020)"),
+)
+
+SPEC = DatasetSpec(
+    name="waterbirds", num_classes=NUM_CLASSES, group_names=lambda options: GROUP_NAMES, test_splits=("test",),
+    prepare=_prepare, sources=SOURCES,
+    # Official src/methods/waterbirds_train.py: transform_test and transform_data_to_mask are both
+    # Resize((int(224 * 256/224),) * 2) = Resize((256, 256)) (a stretch), then CenterCrop((224, 224)).
+    views=DatasetViews(
+        masking=Geometry((Resize((256, 256)), CenterCrop((224, 224)))),
+        evaluation=Geometry((Resize((256, 256)), CenterCrop((224, 224)))),
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, train=partial(crop_flip_train, (0.75, 1.3333333333333333)),
+    ),
+)

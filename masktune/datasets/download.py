@@ -390,48 +390,7 @@ def resolve_dataset_folder(local: str | Path | None, download: bool, sources: Se
     return folder
 
 
-def _drive(file_id: str) -> str:
+def drive_url(file_id: str) -> str:
     """Direct link to a public Google Drive file. `confirm=t` skips the "cannot scan for viruses" page of
     large files; a quota page (HTML) is refused by `fetch`, and its md5 catches anything else."""
     return f"https://drive.usercontent.google.com/download?id={file_id}&export=download&confirm=t"
-
-
-_WATERBIRDS = {"param": "prepare.waterbirds.dir", "description": "Waterbirds (Sagawa et al. 2020)"}
-_CELEBA = {"param": "prepare.celeba.dir", "description": "CelebA (Liu et al. 2015)"}
-_IN9L = {"param": "prepare.in9l.dir", "description": "ImageNet-9 backgrounds challenge and IN-9L (Xiao et al. 2021)"}
-
-SOURCES: dict[str, list[Source]] = {
-    # The tarball the dataset's authors link in kohpangwei/group_DRO README.md ("Waterbirds"); it unpacks to
-    # waterbird_complete95_forest2water2/ (metadata.csv + 200 class folders), the folder MaskTune's
-    # src/datasets/waterbirds.py reads as raw_data_path. No checksum is published (WILDS serves the same files
-    # as CodaLab bundle 0x505056d5cdea4e4eaa0e242cbfe2daa4 with compressed_size None).
-    "waterbirds": [
-        Source(url="https://nlp.stanford.edu/data/dro/waterbird_complete95_forest2water2.tar.gz",
-               filename="waterbird_complete95_forest2water2.tar.gz", **_WATERBIRDS),
-    ],
-    # The CelebA authors' Google Drive files, ids and md5s from torchvision 0.29 torchvision/datasets/celeba.py
-    # (CelebA.file_list): aligned images (a zip of img_align_celeba/), the 40 attributes and the official
-    # train/val/test partition. MaskTune's src/datasets/celebA.py reads the Kaggle CSV version of the same two
-    # lists (list_attr_celeba.csv, list_eval_partition.csv), which WILDS serves as CodaLab bundle
-    # 0xfe55077f5cd541f985ebf9ec50473293 (wilds/datasets/celebA_dataset.py, compressed_size 1_308_557_312, no
-    # checksum); the .txt files hold the same values, space-separated, after a count line and a header line.
-    "celeba": [
-        Source(url=_drive("0B7EVK8r0v71pZjFTYXZWM3FlRnM"), filename="img_align_celeba.zip",
-               md5="00d2c5bc6d35e252742224ab0c1e8fcb", **_CELEBA),
-        Source(url=_drive("0B7EVK8r0v71pblRyaVFSWGxPY0U"), filename="list_attr_celeba.txt",
-               md5="75e246fa4810816ffd6ee81facbd244c", **_CELEBA),
-        Source(url=_drive("0B7EVK8r0v71pY0NSMzRuSXJEVkk"), filename="list_eval_partition.txt",
-               md5="d32c9cbf5e040fd4025c592c306e6668", **_CELEBA),
-    ],
-    # MadryLab/backgrounds_challenge README.md: the test sets are the release asset (unpacks to bg_challenge/
-    # <variant>/val/<class>/, variants original, mixed_same, mixed_rand, only_fg, ...) and "Training Data"
-    # links IN-9L on Dropbox (unpacks to in9l/train and in9l/val); `dl=1` instead of the README's `dl=0` asks
-    # Dropbox for the file rather than its preview page. No checksums are published. MaskTune's
-    # src/datasets/in9l.py reads <root>/train, <root>/val and <root>/test/<variant>/val.
-    "in9l": [
-        Source(url="https://github.com/MadryLab/backgrounds_challenge/releases/download/data/"
-                   "backgrounds_challenge_data.tar.gz",
-               filename="backgrounds_challenge_data.tar.gz", **_IN9L),
-        Source(url="https://www.dropbox.com/s/8w29bg9niya19rn/in9l.tar.gz?dl=1", filename="in9l.tar.gz", **_IN9L),
-    ],
-}

@@ -19,7 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from masktune.storage import atomic_output
+from masktune.io.files import atomic_output
 
 _SHARD = re.compile(r"rows-(\d{12})-(\d{12})\.h5")
 

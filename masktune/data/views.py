@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 
@@ -31,8 +30,6 @@ Size = int | tuple[int, int]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IN9L_MEAN = (0.4717, 0.4499, 0.3837)
-IN9L_STD = (0.2600, 0.2516, 0.2575)
 # AlexNet-style PCA lighting of ImageNet's RGB (official src/methods/in9l_train.py, IMAGENET_PCA).
 IMAGENET_PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
 IMAGENET_PCA_EIGVEC = (
@@ -40,7 +37,6 @@ IMAGENET_PCA_EIGVEC = (
     (-0.5808, -0.0045, -0.8140),
     (-0.5836, -0.6948, 0.4203),
 )
-ALIGNMENTS = ("crop", "stretch")
 
 
 def _normalise_size(size, name: str) -> Size:
@@ -199,10 +195,12 @@ def mask_to_raw(
         raise ValueError(f"raw size must be positive, got {height}x{width}")
     view_h, view_w = mask.shape[-2:]
     if alignment == "stretch":
+        if (view_h, view_w) == (height, width):
+            return mask
         rows, cols = _stretch_indices(height, view_h), _stretch_indices(width, view_w)
         return mask[..., rows[:, None], cols[None, :]]
     if alignment != "crop":
-        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
+        raise ValueError(f"alignment must be crop or stretch, got {alignment!r}")
     if geometry is None:
         raise ValueError("alignment='crop' needs the geometry of the view")
     expected = geometry.output_size(height, width)
@@ -244,7 +242,7 @@ class Lighting:
         return f"{type(self).__name__}(alphastd={self.alphastd})"
 
 
-def _crop_flip_train(ratio: tuple[float, float]):
+def crop_flip_train(ratio: tuple[float, float], mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """Official waterbirds_train.py / celebA_train.py transform_train: the two differ only in the crop's
     aspect-ratio range (Waterbirds (3/4, 4/3), CelebA (1, 4/3))."""
     from torchvision import transforms
@@ -254,85 +252,41 @@ def _crop_flip_train(ratio: tuple[float, float]):
                                      interpolation=transforms.InterpolationMode.BILINEAR),
         transforms.RandomHorizontalFlip(),
         transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        transforms.Normalize(mean, std),
     ])
 
 
-def _in9l_train():
-    # Official src/methods/in9l_train.py, transform_train (TRAIN_TRANSFORMS_IMAGENET + Normalize).
-    from torchvision import transforms
-
-    return transforms.Compose([
-        transforms.RandomResizedCrop(224),
-        transforms.RandomHorizontalFlip(),
-        transforms.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1),
-        transforms.ToTensor(),
-        Lighting(0.05, IMAGENET_PCA_EIGVAL, IMAGENET_PCA_EIGVEC),
-        transforms.Normalize(IN9L_MEAN, IN9L_STD),
-    ])
+VIEW_KINDS = ("train", "eval", "masking")
 
 
 @dataclass(frozen=True)
 class DatasetViews:
-    """A dataset's views: masking and evaluation geometry, normalisation, and its train transform factory."""
+    """How a dataset's images are seen: the masking and evaluation geometry, the normalisation, and a
+    factory of the (random) train transform. `PLAIN` is the view of small pixel datasets (biased MNIST):
+    the stored pixels as they are, `ToTensor()` only, as the official MNIST transforms."""
 
     masking: Geometry
     evaluation: Geometry
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    train: Callable[[], object]
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    train: Callable[[], object] | None = None
+
+    @property
+    def is_plain(self) -> bool:
+        return self == PLAIN
+
+    def transform(self, kind: str):
+        """The torchvision transform of `kind`: train (random; draws from torch's global generator, so
+        it is seeded per DataLoader worker), eval, or masking (the official `transform_data_to_mask`)."""
+        from torchvision import transforms
+
+        if kind not in VIEW_KINDS:
+            raise ValueError(f"view kind must be one of {VIEW_KINDS}, got {kind!r}")
+        if kind == "train" and self.train is not None:
+            return self.train()
+        geometry = self.masking if kind == "masking" else self.evaluation
+        normalise = [] if self.mean is None else [transforms.Normalize(self.mean, self.std)]
+        return transforms.Compose([*geometry.transforms(), transforms.ToTensor(), *normalise])
 
 
-VIEWS: dict[str, DatasetViews] = {
-    # Official src/methods/waterbirds_train.py: transform_test and transform_data_to_mask are both
-    # Resize((int(224 * 256/224),) * 2) = Resize((256, 256)) (a stretch), then CenterCrop((224, 224)).
-    "waterbirds": DatasetViews(
-        masking=Geometry((Resize((256, 256)), CenterCrop((224, 224)))),
-        evaluation=Geometry((Resize((256, 256)), CenterCrop((224, 224)))),
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, train=partial(_crop_flip_train, (0.75, 1.3333333333333333)),
-    ),
-    # Official src/methods/celebA_train.py: transform_test and transform_data_to_mask are both
-    # CenterCrop(min(178, 218) = 178), then Resize((224, 224)).
-    "celeba": DatasetViews(
-        masking=Geometry((CenterCrop(178), Resize((224, 224)))),
-        evaluation=Geometry((CenterCrop(178), Resize((224, 224)))),
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, train=partial(_crop_flip_train, (1.0, 1.3333333333333333)),
-    ),
-    # Official src/methods/in9l_train.py: transform_test is Resize(256) (short side) then CenterCrop(224);
-    # transform_data_to_mask is Resize((224, 224)), a pure stretch.
-    "in9l": DatasetViews(
-        masking=Geometry((Resize((224, 224)),)),
-        evaluation=Geometry((Resize(256), CenterCrop(224))),
-        mean=IN9L_MEAN, std=IN9L_STD, train=_in9l_train,
-    ),
-}
-
-
-def dataset_views(name: str) -> DatasetViews:
-    try:
-        return VIEWS[name]
-    except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; known: {sorted(VIEWS)}") from None
-
-
-def _compose(geometry: Geometry, mean, std):
-    from torchvision import transforms
-
-    return transforms.Compose([*geometry.transforms(), transforms.ToTensor(), transforms.Normalize(mean, std)])
-
-
-def train_transform(name: str):
-    """The official train transform of the dataset (random; draws from torch's global generator)."""
-    return dataset_views(name).train()
-
-
-def eval_transform(name: str):
-    """The official evaluation transform: evaluation geometry, ToTensor, Normalize."""
-    views = dataset_views(name)
-    return _compose(views.evaluation, views.mean, views.std)
-
-
-def masking_transform(name: str):
-    """The official `transform_data_to_mask`: masking geometry, ToTensor, Normalize."""
-    views = dataset_views(name)
-    return _compose(views.masking, views.mean, views.std)
+PLAIN = DatasetViews(masking=Geometry(), evaluation=Geometry())

@@ -5,6 +5,7 @@ its ops); only the stages that build a ResNet pay it, not the MNIST pipeline.
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
@@ -13,11 +14,25 @@ LAYERS = {18: (BasicBlock, [2, 2, 2, 2]), 50: (Bottleneck, [3, 4, 6, 3])}
 
 class TorchvisionResNet(ResNet):
     """torchvision's ResNet (same parameter names, so torchvision's ImageNet weights load into it)
-    with a `num_classes` head, as the official code builds it (src/models/resnet.py)."""
+    with a `num_classes` head, as the official code builds it (src/models/resnet.py). Features: the
+    global-average-pooled output of `layer4` (2048-d for ResNet-50, 512-d for ResNet-18)."""
+
+    @property
+    def classifier(self) -> nn.Linear:
+        return self.fc
 
     def grad_cam_target_layer(self) -> nn.Module:
         """`layer4[-1]`, the last residual block, as the official `get_grad_cam_target_layer`."""
         return self.layer4[-1]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """torchvision's `_forward_impl` up to the head."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(self.avgpool(x), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
 
 
 def build_resnet(depth: int, num_classes: int) -> TorchvisionResNet:

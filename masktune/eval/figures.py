@@ -1,6 +1,8 @@
-"""The image grid `dvc plots show` renders: original / saliency / masked, a few images per group."""
+"""The figures `dvc plots show` renders: the mask image grid (original / saliency / masked, a few images
+per group) and the CSV of group accuracies behind the bar chart."""
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import matplotlib
@@ -9,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from masktune.storage import atomic_output
+from masktune.io.files import atomic_output
 
 
 def pick_per_group(groups: np.ndarray, per_group: int) -> np.ndarray:
@@ -44,3 +46,14 @@ def save_mask_grid(path: str | Path, originals: np.ndarray, saliency: np.ndarray
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
+
+
+def write_group_csv(path: str | Path, results: dict) -> None:
+    """`model | split | group, accuracy` rows: the bar chart `dvc plots show` draws."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model_split_group", "accuracy"])
+        for name, splits in results.items():
+            for split, metrics in splits.items():
+                for group, accuracy in metrics.get("groups", {}).items():
+                    writer.writerow([f"{name} | {split} | {group}", f"{accuracy:.6f}"])

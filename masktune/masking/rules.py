@@ -3,9 +3,9 @@
 MaskTune (official src/utils/masking.py, `mask_heatmap_using_threshold`): per image, the threshold
 is mean + 2 * std (population std, as np.nanstd) of the *positive* saliency values; pixels above it
 are masked. An image with no positive saliency gets no mask (the official NaN threshold compares
-False everywhere). The official `apply_mask_and_save_individual_image_in_png` then resizes the mask
-to the raw image with nearest-neighbour (cv2.INTER_NEAREST) and multiplies: masked pixels become 0
-in every channel.
+False everywhere). Applying a mask to an image is the data contract's business
+(`masktune.data.masks.MaskSource`): masked pixels become 0 in every channel, as the official
+`apply_mask_and_save_individual_image_in_png` writes them.
 
 RandMask (the paper's random-masking baseline): the official MNIST code feeds the finetune with
 `Cutout(1, [2, ..., 14])` (src/methods/mnist_train.py, use_random_masking): one square hole per
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-from masktune.errors import UserError
 
 
 def saliency_thresholds(maps: np.ndarray | torch.Tensor, n_std: float = 2.0) -> np.ndarray:
@@ -42,35 +40,6 @@ def saliency_masks(maps: np.ndarray | torch.Tensor, n_std: float = 2.0, chunk: i
         part = maps[start:start + chunk]
         masks[start:start + chunk] = (part > _thresholds(part, n_std)[:, None, None]).numpy()
     return masks
-
-
-def pack_masks(masks: np.ndarray) -> np.ndarray:
-    """(N, H, W) bool -> (N, ceil(H*W/8)) uint8, one bit per pixel: 1/8 of a bool array's bytes
-    before compression."""
-    return np.packbits(masks.reshape(len(masks), -1), axis=1)
-
-
-def unpack_masks(packed: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Inverse of `pack_masks`."""
-    return np.unpackbits(packed, axis=1, count=height * width).reshape(len(packed), height, width).astype(bool)
-
-
-def resize_nearest(masks: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of (N, h, w) masks, with cv2.INTER_NEAREST's floor(dst * h / H)."""
-    h, w = masks.shape[1:]
-    if (h, w) == (height, width):
-        return masks
-    rows = np.minimum((np.arange(height) * (h / height)).astype(np.int64), h - 1)
-    cols = np.minimum((np.arange(width) * (w / width)).astype(np.int64), w - 1)
-    return masks[:, rows][:, :, cols]
-
-
-def apply_masks(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Zero the masked pixels (every channel) of uint8 images (N, H, W, C)."""
-    if len(images) != len(masks):
-        raise UserError(f"{len(masks)} masks for {len(images)} images: saliency and data disagree")
-    masks = resize_nearest(masks, *images.shape[1:3])
-    return np.where(masks[..., None], np.uint8(0), images)
 
 
 def cutout_boxes(n: int, height: int, width: int, side_range: tuple[int, int],

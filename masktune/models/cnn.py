@@ -1,16 +1,14 @@
-"""Models, looked up by the `train_erm.arch` param. Each names its XGradCAM target layer."""
+"""The small CNNs: the official MNIST network, and a tiny one for tests and data-path benchmarks."""
 from __future__ import annotations
 
-from collections.abc import Callable
-
+import torch
 from torch import nn
-
-from masktune.errors import UserError
 
 
 class SmallCNN(nn.Module):
     """The official MNIST network (src/models/simple_cnn.py): four 3x3 conv+BN+ReLU, two max-pools,
-    linear 512 -> 256 -> classes. Same module order, so official checkpoints' tensors line up."""
+    linear 512 -> 256 -> classes. Same module names, so official checkpoints' tensors line up; the
+    penultimate features are the 256-d output of the first linear block."""
 
     def __init__(self, num_classes: int):
         super().__init__()
@@ -27,12 +25,22 @@ class SmallCNN(nn.Module):
             nn.Linear(512, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Linear(256, num_classes),
         )
 
+    @property
+    def classifier(self) -> nn.Linear:
+        return self.linear[-1]
+
     def grad_cam_target_layer(self) -> nn.Module:
         """The last ReLU of the backbone, as the official `get_grad_cam_target_layer`."""
         return self.backbone[-3]
 
-    def forward(self, x):
-        return self.linear(self.backbone(x))
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.backbone(x)
+        for layer in list(self.linear)[:-1]:
+            x = layer(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
 
 
 class TinyCNN(nn.Module):
@@ -42,37 +50,23 @@ class TinyCNN(nn.Module):
 
     def __init__(self, num_classes: int):
         super().__init__()
-        self.features = nn.Sequential(
+        self.convs = nn.Sequential(
             nn.Conv2d(3, 8, 8, stride=8), nn.BatchNorm2d(8), nn.ReLU(),
             nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
             nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
         )
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes))
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(32, num_classes)
+
+    @property
+    def classifier(self) -> nn.Linear:
+        return self.head
 
     def grad_cam_target_layer(self) -> nn.Module:
-        return self.features[-1]
+        return self.convs[-1]
 
-    def forward(self, x):
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.convs(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
-
-
-def _resnet(depth: int) -> Callable[[int], nn.Module]:
-    def build(num_classes: int) -> nn.Module:
-        from masktune.resnet import build_resnet  # imports torchvision: only when a ResNet is built
-
-        return build_resnet(depth, num_classes)
-    return build
-
-
-MODELS: dict[str, Callable[[int], nn.Module]] = {
-    "small_cnn": SmallCNN,
-    "resnet18": _resnet(18),
-    "resnet50": _resnet(50),
-    "tiny_cnn": TinyCNN,
-}
-
-
-def build_model(arch: str, num_classes: int) -> nn.Module:
-    if arch not in MODELS:
-        raise UserError(f"params.yaml: train_erm.arch must be one of {', '.join(MODELS)}, got {arch!r}")
-    return MODELS[arch](num_classes=num_classes)

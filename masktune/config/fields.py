@@ -1,0 +1,155 @@
+"""The types a param can have, each a small validator that names the key in its message.
+
+`Field.check(key, value)` returns the value (normalised: floats as float, lists as tuples) or raises a
+one-line `UserError` such as `params.yaml: train_erm.epochs must be an integer >= 1, got 'three'`.
+`nullable` fields accept null; `recipe` fields take `recipes.<dataset>.<same key>` when null.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from masktune.errors import UserError
+
+SOURCE = "params.yaml"
+
+
+def invalid(key: str, expected: str, value: Any) -> UserError:
+    return UserError(f"{SOURCE}: {key} must be {expected}, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Field:
+    nullable: bool = False   # null is a valid value of its own (e.g. "no limit")
+    recipe: bool = False     # null means: the dataset's recipe value at the same path
+
+    def check(self, key: str, value: Any) -> Any:
+        if value is None and (self.nullable or self.recipe):
+            return None
+        return self._check(key, value)
+
+    def expected(self) -> str:
+        return self._describe() + (" or null" if self.nullable else "")
+
+    def _fail(self, key: str, value: Any) -> UserError:
+        return invalid(key, self.expected(), value)
+
+    def _check(self, key: str, value: Any) -> Any:
+        raise NotImplementedError
+
+    def _describe(self) -> str:
+        raise NotImplementedError
+
+
+def _bounds(minimum, maximum, exclusive_minimum: bool = False) -> str:
+    text = ""
+    if minimum is not None:
+        text += f" {'>' if exclusive_minimum else '>='} {minimum}"
+    if maximum is not None:
+        text += f" {'and ' if minimum is not None else ''}<= {maximum}"
+    return text
+
+
+@dataclass(frozen=True)
+class Int(Field):
+    minimum: int | None = None
+    maximum: int | None = None
+
+    def _describe(self) -> str:
+        return "an integer" + _bounds(self.minimum, self.maximum)
+
+    def _check(self, key, value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._fail(key, value)
+        if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum):
+            raise self._fail(key, value)
+        return value
+
+
+@dataclass(frozen=True)
+class Number(Field):
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+
+    def _describe(self) -> str:
+        return "a number" + _bounds(self.minimum, self.maximum, self.exclusive_minimum)
+
+    def _check(self, key, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self._fail(key, value)
+        if self.minimum is not None and (value < self.minimum or (self.exclusive_minimum and value == self.minimum)):
+            raise self._fail(key, value)
+        if self.maximum is not None and value > self.maximum:
+            raise self._fail(key, value)
+        return float(value)
+
+
+@dataclass(frozen=True)
+class Choice(Field):
+    options: tuple[str, ...] = ()
+
+    def _describe(self) -> str:
+        return "one of " + ", ".join(repr(o) for o in self.options)
+
+    def _check(self, key, value):
+        if value not in self.options:
+            raise self._fail(key, value)
+        return value
+
+
+@dataclass(frozen=True)
+class Bool(Field):
+    def _describe(self) -> str:
+        return "true or false"
+
+    def _check(self, key, value):
+        if not isinstance(value, bool):
+            raise self._fail(key, value)
+        return value
+
+
+@dataclass(frozen=True)
+class Text(Field):
+    def _describe(self) -> str:
+        return "a non-empty string"
+
+    def _check(self, key, value):
+        if not isinstance(value, str) or not value:
+            raise self._fail(key, value)
+        return value
+
+
+@dataclass(frozen=True)
+class FilePath(Field):
+    def _describe(self) -> str:
+        return "a path (string)"
+
+    def _check(self, key, value):
+        if not isinstance(value, str) or not value:
+            raise self._fail(key, value)
+        return Path(value)
+
+
+@dataclass(frozen=True)
+class IntList(Field):
+    length: int = 2
+    minimum: int = 0
+    maximum: int = 2**31 - 1
+    ascending: bool = False  # [min, max] pairs: first <= second
+
+    def _describe(self) -> str:
+        order = ", in ascending order" if self.ascending else ""
+        return f"a list of {self.length} integers in [{self.minimum}, {self.maximum}]{order}"
+
+    def _check(self, key, value: Sequence):
+        if not isinstance(value, list) or len(value) != self.length or any(
+            isinstance(v, bool) or not isinstance(v, int) or not self.minimum <= v <= self.maximum for v in value
+        ):
+            raise self._fail(key, value)
+        if self.ascending and list(value) != sorted(value):
+            raise self._fail(key, value)
+        return tuple(value)

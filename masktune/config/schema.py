@@ -1,0 +1,127 @@
+"""Every key of params.yaml, its type and bounds, in one place; and the check of the whole file.
+
+The choice lists here are the names the registries are keyed by (`masktune.datasets.DATASETS`,
+`masktune.models.MODELS`, ...); tests/test_config.py checks that they agree, so a new dataset or model
+is one registry entry plus its name here. This module imports nothing of the pipeline but `errors`:
+every stage validates the whole params file when it starts without depending on the code of the others.
+
+The naming rule for recipes (written down in params.yaml too): a key declared with `recipe=True`
+(`lr`, `train_erm.epochs`, ...) may be null, and then takes `recipes.<dataset>.<the same key>`.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from masktune.config.fields import SOURCE, Bool, Choice, Field, FilePath, Int, IntList, Number, Text, invalid
+from masktune.errors import UserError
+
+DATASET_NAMES = ("biased_mnist", "waterbirds", "celeba", "in9l")
+ARCH_NAMES = ("small_cnn", "resnet18", "resnet50", "tiny_cnn")
+PRECISIONS = ("float32", "bfloat16", "float16")
+MASK_METHODS = ("xgradcam", "random")          # MaskTune | the paper's RandMask baseline
+ALIGNMENTS = ("crop", "stretch")               # how a view mask is put on the raw image
+SQUARE_PLACEMENTS = ("official", "random")
+MAX_WORKERS = 64
+
+_IMAGE_FOLDER = {"dir": FilePath(nullable=True), "limit": Int(1, nullable=True)}
+PREPARE: dict[str, dict[str, Field]] = {
+    "biased_mnist": {
+        "mnist_dir": FilePath(nullable=True),
+        "bias_conflicting_ratio": Number(0.0, 1.0),
+        "square_size": Int(1, 28),
+        "square_color": IntList(length=3, minimum=0, maximum=255),
+        "square_placement": Choice(options=SQUARE_PLACEMENTS),
+        "val_size": Int(1),
+        "seed": Int(0),
+        "train_limit": Int(2, nullable=True),
+        "test_limit": Int(1, nullable=True),
+    },
+    "waterbirds": dict(_IMAGE_FOLDER),
+    "celeba": {**_IMAGE_FOLDER, "target": Text(), "spurious": Text()},  # attribute names: checked by the reader
+    "in9l": dict(_IMAGE_FOLDER),
+}
+
+SCHEMA: dict[str, Field] = {
+    "dataset": Choice(options=DATASET_NAMES),
+    "lr": Number(0.0, exclusive_minimum=True, recipe=True),
+    "eval_batch_size": Int(1, recipe=True),
+    "download": Bool(),
+    "download_dir": FilePath(nullable=True),
+    **{f"prepare.{name}.{key}": field for name, fields in PREPARE.items() for key, field in fields.items()},
+    "train_erm.arch": Choice(options=ARCH_NAMES, recipe=True),
+    "train_erm.pretrained": Bool(recipe=True),
+    "train_erm.weights_path": FilePath(nullable=True),
+    "train_erm.epochs": Int(1, recipe=True),
+    "train_erm.batch_size": Int(1, recipe=True),
+    "train_erm.momentum": Number(0.0, 1.0, recipe=True),
+    "train_erm.weight_decay": Number(0.0, recipe=True),
+    "train_erm.workers": Int(0, MAX_WORKERS),
+    "train_erm.seed": Int(0),
+    "saliency.batch_size": Int(1, recipe=True),
+    "saliency.precision": Choice(options=PRECISIONS),
+    "saliency.channels_last": Bool(),
+    "saliency.fold_batchnorm": Bool(),
+    "saliency.workers": Int(0, MAX_WORKERS),
+    "saliency.resume_every": Int(1),
+    "mask.method": Choice(options=MASK_METHODS),
+    "mask.threshold_std": Number(0.0),
+    "mask.cutout_sides": IntList(length=2, minimum=1, maximum=10_000, ascending=True),
+    "mask.seed": Int(0),
+    "mask.alignment": Choice(options=ALIGNMENTS),
+    "finetune.epochs": Int(1),
+    "finetune.lr": Number(0.0, exclusive_minimum=True, nullable=True),  # null: the checkpoint's (official)
+    "finetune.batch_size": Int(1, recipe=True),
+    "finetune.workers": Int(0, MAX_WORKERS),
+    "finetune.seed": Int(0),
+    "evaluate.workers": Int(0, MAX_WORKERS),
+    "evaluate.examples_per_group": Int(1, 16),
+}
+RECIPE_KEYS = tuple(key for key, field in SCHEMA.items() if field.recipe)
+
+
+def lookup(values: Mapping, key: str) -> Any:
+    """The value at dotted `key`; UserError naming the key when it is missing."""
+    node: Any = values
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise UserError(f"{SOURCE}: missing key '{key}'")
+        node = node[part]
+    return node
+
+
+def _leaves(node: Mapping, prefix: str = "") -> Iterator[str]:
+    for name, value in node.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, Mapping) and value:
+            yield from _leaves(value, key + ".")
+        else:
+            yield key
+
+
+def _known_keys() -> list[str]:
+    return list(SCHEMA) + [f"recipes.{name}.{key}" for name in DATASET_NAMES for key in RECIPE_KEYS]
+
+
+def validate(values: Mapping) -> None:
+    """Check every param of the pipeline: each key's type and bounds, every dataset's recipe complete
+    and valid, no unknown key (a typo would otherwise be silently ignored). Raises the first problem
+    as a one-line UserError naming the key."""
+    if not isinstance(values, Mapping):
+        raise UserError(f"{SOURCE}: expected a mapping at the top level")
+    for key, field in SCHEMA.items():
+        field.check(key, lookup(values, key))
+    for name in DATASET_NAMES:
+        for key in RECIPE_KEYS:
+            full = f"recipes.{name}.{key}"
+            value = lookup(values, full)
+            if value is None:
+                raise invalid(full, SCHEMA[key].expected() + " (a recipe value may not be null)", value)
+            SCHEMA[key].check(full, value)
+    known = _known_keys()
+    for key in _leaves(values):
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UserError(f"{SOURCE}: unknown key '{key}'{hint}")

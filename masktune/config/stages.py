@@ -1,0 +1,131 @@
+"""Each stage's params, resolved once into a typed, frozen config.
+
+`load_stage_config(stage)` reads params.yaml, validates *every* param of the pipeline (so a typo in
+the finetune's params stops `dvc exp run` at its first stage, not hours later at the finetune), then
+builds the stage's config from the keys its dvc.yaml entry declares, applying the recipe rule
+(a null recipe key takes `recipes.<dataset>.<key>`). Reading an undeclared key is an error: DVC would not rerun the stage when
+that key changed.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from masktune.config import schema
+from masktune.config.files import declared_params, read_yaml
+from masktune.errors import UserError
+
+
+def _key(key: str):
+    """A config field read from params key `key` (recipe rule applied where the schema says so)."""
+    return dataclasses.field(metadata={"key": key})
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    dataset: str = _key("dataset")
+    options: MappingProxyType = _key("prepare.${dataset}")  # prepare.<dataset>.*, validated
+    download: bool = _key("download")
+    download_dir: Path | None = _key("download_dir")
+
+
+@dataclass(frozen=True)
+class TrainErmConfig:
+    dataset: str = _key("dataset")
+    lr: float = _key("lr")
+    eval_batch_size: int = _key("eval_batch_size")
+    arch: str = _key("train_erm.arch")
+    pretrained: bool = _key("train_erm.pretrained")
+    weights_path: Path | None = _key("train_erm.weights_path")
+    epochs: int = _key("train_erm.epochs")
+    batch_size: int = _key("train_erm.batch_size")
+    momentum: float = _key("train_erm.momentum")
+    weight_decay: float = _key("train_erm.weight_decay")
+    workers: int = _key("train_erm.workers")
+    seed: int = _key("train_erm.seed")
+
+
+@dataclass(frozen=True)
+class SaliencyConfig:
+    batch_size: int = _key("saliency.batch_size")
+    precision: str = _key("saliency.precision")
+    channels_last: bool = _key("saliency.channels_last")
+    fold_batchnorm: bool = _key("saliency.fold_batchnorm")
+    workers: int = _key("saliency.workers")
+    resume_every: int = _key("saliency.resume_every")
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    method: str = _key("mask.method")
+    threshold_std: float = _key("mask.threshold_std")
+    cutout_sides: tuple[int, int] = _key("mask.cutout_sides")
+    seed: int = _key("mask.seed")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: int = _key("finetune.epochs")
+    lr: float | None = _key("finetune.lr")  # None: keep the ERM checkpoint's learning rate
+    batch_size: int = _key("finetune.batch_size")
+    eval_batch_size: int = _key("eval_batch_size")
+    alignment: str = _key("mask.alignment")
+    workers: int = _key("finetune.workers")
+    seed: int = _key("finetune.seed")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    eval_batch_size: int = _key("eval_batch_size")
+    workers: int = _key("evaluate.workers")
+    examples_per_group: int = _key("evaluate.examples_per_group")
+
+
+STAGE_CONFIGS = {
+    "prepare": PrepareConfig,
+    "train_erm": TrainErmConfig,
+    "compute_saliency": SaliencyConfig,
+    "materialize_masked_dataset": MaskConfig,
+    "finetune": FinetuneConfig,
+    "evaluate": EvaluateConfig,
+}
+
+
+class _Resolver:
+    """Reads validated values of the declared keys only."""
+
+    def __init__(self, stage: str, values: dict, declared: list[str]):
+        self.stage, self.values, self.declared = stage, values, declared
+
+    def read(self, key: str) -> Any:
+        if not any(key == d or key.startswith(d + ".") for d in self.declared):
+            raise UserError(f"stage '{self.stage}' reads param '{key}' but dvc.yaml does not declare it "
+                            f"(declared: {', '.join(self.declared)})")
+        return schema.lookup(self.values, key)
+
+    def resolve(self, key: str) -> Any:
+        if "${dataset}" in key:
+            key = key.replace("${dataset}", self.read("dataset"))
+        if key in schema.SCHEMA:
+            value = self.read(key)
+            if value is None and schema.SCHEMA[key].recipe:
+                value = self.read(f"recipes.{self.read('dataset')}.{key}")
+            return schema.SCHEMA[key].check(key, value)
+        prefix = key + "."  # a whole section (prepare.<dataset>): every key of it, checked
+        self.read(key)
+        return MappingProxyType({k[len(prefix):]: field.check(k, self.read(k))
+                                 for k, field in schema.SCHEMA.items() if k.startswith(prefix)})
+
+
+def load_stage_config(stage: str, params_file: str | Path = "params.yaml", dvc_file: str | Path = "dvc.yaml"):
+    """The typed config of `stage`, after validating every param of params.yaml."""
+    if stage not in STAGE_CONFIGS:
+        raise UserError(f"no stage config named '{stage}' (known: {', '.join(STAGE_CONFIGS)})")
+    values = read_yaml(params_file)
+    schema.validate(values)
+    resolver = _Resolver(stage, values, declared_params(stage, dvc_file, values))
+    config = STAGE_CONFIGS[stage]
+    return config(**{f.name: resolver.resolve(f.metadata["key"]) for f in dataclasses.fields(config)})

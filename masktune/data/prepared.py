@@ -1,0 +1,266 @@
+"""The prepared data file (`data/prepared.h5`): written by `prepare`, read by every later stage.
+
+One HDF5 group per split (`train`, `val`, `test_*`), each with the per-sample vectors `labels`,
+`attributes` (the spurious attribute), `groups` (2 * attribute + label) and `source_index` (the
+sample's index in the file it came from), and the images in one of two forms:
+
+- **pixels**, `images` (N, H, W, C) uint8, chunked and gzip-compressed: small images built in memory
+  (biased MNIST, 28 x 28);
+- **encoded files**, the images' *original file bytes* (JPEG as distributed: nothing re-encoded,
+  nothing lost) concatenated in one uint8 dataset `encoded`, with `offsets` (N + 1), `image_sizes`
+  (N, 2: height, width) and `paths` (for messages). DVC hashes one 1.4 GB file (CelebA) in seconds
+  where 202,599 small files take minutes and as many cache entries; decoded pixels would be 24 GB for
+  CelebA's training set alone. Images are decoded where they are used, in DataLoader workers, as the
+  official code decodes its JPEG files.
+
+Which form a split has is this module's and `masktune.data.splits`' business only: everything else
+reads splits through `splits.open_split`. File attributes: `dataset`, `num_classes`, `group_names`.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from masktune.data.samples import ImageRecords, SampleSet
+from masktune.errors import UserError
+from masktune.io.files import atomic_output
+from masktune.io.hdf5 import CHUNK_BYTES, STREAM_CACHE_BYTES, h5_output, open_h5, read_attrs, read_rows, write_array
+
+VECTOR_FIELDS = ("labels", "attributes", "groups", "source_index")
+WRITE_BATCH = 256  # images read and appended at a time while preparing
+
+
+# ---------------------------------------------------------------------------------------------
+# Write side
+
+
+def write_prepared(path: str | Path, splits: Mapping[str, SampleSet | ImageRecords], attrs: Mapping) -> None:
+    """Write every split (all pixels or all image files) to one HDF5 file, atomically."""
+    if all(isinstance(s, SampleSet) for s in splits.values()):
+        _write_pixel_splits(path, splits, attrs)
+    else:
+        with h5_output(path, attrs) as f:
+            for name, records in splits.items():
+                _write_image_split(f.create_group(name), records, desc=f"prepare {name}")
+
+
+def _write_pixel_splits(path: str | Path, splits: Mapping[str, SampleSet], attrs: Mapping) -> None:
+    with atomic_output(path) as tmp, h5py.File(tmp, "w", track_order=False) as f:
+        for key, value in attrs.items():
+            f.attrs[key] = value
+        for name, samples in splits.items():
+            group = f.create_group(name)
+            write_array(group, "images", np.ascontiguousarray(samples.images, dtype=np.uint8))
+            for field in VECTOR_FIELDS:
+                write_array(group, field, np.asarray(getattr(samples, field), dtype=np.int64))
+
+
+def _checked_size(data: bytes, path: Path) -> tuple[int, int]:
+    """(height, width) of an encoded image, after decoding it (JPEG at 1/8 scale: an eighth of the
+    work, and a truncated or corrupt file still fails), or a UserError naming the file."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+            image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"{path}: cannot read image (corrupted or truncated? {reason})") from None
+    return height, width
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise UserError(f"{path}: cannot read image ({error.strerror or error})") from None
+
+
+def _write_image_split(group: h5py.Group, records: ImageRecords, desc: str) -> None:
+    """Append every image of `records` to `group` (see the module docstring), checking each decodes."""
+    n = len(records)
+    encoded = group.create_dataset("encoded", shape=(0,), maxshape=(None,), dtype=np.uint8,
+                                   chunks=(CHUNK_BYTES,), track_times=False)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    sizes = np.zeros((n, 2), dtype=np.int64)
+    for first in tqdm(range(0, n, WRITE_BATCH), desc=desc, unit="batch", disable=None):
+        index = range(first, min(first + WRITE_BATCH, n))
+        blobs = [_read_bytes(records.path(i)) for i in index]
+        for i, blob in zip(index, blobs):
+            sizes[i] = _checked_size(blob, records.path(i))
+            offsets[i + 1] = offsets[i] + len(blob)
+        encoded.resize((offsets[index[-1] + 1],))
+        encoded[offsets[first]:] = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+    group.create_dataset("offsets", data=offsets, track_times=False)
+    group.create_dataset("image_sizes", data=sizes, track_times=False)
+    group.create_dataset("paths", data=np.array(records.paths, dtype=object), dtype=h5py.string_dtype(),
+                         track_times=False)
+    vectors = {"labels": records.labels, "attributes": records.attributes, "groups": records.groups,
+               "source_index": records.source_index}
+    for field in VECTOR_FIELDS:
+        group.create_dataset(field, data=np.asarray(vectors[field], dtype=np.int64), track_times=False)
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Read side
+
+
+class PreparedFile:
+    """The read side of a prepared file: its attributes, and each split's vectors and images."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.attrs = read_attrs(self.path)
+
+    @property
+    def dataset(self) -> str:
+        return str(self._attr("dataset"))
+
+    @property
+    def num_classes(self) -> int:
+        return int(self._attr("num_classes"))
+
+    @property
+    def group_names(self) -> dict[int, str]:
+        """Group id -> name, as `prepare` recorded them for this dataset (and its params)."""
+        return {int(g): name for g, name in json.loads(str(self._attr("group_names"))).items()}
+
+    def _attr(self, name: str):
+        if name not in self.attrs:
+            raise UserError(f"{self.path}: no '{name}' recorded (written by an older prepare): rerun `dvc repro`")
+        return self.attrs[name]
+
+    def length(self, split: str) -> int:
+        with open_h5(self.path) as f:
+            if f"{split}/labels" not in f:
+                raise UserError(f"{self.path}: no split '{split}' (has: {', '.join(f.keys())})")
+            return int(f[f"{split}/labels"].shape[0])
+
+    def vectors(self, split: str, *names: str) -> list[np.ndarray]:
+        """Per-sample vectors (labels, groups, ...) of a split: small, read whole."""
+        self.length(split)
+        with open_h5(self.path) as f:
+            return [f[f"{split}/{name}"][()] for name in names]
+
+    def stores_pixels(self, split: str) -> bool:
+        """Whether `split` holds pixel arrays (else encoded image files)."""
+        with open_h5(self.path) as f:
+            if split not in f:
+                raise UserError(f"{self.path}: no split '{split}' (has: {', '.join(f.keys())})")
+            return f"{split}/images" in f
+
+    def pixels(self, split: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """uint8 (N, H, W, C) of a pixel split (all of it, or the rows `rows`), shape checked."""
+        key = f"{split}/images"
+        with open_h5(self.path) as f:
+            if key not in f:
+                raise UserError(f"{self.path}: split '{split}' has no pixel images")
+            images = f[key]
+            if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != np.uint8:
+                raise UserError(f"{self.path}: {key} must be uint8 of shape (N, H, W, 1 or 3), "
+                                f"got {images.dtype} {images.shape}")
+            if rows is None:
+                return images[()]
+        return read_rows(self.path, key, rows)
+
+    def pixel_size(self, split: str) -> tuple[int, int]:
+        """(height, width) of a pixel split's images, without reading them."""
+        with open_h5(self.path) as f:
+            return tuple(int(s) for s in f[f"{split}/images"].shape[1:3])
+
+    def first_image_size(self, split: str) -> tuple[int, int]:
+        """(height, width) of the first raw image of an encoded split."""
+        with open_h5(self.path) as f:
+            return tuple(int(s) for s in f[f"{split}/image_sizes"][0])
+
+    def samples(self, split: str) -> SampleSet:
+        """A pixel split whole, in memory, its vectors checked against each other."""
+        images = self.pixels(split)
+        vectors = self.vectors(split, *VECTOR_FIELDS)
+        for name, vector in zip(VECTOR_FIELDS, vectors):
+            if vector.shape != (len(images),):
+                raise UserError(f"{self.path}: {split}/{name} has shape {vector.shape}, expected "
+                                f"({len(images)},) to match {split}/images")
+        labels, attributes, groups, source_index = vectors
+        samples = SampleSet(images, labels, attributes, source_index)
+        if not np.array_equal(groups, samples.groups):
+            raise UserError(f"{self.path}: {split}/groups is not 2 * attributes + labels")
+        return samples
+
+
+class PixelBatches(Dataset):
+    """Item i = (first row, uint8 images (B, H, W, C)) of contiguous batch i of a pixel split, from row
+    `start` on: a DataLoader over it reads batch i+1 (decompression included) in a worker process while
+    the model computes batch i, in memory bounded by the batch, not by N. Each worker opens its own
+    HDF5 handle (h5py handles do not survive a fork)."""
+
+    def __init__(self, path: str | Path, split: str, batch_size: int, start: int = 0):
+        self.path, self.key, self.batch_size, self.start = Path(path), f"{split}/images", batch_size, start
+        with open_h5(self.path) as f:
+            if self.key not in f:
+                raise UserError(f"{self.path}: no dataset '{self.key}'")
+            self.n = f[self.key].shape[0]
+        self._file: h5py.File | None = None
+
+    def __len__(self) -> int:
+        return math.ceil(max(0, self.n - self.start) / self.batch_size)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+        if self._file is None:
+            self._file = open_h5(self.path, STREAM_CACHE_BYTES)
+        first = self.start + i * self.batch_size
+        return first, torch.from_numpy(self._file[self.key][first:min(first + self.batch_size, self.n)])
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_file": None}
+
+
+class EncodedImages:
+    """Random access to one split's images, decoded to RGB PIL images. Opens its HDF5 handle on first
+    use, so each DataLoader worker gets its own (h5py handles do not survive a fork)."""
+
+    def __init__(self, path: str | Path, split: str):
+        self.path, self.split = Path(path), split
+        with open_h5(self.path) as f:
+            if f"{split}/encoded" not in f:
+                raise UserError(f"{self.path}: split '{split}' has no encoded images")
+            self.offsets = f[f"{split}/offsets"][()]
+            self.sizes = f[f"{split}/image_sizes"][()]
+        self._file: h5py.File | None = None
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def source_path(self, i: int) -> str:
+        with open_h5(self.path) as f:
+            return f[f"{self.split}/paths"][i].decode()
+
+    def __getitem__(self, i: int) -> Image.Image:
+        if self._file is None:
+            self._file = open_h5(self.path, STREAM_CACHE_BYTES)
+        blob = self._file[f"{self.split}/encoded"][self.offsets[i]:self.offsets[i + 1]]
+        try:
+            with Image.open(io.BytesIO(blob.tobytes())) as image:
+                return image.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as error:
+            raise UserError(f"{self.path}: image {i} of '{self.split}' ({self.source_path(i)}) cannot be "
+                            f"decoded ({error}); rerun prepare") from None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_file": None}

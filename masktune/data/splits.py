@@ -1,0 +1,194 @@
+"""The one data contract: every prepared split is read as a `Split`, whatever its storage.
+
+A `Split` is a torch `Dataset` of `(image tensor, label, group, index)` with the split's `labels`,
+`groups` and `attributes` as arrays, and two batched readers, so that training, prediction and the
+per-image passes (saliency) never ask how a split is stored:
+
+- `batches(batch_size, device, generator)`: `(inputs on the device, row indices)`, shuffled when a
+  generator is given (training), in order without (prediction);
+- `ordered_batches(batch_size, device, start, workers)`: `(first row, inputs)` in row order from row
+  `start`, in memory bounded by the batch (saliency streams CelebA's 162,770 images this way).
+
+Two storages implement it (`masktune.data.prepared` says why there are two):
+- `PixelSplit`: small pixel arrays (biased MNIST, 28 x 28) in memory, the fast path: a batch is an
+  index slice turned into a tensor on the device (`to_input`, torchvision's `ToTensor`, batched);
+- `EncodedSplit`: image files decoded and transformed in DataLoader worker processes with the dataset's
+  torchvision transforms. With a generator it is deterministic for a given number of workers: the
+  DataLoader draws its workers' seeds from the generator, and each random transform draws from its
+  worker's seed.
+
+Masks are applied in one place, `MaskSource.apply` (masktune.data.masks), to the raw pixels before
+the transform, as the official code's masked PNG files have them.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from masktune.data.masks import MaskSource
+from masktune.data.prepared import EncodedImages, PixelBatches, PreparedFile
+from masktune.data.samples import SampleSet
+from masktune.data.views import DatasetViews
+
+
+def to_input(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1]: torchvision's ToTensor, batched. The
+    result keeps the NHWC layout in memory (a channels-last tensor), which oneDNN and cuDNN convolve
+    fastest; values are the same either way."""
+    tensor = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+    tensor = tensor.to(device, non_blocking=True)
+    return tensor.permute(0, 3, 1, 2).float().div_(255)
+
+
+def index_batches(n: int, batch_size: int, generator: torch.Generator | None = None) -> Iterator[np.ndarray]:
+    """Index batches over n samples: shuffled with `generator`, in order without one."""
+    order = torch.randperm(n, generator=generator).numpy() if generator is not None else np.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]
+
+
+class Split(Dataset):
+    """A prepared split: per-sample arrays, items `(image, label, group, index)`, batched readers."""
+
+    labels: np.ndarray
+    groups: np.ndarray
+    attributes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int, int]:
+        raise NotImplementedError
+
+    def batches(self, batch_size: int, device: torch.device,
+                generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        raise NotImplementedError
+
+    def ordered_batches(self, batch_size: int, device: torch.device, start: int = 0,
+                        workers: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
+        raise NotImplementedError
+
+
+class PixelSplit(Split):
+    """uint8 pixel arrays (N, H, W, C), read whole on first use (training, prediction) or streamed
+    from the file in contiguous batches (`ordered_batches`)."""
+
+    def __init__(self, prepared: PreparedFile, split: str, masks: MaskSource | None = None):
+        self.prepared, self.split, self.masks = prepared, split, masks
+        self.labels, self.groups, self.attributes = prepared.vectors(split, "labels", "groups", "attributes")
+        self._images: np.ndarray | None = None
+
+    @classmethod
+    def from_samples(cls, samples: SampleSet, masks: MaskSource | None = None) -> PixelSplit:
+        """A split of pixels already in memory (tests, benchmarks, a dataset built on the fly)."""
+        split = cls.__new__(cls)
+        split.prepared, split.split, split.masks = None, None, masks
+        split.labels, split.groups, split.attributes = samples.labels, samples.groups, samples.attributes
+        split._images = samples.images
+        return split
+
+    def pixels(self, index: np.ndarray) -> np.ndarray:
+        """uint8 images of the rows `index`, masked when the split has masks."""
+        if self._images is None:
+            self._images = self.prepared.pixels(self.split)
+        images = self._images[index]
+        return images if self.masks is None else self.masks.apply(images, index)
+
+    def __getitem__(self, i: int):
+        image = to_input(self.pixels(np.array([i])), torch.device("cpu"))[0]
+        return image, int(self.labels[i]), int(self.groups[i]), i
+
+    def batches(self, batch_size, device, generator=None):
+        for index in index_batches(len(self), batch_size, generator):
+            yield to_input(self.pixels(index), device), index
+
+    def ordered_batches(self, batch_size, device, start=0, workers=0):
+        if self.masks is not None:
+            raise ValueError("ordered_batches streams unmasked images")
+        if self.prepared is None:
+            for first in range(start, len(self), batch_size):
+                yield first, to_input(self._images[first:first + batch_size], device)
+            return
+        batches = PixelBatches(self.prepared.path, self.split, batch_size, start)
+        loader = DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
+                            pin_memory=device.type == "cuda", prefetch_factor=2 if workers else None)
+        try:
+            for first, images in loader:
+                yield first, to_input(images, device)
+        finally:
+            batches.close()
+
+
+class EncodedSplit(Split):
+    """Image files decoded, (masked,) transformed in `workers` DataLoader processes."""
+
+    def __init__(self, prepared: PreparedFile, split: str, transform, workers: int, masks: MaskSource | None = None):
+        self.images = EncodedImages(prepared.path, split)
+        self.transform, self.workers, self.masks = transform, workers, masks
+        self.labels, self.groups, self.attributes = prepared.vectors(split, "labels", "groups", "attributes")
+
+    def __getitem__(self, i: int):
+        image = self.images[i]
+        if self.masks is not None:
+            image = Image.fromarray(self.masks.apply(np.asarray(image)[None], np.array([i]))[0])
+        return self.transform(image), int(self.labels[i]), int(self.groups[i]), i
+
+    def _loader(self, dataset: Dataset, batch_size: int, device: torch.device, generator=None, workers=None):
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=generator is not None, generator=generator,
+                            num_workers=self.workers if workers is None else workers,
+                            pin_memory=device.type == "cuda")
+        for inputs, _, _, index in loader:
+            yield inputs.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last), index.numpy()
+
+    def batches(self, batch_size, device, generator=None):
+        yield from self._loader(self, batch_size, device, generator)
+
+    def ordered_batches(self, batch_size, device, start=0, workers=0):
+        for inputs, index in self._loader(Subset(self, range(start, len(self))), batch_size, device,
+                                          workers=workers):
+            yield int(index[0]), inputs
+
+
+def open_split(prepared: PreparedFile, split: str, views: DatasetViews, kind: str = "eval", workers: int = 0,
+               masks: MaskSource | None = None) -> Split:
+    """Split `split` of the prepared file as the model sees it through the view `kind` (train, eval,
+    masking), with `masks` applied to the raw images when given. Pixel splits need `views.PLAIN`."""
+    if prepared.stores_pixels(split):
+        if not views.is_plain:
+            raise ValueError(f"{prepared.path}: split '{split}' stores pixels, read as they are; its dataset's "
+                             "views must be views.PLAIN")
+        return PixelSplit(prepared, split, masks)
+    return EncodedSplit(prepared, split, views.transform(kind), workers, masks)
+
+
+def masking_view_size(prepared: PreparedFile, views: DatasetViews) -> tuple[int, int]:
+    """(height, width) of the training images as the saliency sees them: the masking view's output
+    for the first raw image (its geometry gives every image of a dataset the same size)."""
+    if prepared.stores_pixels("train"):
+        return prepared.pixel_size("train")
+    return views.masking.output_size(*prepared.first_image_size("train"))
+
+
+def masking_view_images(prepared: PreparedFile, views: DatasetViews, rows: np.ndarray) -> np.ndarray:
+    """uint8 (k, H, W, 3) training images `rows` as the saliency saw them (for the mask figure): the
+    masking view's geometry applied to the raw images, not normalised."""
+    if prepared.stores_pixels("train"):
+        return prepared.pixels("train", rows)
+    from torchvision.transforms import Compose
+
+    geometry = Compose(views.masking.transforms())
+    images = EncodedImages(prepared.path, "train")
+    return np.stack([np.asarray(geometry(images[int(i)])) for i in rows])
+
+
+def mask_source(prepared: PreparedFile, views: DatasetViews, masks_path: str | Path, alignment: str) -> MaskSource:
+    """The masks file of the train split, mapped to the raw images through the masking view; read
+    whole for pixel splits (applied per batch), row by row for image files (in the workers)."""
+    pixels = prepared.stores_pixels("train")
+    return MaskSource(masks_path, prepared.length("train"), masking_view_size(prepared, views), views.masking,
+                      alignment, in_memory=pixels)

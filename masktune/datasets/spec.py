@@ -1,0 +1,51 @@
+"""What a dataset is to the pipeline: one `DatasetSpec`, defined in the dataset's own module and
+registered by name in `masktune.datasets.DATASETS` (as DomainBed's and SpuCo's registries).
+
+A spec holds everything the stages need to know about a dataset: how `prepare` builds its splits from
+the validated `prepare.<name>` params, its group names, its test splits, how its images are viewed
+(`views`: the masking, evaluation and train transforms; `views.PLAIN` for small pixel datasets), where
+its official copy is downloaded from, and what `evaluate` reports beyond the group accuracies.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from masktune.config.stages import PrepareConfig
+from masktune.data.samples import ImageRecords, SampleSet
+from masktune.data.views import DatasetViews
+from masktune.datasets.download import Source, resolve_dataset_folder
+
+METRICS = ("groups", "background_challenge")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    num_classes: int
+    group_names: Callable[[Mapping], dict[int, str]]    # prepare.<name> options -> {group id: name}
+    test_splits: tuple[str, ...]
+    prepare: Callable[[PrepareConfig], Mapping[str, SampleSet | ImageRecords]]
+    views: DatasetViews
+    sources: tuple[Source, ...] = ()                    # official copies, for `download: true`
+    metrics: str = "groups"                             # "background_challenge": IN-9L's BG-gap as well
+
+    def __post_init__(self):
+        if self.metrics not in METRICS:
+            raise ValueError(f"metrics must be one of {METRICS}, got {self.metrics!r}")
+
+
+def dataset_folder(config: PrepareConfig, sources: Sequence[Source], marker: str | Sequence[str]) -> Path:
+    """`prepare.<dataset>.dir`, or the official copy downloaded into `download_dir/<dataset>` when
+    `download` is true (masktune/datasets/download.py)."""
+    cache = config.download_dir or Path.home() / ".cache" / "masktune"
+    return resolve_dataset_folder(config.options["dir"], config.download, sources, cache / config.dataset, marker)
+
+
+def first_images(splits: Mapping[str, ImageRecords], config: PrepareConfig) -> dict[str, ImageRecords]:
+    """The first `prepare.<dataset>.limit` images of each split (quick runs and tests), or all."""
+    limit = config.options["limit"]
+    if limit is None:
+        return dict(splits)
+    return {name: records.subset(range(min(limit, len(records)))) for name, records in splits.items()}

@@ -1,0 +1,1 @@
+"""Evaluation: group, worst-group and Background Challenge metrics (`metrics`), figures (`figures`)."""

@@ -1,0 +1,37 @@
+"""Checkpoints: the model *and* its optimizer state, so the finetune continues the last ERM checkpoint
+with its momentum buffers and learning rate, as the official `finetune()` does."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from masktune.errors import UserError
+from masktune.io.files import atomic_output
+from masktune.models import build_model
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, *, arch: str,
+                    num_classes: int, epoch: int, val_accuracy: float) -> None:
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "arch": arch,
+             "num_classes": num_classes, "epoch": epoch, "val_accuracy": val_accuracy}
+    buffer = io.BytesIO()  # torch.save names the zip's root folder after the file: keep it fixed,
+    torch.save(state, buffer)  # so that the same weights give the same bytes
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, dict]:
+    """Rebuild the model a checkpoint was saved from; return it with the raw state (optimizer...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found (run `dvc repro` to train it)")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        model = build_model(state["arch"], state["num_classes"])
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, EOFError, OSError) as error:
+        raise UserError(f"{path}: not a checkpoint of this project ({str(error)[:200]})") from None
+    return model.to(device), state

@@ -1,0 +1,88 @@
+"""The training loop shared by `train_erm` and `finetune`, prediction, seeding and the device.
+
+Follows the official src/methods/base_method.py: cross-entropy, SGD, shuffled batches, no learning-rate
+schedule (`train_erm` and `finetune` run with `use_lr_scheduler=False`). The finetune continues from
+the last ERM checkpoint with its optimizer state (`restore_optimizer`), as the official `finetune()`.
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from masktune.data.splits import Split
+
+
+def progress(iterable, desc: str, total: int | None = None) -> tqdm:
+    """A batch progress bar on a terminal; silent when output goes to a log (CI, files)."""
+    return tqdm(iterable, desc=desc, total=total, unit="batch", leave=False, disable=None)
+
+
+def select_device() -> torch.device:
+    """CUDA when there is a GPU, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed every generator and ask for deterministic kernels; return the generator for shuffling."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    return torch.Generator().manual_seed(seed)
+
+
+def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def restore_optimizer(model: nn.Module, checkpoint: dict, lr: float | None = None) -> torch.optim.SGD:
+    """The checkpoint's SGD optimizer over `model`'s parameters, state included (momentum buffers,
+    learning rate, momentum, weight decay), as the official `finetune()` continues ERM; `lr` overrides
+    the learning rate when given."""
+    optimizer = make_optimizer(model, lr=1.0, momentum=0.0, weight_decay=0.0)
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    if lr is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+    return optimizer
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split, batch_size: int,
+                generator: torch.Generator, device: torch.device, desc: str) -> dict[str, float]:
+    """One shuffled pass over `data`; returns the mean loss (weighted by batch size, so it is the mean
+    over samples) and the accuracy over the epoch."""
+    model.train()
+    total_loss, correct = 0.0, 0
+    bar = progress(data.batches(batch_size, device, generator), desc, total=-(-len(data) // batch_size))
+    for inputs, index in bar:
+        targets = torch.from_numpy(np.asarray(data.labels)[index]).to(device)
+        logits = model(inputs)
+        loss = F.cross_entropy(logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(index)
+        correct += (logits.argmax(1) == targets).sum().item()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    return {"loss": total_loss / len(data), "accuracy": correct / len(data)}
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, data: Split, batch_size: int, device: torch.device, desc: str = "predict") -> np.ndarray:
+    """Predicted class of every sample of `data`, in order."""
+    model.eval()
+    bar = progress(data.batches(batch_size, device), desc, total=-(-len(data) // batch_size))
+    predictions = [model(inputs).argmax(1).cpu().numpy() for inputs, _ in bar]
+    return np.concatenate(predictions) if predictions else np.zeros(0, dtype=np.int64)
+
+
+def accuracy(model: nn.Module, data: Split, batch_size: int, device: torch.device, desc: str = "validate") -> float:
+    return float((predict(model, data, batch_size, device, desc) == data.labels).mean())
