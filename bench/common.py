@@ -54,7 +54,7 @@ def saliency_bench(arch: str, size: int, batch: int, device) -> SaliencyBench:
     import copy
 
     from masktune.models import build_model
-    from masktune.saliency import prepare_for_saliency
+    from masktune.saliency.xgradcam import prepare_for_saliency
 
     torch.manual_seed(0)
     trained = build_model(arch, 2).to(device).eval()

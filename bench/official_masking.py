@@ -38,9 +38,9 @@ from common import ROOT, emit_json, machine, print_table
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from masktune.mask_store import MaskedImages, read_packed_masks
-from masktune.storage import read_split
-from masktune.training import load_checkpoint
+from masktune.data.masks import apply_masks, read_masks
+from masktune.data.prepared import PreparedFile
+from masktune.models.checkpoint import load_checkpoint
 
 
 class PngImages(Dataset):
@@ -101,7 +101,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="masktune-official-") as tmp:
         folder = Path(tmp)
         params = yaml.safe_load((ROOT / "params.yaml").read_text())
-        params["prepare"]["mnist_dir"] = str(args.mnist_dir.resolve())
+        params["prepare"]["biased_mnist"]["mnist_dir"] = str(args.mnist_dir.resolve())
         params["train_erm"]["epochs"] = 1
         (folder / "params.yaml").write_text(yaml.safe_dump(params))
         shutil.copy(ROOT / "dvc.yaml", folder / "dvc.yaml")
@@ -110,7 +110,7 @@ def main() -> None:
         run_stage(folder, "stages.train_erm", "--data", "prepared.h5", "--best", "best.pt", "--last", "last.pt",
                   "--live", "live")
 
-        train = read_split(folder / "prepared.h5", "train")
+        train = PreparedFile(folder / "prepared.h5").samples("train")
         paths = [str(folder / "png" / f"{i:05d}.png") for i in range(len(train))]
         (folder / "png").mkdir()
         for path, image in zip(paths, train.images):
@@ -126,10 +126,10 @@ def main() -> None:
         model, _ = load_checkpoint(folder / "best.pt", torch.device("cpu"))
         official = official_masking(model, paths, train.labels, folder / "masked")
 
-        masked = MaskedImages(train.images, read_packed_masks(folder / "masks.h5", len(train), train.images.shape[1:3]))
+        masked = apply_masks(train.images, read_masks(folder / "masks.h5", len(train), train.images.shape[1:3]))
         theirs = np.stack([np.asarray(Image.open(folder / "masked" / str(label) / os.path.basename(path)))
                            for path, label in zip(paths, train.labels)])
-        differing = float((masked[np.arange(len(train))] != theirs).any(axis=-1).mean())
+        differing = float((masked != theirs).any(axis=-1).mean())
         png_bytes = sum(p.stat().st_size for p in (folder / "masked").rglob("*.png"))
         our_bytes = (folder / "saliency.h5").stat().st_size + (folder / "masks.h5").stat().st_size
 

@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from masktune.scratch import ScratchProject
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from scratch import ScratchProject
 
 SPLITS = ("test_original", "test_biased", "val")
 
 
 def _overrides(pairs: list[str], mnist_dir: Path) -> dict:
-    params: dict = {"prepare": {"mnist_dir": str(mnist_dir.resolve())}}
+    params: dict = {"prepare": {"biased_mnist": {"mnist_dir": str(mnist_dir.resolve())}}}
     for pair in pairs:
         key, _, value = pair.partition("=")
         node = params

@@ -17,7 +17,7 @@ import argparse
 import torch
 from common import emit_json, machine, print_table, rate, saliency_bench
 
-from masktune.saliency import PRECISIONS, precision_autocast, xgradcam
+from masktune.saliency.xgradcam import PRECISIONS, precision_autocast, xgradcam
 
 MODELS = (("small_cnn", 28, 256), ("resnet50", 224, 16))
 

@@ -15,8 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from masktune.scratch import ScratchProject
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from scratch import ScratchProject
 
 COLUMNS = [("erm", "test_original"), ("erm", "test_biased"), ("masktune", "test_original"),
            ("masktune", "test_biased")]
@@ -34,7 +34,7 @@ def main() -> None:
     print(header)
     with tempfile.TemporaryDirectory(prefix="masktune-sweep-") as tmp:
         project = ScratchProject(Path(tmp) / "project",
-                                 {"prepare": {"mnist_dir": str(args.mnist_dir.resolve())}})
+                                 {"prepare": {"biased_mnist": {"mnist_dir": str(args.mnist_dir.resolve())}}})
         project.dvc("repro", "prepare")
         project.commit("prepared data")
         for epochs in args.epochs:

@@ -34,12 +34,14 @@ import torch
 import yaml
 from common import ROOT, emit_json, machine, print_table
 
-from masktune.mask_store import read_packed_masks
-from masktune.masking import apply_masks, unpack_masks
+from masktune.data.masks import apply_masks, read_packed_masks, unpack_masks
+from masktune.data.samples import SampleSet
+from masktune.data.splits import PixelSplit
+from masktune.io.hdf5 import create_rows, h5_output
 from masktune.models import build_model
-from masktune.saliency import full_resolution
-from masktune.storage import SampleSet, create_rows, h5_output
-from masktune.training import make_optimizer, save_checkpoint, seed_everything, train_epoch
+from masktune.models.checkpoint import save_checkpoint
+from masktune.saliency.xgradcam import full_resolution
+from masktune.train.loop import make_optimizer, seed_everything, train_epoch
 
 CELEBA_TRAIN = 162_770
 SIZE = 224
@@ -155,7 +157,8 @@ def scratch_project(folder: Path, batch_size: int, pool: np.ndarray) -> None:
     generator = seed_everything(0)
     model = build_model("tiny_cnn", 2)
     optimizer = make_optimizer(model, 0.05, 0.9, 1e-4)
-    samples = SampleSet(pool, np.arange(POOL) % 2, np.zeros(POOL, dtype=np.int64), np.arange(POOL))
+    samples = PixelSplit.from_samples(SampleSet(pool, np.arange(POOL) % 2, np.zeros(POOL, dtype=np.int64),
+                                                np.arange(POOL)))
     for _ in range(20):
         loss = train_epoch(model, optimizer, samples, 32, generator, torch.device("cpu"), "tiny_cnn")
     print(f"tiny_cnn trained on the pool: loss {loss['loss']:.3f}", flush=True)
@@ -192,7 +195,7 @@ def storage_options(folder: Path, n: int) -> list[dict]:
     with h5py.File(folder / "saliency.h5", "r") as f:
         cams = f["cams"][:n]
     full = full_resolution(torch.from_numpy(cams), (SIZE, SIZE)).numpy()
-    packed = read_packed_masks(folder / "masks.h5", n_rows(folder), (SIZE, SIZE))[:n]
+    packed = read_packed_masks(folder / "masks.h5", n_rows(folder), (SIZE, SIZE), np.arange(n))
     masked = apply_masks(images, unpack_masks(packed, SIZE, SIZE))
     options = [("saliency", "feature-map cams float32 (chosen)", cams.nbytes / n, _gzip_bytes(folder, "cams", cams)),
                ("saliency", "full-resolution maps float32", full.nbytes / n, _gzip_bytes(folder, "full", full)),

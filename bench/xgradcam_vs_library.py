@@ -19,8 +19,8 @@ import pytorch_grad_cam
 import torch
 from common import emit_json, machine, print_table, rate, saliency_bench
 
-from masktune.masking import saliency_masks
-from masktune.saliency import xgradcam
+from masktune.masking.rules import saliency_masks
+from masktune.saliency.xgradcam import xgradcam
 
 MODELS = (("small_cnn", 28, 256), ("resnet50", 224, 16))
 

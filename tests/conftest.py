@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+from scratch import committed_params  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = Path(os.environ.get("MASKTUNE_MNIST_DIR", ROOT.parent / "shared" / "data" / "mnist"))

@@ -1,7 +1,9 @@
 """A throwaway copy of this project in its own git + DVC repository, for tests and benchmarks.
 
-Both the end-to-end test and `bench/pipeline.py` need the real pipeline run by the real `dvc`
-without touching the user's workspace, cache or DVC config; this builds that once.
+Both the end-to-end tests and `bench/pipeline.py` need the real pipeline run by the real `dvc`
+without touching the user's workspace, cache or DVC config; this builds that once. The params are
+the *committed* defaults (`committed_params`), not the workspace's params.yaml, which `dvc exp run -S`
+edits in place: a test must not pass or fail with the user's last experiment.
 """
 from __future__ import annotations
 
@@ -19,10 +21,19 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RUNNING_STAGE = re.compile(r"Running stage '([\w@.-]+)'")
 
 
-def _merge(base: dict, overrides: dict) -> dict:
+def committed_params() -> dict:
+    """params.yaml as committed at HEAD (the workspace's copy when the project is not a git checkout)."""
+    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                           check=False)
+    text = shown.stdout if shown.returncode == 0 else (PROJECT_ROOT / "params.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    """`overrides` (nested dicts) merged into `base`, in place."""
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
+            merge(base[key], value)
         else:
             base[key] = value
     return base
@@ -38,7 +49,7 @@ class ScratchProject:
             shutil.copytree(PROJECT_ROOT / name, self.path / name,
                             ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy(PROJECT_ROOT / "dvc.yaml", self.path)
-        values = _merge(yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()), params or {})
+        values = merge(committed_params(), params or {})
         (self.path / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
         self.env = dict(
             os.environ, DVC_NO_ANALYTICS="1", DVC_STUDIO_OFFLINE="true",

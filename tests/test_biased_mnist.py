@@ -99,3 +99,22 @@ def test_limits_take_the_first_images_of_each_file(mnist):
     assert len(splits["train"]) == 900 and len(splits["val"]) == 100
     assert len(splits["test_biased"]) == 300
     assert max(splits["train"].source_index.max(), splits["val"].source_index.max()) < 1000
+
+
+def test_construction_rules_on_synthetic_digits(tmp_path):
+    """The synthetic twin: the official rules (grouped by digit, first images of each class squared,
+    round() counts, grey in three channels) checked on digits that are always there."""
+    from fixtures_datasets import make_mnist
+
+    from masktune.datasets.mnist_idx import load_mnist
+
+    images, digits = load_mnist(make_mnist(tmp_path, n_train=1000, n_test=10))["train"]
+    samples = build_biased_split(images, digits, 0.1, 3, RED)
+    n0, n1 = (digits < 5).sum(), (digits >= 5).sum()
+    class0, class1 = samples.labels == 0, samples.labels == 1
+    assert samples.attributes[class0].sum() == round(0.9 * n0) and samples.attributes[class1].sum() == round(0.1 * n1)
+    assert samples.attributes[class0][:round(0.9 * n0)].all() and samples.attributes[class1][:round(0.1 * n1)].all()
+    assert np.all(np.diff(digits[samples.source_index]) >= 0)
+    square = samples.attributes == 1
+    assert (samples.images[square, :3, :3] == RED).all()
+    np.testing.assert_array_equal(samples.images[~square, ..., 1], images[samples.source_index[~square]])

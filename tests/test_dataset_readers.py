@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from masktune.data.samples import ImageRecords
 from masktune.datasets import celeba, in9l, waterbirds
 from masktune.datasets.celeba import read_celeba
 from masktune.datasets.in9l import read_in9l
-from masktune.data.samples import ImageRecords
 from masktune.datasets.readers import check_images, load_rgb
 from masktune.datasets.waterbirds import read_waterbirds
 from masktune.errors import UserError

@@ -16,10 +16,9 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, committed_params
 from fixtures_datasets import WATERBIRDS_COUNTS, make_celeba, make_in9l, make_waterbirds
-
-from masktune.scratch import ScratchProject
+from scratch import ScratchProject
 
 ALL_STAGES = ["prepare", "train_erm", "compute_saliency", "materialize_masked_dataset", "finetune", "evaluate"]
 SMALL_MODEL = {"arch": "tiny_cnn", "pretrained": False, "epochs": 1, "batch_size": 16, "workers": 0}
@@ -36,7 +35,8 @@ def project(tmp_path_factory):
               "train_erm": SMALL_MODEL,
               "saliency": {"batch_size": 16, "workers": 0},
               "finetune": {"batch_size": 16, "workers": 0},
-              "evaluate": {"batch_size": 16, "workers": 0}}
+              "eval_batch_size": 16,
+              "evaluate": {"workers": 0}}
     project = ScratchProject(tmp_path_factory.mktemp("scratch") / "project", params)
     return project
 
@@ -45,6 +45,7 @@ def _evaluation(project) -> dict:
     return json.loads((project.path / "metrics/evaluate.json").read_text())
 
 
+@pytest.mark.slow
 def test_waterbirds_runs_end_to_end(project):
     assert project.stages_run("exp", "run", "-S", "dataset=waterbirds") == ALL_STAGES
     with h5py.File(project.path / "data/prepared.h5", "r") as f:
@@ -63,6 +64,7 @@ def test_waterbirds_runs_end_to_end(project):
     assert (project.path / "metrics/evaluate/mask_examples.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_celeba_runs_end_to_end(project):
     assert project.stages_run("exp", "run", "-S", "dataset=celeba") == ALL_STAGES
     evaluation = _evaluation(project)
@@ -72,6 +74,7 @@ def test_celeba_runs_end_to_end(project):
     assert live["recipe"]["lr"] == 0.0001  # recipes.celeba (bash_files/celeba_masktune.sh)
 
 
+@pytest.mark.slow
 def test_in9l_runs_end_to_end_with_the_background_challenge(project):
     assert project.stages_run("exp", "run", "-S", "dataset=in9l") == ALL_STAGES
     evaluation = _evaluation(project)
@@ -82,6 +85,7 @@ def test_in9l_runs_end_to_end_with_the_background_challenge(project):
         assert challenge["original"] == evaluation[model]["test_original"]["accuracy"]
 
 
+@pytest.mark.slow
 def test_mask_alignment_reruns_only_finetune_and_evaluate(project):
     """Back to Waterbirds (restored from DVC's run cache), then the official stretch of the masks."""
     project.commit("in9l")
@@ -91,7 +95,7 @@ def test_mask_alignment_reruns_only_finetune_and_evaluate(project):
 
 
 def _prepare(tmp_path, dataset: str, folder) -> subprocess.CompletedProcess:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = committed_params()
     params["dataset"] = dataset
     params["prepare"][dataset]["dir"] = None if folder is None else str(folder)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from fixtures_datasets import make_mnist, write_idx
 
 from masktune.datasets import mnist_idx
 from masktune.errors import UserError
@@ -23,18 +24,13 @@ def test_real_mnist_matches_its_readme(mnist, mnist_dir):
     assert hashlib.md5(raw).hexdigest() == "6bbc9ace898e44ae57da46a324031adb"
 
 
-def _write_idx(path, array, magic):
-    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
 @pytest.fixture
 def tiny_mnist(tmp_path):
     rng = np.random.default_rng(0)
     for split, n in (("train", 20), ("test", 10)):
         images, labels = mnist_idx.FILES[split]
-        _write_idx(tmp_path / images, rng.integers(0, 256, (n, 28, 28)), 0x803)
-        _write_idx(tmp_path / labels, np.arange(n) % 10, 0x801)
+        write_idx(tmp_path / images, rng.integers(0, 256, (n, 28, 28)))
+        write_idx(tmp_path / labels, np.arange(n) % 10)
     return tmp_path
 
 
@@ -65,7 +61,7 @@ def test_corrupt_gzip_and_count_mismatch(tiny_mnist):
     (tiny_mnist / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(UserError, match=r"t10k-labels-idx1-ubyte.gz: cannot be read as gzip"):
         mnist_idx.load_mnist(tiny_mnist)
-    _write_idx(tiny_mnist / "t10k-labels-idx1-ubyte", np.arange(7), 0x801)
+    write_idx(tiny_mnist / "t10k-labels-idx1-ubyte", np.arange(7))
     (tiny_mnist / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(UserError, match="has 10 images but t10k-labels-idx1-ubyte has 7 labels"):
         mnist_idx.load_mnist(tiny_mnist)
@@ -87,3 +83,11 @@ def test_offline_download_says_which_param_to_set(monkeypatch):
         mnist_idx.load_mnist(None)
     assert "could not download MNIST" in str(info.value) and "prepare.biased_mnist.mnist_dir" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_synthetic_twin_is_read_like_the_real_files(tmp_path):
+    mnist = mnist_idx.load_mnist(make_mnist(tmp_path, n_train=50, n_test=20))
+    images, digits = mnist["train"]
+    assert images.shape == (50, 28, 28) and images.dtype == np.uint8 and np.bincount(digits).tolist() == [5] * 10
+    assert (images[digits == 3][:, 6:22, 10:12] == 255).all()  # digit 3: the stroke at column 4 + 2 * 3
+    assert mnist["test"][0].shape == (20, 28, 28)

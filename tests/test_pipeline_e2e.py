@@ -1,27 +1,38 @@
-"""The whole DVC pipeline on a few thousand real MNIST digits, in a throwaway git repository.
+"""The whole DVC pipeline on a few thousand MNIST digits, in a throwaway git repository: the real
+MNIST when it is beside the project, and always its synthetic twin (the same IDX format).
 
 Checks what a researcher relies on: `dvc repro` runs every stage; the same params rerun to the same
 bytes; `dvc exp run -S finetune.lr=...` reruns only finetune and evaluate; `-S lr=...` reruns
 train_erm and everything after it but not prepare; `dvc metrics diff` shows the change;
 `-S mask.method=random` (RandMask) reruns from the masking on; a second `dvc repro` runs nothing;
-a bad param stops `dvc repro` with one clear line.
+a bad param stops `dvc repro` with one clear line, before any work when it belongs to a later stage.
 """
 from __future__ import annotations
 
 import json
 
 import pytest
+import yaml
+from conftest import MNIST_DIR
+from fixtures_datasets import make_mnist
+from scratch import RUNNING_STAGE, ScratchProject
 
-from masktune.scratch import ScratchProject
+pytestmark = pytest.mark.slow
 
 ALL_STAGES = ["prepare", "train_erm", "compute_saliency", "materialize_masked_dataset", "finetune",
               "evaluate"]
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory, mnist_dir):
-    small = {"prepare": {"mnist_dir": str(mnist_dir), "train_limit": 3000, "test_limit": 1000,
-                         "val_size": 600},
+@pytest.fixture(scope="module", params=["real", "synthetic"])
+def project(request, tmp_path_factory):
+    if request.param == "real":
+        if not (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+            pytest.skip(f"real MNIST not found at {MNIST_DIR} (set MASKTUNE_MNIST_DIR); the synthetic twin runs")
+        mnist_dir = MNIST_DIR
+    else:
+        mnist_dir = make_mnist(tmp_path_factory.mktemp("mnist"))
+    small = {"prepare": {"biased_mnist": {"mnist_dir": str(mnist_dir), "train_limit": 3000, "test_limit": 1000,
+                                          "val_size": 600}},
              "train_erm": {"epochs": 1}}
     return ScratchProject(tmp_path_factory.mktemp("scratch") / "project", small)
 
@@ -58,9 +69,30 @@ def test_pipeline_reruns_exactly_what_a_change_affects(project):
     assert project.stages_run("repro") == []
 
 
+def test_bad_param_of_a_later_stage_stops_the_first_stage_before_any_work(project):
+    """`-S lr=0.03 -S finetune.lr=abc`: train_erm (the first stage to rerun) stops at once, naming
+    finetune.lr, instead of training and computing saliency first."""
+    params = (project.path / "params.yaml").read_text()
+    lock = (project.path / "dvc.lock").read_text()
+    edited = yaml.safe_load(params)
+    edited["lr"], edited["finetune"]["lr"] = 0.03, "abc"
+    (project.path / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+    try:
+        result = project.dvc("repro", check=False)
+    finally:
+        (project.path / "params.yaml").write_text(params)
+    assert result.returncode != 0
+    assert RUNNING_STAGE.findall(result.stdout) == ["train_erm"]
+    assert "error: params.yaml: finetune.lr must be a number > 0.0 or null, got 'abc'" in result.stderr
+    assert "epoch 1/" not in result.stdout  # no training happened
+    assert (project.path / "dvc.lock").read_text() == lock
+
+
 def test_bad_param_stops_repro_with_one_clear_line(project):
     params = (project.path / "params.yaml").read_text()
-    (project.path / "params.yaml").write_text(params.replace("threshold_std: 2.0", "threshold_std: high"))
+    edited = yaml.safe_load(params)
+    edited["mask"]["threshold_std"] = "high"
+    (project.path / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
     try:
         result = project.dvc("repro", check=False)
     finally:

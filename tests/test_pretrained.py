@@ -8,9 +8,8 @@ import pytest
 import torch
 import torchvision
 
-from masktune.models import pretrained
 from masktune.errors import UserError
-from masktune.models import build_model
+from masktune.models import build_model, pretrained
 from masktune.models.pretrained import imagenet_weights_url, load_imagenet_weights
 
 REAL_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"

@@ -1,6 +1,7 @@
 """compute_saliency streams, resumes after a kill -9 to the same content, and never leaves a half file."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,15 +13,20 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import ROOT
+from conftest import ROOT, committed_params
 
-from masktune.journal import ResumeJournal
+from masktune.config.stages import SaliencyConfig
+from masktune.data.prepared import PreparedFile, write_prepared
+from masktune.data.splits import open_split, to_input
+from masktune.data.views import PLAIN
+from masktune.datasets.biased_mnist import GROUP_NAMES, build_biased_split
+from masktune.io.journal import ResumeJournal
 from masktune.models import SmallCNN
-from masktune.saliency import xgradcam
-from masktune.saliency_store import SaliencySettings, compute_saliency_file, full_maps_at, iter_full_maps
-from masktune.storage import write_splits
-from masktune.streaming import stream_images
-from masktune.training import make_optimizer, save_checkpoint, to_input
+from masktune.models.checkpoint import save_checkpoint
+from masktune.saliency.compute import compute_saliency_file
+from masktune.saliency.file import full_maps_at, iter_full_maps
+from masktune.saliency.xgradcam import xgradcam
+from masktune.train.loop import make_optimizer
 
 N_IMAGES = 20_000
 
@@ -28,17 +34,17 @@ N_IMAGES = 20_000
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, mnist):
     """A project folder with 20,000 real biased-MNIST training images and a SmallCNN checkpoint."""
-    from masktune.datasets.biased_mnist import build_biased_split
 
     folder = tmp_path_factory.mktemp("saliency")
     images, digits = mnist["train"]
     train = build_biased_split(images[:N_IMAGES], digits[:N_IMAGES], 0.01, 4, (255, 0, 0))
-    write_splits(folder / "prepared.h5", {"train": train}, attrs={"dataset": "biased_mnist"})
+    write_prepared(folder / "prepared.h5", {"train": train},
+                   {"dataset": "biased_mnist", "num_classes": 2, "group_names": json.dumps(GROUP_NAMES)})
     torch.manual_seed(0)
     model = SmallCNN(2)
     save_checkpoint(folder / "model.pt", model, make_optimizer(model, 0.01, 0.9, 1e-4), arch="small_cnn",
                     num_classes=2, epoch=1, val_accuracy=0.5)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = committed_params()
     params["saliency"].update(batch_size=8, resume_every=512, workers=0)  # many small shards
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     (folder / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
@@ -109,10 +115,11 @@ def test_journal_resumes_only_the_contiguous_prefix(tmp_path):
 def test_file_matches_direct_computation_and_full_maps_are_recomputed(workdir):
     torch.manual_seed(0)
     model = SmallCNN(2).eval()
-    settings = SaliencySettings(batch_size=300, workers=1, resume_every=1000)
+    settings = SaliencyConfig(batch_size=300, precision="float32", channels_last=True, fold_batchnorm=True,
+                              workers=1, resume_every=1000)
     out = workdir / "direct.h5"
-    summary = compute_saliency_file(model, workdir / "model.pt", workdir / "prepared.h5", out, settings,
-                                    torch.device("cpu"))
+    summary = compute_saliency_file(model, workdir / "model.pt", PreparedFile(workdir / "prepared.h5"), PLAIN, out,
+                                    settings, torch.device("cpu"))
     assert summary["images"] == N_IMAGES and summary["resumed_from"] == 0
     with h5py.File(workdir / "prepared.h5", "r") as f:
         some = f["train/images"][[5, 9_000, 19_999]]
@@ -127,8 +134,9 @@ def test_file_matches_direct_computation_and_full_maps_are_recomputed(workdir):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_stream_covers_every_row_once_in_order(workdir, workers):
-    seen = list(stream_images(workdir / "prepared.h5", "train", 3_000, start=1_000, workers=workers))
+    split = open_split(PreparedFile(workdir / "prepared.h5"), "train", PLAIN)
+    seen = list(split.ordered_batches(3_000, torch.device("cpu"), start=1_000, workers=workers))
     assert [first for first, _ in seen] == list(range(1_000, N_IMAGES, 3_000))
     assert sum(len(batch) for _, batch in seen) == N_IMAGES - 1_000
     with h5py.File(workdir / "prepared.h5", "r") as f:
-        np.testing.assert_array_equal(seen[-1][1].numpy(), f["train/images"][19_000:])
+        np.testing.assert_array_equal(seen[-1][1].numpy(), to_input(f["train/images"][19_000:], torch.device("cpu")))

@@ -163,9 +163,9 @@ class PreparedFile:
     def pixels(self, split: str, rows: np.ndarray | None = None) -> np.ndarray:
         """uint8 (N, H, W, C) of a pixel split (all of it, or the rows `rows`), shape checked."""
         key = f"{split}/images"
+        if not self.stores_pixels(split):
+            raise UserError(f"{self.path}: split '{split}' has no pixel images")
         with open_h5(self.path) as f:
-            if key not in f:
-                raise UserError(f"{self.path}: split '{split}' has no pixel images")
             images = f[key]
             if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != np.uint8:
                 raise UserError(f"{self.path}: {key} must be uint8 of shape (N, H, W, 1 or 3), "

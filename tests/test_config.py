@@ -1,0 +1,125 @@
+"""Params: one schema validates the whole file at every stage's start; each stage gets a typed, frozen
+config from the keys it declares, with the recipe rule applied; the registries agree with the schema."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import ROOT, committed_params
+
+from masktune.config import schema
+from masktune.config.stages import STAGE_CONFIGS, load_stage_config
+from masktune.datasets import DATASETS
+from masktune.errors import UserError
+from masktune.models import MODELS
+from masktune.saliency.xgradcam import PRECISIONS
+
+
+def _write(tmp_path, values: dict, dvc_text: str | None = None):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+    (tmp_path / "dvc.yaml").write_text(dvc_text or (ROOT / "dvc.yaml").read_text())
+    return tmp_path / "params.yaml", tmp_path / "dvc.yaml"
+
+
+def _load(tmp_path, stage: str, values: dict, dvc_text: str | None = None):
+    return load_stage_config(stage, *_write(tmp_path, values, dvc_text))
+
+
+def _set(values: dict, key: str, value) -> dict:
+    values = copy.deepcopy(values)
+    *parents, leaf = key.split(".")
+    node = values
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    return values
+
+
+def test_every_stage_resolves_the_committed_defaults_with_the_recipe(tmp_path):
+    configs = {stage: _load(tmp_path, stage, committed_params()) for stage in STAGE_CONFIGS}
+    for stage, config in configs.items():  # every field resolved to a value of its declared type
+        for field in dataclasses.fields(config):
+            key = field.metadata["key"]
+            if key in schema.SCHEMA and not schema.SCHEMA[key].nullable:
+                assert getattr(config, field.name) is not None, f"{stage}.{field.name}"
+    erm = configs["train_erm"]  # recipes.biased_mnist (bash_files/mnist_masktune.sh)
+    assert (erm.arch, erm.lr, erm.epochs, erm.batch_size, erm.momentum, erm.weight_decay) == \
+        ("small_cnn", 0.01, 5, 128, 0.9, 0.0001)
+    assert (erm.eval_batch_size, configs["evaluate"].eval_batch_size, configs["finetune"].eval_batch_size) == \
+        (1024, 1024, 1024)
+    assert configs["compute_saliency"].batch_size == 512 and configs["finetune"].batch_size == 128
+    assert configs["finetune"].lr is None  # the ERM checkpoint's learning rate, as the official finetune
+    assert configs["prepare"].options["mnist_dir"] is None and configs["prepare"].options["val_size"] == 12000
+    assert configs["materialize_masked_dataset"].cutout_sides == (2, 14)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        erm.lr = 1.0
+
+
+def test_overrides_and_the_dataset_switch_follow_the_naming_rule(tmp_path):
+    values = _set(_set(committed_params(), "dataset", "celeba"), "train_erm.epochs", 3)
+    erm = _load(tmp_path, "train_erm", values)
+    assert (erm.arch, erm.lr, erm.epochs, erm.batch_size, erm.eval_batch_size) == ("resnet50", 0.0001, 3, 512, 512)
+    assert _load(tmp_path, "prepare", values).options["target"] == "Blond_Hair"
+    assert _load(tmp_path, "compute_saliency", _set(values, "saliency.batch_size", 7)).batch_size == 7
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("train_erm.epochs", "three", "train_erm.epochs must be an integer >= 1, got 'three'"),
+    ("train_erm.epochs", 0, "train_erm.epochs must be an integer >= 1, got 0"),
+    ("train_erm.epochs", True, "train_erm.epochs must be an integer >= 1, got True"),
+    ("lr", -0.1, "lr must be a number > 0.0, got -0.1"),
+    ("finetune.lr", "abc", "finetune.lr must be a number > 0.0 or null, got 'abc'"),
+    ("mask.method", "gradcam", "mask.method must be one of 'xgradcam', 'random', got 'gradcam'"),
+    ("mask.cutout_sides", [14, 2], r"mask.cutout_sides must be a list of 2 integers in \[1, 10000\], in ascending"),
+    ("recipes.celeba.train_erm.epochs", None, ("recipes.celeba.train_erm.epochs must be an integer >= 1 "
+                                               r"\(a recipe value may not be null\), got None")),
+    ("recipes.waterbirds.lr", "fast", "recipes.waterbirds.lr must be a number > 0.0, got 'fast'"),
+    ("prepare.in9l.limit", 0, "prepare.in9l.limit must be an integer >= 1 or null, got 0"),
+])
+def test_a_bad_value_anywhere_stops_every_stage_naming_the_key(tmp_path, key, value, message):
+    values = _set(committed_params(), key, value)
+    for stage in ("prepare", "evaluate"):  # the first stage of a run fails, whichever stage reads the key
+        with pytest.raises(UserError, match=f"^params.yaml: {message}"):
+            _load(tmp_path, stage, values)
+
+
+def test_unknown_and_missing_keys_are_named(tmp_path):
+    values = _set(committed_params(), "train_erm.epoch", 3)
+    with pytest.raises(UserError, match=r"unknown key 'train_erm.epoch' \(did you mean train_erm.epochs\?\)"):
+        _load(tmp_path, "prepare", values)
+    values = committed_params()
+    del values["mask"]["seed"]
+    with pytest.raises(UserError, match="missing key 'mask.seed'"):
+        _load(tmp_path, "prepare", values)
+
+
+def test_a_stage_cannot_read_an_undeclared_param(tmp_path):
+    dvc_text = (ROOT / "dvc.yaml").read_text().replace("      - recipes.${dataset}.train_erm\n", "")
+    with pytest.raises(UserError, match="stage 'train_erm' reads param 'recipes.biased_mnist.train_erm.arch' "
+                                        "but dvc.yaml does not declare it"):
+        _load(tmp_path, "train_erm", committed_params(), dvc_text)
+    values = _set(committed_params(), "train_erm.arch", "small_cnn")  # an override needs no recipe key
+    dvc_text = dvc_text.replace("      - train_erm\n", "      - train_erm.arch\n")
+    with pytest.raises(UserError, match="reads param 'train_erm.pretrained'"):
+        _load(tmp_path, "train_erm", values, dvc_text)
+
+
+def test_registries_are_keyed_by_the_schema_names():
+    assert tuple(DATASETS) == schema.DATASET_NAMES
+    assert tuple(MODELS) == schema.ARCH_NAMES
+    assert tuple(PRECISIONS) == schema.PRECISIONS
+    assert set(schema.PREPARE) == set(DATASETS)
+
+
+def test_stage_with_a_bad_param_exits_2_with_one_line_and_writes_nothing(tmp_path):
+    _write(tmp_path, _set(committed_params(), "finetune.lr", "abc"))
+    result = subprocess.run([sys.executable, "-m", "stages.train_erm", "--data", "x.h5", "--best", "b.pt",
+                             "--last", "l.pt", "--live", "live"], cwd=tmp_path, capture_output=True,
+                            text=True, check=False, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: params.yaml: finetune.lr must be a number > 0.0 or null, got 'abc'"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dvc.yaml", "params.yaml"]
