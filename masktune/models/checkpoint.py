@@ -32,6 +32,7 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, 
         state = torch.load(path, map_location=device, weights_only=True)
         model = build_model(state["arch"], state["num_classes"])
         model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError, EOFError, OSError) as error:
-        raise UserError(f"{path}: not a checkpoint of this project ({str(error)[:200]})") from None
+    except Exception as error:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, struct.error, ...
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise UserError(f"{path}: not a checkpoint of this project ({reason})") from None
     return model.to(device), state
