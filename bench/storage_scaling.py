@@ -152,6 +152,7 @@ def scratch_project(folder: Path, batch_size: int, pool: np.ndarray) -> None:
     """params.yaml, dvc.yaml and a tiny_cnn trained for a few epochs on the pool (class = disc)."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["saliency"]["batch_size"] = batch_size
+    params["saliency"]["workers"] = 1  # 224 x 224 batches: a reader process decompresses the next one
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copy(ROOT / "dvc.yaml", folder / "dvc.yaml")
     generator = seed_everything(0)

@@ -88,10 +88,13 @@ def test_channels_last_and_batch_size_do_not_change_the_maps(trained_model):
     inputs = to_input(samples.images[:300], torch.device("cpu"))
     reference, predicted = feature_cams(model, model.grad_cam_target_layer(), inputs.contiguous())
     fast = prepare_for_saliency(copy.deepcopy(model), torch.device("cpu"), channels_last=True, fold_bn=True)
-    for batch in (300, 7):
+    maps = {}
+    for batch in (300, 64, 7):
         parts = [feature_cams(fast, fast.grad_cam_target_layer(), inputs[i:i + batch]) for i in range(0, 300, batch)]
-        np.testing.assert_allclose(torch.cat([c for c, _ in parts]).numpy(), reference.numpy(), atol=1e-5)
+        maps[batch] = torch.cat([c for c, _ in parts])
+        np.testing.assert_allclose(maps[batch].numpy(), reference.numpy(), atol=1e-5)
         np.testing.assert_array_equal(torch.cat([p for _, p in parts]).numpy(), predicted.numpy())
+    assert torch.equal(maps[300], maps[64]) and torch.equal(maps[300], maps[7])  # bitwise: batch size is free
 
 
 def test_bfloat16_changes_few_mask_pixels(trained_model):

@@ -63,7 +63,7 @@ SCHEMA: dict[str, Field] = {
     "saliency.precision": Choice(options=PRECISIONS),
     "saliency.channels_last": Bool(),
     "saliency.fold_batchnorm": Bool(),
-    "saliency.workers": Int(0, MAX_WORKERS),
+    "saliency.workers": Int(0, MAX_WORKERS, recipe=True),
     "saliency.resume_every": Int(1),
     "mask.method": Choice(options=MASK_METHODS),
     "mask.threshold_std": Number(0.0),
