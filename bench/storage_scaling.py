@@ -11,7 +11,7 @@ dvc.yaml and params.yaml) and samples the memory of the stage's process tree eve
 Prints per N and stage: wall seconds, microseconds per image, peak RSS of the stage process, peak
 PSS of the stage process and its DataLoader workers (shared pages counted once), output bytes per
 image; then the peak ratio largest-N / smallest-N and the projection to CelebA's 162,770 training
-images; then the storage options behind the design (masktune/saliency_store.py, mask_store.py),
+images; then the storage options behind the design (masktune/saliency/file.py, data/masks.py),
 measured on the first 2,000 images.
 
     python bench/storage_scaling.py [--sizes 10000 60000 200000] [--workdir /tmp/masktune-scaling]

@@ -16,14 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from masktune.config.stages import load_stage_config
-from masktune.data.masks import apply_masks, read_masks
+from masktune.data.masks import apply_masks, masks_method, read_masks
 from masktune.data.splits import masking_view_images, open_split
 from masktune.datasets import open_prepared
 from masktune.errors import run_stage
 from masktune.eval.figures import pick_per_group, save_mask_grid, write_group_csv
 from masktune.eval.metrics import background_challenge_metrics, group_metrics
 from masktune.io.files import atomic_directory, write_json
-from masktune.io.hdf5 import read_attrs
 from masktune.models.checkpoint import load_checkpoint
 from masktune.saliency.file import full_maps_at
 from masktune.train.loop import predict, select_device
@@ -46,7 +45,7 @@ def main() -> None:
     config = load_stage_config("evaluate")
     prepared, spec = open_prepared(args.data)
     group_names = prepared.group_names
-    method = str(read_attrs(args.masks)["method"])
+    method = masks_method(args.masks)
     device = select_device()
     models = {"erm": load_checkpoint(args.erm, device)[0],
               METHOD_NAMES[method]: load_checkpoint(args.finetuned, device)[0]}

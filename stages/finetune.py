@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 
 from masktune.config.stages import load_stage_config
+from masktune.data.masks import masks_method
 from masktune.data.splits import mask_source, open_split
 from masktune.datasets import open_prepared
 from masktune.errors import run_stage
 from masktune.io.files import write_json
-from masktune.io.hdf5 import read_attrs
 from masktune.models.checkpoint import load_checkpoint, save_checkpoint
 from masktune.train.loop import accuracy, restore_optimizer, seed_everything, select_device, train_epoch
 
@@ -45,7 +45,7 @@ def main() -> None:
     val_accuracy = accuracy(model, val, config.eval_batch_size, device)
     save_checkpoint(args.out, model, optimizer, arch=state["arch"], num_classes=state["num_classes"],
                     epoch=config.epochs - 1, val_accuracy=val_accuracy)
-    report = {"method": read_attrs(args.masks)["method"], "lr": optimizer.param_groups[0]["lr"],
+    report = {"method": masks_method(args.masks), "lr": optimizer.param_groups[0]["lr"],
               "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
               "val_accuracy": val_accuracy}
     write_json(args.metrics, report)

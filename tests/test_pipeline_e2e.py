@@ -10,6 +10,7 @@ a bad param stops `dvc repro` with one clear line, before any work when it belon
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 import yaml
@@ -69,18 +70,26 @@ def test_pipeline_reruns_exactly_what_a_change_affects(project):
     assert project.stages_run("repro") == []
 
 
+def _repro_with_params(project, edit) -> subprocess.CompletedProcess:
+    """`dvc repro` with params.yaml edited by `edit(values)`, restored afterwards."""
+    params = (project.path / "params.yaml").read_text()
+    edited = yaml.safe_load(params)
+    edit(edited)
+    (project.path / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+    try:
+        return project.dvc("repro", check=False)
+    finally:
+        (project.path / "params.yaml").write_text(params)
+
+
 def test_bad_param_of_a_later_stage_stops_the_first_stage_before_any_work(project):
     """`-S lr=0.03 -S finetune.lr=abc`: train_erm (the first stage to rerun) stops at once, naming
     finetune.lr, instead of training and computing saliency first."""
-    params = (project.path / "params.yaml").read_text()
+    def edit(values):
+        values["lr"], values["finetune"]["lr"] = 0.03, "abc"
+
     lock = (project.path / "dvc.lock").read_text()
-    edited = yaml.safe_load(params)
-    edited["lr"], edited["finetune"]["lr"] = 0.03, "abc"
-    (project.path / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
-    try:
-        result = project.dvc("repro", check=False)
-    finally:
-        (project.path / "params.yaml").write_text(params)
+    result = _repro_with_params(project, edit)
     assert result.returncode != 0
     assert RUNNING_STAGE.findall(result.stdout) == ["train_erm"]
     assert "error: params.yaml: finetune.lr must be a number > 0.0 or null, got 'abc'" in result.stderr
@@ -89,14 +98,10 @@ def test_bad_param_of_a_later_stage_stops_the_first_stage_before_any_work(projec
 
 
 def test_bad_param_stops_repro_with_one_clear_line(project):
-    params = (project.path / "params.yaml").read_text()
-    edited = yaml.safe_load(params)
-    edited["mask"]["threshold_std"] = "high"
-    (project.path / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
-    try:
-        result = project.dvc("repro", check=False)
-    finally:
-        (project.path / "params.yaml").write_text(params)
+    def edit(values):
+        values["mask"]["threshold_std"] = "high"
+
+    result = _repro_with_params(project, edit)
     assert result.returncode != 0
     assert "error: params.yaml: mask.threshold_std must be a number >= 0.0, got 'high'" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout

@@ -68,6 +68,14 @@ def check_masks_file(path: str | Path, rows: int, size: tuple[int, int]) -> None
                             f"{rows} of {tuple(size)}: rerun `dvc repro`")
 
 
+def masks_method(path: str | Path) -> str:
+    """How the masks were made: "xgradcam" (MaskTune) or "random" (RandMask)."""
+    with open_h5(path) as f:
+        if "method" not in f.attrs:
+            raise UserError(f"{path}: not a masks file of this project; rerun materialize_masked_dataset")
+        return str(f.attrs["method"])
+
+
 def read_masks(path: str | Path, rows: int, size: tuple[int, int], index: np.ndarray | None = None) -> np.ndarray:
     """Boolean masks (all, or the rows `index`), checked against the images they belong to."""
     return unpack_masks(read_packed_masks(path, rows, size, index), *size)

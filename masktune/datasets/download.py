@@ -203,7 +203,7 @@ def _check_part(source: Source, part: Path) -> None:
             _reject(source, part, name, expected[name], actual[name])
     if not expected:
         print(f"{source.filename}: no published checksum, accepted with sha256 {actual['sha256']} "
-              f"(pin it in masktune/download.py)", file=sys.stderr)
+              f"(pin it in the dataset's SOURCES, masktune/datasets/<name>.py)", file=sys.stderr)
 
 
 def _reject(source: Source, part: Path, what: str, expected: str, actual: str) -> None:
