@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from masktune.errors import keep_freed_memory  # noqa: E402
+from masktune.errors import keep_freed_memory
 
 keep_freed_memory()  # measure the library as the stages run it (masktune.errors.run_stage does the same)
 
