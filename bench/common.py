@@ -19,10 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from masktune.errors import keep_freed_memory
-
-keep_freed_memory()  # measure the library as the stages run it (masktune.errors.run_stage does the same)
-
 
 def machine() -> dict:
     """Where a figure was measured (CPU model and cores, or the GPU), to print beside it."""

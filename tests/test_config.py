@@ -51,7 +51,8 @@ def test_every_stage_resolves_the_committed_defaults_with_the_recipe(tmp_path):
         ("small_cnn", 0.01, 5, 128, 0.9, 0.0001)
     assert (erm.eval_batch_size, configs["evaluate"].eval_batch_size, configs["finetune"].eval_batch_size) == \
         (1024, 1024, 1024)
-    assert configs["compute_saliency"].batch_size == 512 and configs["finetune"].batch_size == 128
+    assert (configs["compute_saliency"].batch_size, configs["compute_saliency"].workers) == (256, 0)
+    assert configs["finetune"].batch_size == 128
     assert configs["finetune"].lr is None  # the ERM checkpoint's learning rate, as the official finetune
     assert configs["prepare"].options["mnist_dir"] is None and configs["prepare"].options["val_size"] == 12000
     assert configs["materialize_masked_dataset"].cutout_sides == (2, 14)
@@ -64,7 +65,8 @@ def test_overrides_and_the_dataset_switch_follow_the_naming_rule(tmp_path):
     erm = _load(tmp_path, "train_erm", values)
     assert (erm.arch, erm.lr, erm.epochs, erm.batch_size, erm.eval_batch_size) == ("resnet50", 0.0001, 3, 512, 512)
     assert _load(tmp_path, "prepare", values).options["target"] == "Blond_Hair"
-    assert _load(tmp_path, "compute_saliency", _set(values, "saliency.batch_size", 7)).batch_size == 7
+    saliency = _load(tmp_path, "compute_saliency", _set(values, "saliency.batch_size", 7))
+    assert (saliency.batch_size, saliency.workers) == (7, 1)  # the override, and recipes.celeba.saliency.workers
 
 
 @pytest.mark.parametrize("key, value, message", [

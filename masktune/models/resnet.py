@@ -26,13 +26,10 @@ class TorchvisionResNet(ResNet):
         return self.layer4[-1]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """torchvision's `_forward_impl` up to the head."""
+        """torchvision's `_forward_impl` up to the head (`forward` is torchvision's own)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(self.avgpool(x), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))
 
 
 def build_resnet(depth: int, num_classes: int) -> TorchvisionResNet:
