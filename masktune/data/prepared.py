@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from masktune.data.samples import ImageRecords, SampleSet
@@ -197,38 +194,6 @@ class PreparedFile:
         if not np.array_equal(groups, samples.groups):
             raise UserError(f"{self.path}: {split}/groups is not 2 * attributes + labels")
         return samples
-
-
-class PixelBatches(Dataset):
-    """Item i = (first row, uint8 images (B, H, W, C)) of contiguous batch i of a pixel split, from row
-    `start` on: a DataLoader over it reads batch i+1 (decompression included) in a worker process while
-    the model computes batch i, in memory bounded by the batch, not by N. Each worker opens its own
-    HDF5 handle (h5py handles do not survive a fork)."""
-
-    def __init__(self, path: str | Path, split: str, batch_size: int, start: int = 0):
-        self.path, self.key, self.batch_size, self.start = Path(path), f"{split}/images", batch_size, start
-        with open_h5(self.path) as f:
-            if self.key not in f:
-                raise UserError(f"{self.path}: no dataset '{self.key}'")
-            self.n = f[self.key].shape[0]
-        self._file: h5py.File | None = None
-
-    def __len__(self) -> int:
-        return math.ceil(max(0, self.n - self.start) / self.batch_size)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
-        if self._file is None:
-            self._file = open_h5(self.path, STREAM_CACHE_BYTES)
-        first = self.start + i * self.batch_size
-        return first, torch.from_numpy(self._file[self.key][first:min(first + self.batch_size, self.n)])
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_file": None}
 
 
 class EncodedImages:

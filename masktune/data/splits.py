@@ -22,18 +22,22 @@ the transform, as the official code's masked PNG files have them.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from masktune.data.masks import MaskSource
-from masktune.data.prepared import EncodedImages, PixelBatches, PreparedFile
+from masktune.data.prepared import EncodedImages, PreparedFile
 from masktune.data.samples import SampleSet
 from masktune.data.views import DatasetViews
+from masktune.errors import UserError
+from masktune.io.hdf5 import STREAM_CACHE_BYTES, open_h5
 
 
 def to_input(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -50,6 +54,38 @@ def index_batches(n: int, batch_size: int, generator: torch.Generator | None = N
     order = torch.randperm(n, generator=generator).numpy() if generator is not None else np.arange(n)
     for start in range(0, n, batch_size):
         yield order[start:start + batch_size]
+
+
+class PixelBatches(Dataset):
+    """Item i = (first row, uint8 images (B, H, W, C)) of contiguous batch i of a pixel split, from row
+    `start` on: a DataLoader over it reads batch i+1 (decompression included) in a worker process while
+    the model computes batch i, in memory bounded by the batch, not by N. Each worker opens its own
+    HDF5 handle (h5py handles do not survive a fork)."""
+
+    def __init__(self, path: str | Path, split: str, batch_size: int, start: int = 0):
+        self.path, self.key, self.batch_size, self.start = Path(path), f"{split}/images", batch_size, start
+        with open_h5(self.path) as f:
+            if self.key not in f:
+                raise UserError(f"{self.path}: no dataset '{self.key}'")
+            self.n = f[self.key].shape[0]
+        self._file: h5py.File | None = None
+
+    def __len__(self) -> int:
+        return math.ceil(max(0, self.n - self.start) / self.batch_size)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+        if self._file is None:
+            self._file = open_h5(self.path, STREAM_CACHE_BYTES)
+        first = self.start + i * self.batch_size
+        return first, torch.from_numpy(self._file[self.key][first:min(first + self.batch_size, self.n)])
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_file": None}
 
 
 class Split(Dataset):
