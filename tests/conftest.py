@@ -23,3 +23,17 @@ def mnist(mnist_dir):
     from masktune.datasets.mnist_idx import load_mnist
 
     return load_mnist(mnist_dir)
+
+
+@pytest.fixture(scope="session", params=["real", "synthetic"])
+def digits(request, tmp_path_factory):
+    """MNIST's two splits as `load_mnist` returns them: the real files (skipped when absent), and
+    always their synthetic twin (fixtures_datasets.make_mnist, the same IDX format), for tests whose
+    logic does not depend on which digits they see."""
+    from fixtures_datasets import make_mnist
+
+    from masktune.datasets.mnist_idx import load_mnist
+
+    if request.param == "real":
+        return request.getfixturevalue("mnist")
+    return load_mnist(make_mnist(tmp_path_factory.mktemp("synthetic-mnist"), n_train=20_000, n_test=100))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from masktune.data.splits import PixelSplit, to_input
-from masktune.masking.rules import saliency_masks
+from masktune.masking.rules import saliency_masks, saliency_thresholds
 from masktune.models import SmallCNN, build_model
 from masktune.saliency.xgradcam import feature_cams, full_resolution, prepare_for_saliency, xgradcam
 from masktune.train.loop import make_optimizer, seed_everything, train_epoch
@@ -29,12 +29,12 @@ def library_xgradcam(model, images: torch.Tensor) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def trained_model(mnist):
-    """A SmallCNN trained briefly on real biased-MNIST digits, so its maps are meaningful."""
+def trained_model(digits):
+    """A SmallCNN trained briefly on biased-MNIST digits (real, and the synthetic twin), so its maps mean something."""
     from masktune.datasets.biased_mnist import build_biased_split
 
-    images, digits = mnist["train"]
-    samples = build_biased_split(images[:2048], digits[:2048], 0.01, 4, (255, 0, 0))
+    images, labels = digits["train"]
+    samples = build_biased_split(images[:2048], labels[:2048], 0.01, 4, (255, 0, 0))
     generator = seed_everything(0)
     model = SmallCNN(2)
     train_epoch(model, make_optimizer(model, 0.01, 0.9, 1e-4), PixelSplit.from_samples(samples), 128, generator,
@@ -42,7 +42,7 @@ def trained_model(mnist):
     return model.eval().requires_grad_(False), samples
 
 
-def test_equal_to_the_library_on_real_digits(trained_model):
+def test_equal_to_the_library_on_trained_digits(trained_model):
     model, samples = trained_model
     inputs = to_input(samples.images[::16], torch.device("cpu"))  # 128 images of every digit
     ours, predicted = xgradcam(model, model.grad_cam_target_layer(), inputs)
@@ -50,7 +50,12 @@ def test_equal_to_the_library_on_real_digits(trained_model):
     assert ours.shape == theirs.shape == (128, 28, 28)
     np.testing.assert_allclose(ours.numpy(), theirs, atol=1e-5, rtol=0)
     np.testing.assert_array_equal(predicted.numpy(), model(inputs).argmax(1).numpy())
-    np.testing.assert_array_equal(saliency_masks(ours.numpy()), saliency_masks(theirs))
+    differ = saliency_masks(ours.numpy()) != saliency_masks(theirs)
+    threshold = saliency_thresholds(theirs)[:, None, None]
+    # A pixel may flip only at the threshold: values agree to 1e-5, so the threshold (mean + 2 std of
+    # them) to 3e-5, and a flipped pixel lies within 4e-5 of it (real digits: none flips).
+    assert differ.mean() < 1e-4
+    assert np.all(np.abs(np.broadcast_to(threshold, theirs.shape)[differ] - theirs[differ]) <= 4e-5)
 
 
 @pytest.mark.parametrize(("arch", "size"), [("small_cnn", 28), ("tiny_cnn", 96), ("resnet18", 96)])

@@ -32,12 +32,13 @@ N_IMAGES = 20_000
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, mnist):
-    """A project folder with 20,000 real biased-MNIST training images and a SmallCNN checkpoint."""
+def workdir(tmp_path_factory, digits):
+    """A project folder with 20,000 biased-MNIST training images (real, and the synthetic twin) and a
+    SmallCNN checkpoint."""
 
     folder = tmp_path_factory.mktemp("saliency")
-    images, digits = mnist["train"]
-    train = build_biased_split(images[:N_IMAGES], digits[:N_IMAGES], 0.01, 4, (255, 0, 0))
+    images, labels = digits["train"]
+    train = build_biased_split(images[:N_IMAGES], labels[:N_IMAGES], 0.01, 4, (255, 0, 0))
     write_prepared(folder / "prepared.h5", {"train": train},
                    {"dataset": "biased_mnist", "num_classes": 2, "group_names": json.dumps(GROUP_NAMES)})
     torch.manual_seed(0)
