@@ -102,9 +102,10 @@ class MaskSource:
 
     def __init__(self, path: str | Path, rows: int, view_size: tuple[int, int], geometry: Geometry,
                  alignment: str, in_memory: bool = False):
-        check_masks_file(path, rows, view_size)
         self.path, self.view_size, self.geometry, self.alignment = Path(path), tuple(view_size), geometry, alignment
-        self._packed = read_packed_masks(path, rows, view_size) if in_memory else None
+        self._packed = read_packed_masks(path, rows, view_size) if in_memory else None  # checks the file
+        if not in_memory:
+            check_masks_file(path, rows, view_size)
         self._file = None
 
     def _view_masks(self, index: np.ndarray) -> np.ndarray:

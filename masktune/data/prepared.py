@@ -138,31 +138,32 @@ class PreparedFile:
             raise UserError(f"{self.path}: no '{name}' recorded (written by an older prepare): rerun `dvc repro`")
         return self.attrs[name]
 
+    def _split(self, f: h5py.File, split: str) -> h5py.Group:
+        if split not in f:
+            raise UserError(f"{self.path}: no split '{split}' (has: {', '.join(f.keys())})")
+        return f[split]
+
     def length(self, split: str) -> int:
         with open_h5(self.path) as f:
-            if f"{split}/labels" not in f:
-                raise UserError(f"{self.path}: no split '{split}' (has: {', '.join(f.keys())})")
-            return int(f[f"{split}/labels"].shape[0])
+            return int(self._split(f, split)["labels"].shape[0])
 
     def vectors(self, split: str, *names: str) -> list[np.ndarray]:
         """Per-sample vectors (labels, groups, ...) of a split: small, read whole."""
-        self.length(split)
         with open_h5(self.path) as f:
-            return [f[f"{split}/{name}"][()] for name in names]
+            group = self._split(f, split)
+            return [group[name][()] for name in names]
 
     def stores_pixels(self, split: str) -> bool:
         """Whether `split` holds pixel arrays (else encoded image files)."""
         with open_h5(self.path) as f:
-            if split not in f:
-                raise UserError(f"{self.path}: no split '{split}' (has: {', '.join(f.keys())})")
-            return f"{split}/images" in f
+            return "images" in self._split(f, split)
 
     def pixels(self, split: str, rows: np.ndarray | None = None) -> np.ndarray:
         """uint8 (N, H, W, C) of a pixel split (all of it, or the rows `rows`), shape checked."""
         key = f"{split}/images"
-        if not self.stores_pixels(split):
-            raise UserError(f"{self.path}: split '{split}' has no pixel images")
         with open_h5(self.path) as f:
+            if "images" not in self._split(f, split):
+                raise UserError(f"{self.path}: split '{split}' has no pixel images")
             images = f[key]
             if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != np.uint8:
                 raise UserError(f"{self.path}: {key} must be uint8 of shape (N, H, W, 1 or 3), "
