@@ -1,10 +1,10 @@
-"""Stage `finetune`: continue the last ERM checkpoint on the masked training set.
+"""Stage `finetune@<method>`: continue the last ERM checkpoint on a masking method's masked training set.
 
 As the official `finetune()` (src/methods/base_method.py): load the last ERM checkpoint with its
 optimizer state (momentum buffers, learning rate) and train `finetune.epochs` (1) epoch on the
 masked images at the same learning rate, unless `finetune.lr` overrides it. The masked images are the
 prepared training images with their stored masks applied as each image is read (put on the raw image
-through `mask.alignment`, then the official train transform, as the official masked PNG files).
+through `finetune.alignment`, then the official train transform, as the official masked PNG files).
 """
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from masktune.config.stages import load_stage_config
 from masktune.data.masks import masks_method
 from masktune.data.splits import mask_source, open_split
 from masktune.datasets import open_prepared
-from masktune.errors import run_stage
+from masktune.errors import UserError, run_stage
 from masktune.io.files import write_json
+from masktune.methods import get_method
 from masktune.models.checkpoint import load_checkpoint, save_checkpoint
 from masktune.train.loop import accuracy, restore_optimizer, seed_everything, select_device, train_epoch
 
@@ -23,6 +24,7 @@ from masktune.train.loop import accuracy, restore_optimizer, seed_everything, se
 @run_stage
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--method", required=True, help="the masking method: masktune, randmask")
     parser.add_argument("--data", required=True, help="prepared dataset (HDF5): train and val splits")
     parser.add_argument("--masks", required=True, help="masks of the training images (HDF5)")
     parser.add_argument("--checkpoint", required=True, help="the last ERM checkpoint")
@@ -30,7 +32,10 @@ def main() -> None:
     parser.add_argument("--metrics", required=True, help="JSON: finetune loss and accuracies")
     args = parser.parse_args()
 
-    config = load_stage_config("finetune")
+    method = get_method(args.method)
+    config = load_stage_config(f"finetune@{method.name}")
+    if masks_method(args.masks) != method.name:
+        raise UserError(f"{args.masks}: masks of {masks_method(args.masks)}, not of {method.name}")
     generator = seed_everything(config.seed)
     device = select_device()
     prepared, spec = open_prepared(args.data)
@@ -44,8 +49,8 @@ def main() -> None:
                             desc=f"finetune epoch {epoch + 1}/{config.epochs}")
     val_accuracy = accuracy(model, val, config.eval_batch_size, device)
     save_checkpoint(args.out, model, optimizer, arch=state["arch"], num_classes=state["num_classes"],
-                    epoch=config.epochs - 1, val_accuracy=val_accuracy)
-    report = {"method": masks_method(args.masks), "lr": optimizer.param_groups[0]["lr"],
+                    epoch=config.epochs - 1, val_accuracy=val_accuracy, **method.checkpoint_info())
+    report = {"method": method.name, "lr": optimizer.param_groups[0]["lr"],
               "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
               "val_accuracy": val_accuracy}
     write_json(args.metrics, report)

@@ -1,10 +1,10 @@
-"""Stage `materialize_masked_dataset`: the mask of every training image.
+"""Stage `materialize_masked_dataset@<method>`: the mask of every training image, for a masking method.
 
-`mask.method: xgradcam` is MaskTune (pixels above mean + threshold_std * std of the positive
-saliency are masked); `mask.method: random` is the paper's RandMask baseline (one Cutout square per
-image). Writes bit-packed masks at the resolution the saliency saw (the masking view), streamed in
-chunks (the finetune applies them as it reads the images; masktune/data/masks.py says why), and how
-much of each group was masked, to compare the two methods.
+`masktune` (MaskTune): pixels above mean + threshold_std * std of the positive saliency are masked;
+`randmask` (the paper's RandMask baseline): one Cutout square per image. Writes bit-packed masks at
+the resolution the saliency saw (the masking view), streamed in chunks (the finetune applies them as
+it reads the images; masktune/data/masks.py says why), how much of each group was masked, and a
+figure of a few training images of each group: as the saliency saw them, their saliency, masked.
 """
 from __future__ import annotations
 
@@ -13,31 +13,34 @@ import argparse
 import numpy as np
 
 from masktune.config.stages import load_stage_config
-from masktune.data.splits import masking_view_size
+from masktune.data.masks import apply_masks, read_masks
+from masktune.data.splits import masking_view_images, masking_view_size
 from masktune.datasets import open_prepared
 from masktune.errors import run_stage
+from masktune.eval.figures import pick_per_group, save_mask_grid
 from masktune.io.files import write_json
-from masktune.masking.compute import write_random_masks, write_saliency_masks
+from masktune.methods import get_method
+from masktune.saliency.file import full_maps_at
 
 
 @run_stage
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--method", required=True, help="a masking method of the registry: masktune, randmask")
     parser.add_argument("--data", required=True, help="prepared dataset (HDF5); its train split is masked")
     parser.add_argument("--saliency", required=True, help="saliency maps of the train split (HDF5)")
     parser.add_argument("--out", required=True, help="HDF5 file: packed masks of the train split")
     parser.add_argument("--metrics", required=True, help="JSON: fraction of pixels masked per group")
+    parser.add_argument("--figure", required=True, help="PNG: example images, saliency and masks per group")
     args = parser.parse_args()
 
-    config = load_stage_config("materialize_masked_dataset")
+    method = get_method(args.method)
+    config = load_stage_config(f"materialize_masked_dataset@{method.name}")
     prepared, spec = open_prepared(args.data)
     (groups,) = prepared.vectors("train", "groups")
     rows, size = len(groups), masking_view_size(prepared, spec.views)  # the images the saliency saw
-    attrs = {"method": config.method, "dataset": prepared.dataset}
-    if config.method == "xgradcam":
-        fraction = write_saliency_masks(args.saliency, args.out, rows, size, config.threshold_std, attrs)
-    else:
-        fraction = write_random_masks(args.out, rows, size, config.cutout_sides, config.seed, attrs)
+    attrs = {"method": method.name, "dataset": prepared.dataset}
+    fraction = method.write_masks(config, args.saliency, args.out, rows, size, attrs)
 
     names = prepared.group_names
     report = {"masked_pixel_fraction": float(fraction.mean()),
@@ -45,7 +48,14 @@ def main() -> None:
               "masked_pixel_fraction_by_group": {
                   names[int(g)]: float(fraction[groups == g].mean()) for g in np.unique(groups)}}
     write_json(args.metrics, report)
-    print(f"{config.method}: masked {report['masked_pixel_fraction']:.2%} of the pixels of {rows:,} images")
+
+    picked = pick_per_group(groups, config.examples_per_group)  # only these rows are read from the large files
+    images = masking_view_images(prepared, spec.views, picked)
+    masked = apply_masks(images, read_masks(args.out, rows, images.shape[1:3], picked))
+    save_mask_grid(args.figure, images, full_maps_at(args.saliency, rows, picked), masked,
+                   [names[int(g)] for g in groups[picked]],
+                   f"{method.title}: masks on training images (as the saliency saw them)")
+    print(f"{method.name}: masked {report['masked_pixel_fraction']:.2%} of the pixels of {rows:,} images")
 
 
 if __name__ == "__main__":

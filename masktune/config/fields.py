@@ -153,3 +153,17 @@ class IntList(Field):
         if self.ascending and list(value) != sorted(value):
             raise self._fail(key, value)
         return tuple(value)
+
+
+@dataclass(frozen=True)
+class NameList(Field):
+    """A list of distinct names from `options`, possibly empty (e.g. the methods of one kind to run)."""
+    options: tuple[str, ...] = ()
+
+    def _describe(self) -> str:
+        return "a list of distinct names from " + ", ".join(repr(o) for o in self.options)
+
+    def _check(self, key, value):
+        if not isinstance(value, list) or any(v not in self.options for v in value) or len(set(value)) != len(value):
+            raise self._fail(key, value)
+        return tuple(value)

@@ -30,9 +30,12 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def _render(entry: str, values: dict) -> str:
-    """DVC's `${key}` templating in a params entry (`recipes.${dataset}.lr`), from params.yaml."""
+def _render(entry: str, values: dict, item: str | None = None) -> str:
+    """DVC's `${key}` templating in a params entry (`recipes.${dataset}.lr`), from params.yaml, and a
+    foreach stage's `${item}`."""
     def value(match: re.Match) -> str:
+        if match[1] == "item" and item is not None:
+            return item
         node: Any = values
         for part in match[1].split("."):
             node = node.get(part) if isinstance(node, dict) else None
@@ -42,15 +45,19 @@ def _render(entry: str, values: dict) -> str:
 
 def declared_params(stage: str, dvc_file: str | Path, values: dict | None = None) -> list[str]:
     """The param keys dvc.yaml lists for `stage` (from params.yaml, the default params file), with
-    `${...}` templates rendered from `values` (params.yaml) as DVC renders them."""
+    `${...}` templates rendered from `values` (params.yaml) as DVC renders them. A foreach stage is
+    named as DVC names it, `<stage>@<item>`; its `do:` entry is read with `${item}` = item."""
     dvc_file = Path(dvc_file)
     stages = read_yaml(dvc_file).get("stages", {})
-    if stage not in stages:
+    name, _, item = stage.partition("@")
+    entry = stages.get(name)
+    if entry is None or bool(item) != ("foreach" in entry):
         raise UserError(f"{dvc_file}: no stage named '{stage}'")
+    entry = entry["do"] if item else entry
     declared: list[str] = []
-    for entry in stages[stage].get("params", []) or []:
-        if isinstance(entry, str):
-            declared.append(entry)
-        elif isinstance(entry, dict):  # {other_params_file: [keys]}: only params.yaml is ours
-            declared.extend(k for keys in entry.values() for k in (keys or []))
-    return [_render(entry, values or {}) for entry in declared]
+    for param in entry.get("params", []) or []:
+        if isinstance(param, str):
+            declared.append(param)
+        elif isinstance(param, dict):  # {other_params_file: [keys]}: only params.yaml is ours
+            declared.extend(k for keys in param.values() for k in (keys or []))
+    return [_render(param, values or {}, item or None) for param in declared]

@@ -14,13 +14,21 @@ import difflib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from masktune.config.fields import SOURCE, Bool, Choice, Field, FilePath, Int, IntList, Number, Text, invalid
+from masktune.config.fields import SOURCE, Bool, Choice, Field, FilePath, Int, IntList, NameList, Number, Text, invalid
 from masktune.errors import UserError
 
 DATASET_NAMES = ("biased_mnist", "waterbirds", "celeba", "in9l")
 ARCH_NAMES = ("small_cnn", "resnet18", "resnet50", "tiny_cnn")
 PRECISIONS = ("float32", "bfloat16", "float16")
-MASK_METHODS = ("xgradcam", "random")          # MaskTune | the paper's RandMask baseline
+# The methods one `dvc repro` can compare, by kind: the kind is the list under `methods` a method is
+# named in, and decides its stages in dvc.yaml (one `foreach` per kind). `masktune.methods.METHODS`
+# holds their code; tests/test_config.py checks that the two agree.
+METHOD_KINDS = {
+    "erm": ("erm",),                      # the ERM model of train_erm: no stage of its own
+    "masking": ("randmask", "masktune"),  # materialize_masked_dataset@<name>, finetune@<name>
+    "jtt": ("jtt",),                      # jtt_identify@<name>, jtt_retrain@<name>
+}
+SELECTIONS = ("average", "worst_group")        # model selection: val average (no group labels) | worst group
 ALIGNMENTS = ("crop", "stretch")               # how a view mask is put on the raw image
 SQUARE_PLACEMENTS = ("official", "random")
 MAX_WORKERS = 64
@@ -65,18 +73,27 @@ SCHEMA: dict[str, Field] = {
     "saliency.fold_batchnorm": Bool(),
     "saliency.workers": Int(0, MAX_WORKERS, recipe=True),
     "saliency.resume_every": Int(1),
-    "mask.method": Choice(options=MASK_METHODS),
-    "mask.threshold_std": Number(0.0),
-    "mask.cutout_sides": IntList(length=2, minimum=1, maximum=10_000, ascending=True),
-    "mask.seed": Int(0),
-    "mask.alignment": Choice(options=ALIGNMENTS),
+    **{f"methods.{kind}": NameList(options=names) for kind, names in METHOD_KINDS.items()},
+    "masktune.threshold_std": Number(0.0),
+    "randmask.cutout_sides": IntList(length=2, minimum=1, maximum=10_000, ascending=True),
+    "randmask.seed": Int(0),
     "finetune.epochs": Int(1),
     "finetune.lr": Number(0.0, exclusive_minimum=True, nullable=True),  # null: the checkpoint's (official)
     "finetune.batch_size": Int(1, recipe=True),
+    "finetune.alignment": Choice(options=ALIGNMENTS),
     "finetune.workers": Int(0, MAX_WORKERS),
     "finetune.seed": Int(0),
+    "jtt.identification_epochs": Int(1, recipe=True),
+    "jtt.upweight": Int(1, recipe=True),
+    "jtt.epochs": Int(1, recipe=True),
+    "jtt.lr": Number(0.0, exclusive_minimum=True, recipe=True),
+    "jtt.weight_decay": Number(0.0, recipe=True),
+    "jtt.batch_size": Int(1, recipe=True),
+    "jtt.selection": Choice(options=SELECTIONS),
+    "jtt.workers": Int(0, MAX_WORKERS),
+    "jtt.seed": Int(0),
+    "mask_examples_per_group": Int(1, 16),
     "evaluate.workers": Int(0, MAX_WORKERS),
-    "evaluate.examples_per_group": Int(1, 16),
 }
 RECIPE_KEYS = tuple(key for key, field in SCHEMA.items() if field.recipe)
 

@@ -59,11 +59,16 @@ class SaliencyConfig:
 
 
 @dataclass(frozen=True)
-class MaskConfig:
-    method: str = _key("mask.method")
-    threshold_std: float = _key("mask.threshold_std")
-    cutout_sides: tuple[int, int] = _key("mask.cutout_sides")
-    seed: int = _key("mask.seed")
+class MaskTuneMaskConfig:
+    threshold_std: float = _key("masktune.threshold_std")
+    examples_per_group: int = _key("mask_examples_per_group")
+
+
+@dataclass(frozen=True)
+class RandMaskMaskConfig:
+    cutout_sides: tuple[int, int] = _key("randmask.cutout_sides")
+    seed: int = _key("randmask.seed")
+    examples_per_group: int = _key("mask_examples_per_group")
 
 
 @dataclass(frozen=True)
@@ -72,24 +77,53 @@ class FinetuneConfig:
     lr: float | None = _key("finetune.lr")  # None: keep the ERM checkpoint's learning rate
     batch_size: int = _key("finetune.batch_size")
     eval_batch_size: int = _key("eval_batch_size")
-    alignment: str = _key("mask.alignment")
+    alignment: str = _key("finetune.alignment")
     workers: int = _key("finetune.workers")
     seed: int = _key("finetune.seed")
 
 
 @dataclass(frozen=True)
+class JttIdentifyConfig:
+    """JTT's identification model: ERM for T epochs, on the network of train_erm, with JTT's recipe."""
+    dataset: str = _key("dataset")
+    eval_batch_size: int = _key("eval_batch_size")
+    arch: str = _key("train_erm.arch")
+    pretrained: bool = _key("train_erm.pretrained")
+    weights_path: Path | None = _key("train_erm.weights_path")
+    momentum: float = _key("train_erm.momentum")
+    epochs: int = _key("jtt.identification_epochs")
+    lr: float = _key("jtt.lr")
+    weight_decay: float = _key("jtt.weight_decay")
+    batch_size: int = _key("jtt.batch_size")
+    workers: int = _key("jtt.workers")
+    seed: int = _key("jtt.seed")
+
+
+@dataclass(frozen=True)
+class JttRetrainConfig(JttIdentifyConfig):
+    """JTT's final model: ERM again, from the same start, with the error set upsampled."""
+    epochs: int = _key("jtt.epochs")
+    upweight: int = _key("jtt.upweight")
+    selection: str = _key("jtt.selection")
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     eval_batch_size: int = _key("eval_batch_size")
+    methods: MappingProxyType = _key("methods")  # kind -> names, in report order
     workers: int = _key("evaluate.workers")
-    examples_per_group: int = _key("evaluate.examples_per_group")
 
 
+MASK_CONFIGS = {"masktune": MaskTuneMaskConfig, "randmask": RandMaskMaskConfig}
+# Keyed by the stage names DVC gives (`<stage>@<item>` for a foreach stage).
 STAGE_CONFIGS = {
     "prepare": PrepareConfig,
     "train_erm": TrainErmConfig,
     "compute_saliency": SaliencyConfig,
-    "materialize_masked_dataset": MaskConfig,
-    "finetune": FinetuneConfig,
+    **{f"materialize_masked_dataset@{name}": MASK_CONFIGS[name] for name in schema.METHOD_KINDS["masking"]},
+    **{f"finetune@{name}": FinetuneConfig for name in schema.METHOD_KINDS["masking"]},
+    **{f"jtt_identify@{name}": JttIdentifyConfig for name in schema.METHOD_KINDS["jtt"]},
+    **{f"jtt_retrain@{name}": JttRetrainConfig for name in schema.METHOD_KINDS["jtt"]},
     "evaluate": EvaluateConfig,
 }
 

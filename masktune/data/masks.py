@@ -69,7 +69,7 @@ def check_masks_file(path: str | Path, rows: int, size: tuple[int, int]) -> None
 
 
 def masks_method(path: str | Path) -> str:
-    """How the masks were made: "xgradcam" (MaskTune) or "random" (RandMask)."""
+    """The name of the method that made the masks ("masktune", "randmask")."""
     with open_h5(path) as f:
         if "method" not in f.attrs:
             raise UserError(f"{path}: not a masks file of this project; rerun materialize_masked_dataset")

@@ -190,6 +190,28 @@ class EncodedSplit(Split):
             yield int(index[0]), inputs
 
 
+class ResampledSplit(Split):
+    """`base` read through a list of its rows, repeats allowed: one epoch is one shuffled pass over
+    `rows`. JTT's upsampled training set is the train split with each error-set row listed λ_up times.
+    The indices it yields are positions in `rows`, so `labels[index]` holds as for any split."""
+
+    def __init__(self, base: Split, rows: np.ndarray):
+        self.base, self.rows = base, np.asarray(rows, dtype=np.int64)
+        self.labels, self.groups = base.labels[self.rows], base.groups[self.rows]
+        self.attributes = base.attributes[self.rows]
+
+    def __getitem__(self, i: int):
+        image, label, group, _ = self.base[int(self.rows[i])]
+        return image, label, group, i
+
+    def batches(self, batch_size, device, generator=None):
+        if isinstance(self.base, PixelSplit):  # the fast path: index the pixels in memory
+            for index in index_batches(len(self), batch_size, generator):
+                yield to_input(self.base.pixels(self.rows[index]), device), index
+        else:
+            yield from self.base._loader(self, batch_size, device, generator)
+
+
 def open_split(prepared: PreparedFile, split: str, views: DatasetViews, kind: str = "eval", workers: int = 0,
                masks: MaskSource | None = None) -> Split:
     """Split `split` of the prepared file as the model sees it through the view `kind` (train, eval,

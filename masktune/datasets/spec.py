@@ -30,6 +30,9 @@ class DatasetSpec:
     views: DatasetViews
     sources: tuple[Source, ...] = ()                    # official copies, for `download: true`
     metrics: str = "groups"                             # "background_challenge": IN-9L's BG-gap as well
+    # The accuracy the dataset's literature reports as "average", a key of eval.metrics.group_metrics:
+    # plain accuracy (MaskTune's papers), or on Waterbirds the train-weighted group average (DFR, JTT).
+    average: str = "accuracy"
 
     def __post_init__(self):
         if self.metrics not in METRICS:

@@ -97,7 +97,7 @@ SOURCES = (
 
 SPEC = DatasetSpec(
     name="waterbirds", num_classes=NUM_CLASSES, group_names=lambda options: GROUP_NAMES, test_splits=("test",),
-    prepare=_prepare, sources=SOURCES,
+    prepare=_prepare, sources=SOURCES, average="average_accuracy_train_weighted",
     # Official src/methods/waterbirds_train.py: transform_test and transform_data_to_mask are both
     # Resize((int(224 * 256/224),) * 2) = Resize((256, 256)) (a stretch), then CenterCrop((224, 224)).
     views=DatasetViews(

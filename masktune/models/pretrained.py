@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from masktune.errors import UserError
+from masktune.models import build_model
 
 HEAD = "fc."  # the classifier head: num_classes outputs, trained from scratch as the official code does
 # torchvision's weight files are named <arch>-<first 8+ hex digits of the file's sha256>.pth
@@ -115,3 +116,13 @@ def _check_fits(model: nn.Module, state: dict[str, torch.Tensor], path: Path, ar
     if problems:
         hint = " (weights of another architecture?)" if shapes or len(missing) + len(unexpected) > 3 else ""
         raise UserError(f"{path} does not fit {arch}{hint}: {'; '.join(problems)}")
+
+
+def initial_model(arch: str, num_classes: int, pretrained: bool, weights_path: str | Path | None,
+                  device: torch.device) -> nn.Module:
+    """The network a training run starts from (ERM's and JTT's alike): `arch` freshly initialised,
+    with ImageNet weights in all but the head when `pretrained`, on `device`."""
+    model = build_model(arch, num_classes)
+    if pretrained:
+        model = load_imagenet_weights(model, arch, weights_path)
+    return model.to(device)

@@ -1,0 +1,33 @@
+"""The methods one `dvc repro` compares, in one registry.
+
+A method is one small class in its own module (as DomainBed's `algorithms.py`), registered here by
+name, plus its stage entries in dvc.yaml; `masktune.config.schema.METHOD_KINDS` names its kind, the
+list under `methods` in params.yaml that runs it. Each declares whether it uses group labels for
+training and for model selection (the literature's ✗/✓), and every checkpoint a method writes says
+it again (`group_labels`), so the report reads it from the model it evaluates.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from masktune.errors import UserError
+from masktune.methods.base import GroupLabels, Method
+from masktune.methods.erm import ERM
+from masktune.methods.jtt import JTT
+from masktune.methods.masking import MaskTune, RandMask
+
+METHODS: dict[str, Method] = {method.name: method for method in (ERM(), RandMask(), MaskTune(), JTT())}
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise UserError(f"unknown method '{name}' (known: {', '.join(METHODS)})")
+    return METHODS[name]
+
+
+def listed_methods(methods: Mapping[str, tuple[str, ...]]) -> list[Method]:
+    """The methods of the `methods` param, kind by kind in its order (the report's order)."""
+    return [get_method(name) for names in methods.values() for name in names]
+
+
+__all__ = ["METHODS", "GroupLabels", "Method", "get_method", "listed_methods"]

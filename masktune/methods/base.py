@@ -1,0 +1,42 @@
+"""What every method is: a name, a kind (its stages), a paper, the model it produces, and whether it
+uses group labels."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class GroupLabels:
+    """Whether a method uses the group labels (label x spurious attribute) of the training set to
+    train, and of the validation set to select its model: the ✗/✓ columns of the literature."""
+    training: bool
+    model_selection: bool
+
+    @staticmethod
+    def mark(used: bool) -> str:
+        return "✓" if used else "✗"
+
+    def __str__(self) -> str:
+        return f"{self.mark(self.training)}/{self.mark(self.model_selection)}"
+
+    def as_dict(self) -> dict[str, bool]:
+        return {"training": self.training, "model_selection": self.model_selection}
+
+
+class Method:
+    """One entry of the registry. Subclasses set the class attributes and add their kind's steps."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str]           # the list under `methods` that runs it (schema.METHOD_KINDS)
+    title: ClassVar[str]          # for reports: the method and its paper
+    group_labels: ClassVar[GroupLabels] = GroupLabels(training=False, model_selection=False)
+
+    def model_file(self, models_dir: str | Path) -> Path:
+        """The checkpoint `evaluate` reads for this method."""
+        return Path(models_dir) / f"{self.name}.pt"
+
+    def checkpoint_info(self, group_labels: GroupLabels | None = None) -> dict:
+        """What a checkpoint of this method records about it (read back by `evaluate`)."""
+        return {"method": self.name, "group_labels": (group_labels or self.group_labels).as_dict()}

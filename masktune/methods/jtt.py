@@ -1,0 +1,59 @@
+"""JTT, Just Train Twice (Liu et al., ICML 2021; official code anniesch/jtt): train an identification
+model by ERM for T epochs, take the training examples it misclassifies as the error set, then train
+the final model by ERM again on the training set with every error-set example upsampled λ_up times.
+No group labels for training; model selection by average validation accuracy by default (✗), or
+by worst-group validation accuracy as the paper tunes it (✓, `jtt.selection: worst_group`).
+Stages: `jtt_identify@<name>` (the error set) and `jtt_retrain@<name>` (the final model).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from masktune.data.splits import Split
+from masktune.eval.metrics import worst_group_accuracy
+from masktune.methods.base import GroupLabels, Method
+
+
+def error_set(predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """JTT's error set: True for each training example the identification model misclassifies."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    if predictions.shape != labels.shape:
+        raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
+    return predictions != labels
+
+
+def upsampled_rows(errors: np.ndarray, upweight: int) -> np.ndarray:
+    """Rows of JTT's upsampled training set: every row once, then the error-set rows `upweight - 1`
+    more times, so that each error-set example is seen `upweight` times per epoch (one shuffled pass
+    over these rows is an epoch)."""
+    if upweight < 1:
+        raise ValueError(f"upweight must be >= 1, got {upweight}")
+    errors = np.asarray(errors, dtype=bool)
+    extra = np.tile(np.flatnonzero(errors), upweight - 1)
+    return np.concatenate([np.arange(len(errors)), extra]).astype(np.int64)
+
+
+def selection_score(val: Split, selection: str) -> Callable[[np.ndarray], dict[str, float]]:
+    """The validation score the final model is selected by: plain accuracy ("average", no group
+    labels) or worst-group accuracy ("worst_group", reads the validation group labels)."""
+    def score(predictions: np.ndarray) -> dict[str, float]:
+        scores = {"accuracy": float((predictions == val.labels).mean())}
+        if selection == "worst_group":
+            scores["worst_group_accuracy"] = worst_group_accuracy(val.labels, val.groups, predictions)
+        return scores
+    return score
+
+
+SELECT_BY = {"average": "accuracy", "worst_group": "worst_group_accuracy"}
+
+
+class JTT(Method):
+    name = "jtt"
+    kind = "jtt"
+    title = "JTT (Liu et al., 2021)"
+
+    @staticmethod
+    def group_labels_for(selection: str) -> GroupLabels:
+        return GroupLabels(training=False, model_selection=selection == "worst_group")

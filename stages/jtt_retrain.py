@@ -1,0 +1,69 @@
+"""Stage `jtt_retrain@<method>`: JTT's final model, ERM on the training set with the error set upsampled.
+
+Each error-set example is seen `jtt.upweight` (λ_up) times per epoch (masktune/methods/jtt.py
+`upsampled_rows`); the model starts as ERM's does and trains `jtt.epochs` epochs with JTT's recipe.
+The checkpoint kept is the best by `jtt.selection`: average validation accuracy (default, no group
+labels: ✗) or worst-group validation accuracy (the paper's tuning: ✓), which the checkpoint records
+for the report.
+"""
+from __future__ import annotations
+
+import argparse
+
+from dvclive import Live
+
+from masktune.config.stages import load_stage_config
+from masktune.data.splits import ResampledSplit, open_split
+from masktune.datasets import open_prepared
+from masktune.errors import UserError, run_stage
+from masktune.io.files import atomic_directory
+from masktune.io.hdf5 import read_arrays
+from masktune.methods import get_method
+from masktune.methods.jtt import SELECT_BY, selection_score, upsampled_rows
+from masktune.models.pretrained import initial_model
+from masktune.train.fit import fit
+from masktune.train.loop import make_optimizer, seed_everything, select_device
+
+
+@run_stage
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--method", required=True, help="the JTT entry of the registry: jtt")
+    parser.add_argument("--data", required=True, help="prepared dataset (HDF5)")
+    parser.add_argument("--error-set", required=True, help="the error set of jtt_identify (HDF5)")
+    parser.add_argument("--out", required=True, help="checkpoint of the selected epoch")
+    parser.add_argument("--live", required=True, help="dvclive folder (metrics.json, plots/)")
+    args = parser.parse_args()
+
+    method = get_method(args.method)
+    config = load_stage_config(f"jtt_retrain@{method.name}")
+    generator = seed_everything(config.seed)
+    prepared, spec = open_prepared(args.data)
+    train = open_split(prepared, "train", spec.views, "train", config.workers)
+    errors = read_arrays(args.error_set, {"error": (len(train),)})["error"]
+    if len(errors) != len(train):
+        raise UserError(f"{args.error_set}: {len(errors)} rows, the train split has {len(train)}: rerun `dvc repro`")
+    upsampled = ResampledSplit(train, upsampled_rows(errors, config.upweight))
+    val = open_split(prepared, "val", spec.views, "eval", config.workers)
+    device = select_device()
+    model = initial_model(config.arch, prepared.num_classes, config.pretrained, config.weights_path, device)
+    optimizer = make_optimizer(model, config.lr, config.momentum, config.weight_decay)
+    group_labels = method.group_labels_for(config.selection)
+    print(f"JTT: {int(errors.sum()):,} error-set images x {config.upweight} -> {len(upsampled):,} images per epoch; "
+          f"selection by {config.selection} validation accuracy (group labels {group_labels})")
+    with atomic_directory(args.live) as live_dir:
+        live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+        best = fit(model, optimizer, upsampled, val, epochs=config.epochs, batch_size=config.batch_size,
+                   eval_batch_size=config.eval_batch_size, generator=generator, device=device, live=live,
+                   best_path=args.out, score=selection_score(val, config.selection),
+                   select_by=SELECT_BY[config.selection], name="JTT",
+                   checkpoint_info={"arch": config.arch, "num_classes": prepared.num_classes,
+                                    **method.checkpoint_info(group_labels)})
+        live.summary["best"] = best
+        live.summary["error_set_size"] = int(errors.sum())
+        live.summary["upsampled_size"] = len(upsampled)
+        live.end()
+
+
+if __name__ == "__main__":
+    main()
