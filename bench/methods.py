@@ -1,0 +1,73 @@
+"""Benchmark: every method of the `methods` param side by side on the full MNIST, over seeds, through
+the real pipeline (the README's results table).
+
+One scratch copy of the project with the committed params; one `dvc exp run` per seed with every
+training seed set to it (`train_erm.seed`, `finetune.seed`, `randmask.seed`, `jtt.seed`); `prepare`
+(its validation draw is `prepare.biased_mnist.seed`) runs once. Model selection is each method's own
+(ERM and JTT: best average validation accuracy; MaskTune and RandMask: the one-epoch finetune), and no
+method uses group labels, unless `--set jtt.selection=worst_group`. Prints each run, then mean and
+sample standard deviation per method, split and measure, the wall time of each run, and, as its last
+line, one JSON object with every figure.
+
+    python bench/methods.py --mnist-dir ../shared/data/mnist --seeds 0 1 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from common import machine  # noqa: E402
+from scratch import ScratchProject  # noqa: E402
+
+SEED_KEYS = ("train_erm.seed", "finetune.seed", "randmask.seed", "jtt.seed")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--mnist-dir", type=Path, default=Path("../shared/data/mnist"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra `dvc exp run -S` for every run")
+    args = parser.parse_args()
+
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="masktune-methods-") as tmp:
+        project = ScratchProject(Path(tmp) / "project",
+                                 {"prepare": {"biased_mnist": {"mnist_dir": str(args.mnist_dir.resolve())}}})
+        for seed in args.seeds:
+            sets = [f"{key}={seed}" for key in SEED_KEYS] + args.set
+            seconds, stages = project.timed_stages("exp", "run", *(a for s in sets for a in ("-S", s)))
+            details = json.loads((project.path / "metrics/evaluate/details.json").read_text())["methods"]
+            runs.append({"seed": seed, "seconds": seconds, "stage_seconds": stages,
+                         "results": {name: {split: {"average": m["accuracy"], "worst_group": m["worst_group_accuracy"]}
+                                            for split, m in method["results"].items() if "accuracy" in m}
+                                     for name, method in details.items()},
+                         "group_labels": {name: method["group_labels"] for name, method in details.items()}})
+            print(f"seed {seed}: {seconds:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in stages.items())})")
+            for name, splits in runs[-1]["results"].items():
+                print(f"  {name:10}" + "".join(f"{split} {m['average']:.2%} / {m['worst_group']:.2%}   "
+                                               for split, m in splits.items()), flush=True)
+
+    print(f"\nmean ± sample std over seeds {args.seeds} (average / worst group)")
+    summary = {}
+    for name in runs[0]["results"]:
+        summary[name] = {"group_labels": runs[0]["group_labels"][name]}
+        cells = []
+        for split in runs[0]["results"][name]:
+            for measure in ("average", "worst_group"):
+                values = [run["results"][name][split][measure] for run in runs]
+                mean, std = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+                summary[name][f"{split}/{measure}"] = {"mean": mean, "std": std, "values": values}
+                cells.append(f"{split} {measure} {mean:.2%} ± {std:.2%}")
+        print(f"{name} ({summary[name]['group_labels']}): " + "; ".join(cells))
+    print(f"wall time per run: {', '.join(f'{run['seconds']:.0f} s' for run in runs)}")
+    print(json.dumps({"machine": machine(), "seeds": args.seeds, "set": args.set, "runs": runs, "summary": summary}))
+
+
+if __name__ == "__main__":
+    main()
