@@ -18,8 +18,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from common import machine  # noqa: E402
-from scratch import ScratchProject  # noqa: E402
+from common import machine
+from scratch import ScratchProject
 
 
 def main() -> None:

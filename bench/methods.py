@@ -21,8 +21,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from common import machine  # noqa: E402
-from scratch import ScratchProject  # noqa: E402
+from common import machine
+from scratch import ScratchProject
 
 SEED_KEYS = ("train_erm.seed", "finetune.seed", "randmask.seed", "jtt.seed")
 
@@ -31,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--mnist-dir", type=Path, default=Path("../shared/data/mnist"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--keep", type=Path, help="folder to copy each run's details.json into (seed<N>.json)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an extra `dvc exp run -S` for every run")
     args = parser.parse_args()
@@ -42,7 +43,14 @@ def main() -> None:
         for seed in args.seeds:
             sets = [f"{key}={seed}" for key in SEED_KEYS] + args.set
             seconds, stages = project.timed_stages("exp", "run", *(a for s in sets for a in ("-S", s)))
-            details = json.loads((project.path / "metrics/evaluate/details.json").read_text())["methods"]
+            details_file = project.path / "metrics/evaluate/details.json"
+            if args.keep:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                (args.keep / f"seed{seed}.json").write_text(details_file.read_text())
+                error_set = project.path / "metrics/jtt/error_set.json"
+                if error_set.is_file():
+                    (args.keep / f"seed{seed}_jtt_error_set.json").write_text(error_set.read_text())
+            details = json.loads(details_file.read_text())["methods"]
             runs.append({"seed": seed, "seconds": seconds, "stage_seconds": stages,
                          "results": {name: {split: {"average": m["accuracy"], "worst_group": m["worst_group_accuracy"]}
                                             for split, m in method["results"].items() if "accuracy" in m}
@@ -65,7 +73,7 @@ def main() -> None:
                 summary[name][f"{split}/{measure}"] = {"mean": mean, "std": std, "values": values}
                 cells.append(f"{split} {measure} {mean:.2%} ± {std:.2%}")
         print(f"{name} ({summary[name]['group_labels']}): " + "; ".join(cells))
-    print(f"wall time per run: {', '.join(f'{run['seconds']:.0f} s' for run in runs)}")
+    print("wall time per run: " + ", ".join(f"{run['seconds']:.0f} s" for run in runs))
     print(json.dumps({"machine": machine(), "seeds": args.seeds, "set": args.set, "runs": runs, "summary": summary}))
 
 

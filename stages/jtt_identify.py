@@ -1,11 +1,12 @@
 """Stage `jtt_identify@<method>`: JTT's identification model and its error set.
 
-As the official code (anniesch/jtt; see masktune/methods/jtt.py): a model trained by ERM for T
-epochs (`jtt.identification_epochs`) with JTT's recipe, from the same start as ERM (the train_erm
-network, ImageNet weights where the recipe has them); its predictions on the training images (eval
-mode, the eval transform) give the error set, the examples it misclassifies. Writes the error set
-(HDF5: `error`, `predicted` per training row) and a summary: its size, and, for the report only, how
-the groups are represented in it (JTT's premise is that the minority groups fill the error set).
+As the official code (anniesch/jtt; masktune/methods/jtt.py cites the lines): a model trained by ERM
+with JTT's recipe, from the same start as ERM (the train_erm network, ImageNet weights where the
+recipe has them), without augmentation; after T epochs (`jtt.identification_epochs`), the predicted
+class of each training image during the next epoch's training pass (official, `jtt.error_set_pass:
+training`) or in an eval-mode pass (`eval`) gives the error set, the misclassified examples. Writes
+the error set (HDF5: `error`, `predicted` per training row) and a summary: its size, and, for the
+report only, how the groups are represented in it (JTT's premise: the minority groups fill it).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def main() -> None:
     config = load_stage_config(f"jtt_identify@{method.name}")
     generator = seed_everything(config.seed)
     prepared, spec = open_prepared(args.data)
-    train = open_split(prepared, "train", spec.views, "train", config.workers)
+    train = open_split(prepared, "train", spec.views, "eval", config.workers)  # no augmentation (official)
     device = select_device()
     model = initial_model(config.arch, prepared.num_classes, config.pretrained, config.weights_path, device)
     optimizer = make_optimizer(model, config.lr, config.momentum, config.weight_decay)
@@ -47,21 +48,27 @@ def main() -> None:
                             desc=f"JTT identification epoch {epoch + 1}/{config.epochs}")
         print(f"JTT identification epoch {epoch + 1}/{config.epochs}: train loss {stats['loss']:.4f}, "
               f"train acc {stats['accuracy']:.4f}")
-    plain = open_split(prepared, "train", spec.views, "eval", config.workers)
-    predicted = predict(model, plain, config.eval_batch_size, device, "error set")
-    errors = error_set(predicted, plain.labels)
+    if config.error_set_pass == "training":
+        predicted = np.full(len(train), -1, dtype=np.int64)
+        train_epoch(model, optimizer, train, config.batch_size, generator, device,
+                    desc="JTT error set (training pass)", predictions=predicted)
+    else:
+        predicted = predict(model, train, config.eval_batch_size, device, "JTT error set (eval pass)")
+    errors = error_set(predicted, train.labels)
     write_arrays(args.out, {"error": errors, "predicted": predicted.astype(np.int64)},
-                 {"method": method.name, "dataset": prepared.dataset, "identification_epochs": config.epochs})
+                 {"method": method.name, "dataset": prepared.dataset, "identification_epochs": config.epochs,
+                  "error_set_pass": config.error_set_pass})
 
-    names, groups = prepared.group_names, plain.groups
-    report = {"identification_epochs": config.epochs, "error_set_size": int(errors.sum()),
+    names, groups = prepared.group_names, train.groups
+    report = {"identification_epochs": config.epochs, "error_set_pass": config.error_set_pass,
+              "error_set_size": int(errors.sum()),
               "error_set_fraction": float(errors.mean()),
               "error_rate_by_group": {names[int(g)]: float(errors[groups == g].mean()) for g in np.unique(groups)},
               "error_set_share_by_group": {names[int(g)]: float((groups[errors] == g).mean()) if errors.any() else 0.0
                                            for g in np.unique(groups)}}
     write_json(args.metrics, report)
     print(f"JTT error set: {report['error_set_size']:,} of {len(errors):,} training images "
-          f"({report['error_set_fraction']:.2%}) misclassified after {config.epochs} epoch(s)")
+          f"({report['error_set_fraction']:.2%}) misclassified after {config.epochs} epoch(s) ({config.error_set_pass} pass)")
 
 
 if __name__ == "__main__":

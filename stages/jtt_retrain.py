@@ -1,7 +1,8 @@
 """Stage `jtt_retrain@<method>`: JTT's final model, ERM on the training set with the error set upsampled.
 
-Each error-set example is seen `jtt.upweight` (λ_up) times per epoch (masktune/methods/jtt.py
-`upsampled_rows`); the model starts as ERM's does and trains `jtt.epochs` epochs with JTT's recipe.
+The error set is appended `jtt.upweight` (λ_up) times to the training set, as the official code
+(masktune/methods/jtt.py `upsampled_rows`); the model starts as ERM's does and trains `jtt.epochs`
+epochs with JTT's recipe, without augmentation (official).
 The checkpoint kept is the best by `jtt.selection`: average validation accuracy (default, no group
 labels: ✗) or worst-group validation accuracy (the paper's tuning: ✓), which the checkpoint records
 for the report.
@@ -39,7 +40,7 @@ def main() -> None:
     config = load_stage_config(f"jtt_retrain@{method.name}")
     generator = seed_everything(config.seed)
     prepared, spec = open_prepared(args.data)
-    train = open_split(prepared, "train", spec.views, "train", config.workers)
+    train = open_split(prepared, "train", spec.views, "eval", config.workers)  # no augmentation (official)
     errors = read_arrays(args.error_set, {"error": (len(train),)})["error"]
     if len(errors) != len(train):
         raise UserError(f"{args.error_set}: {len(errors)} rows, the train split has {len(train)}: rerun `dvc repro`")
@@ -49,7 +50,8 @@ def main() -> None:
     model = initial_model(config.arch, prepared.num_classes, config.pretrained, config.weights_path, device)
     optimizer = make_optimizer(model, config.lr, config.momentum, config.weight_decay)
     group_labels = method.group_labels_for(config.selection)
-    print(f"JTT: {int(errors.sum()):,} error-set images x {config.upweight} -> {len(upsampled):,} images per epoch; "
+    print(f"JTT: {int(errors.sum()):,} error-set images appended {config.upweight} times -> {len(upsampled):,} "
+          "images per epoch; "
           f"selection by {config.selection} validation accuracy (group labels {group_labels})")
     with atomic_directory(args.live) as live_dir:
         live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)

@@ -15,6 +15,7 @@ from masktune.config import schema
 from masktune.config.stages import STAGE_CONFIGS, load_stage_config
 from masktune.datasets import DATASETS
 from masktune.errors import UserError
+from masktune.methods import METHODS
 from masktune.models import MODELS
 from masktune.saliency.xgradcam import PRECISIONS
 
@@ -49,13 +50,20 @@ def test_every_stage_resolves_the_committed_defaults_with_the_recipe(tmp_path):
     erm = configs["train_erm"]  # recipes.biased_mnist (bash_files/mnist_masktune.sh)
     assert (erm.arch, erm.lr, erm.epochs, erm.batch_size, erm.momentum, erm.weight_decay) == \
         ("small_cnn", 0.01, 5, 128, 0.9, 0.0001)
-    assert (erm.eval_batch_size, configs["evaluate"].eval_batch_size, configs["finetune"].eval_batch_size) == \
+    assert (erm.eval_batch_size, configs["evaluate"].eval_batch_size, configs["finetune@masktune"].eval_batch_size) == \
         (1024, 1024, 1024)
     assert (configs["compute_saliency"].batch_size, configs["compute_saliency"].workers) == (256, 0)
-    assert configs["finetune"].batch_size == 128
-    assert configs["finetune"].lr is None  # the ERM checkpoint's learning rate, as the official finetune
+    assert configs["finetune@masktune"] == configs["finetune@randmask"]  # one finetune for both masking methods
+    assert configs["finetune@masktune"].batch_size == 128
+    assert configs["finetune@masktune"].lr is None  # the ERM checkpoint's learning rate, as the official finetune
     assert configs["prepare"].options["mnist_dir"] is None and configs["prepare"].options["val_size"] == 12000
-    assert configs["materialize_masked_dataset"].cutout_sides == (2, 14)
+    assert configs["materialize_masked_dataset@randmask"].cutout_sides == (2, 14)
+    assert configs["materialize_masked_dataset@masktune"].threshold_std == 2.0
+    identify, retrain = configs["jtt_identify@jtt"], configs["jtt_retrain@jtt"]  # recipes.biased_mnist.jtt
+    assert (identify.arch, identify.momentum, identify.lr, retrain.lr, retrain.selection) == \
+        ("small_cnn", 0.9, 0.01, 0.01, "average")
+    assert dict(configs["evaluate"].methods) == {"erm": ("erm",), "masking": ("randmask", "masktune"),
+                                                 "jtt": ("jtt",)}
     with pytest.raises(dataclasses.FrozenInstanceError):
         erm.lr = 1.0
 
@@ -75,8 +83,12 @@ def test_overrides_and_the_dataset_switch_follow_the_naming_rule(tmp_path):
     ("train_erm.epochs", True, "train_erm.epochs must be an integer >= 1, got True"),
     ("lr", -0.1, "lr must be a number > 0.0, got -0.1"),
     ("finetune.lr", "abc", "finetune.lr must be a number > 0.0 or null, got 'abc'"),
-    ("mask.method", "gradcam", "mask.method must be one of 'xgradcam', 'random', got 'gradcam'"),
-    ("mask.cutout_sides", [14, 2], r"mask.cutout_sides must be a list of 2 integers in \[1, 10000\], in ascending"),
+    ("methods.masking", ["masktune", "gradcam"],
+     "methods.masking must be a list of distinct names from 'randmask', 'masktune', got"),
+    ("methods.jtt", ["jtt", "jtt"], "methods.jtt must be a list of distinct names from 'jtt', got"),
+    ("jtt.selection", "test", "jtt.selection must be one of 'average', 'worst_group', got 'test'"),
+    ("recipes.celeba.jtt.upweight", 0, "recipes.celeba.jtt.upweight must be an integer >= 1, got 0"),
+    ("randmask.cutout_sides", [14, 2], r"randmask.cutout_sides must be a list of 2 integers in \[1, 10000\], in asc"),
     ("recipes.celeba.train_erm.epochs", None, ("recipes.celeba.train_erm.epochs must be an integer >= 1 "
                                                r"\(a recipe value may not be null\), got None")),
     ("recipes.waterbirds.lr", "fast", "recipes.waterbirds.lr must be a number > 0.0, got 'fast'"),
@@ -94,8 +106,8 @@ def test_unknown_and_missing_keys_are_named(tmp_path):
     with pytest.raises(UserError, match=r"unknown key 'train_erm.epoch' \(did you mean train_erm.epochs\?\)"):
         _load(tmp_path, "prepare", values)
     values = committed_params()
-    del values["mask"]["seed"]
-    with pytest.raises(UserError, match="missing key 'mask.seed'"):
+    del values["randmask"]["seed"]
+    with pytest.raises(UserError, match="missing key 'randmask.seed'"):
         _load(tmp_path, "prepare", values)
 
 
@@ -115,6 +127,19 @@ def test_registries_are_keyed_by_the_schema_names():
     assert tuple(MODELS) == schema.ARCH_NAMES
     assert tuple(PRECISIONS) == schema.PRECISIONS
     assert set(schema.PREPARE) == set(DATASETS)
+    assert {name: method.kind for name, method in METHODS.items()} == {
+        name: kind for kind, names in schema.METHOD_KINDS.items() for name in names}
+
+
+def test_a_foreach_stage_reads_its_own_methods_params_only(tmp_path):
+    """`materialize_masked_dataset@randmask` declares `randmask` (its `${item}`), not MaskTune's keys."""
+    values = committed_params()
+    assert _load(tmp_path, "materialize_masked_dataset@randmask", _set(values, "masktune.threshold_std", 9.0)).seed == 0
+    dvc_text = (ROOT / "dvc.yaml").read_text().replace("        - ${item}\n", "        - masktune\n")
+    with pytest.raises(UserError, match="stage 'materialize_masked_dataset@randmask' reads param 'randmask.cutout_sides'"):
+        _load(tmp_path, "materialize_masked_dataset@randmask", values, dvc_text)
+    with pytest.raises(UserError, match="no stage config named 'finetune' "):  # a foreach stage is named with its item
+        _load(tmp_path, "finetune", values)
 
 
 def test_stage_with_a_bad_param_exits_2_with_one_line_and_writes_nothing(tmp_path):

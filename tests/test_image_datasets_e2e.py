@@ -20,7 +20,11 @@ from conftest import ROOT, committed_params
 from fixtures_datasets import WATERBIRDS_COUNTS, make_celeba, make_in9l, make_waterbirds
 from scratch import ScratchProject
 
-ALL_STAGES = ["prepare", "train_erm", "compute_saliency", "materialize_masked_dataset", "finetune", "evaluate"]
+from masktune.methods import METHODS
+
+ALL_STAGES = ["prepare", "train_erm", "compute_saliency", "materialize_masked_dataset@randmask",
+              "materialize_masked_dataset@masktune", "finetune@randmask", "finetune@masktune", "jtt_identify@jtt",
+              "jtt_retrain@jtt", "evaluate"]
 SMALL_MODEL = {"arch": "tiny_cnn", "pretrained": False, "epochs": 1, "batch_size": 16, "workers": 0}
 
 
@@ -35,6 +39,7 @@ def project(tmp_path_factory):
               "train_erm": SMALL_MODEL,
               "saliency": {"batch_size": 16, "workers": 0},
               "finetune": {"batch_size": 16, "workers": 0},
+              "jtt": {"identification_epochs": 1, "epochs": 1, "batch_size": 16, "workers": 0},
               "eval_batch_size": 16,
               "evaluate": {"workers": 0}}
     project = ScratchProject(tmp_path_factory.mktemp("scratch") / "project", params)
@@ -42,7 +47,14 @@ def project(tmp_path_factory):
 
 
 def _evaluation(project) -> dict:
-    return json.loads((project.path / "metrics/evaluate.json").read_text())
+    """Every method's full results; the contract: each registered method ran and was evaluated."""
+    details = json.loads((project.path / "metrics/evaluate/details.json").read_text())["methods"]
+    assert list(details) == list(METHODS)
+    for name, method in details.items():
+        assert method["group_labels"] == str(METHODS[name].group_labels)
+    for name in ("randmask", "masktune"):
+        assert (project.path / f"metrics/masks/{name}.png").read_bytes()[:4] == b"\x89PNG"
+    return {name: method["results"] for name, method in details.items()}
 
 
 @pytest.mark.slow
@@ -53,15 +65,16 @@ def test_waterbirds_runs_end_to_end(project):
         for split, counts in WATERBIRDS_COUNTS.items():  # groups = 2 * place + y, as built
             assert np.bincount(f[f"{split}/groups"][()], minlength=4).tolist() == list(counts)
             assert len(f[f"{split}/offsets"]) == sum(counts) + 1
-    with h5py.File(project.path / "data/masks.h5", "r") as f:
+    with h5py.File(project.path / "data/masks/masktune.h5", "r") as f:
         assert f["masks"].shape == (sum(WATERBIRDS_COUNTS["train"]), 224 * 224 // 8)  # masking view 224 x 224
     evaluation = _evaluation(project)
-    for model in ("erm", "masktune"):
+    for model in METHODS:
         test = evaluation[model]["test"]
         assert set(test["groups"]) == {"landbird_land", "waterbird_land", "landbird_water", "waterbird_water"}
         assert test["worst_group_accuracy"] == min(test["groups"].values())
         assert 0 <= test["average_accuracy_train_weighted"] <= 1
-    assert (project.path / "metrics/evaluate/mask_examples.png").read_bytes()[:4] == b"\x89PNG"
+    headline = json.loads((project.path / "metrics/evaluate.json").read_text())  # Waterbirds' "average"
+    assert headline["jtt"]["test"]["average"] == evaluation["jtt"]["test"]["average_accuracy_train_weighted"]
 
 
 @pytest.mark.slow
@@ -78,7 +91,7 @@ def test_celeba_runs_end_to_end(project):
 def test_in9l_runs_end_to_end_with_the_background_challenge(project):
     assert project.stages_run("exp", "run", "-S", "dataset=in9l") == ALL_STAGES
     evaluation = _evaluation(project)
-    for model in ("erm", "masktune"):
+    for model in METHODS:
         challenge = evaluation[model]["background_challenge"]
         assert set(challenge) == {"original", "mixed_same", "mixed_rand", "only_fg", "bg_gap"}
         assert challenge["bg_gap"] == pytest.approx(challenge["mixed_same"] - challenge["mixed_rand"])
@@ -91,7 +104,8 @@ def test_mask_alignment_reruns_only_finetune_and_evaluate(project):
     project.commit("in9l")
     assert project.stages_run("exp", "run", "-S", "dataset=waterbirds") == []
     project.commit("waterbirds")
-    assert project.stages_run("exp", "run", "-S", "mask.alignment=stretch") == ["finetune", "evaluate"]
+    assert project.stages_run("exp", "run", "-S", "finetune.alignment=stretch") == [
+        "finetune@randmask", "finetune@masktune", "evaluate"]
 
 
 def _prepare(tmp_path, dataset: str, folder) -> subprocess.CompletedProcess:

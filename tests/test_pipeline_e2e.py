@@ -1,11 +1,13 @@
 """The whole DVC pipeline on a few thousand MNIST digits, in a throwaway git repository: the real
 MNIST when it is beside the project, and always its synthetic twin (the same IDX format).
 
-Checks what a researcher relies on: `dvc repro` runs every stage; the same params rerun to the same
-bytes; `dvc exp run -S finetune.lr=...` reruns only finetune and evaluate; `-S lr=...` reruns
-train_erm and everything after it but not prepare; `dvc metrics diff` shows the change;
-`-S mask.method=random` (RandMask) reruns from the masking on; a second `dvc repro` runs nothing;
-a bad param stops `dvc repro` with one clear line, before any work when it belongs to a later stage.
+Checks what a researcher relies on: one `dvc repro` runs every method of the `methods` param (ERM,
+RandMask, MaskTune, JTT) and compares them; the same params rerun to the same bytes; a change to one
+method's params reruns that method's stages and evaluate only (`jtt.upweight`, `randmask.seed`);
+`-S finetune.lr=...` reruns both finetunes; `-S lr=...` reruns train_erm and everything after it
+but not prepare or JTT; `dvc metrics diff` shows the change; removing a method from `methods` drops
+its stages; a second `dvc repro` runs nothing; a bad param stops `dvc repro` with one clear line,
+before any work when it belongs to a later stage.
 """
 from __future__ import annotations
 
@@ -20,8 +22,11 @@ from scratch import RUNNING_STAGE, ScratchProject
 
 pytestmark = pytest.mark.slow
 
-ALL_STAGES = ["prepare", "train_erm", "compute_saliency", "materialize_masked_dataset", "finetune",
-              "evaluate"]
+MASKING = ["materialize_masked_dataset@randmask", "materialize_masked_dataset@masktune", "finetune@randmask",
+           "finetune@masktune"]
+JTT = ["jtt_identify@jtt", "jtt_retrain@jtt"]
+ALL_STAGES = ["prepare", "train_erm", "compute_saliency", *MASKING, *JTT, "evaluate"]
+METHODS = ["erm", "randmask", "masktune", "jtt"]
 
 
 @pytest.fixture(scope="module", params=["real", "synthetic"])
@@ -34,38 +39,59 @@ def project(request, tmp_path_factory):
         mnist_dir = make_mnist(tmp_path_factory.mktemp("mnist"))
     small = {"prepare": {"biased_mnist": {"mnist_dir": str(mnist_dir), "train_limit": 3000, "test_limit": 1000,
                                           "val_size": 600}},
-             "train_erm": {"epochs": 1}}
+             "train_erm": {"epochs": 1}, "jtt": {"epochs": 2}}
     return ScratchProject(tmp_path_factory.mktemp("scratch") / "project", small)
 
 
 def test_pipeline_reruns_exactly_what_a_change_affects(project):
     assert project.stages_run("repro") == ALL_STAGES
-    evaluation = json.loads((project.path / "metrics/evaluate.json").read_text())
-    assert set(evaluation) == {"erm", "masktune"}
-    for model in evaluation.values():
-        assert set(model) == {"test_original", "test_biased", "val"}
-        assert 0 <= model["test_biased"]["worst_group_accuracy"] <= model["test_biased"]["accuracy"] <= 1
-    assert (project.path / "metrics/evaluate/mask_examples.png").read_bytes()[:4] == b"\x89PNG"
+    headline = json.loads((project.path / "metrics/evaluate.json").read_text())
+    assert list(headline) == METHODS
+    for model in headline.values():  # the headline: two numbers per test split, nothing else
+        assert set(model) == {"test_original", "test_biased"}
+        assert all(set(m) == {"average", "worst_group"} and 0 <= m["worst_group"] <= m["average"] <= 1
+                   for m in model.values())
+    details = json.loads((project.path / "metrics/evaluate/details.json").read_text())["methods"]
+    for name, method in details.items():
+        assert set(method["results"]) == {"test_original", "test_biased", "val"}
+        assert method["results"]["test_biased"]["accuracy"] == headline[name]["test_biased"]["average"]
+        assert method["group_labels"] == "✗/✗"
+    table = (project.path / "metrics/comparison.md").read_text()
+    assert table.count("| ✗/✗ |") == len(METHODS)
+    for name in ("randmask", "masktune"):
+        assert (project.path / f"metrics/masks/{name}.png").read_bytes()[:4] == b"\x89PNG"
     project.commit("baseline")
 
     # Same params, same data: every output (checkpoints, HDF5, metrics, plots) is byte-identical.
     assert project.stages_run("repro", "--force", "--no-run-cache") == ALL_STAGES
     assert project.run("git", "status", "--porcelain").stdout == ""
 
-    assert project.stages_run("exp", "run", "-S", "finetune.lr=0.005") == ["finetune", "evaluate"]
-    assert json.loads((project.path / "metrics/finetune.json").read_text())["lr"] == 0.005
+    # One method's params rerun that method's stages and evaluate only.
+    assert project.stages_run("exp", "run", "-S", "jtt.upweight=3") == ["jtt_retrain@jtt", "evaluate"]
+    live = json.loads((project.path / "metrics/jtt/train/metrics.json").read_text())
+    errors = json.loads((project.path / "metrics/jtt/error_set.json").read_text())["error_set_size"]
+    assert live["upsampled_size"] == 2400 + 2 * errors  # each error-set image 3 times in all
+    assert project.stages_run("exp", "run", "-S", "randmask.seed=1") == [
+        "materialize_masked_dataset@randmask", "finetune@randmask", "evaluate"]
 
-    assert project.stages_run("exp", "run", "-S", "lr=0.02") == ALL_STAGES[1:]
-    diff = json.loads(project.dvc("metrics", "diff", "--json").stdout)
-    erm_loss = diff["metrics/train_erm/metrics.json"]["train.loss"]
-    assert erm_loss["diff"] != 0 and erm_loss["old"] != erm_loss["new"]
+    assert project.stages_run("exp", "run", "-S", "finetune.lr=0.005") == [
+        "finetune@randmask", "finetune@masktune", "evaluate"]
+    assert json.loads((project.path / "metrics/finetune/masktune.json").read_text())["lr"] == 0.005
+
+    assert project.stages_run("exp", "run", "-S", "lr=0.02") == ["train_erm", "compute_saliency", *MASKING,
+                                                                  "evaluate"]
+    diff = json.loads(project.dvc("metrics", "diff", "--json").stdout)["metrics/evaluate.json"]
+    assert set(diff) <= {f"{m}.{s}.{k}" for m in METHODS for s in ("test_original", "test_biased")
+                         for k in ("average", "worst_group")}
+    assert "jtt.test_biased.average" not in diff  # JTT does not start from ERM: unchanged
     params_diff = json.loads(project.dvc("params", "diff", "--json").stdout)["params.yaml"]
     assert (params_diff["lr"]["old"], params_diff["lr"]["new"]) == (None, 0.02)  # null: recipes.biased_mnist.lr
     assert json.loads((project.path / "metrics/train_erm/metrics.json").read_text())["recipe"]["lr"] == 0.02
 
-    assert project.stages_run("exp", "run", "-S", "mask.method=random") == [
-        "materialize_masked_dataset", "finetune", "evaluate"]
-    assert set(json.loads((project.path / "metrics/evaluate.json").read_text())) == {"erm", "randmask"}
+    # Dropping a method from the list drops its stages from the pipeline and its row from the report.
+    assert project.stages_run("exp", "run", "-S", "methods.jtt=[]") == ["evaluate"]
+    assert list(json.loads((project.path / "metrics/evaluate.json").read_text())) == METHODS[:3]
+    assert "jtt_retrain" not in project.dvc("stage", "list").stdout
 
     assert project.stages_run("repro") == []
 
@@ -99,9 +125,9 @@ def test_bad_param_of_a_later_stage_stops_the_first_stage_before_any_work(projec
 
 def test_bad_param_stops_repro_with_one_clear_line(project):
     def edit(values):
-        values["mask"]["threshold_std"] = "high"
+        values["masktune"]["threshold_std"] = "high"
 
     result = _repro_with_params(project, edit)
     assert result.returncode != 0
-    assert "error: params.yaml: mask.threshold_std must be a number >= 0.0, got 'high'" in result.stderr
+    assert "error: params.yaml: masktune.threshold_std must be a number >= 0.0, got 'high'" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout

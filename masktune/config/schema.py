@@ -28,6 +28,7 @@ METHOD_KINDS = {
     "masking": ("randmask", "masktune"),  # materialize_masked_dataset@<name>, finetune@<name>
     "jtt": ("jtt",),                      # jtt_identify@<name>, jtt_retrain@<name>
 }
+ERROR_SET_PASSES = ("training", "eval")        # JTT: the official training-pass predictions | an eval pass
 SELECTIONS = ("average", "worst_group")        # model selection: val average (no group labels) | worst group
 ALIGNMENTS = ("crop", "stretch")               # how a view mask is put on the raw image
 SQUARE_PLACEMENTS = ("official", "random")
@@ -83,8 +84,9 @@ SCHEMA: dict[str, Field] = {
     "finetune.alignment": Choice(options=ALIGNMENTS),
     "finetune.workers": Int(0, MAX_WORKERS),
     "finetune.seed": Int(0),
-    "jtt.identification_epochs": Int(1, recipe=True),
-    "jtt.upweight": Int(1, recipe=True),
+    "jtt.identification_epochs": Int(0, recipe=True),
+    "jtt.error_set_pass": Choice(options=ERROR_SET_PASSES),
+    "jtt.upweight": Int(0, recipe=True),
     "jtt.epochs": Int(1, recipe=True),
     "jtt.lr": Number(0.0, exclusive_minimum=True, recipe=True),
     "jtt.weight_decay": Number(0.0, recipe=True),

@@ -83,15 +83,14 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
-class JttIdentifyConfig:
-    """JTT's identification model: ERM for T epochs, on the network of train_erm, with JTT's recipe."""
+class _JttTraining:
+    """What both JTT models train with: the network of train_erm, JTT's recipe."""
     dataset: str = _key("dataset")
     eval_batch_size: int = _key("eval_batch_size")
     arch: str = _key("train_erm.arch")
     pretrained: bool = _key("train_erm.pretrained")
     weights_path: Path | None = _key("train_erm.weights_path")
     momentum: float = _key("train_erm.momentum")
-    epochs: int = _key("jtt.identification_epochs")
     lr: float = _key("jtt.lr")
     weight_decay: float = _key("jtt.weight_decay")
     batch_size: int = _key("jtt.batch_size")
@@ -100,7 +99,14 @@ class JttIdentifyConfig:
 
 
 @dataclass(frozen=True)
-class JttRetrainConfig(JttIdentifyConfig):
+class JttIdentifyConfig(_JttTraining):
+    """JTT's identification model: ERM for T epochs, then the error set."""
+    epochs: int = _key("jtt.identification_epochs")
+    error_set_pass: str = _key("jtt.error_set_pass")
+
+
+@dataclass(frozen=True)
+class JttRetrainConfig(_JttTraining):
     """JTT's final model: ERM again, from the same start, with the error set upsampled."""
     epochs: int = _key("jtt.epochs")
     upweight: int = _key("jtt.upweight")

@@ -56,9 +56,12 @@ def restore_optimizer(model: nn.Module, checkpoint: dict, lr: float | None = Non
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split, batch_size: int,
-                generator: torch.Generator, device: torch.device, desc: str) -> dict[str, float]:
+                generator: torch.Generator, device: torch.device, desc: str,
+                predictions: np.ndarray | None = None) -> dict[str, float]:
     """One shuffled pass over `data`; returns the mean loss (weighted by batch size, so it is the mean
-    over samples) and the accuracy over the epoch."""
+    over samples) and the accuracy over the epoch. With `predictions` (an array of len(data)), each
+    sample's predicted class is written there as the pass computes it, before the step on its batch
+    (what JTT's official code logs to form its error set)."""
     model.train()
     total_loss, correct = 0.0, 0
     bar = progress(data.batches(batch_size, device, generator), desc, total=-(-len(data) // batch_size))
@@ -70,7 +73,10 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split,
         loss.backward()
         optimizer.step()
         total_loss += loss.item() * len(index)
-        correct += (logits.argmax(1) == targets).sum().item()
+        predicted = logits.argmax(1)
+        correct += (predicted == targets).sum().item()
+        if predictions is not None:
+            predictions[index] = predicted.cpu().numpy()
         bar.set_postfix(loss=f"{loss.item():.4f}")
     return {"loss": total_loss / len(data), "accuracy": correct / len(data)}
 

@@ -1,0 +1,106 @@
+"""The methods registry and JTT's pieces, on small cases computed by hand."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from masktune.data.samples import SampleSet
+from masktune.data.splits import PixelSplit, ResampledSplit
+from masktune.errors import UserError
+from masktune.eval.report import comparison_markdown, headline
+from masktune.methods import METHODS, GroupLabels, get_method, listed_methods
+from masktune.methods.jtt import JTT, error_set, selection_score, upsampled_rows
+
+
+def test_error_set_is_the_misclassified_training_examples():
+    labels = np.array([0, 1, 1, 0, 1])
+    predictions = np.array([0, 0, 1, 1, 1])
+    assert error_set(predictions, labels).tolist() == [False, True, False, True, False]
+    with pytest.raises(ValueError, match="4 predictions for 5 labels"):
+        error_set(predictions[:4], labels)
+
+
+def test_upsampling_appends_the_error_set_upweight_times_as_the_official_code():
+    errors = np.array([False, True, False, True, False])
+    # rows 0..4 once, then rows 1 and 3 twice more (run_expt.py: train + Subset(train, error * 2))
+    assert upsampled_rows(errors, 2).tolist() == [0, 1, 2, 3, 4, 1, 3, 1, 3]
+    assert np.bincount(upsampled_rows(errors, 2)).tolist() == [1, 3, 1, 3, 1]  # λ_up + 1 times each
+    assert upsampled_rows(errors, 0).tolist() == [0, 1, 2, 3, 4]  # λ_up = 0: plain ERM
+    assert upsampled_rows(np.zeros(3, bool), 50).tolist() == [0, 1, 2]  # empty error set: plain ERM
+    with pytest.raises(ValueError, match="upweight must be >= 0"):
+        upsampled_rows(errors, -1)
+
+
+def _split(n: int = 5) -> PixelSplit:
+    images = np.arange(n, dtype=np.uint8)[:, None, None, None].repeat(2, 1).repeat(2, 2).repeat(3, 3)
+    labels = np.array([0, 1, 1, 0, 1][:n])
+    return PixelSplit.from_samples(SampleSet(images=images, labels=labels, attributes=np.arange(n) % 2,
+                                             source_index=np.arange(n)))
+
+
+def test_an_upsampled_epoch_shows_each_error_image_upweight_times():
+    base = _split()
+    upsampled = ResampledSplit(base, upsampled_rows(np.array([False, True, False, True, False]), 2))
+    assert len(upsampled) == 9
+    seen = []
+    for inputs, index in upsampled.batches(4, torch.device("cpu"), torch.Generator().manual_seed(0)):
+        rows = (inputs[:, 0, 0, 0] * 255).round().long().tolist()  # each test image holds its row number
+        assert upsampled.labels[index].tolist() == base.labels[rows].tolist()
+        seen += rows
+    assert sorted(seen) == [0, 1, 1, 1, 2, 3, 3, 3, 4]
+    image, label, group, position = upsampled[6]  # position 6 is row 3 again
+    assert (round(float(image[0, 0, 0]) * 255), label, group, position) == (3, 0, int(base.groups[3]), 6)
+
+
+def test_selection_reads_group_labels_only_for_worst_group():
+    val = _split()  # groups (2 * attribute + label): [0, 3, 1, 2, 1]
+    predictions = np.array([0, 1, 1, 1, 0])  # wrong on rows 3 and 4
+    assert selection_score(val, "average")(predictions) == {"accuracy": 0.6}
+    assert selection_score(val, "worst_group")(predictions) == {"accuracy": 0.6, "worst_group_accuracy": 0.0}
+    assert str(JTT.group_labels_for("average")) == "✗/✗"
+    assert str(JTT.group_labels_for("worst_group")) == "✗/✓"
+
+
+def test_a_training_pass_records_each_prediction_before_its_step():
+    """JTT's official error set: the argmax logged for each row during a training epoch."""
+    from masktune.train.loop import train_epoch
+
+    data = _split()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # no step changes the model: the same predictions
+    recorded = np.full(len(data), -1)
+    stats = train_epoch(model, optimizer, data, 2, torch.Generator().manual_seed(0), torch.device("cpu"), "t",
+                        predictions=recorded)
+    model.train()
+    with torch.no_grad():
+        expected = model(torch.stack([data[i][0] for i in range(len(data))])).argmax(1).numpy()
+    assert recorded.tolist() == expected.tolist()
+    assert stats["accuracy"] == (recorded == data.labels).mean()
+
+
+def test_the_registry_lists_methods_in_the_params_order():
+    assert [m.name for m in listed_methods({"erm": ("erm",), "masking": ("masktune",), "jtt": ("jtt",)})] == \
+        ["erm", "masktune", "jtt"]
+    assert get_method("erm").model_file("models").as_posix() == "models/erm_best.pt"
+    assert get_method("jtt").model_file("models").as_posix() == "models/jtt.pt"
+    assert all(str(method.group_labels) == "✗/✗" for method in METHODS.values())  # none by default
+    with pytest.raises(UserError, match="unknown method 'dfr'"):
+        get_method("dfr")
+    assert GroupLabels(training=True, model_selection=False).as_dict() == {"training": True, "model_selection": False}
+
+
+def test_the_comparison_puts_group_label_use_beside_every_row():
+    results = {"erm": {"test": {"accuracy": 0.9, "average_accuracy_train_weighted": 0.8, "worst_group_accuracy": 0.5}},
+               "jtt": {"test": {"accuracy": 0.85, "average_accuracy_train_weighted": 0.84,
+                                "worst_group_accuracy": 0.75}}}
+    top = headline(results, ("test",), "average_accuracy_train_weighted")
+    assert top == {"erm": {"test": {"average": 0.8, "worst_group": 0.5}},
+                   "jtt": {"test": {"average": 0.84, "worst_group": 0.75}}}
+    table = comparison_markdown("waterbirds", results, {"erm": {"title": "ERM", "group_labels": "✗/✗"},
+                                                        "jtt": {"title": "JTT", "group_labels": "✗/✓"}},
+                                ("test",), "average_accuracy_train_weighted")
+    assert "| ERM | ✗/✗ | 80.00% | 50.00% |" in table
+    assert "| JTT | ✗/✓ | 84.00% | 75.00% |" in table
+    assert "training group proportions" in table  # says which average it is
