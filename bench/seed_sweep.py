@@ -33,8 +33,9 @@ def main() -> None:
     header = f"{'epochs':>6}{'seed':>6}" + "".join(f"{m + ' ' + s:>24}" for m, s in COLUMNS)
     print(header)
     with tempfile.TemporaryDirectory(prefix="masktune-sweep-") as tmp:
-        project = ScratchProject(Path(tmp) / "project",
-                                 {"prepare": {"biased_mnist": {"mnist_dir": str(args.mnist_dir.resolve())}}})
+        project = ScratchProject(Path(tmp) / "project",  # ERM and MaskTune only
+                                 {"prepare": {"biased_mnist": {"mnist_dir": str(args.mnist_dir.resolve())}},
+                                  "methods": {"masking": ["masktune"], "jtt": []}})
         project.dvc("repro", "prepare")
         project.commit("prepared data")
         for epochs in args.epochs:
@@ -42,7 +43,7 @@ def main() -> None:
                 project.dvc("exp", "run", "-S", f"train_erm.epochs={epochs}", "-S", f"train_erm.seed={seed}",
                             "-S", f"finetune.seed={seed}")
                 metrics = json.loads((project.path / "metrics/evaluate.json").read_text())
-                row = {f"{m}/{s}": metrics[m][s]["accuracy"] for m, s in COLUMNS}
+                row = {f"{m}/{s}": metrics[m][s]["average"] for m, s in COLUMNS}
                 runs.append({"epochs": epochs, "seed": seed, **row})
                 print(f"{epochs:>6}{seed:>6}" + "".join(f"{row[f'{m}/{s}']:>24.2%}" for m, s in COLUMNS),
                       flush=True)
