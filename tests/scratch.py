@@ -62,6 +62,7 @@ class ScratchProject:
         self.run("git", "init", "-q")
         self.dvc("init", "-q")
         self.dvc("config", "core.analytics", "false")
+        shutil.copy(PROJECT_ROOT / ".dvcignore", self.path / ".dvcignore")
         self.commit("pipeline")
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:

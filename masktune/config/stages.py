@@ -33,16 +33,21 @@ class PrepareConfig:
 
 
 @dataclass(frozen=True)
-class TrainErmConfig:
+class _Network:
+    """The network every from-scratch training run starts from (ERM's, and JTT's two models)."""
     dataset: str = _key("dataset")
-    lr: float = _key("lr")
     eval_batch_size: int = _key("eval_batch_size")
     arch: str = _key("train_erm.arch")
     pretrained: bool = _key("train_erm.pretrained")
     weights_path: Path | None = _key("train_erm.weights_path")
+    momentum: float = _key("train_erm.momentum")
+
+
+@dataclass(frozen=True)
+class TrainErmConfig(_Network):
+    lr: float = _key("lr")
     epochs: int = _key("train_erm.epochs")
     batch_size: int = _key("train_erm.batch_size")
-    momentum: float = _key("train_erm.momentum")
     weight_decay: float = _key("train_erm.weight_decay")
     workers: int = _key("train_erm.workers")
     seed: int = _key("train_erm.seed")
@@ -83,14 +88,8 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
-class _JttTraining:
+class _JttTraining(_Network):
     """What both JTT models train with: the network of train_erm, JTT's recipe."""
-    dataset: str = _key("dataset")
-    eval_batch_size: int = _key("eval_batch_size")
-    arch: str = _key("train_erm.arch")
-    pretrained: bool = _key("train_erm.pretrained")
-    weights_path: Path | None = _key("train_erm.weights_path")
-    momentum: float = _key("train_erm.momentum")
     lr: float = _key("jtt.lr")
     weight_decay: float = _key("jtt.weight_decay")
     batch_size: int = _key("jtt.batch_size")
