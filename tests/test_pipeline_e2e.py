@@ -67,9 +67,10 @@ def test_pipeline_reruns_exactly_what_a_change_affects(project):
     assert project.run("git", "status", "--porcelain").stdout == ""
 
     # One method's params rerun that method's stages and evaluate only.
-    assert project.stages_run("exp", "run", "-S", "jtt.upweight=3") == ["jtt_retrain@jtt", "evaluate"]
-    live = json.loads((project.path / "metrics/jtt/train/metrics.json").read_text())
     errors = json.loads((project.path / "metrics/jtt/error_set.json").read_text())["error_set_size"]
+    # (an empty error set, as the synthetic digits can give, leaves the model and so evaluate unchanged)
+    assert project.stages_run("exp", "run", "-S", "jtt.upweight=3") == ["jtt_retrain@jtt"] + ["evaluate"] * (errors > 0)
+    live = json.loads((project.path / "metrics/jtt/train/metrics.json").read_text())
     assert live["upsampled_size"] == 2400 + 3 * errors  # the error set appended 3 times (official)
     assert project.stages_run("exp", "run", "-S", "randmask.seed=1") == [
         "materialize_masked_dataset@randmask", "finetune@randmask", "evaluate"]
