@@ -34,8 +34,9 @@ def main() -> None:
 
     method = get_method(args.method)
     config = load_stage_config(f"finetune@{method.name}")
-    if masks_method(args.masks) != method.name:
-        raise UserError(f"{args.masks}: masks of {masks_method(args.masks)}, not of {method.name}")
+    made_by = masks_method(args.masks)
+    if made_by != method.name:
+        raise UserError(f"{args.masks}: masks of {made_by}, not of {method.name}")
     generator = seed_everything(config.seed)
     device = select_device()
     prepared, spec = open_prepared(args.data)

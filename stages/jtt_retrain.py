@@ -16,7 +16,7 @@ from dvclive import Live
 from masktune.config.stages import load_stage_config
 from masktune.data.splits import ResampledSplit, open_split
 from masktune.datasets import open_prepared
-from masktune.errors import UserError, run_stage
+from masktune.errors import run_stage
 from masktune.io.files import atomic_directory
 from masktune.io.hdf5 import read_arrays
 from masktune.methods import get_method
@@ -41,9 +41,7 @@ def main() -> None:
     generator = seed_everything(config.seed)
     prepared, spec = open_prepared(args.data)
     train = open_split(prepared, "train", spec.views, "eval", config.workers)  # no augmentation (official)
-    errors = read_arrays(args.error_set, {"error": (len(train),)})["error"]
-    if len(errors) != len(train):
-        raise UserError(f"{args.error_set}: {len(errors)} rows, the train split has {len(train)}: rerun `dvc repro`")
+    errors = read_arrays(args.error_set, {"error": (len(train),)})["error"]  # UserError unless one per row
     upsampled = ResampledSplit(train, upsampled_rows(errors, config.upweight))
     val = open_split(prepared, "val", spec.views, "eval", config.workers)
     device = select_device()

@@ -3,8 +3,9 @@
 A method is one small class in its own module (as DomainBed's `algorithms.py`), registered here by
 name, plus its stage entries in dvc.yaml; `masktune.config.schema.METHOD_KINDS` names its kind, the
 list under `methods` in params.yaml that runs it. Each declares whether it uses group labels for
-training and for model selection (the literature's ✗/✓), and every checkpoint a method writes says
-it again (`group_labels`), so the report reads it from the model it evaluates.
+training and for model selection (the literature's ✗/✓). The checkpoints the methods' own stages
+write record it again (`group_labels`: JTT's depends on `jtt.selection`), and the report reads it
+from there; ERM's checkpoints carry no record, and the report takes the registry's.
 """
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ import numpy as np
 from masktune.data.splits import Split
 from masktune.eval.metrics import worst_group_accuracy
 from masktune.methods.base import GroupLabels, Method
+from masktune.train.loop import validation_accuracy
 
 
 def error_set(predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -50,8 +51,10 @@ def upsampled_rows(errors: np.ndarray, upweight: int) -> np.ndarray:
 def selection_score(val: Split, selection: str) -> Callable[[np.ndarray], dict[str, float]]:
     """The validation score the final model is selected by: plain accuracy ("average", no group
     labels) or worst-group accuracy ("worst_group", reads the validation group labels)."""
+    average = validation_accuracy(val)
+
     def score(predictions: np.ndarray) -> dict[str, float]:
-        scores = {"accuracy": float((predictions == val.labels).mean())}
+        scores = average(predictions)
         if selection == "worst_group":
             scores["worst_group_accuracy"] = worst_group_accuracy(val.labels, val.groups, predictions)
         return scores

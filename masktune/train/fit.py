@@ -20,12 +20,7 @@ from torch import nn
 
 from masktune.data.splits import Split
 from masktune.models.checkpoint import save_checkpoint
-from masktune.train.loop import predict, train_epoch
-
-
-def validation_accuracy(val: Split) -> Callable[[np.ndarray], dict[str, float]]:
-    """The default score: plain validation accuracy (no group labels)."""
-    return lambda predictions: {"accuracy": float((predictions == val.labels).mean())}
+from masktune.train.loop import predict, train_epoch, validation_accuracy
 
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Split, val: Split, *, epochs: int,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -88,6 +89,11 @@ def predict(model: nn.Module, data: Split, batch_size: int, device: torch.device
     bar = progress(data.batches(batch_size, device), desc, total=-(-len(data) // batch_size))
     predictions = [model(inputs).argmax(1).cpu().numpy() for inputs, _ in bar]
     return np.concatenate(predictions) if predictions else np.zeros(0, dtype=np.int64)
+
+
+def validation_accuracy(val: Split) -> Callable[[np.ndarray], dict[str, float]]:
+    """The default model-selection score: plain validation accuracy (no group labels)."""
+    return lambda predictions: {"accuracy": float((predictions == val.labels).mean())}
 
 
 def accuracy(model: nn.Module, data: Split, batch_size: int, device: torch.device, desc: str = "validate") -> float:
