@@ -1,6 +1,6 @@
 """Stage `evaluate`: every method listed in the `methods` param, on every test split and on validation.
 
-Per method and split: the plain accuracy (all predictions pooled: what the official MaskTune code
+Per model (one per method, two for ExMap: G-ExMap and L-ExMap) and split: the plain accuracy (all predictions pooled: what the official MaskTune code
 reports), every group's accuracy (label x spurious attribute), the worst-group accuracy and the
 average weighted by the training group proportions (what DFR and later papers report as "average"
 on Waterbirds); for IN-9L also the Background Challenge accuracies by variant and the BG-Gap. Each
@@ -26,7 +26,7 @@ from masktune.eval.figures import write_group_csv
 from masktune.eval.metrics import background_challenge_metrics, group_metrics
 from masktune.eval.report import comparison_markdown, headline, write_comparison, write_methods_csv
 from masktune.io.files import atomic_directory, write_json
-from masktune.methods import GroupLabels, Method, listed_methods
+from masktune.methods import GroupLabels, Method, reported_models
 from masktune.models.checkpoint import load_checkpoint
 from masktune.train.loop import predict, select_device
 
@@ -49,16 +49,14 @@ def main() -> None:
 
     config = load_stage_config("evaluate")
     prepared, spec = open_prepared(args.data)
-    methods = listed_methods(config.methods)
-    if not methods:
+    entries = reported_models(config.methods, args.models)
+    if not entries:
         raise UserError("params.yaml: `methods` lists no method to evaluate")
     device = select_device()
     models, info = {}, {}
-    for method in methods:
-        path = method.model_file(args.models)
-        models[method.name], state = load_checkpoint(path, device)
-        info[method.name] = {"title": method.title, "checkpoint": str(path),
-                             "group_labels": str(_group_labels(state, method))}
+    for name, (method, title, path) in entries.items():
+        models[name], state = load_checkpoint(path, device)
+        info[name] = {"title": title, "checkpoint": str(path), "group_labels": str(_group_labels(state, method))}
     (train_groups,) = prepared.vectors("train", "groups")
     train_counts = {int(g): int(n) for g, n in zip(*np.unique(train_groups, return_counts=True))}
     results: dict = {name: {} for name in models}

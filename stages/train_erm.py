@@ -4,11 +4,15 @@ The official code masks with the best checkpoint and fine-tunes from the last on
 (src/methods/base_method.py, `masktune()`), so both are outputs. Model selection is the official
 one: best *average* validation accuracy, no group labels. Hyperparameters left null in
 `train_erm` come from `recipes.<dataset>.train_erm` (the official recipe of the dataset).
+`train_erm.lr_schedule`: constant (MaskTune's ERM), or cosine, ExMap's ERM: `CosineAnnealingLR(optimizer,
+T_max=epochs)`, eta_min 0, stepped once per epoch (rwchakra/exmap src/utils/optimizers.py L25-27,
+src/run_erm.py L68).
 """
 from __future__ import annotations
 
 import argparse
 
+import torch
 from dvclive import Live
 
 from masktune.config.stages import load_stage_config
@@ -38,17 +42,21 @@ def main() -> None:
     device = select_device()
     model = initial_model(config.arch, prepared.num_classes, config.pretrained, config.weights_path, device)
     optimizer = make_optimizer(model, config.lr, config.momentum, config.weight_decay)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+                 if config.lr_schedule == "cosine" else None)
     with atomic_directory(args.live) as live_dir:
         live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
         best = fit(model, optimizer, train, val, epochs=config.epochs, batch_size=config.batch_size,
                    eval_batch_size=config.eval_batch_size, generator=generator, device=device, live=live,
                    best_path=args.best, last_path=args.last,
-                   checkpoint_info={"arch": config.arch, "num_classes": prepared.num_classes})
+                   checkpoint_info={"arch": config.arch, "num_classes": prepared.num_classes},
+                   scheduler=scheduler)
         live.summary["best/val_accuracy"] = best["accuracy"]
         live.summary["best/epoch"] = best["epoch"]
         live.summary["recipe"] = {"arch": config.arch, "pretrained": config.pretrained, "lr": config.lr,
                                   "epochs": config.epochs, "batch_size": config.batch_size,
-                                  "momentum": config.momentum, "weight_decay": config.weight_decay}
+                                  "momentum": config.momentum, "weight_decay": config.weight_decay,
+                                  "lr_schedule": config.lr_schedule}
         live.end()
 
 

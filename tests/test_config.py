@@ -63,7 +63,13 @@ def test_every_stage_resolves_the_committed_defaults_with_the_recipe(tmp_path):
     assert (identify.arch, identify.momentum, identify.lr, retrain.lr, retrain.selection) == \
         ("small_cnn", 0.9, 0.01, 0.01, "average")
     assert dict(configs["evaluate"].methods) == {"erm": ("erm",), "masking": ("randmask", "masktune"),
-                                                 "jtt": ("jtt",)}
+                                                 "jtt": ("jtt",), "dfr": ("dfr_classes", "dfr_groups"),
+                                                 "exmap": ("exmap",)}
+    assert configs["dfr@dfr_groups"] == configs["exmap_dfr@exmap"]  # one DFR for the baselines and ExMap
+    assert configs["dfr@dfr_groups"].c_grid == (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
+    heatmaps, groups = configs["exmap_heatmaps@exmap"], configs["exmap_groups@exmap"]  # recipes.biased_mnist.exmap
+    assert (heatmaps.heatmaps, heatmaps.gamma, heatmaps.heatmap_size, groups.clustering, groups.clusters) == \
+        ("lrp", 4.0, 0, "spectral", "auto")
     with pytest.raises(dataclasses.FrozenInstanceError):
         erm.lr = 1.0
 

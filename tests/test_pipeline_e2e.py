@@ -2,8 +2,9 @@
 MNIST when it is beside the project, and always its synthetic twin (the same IDX format).
 
 Checks what a researcher relies on: one `dvc repro` runs every method of the `methods` param (ERM,
-RandMask, MaskTune, JTT) and compares them; the same params rerun to the same bytes; a change to one
-method's params reruns that method's stages and evaluate only (`jtt.upweight`, `randmask.seed`);
+RandMask, MaskTune, JTT, DFR with classes and with true groups, G-ExMap and L-ExMap) and compares
+them; the same params rerun to the same bytes; a change to one method's params reruns that method's
+stages and evaluate only (`jtt.upweight`, `randmask.seed`, `exmap.*`, `dfr.*`);
 `-S finetune.lr=...` reruns both finetunes; `-S lr=...` reruns train_erm and everything after it
 but not prepare or JTT; `dvc metrics diff` shows the change; removing a method from `methods` drops
 its stages; a second `dvc repro` runs nothing; a bad param stops `dvc repro` with one clear line,
@@ -25,8 +26,11 @@ pytestmark = pytest.mark.slow
 MASKING = ["materialize_masked_dataset@randmask", "materialize_masked_dataset@masktune", "finetune@randmask",
            "finetune@masktune"]
 JTT = ["jtt_identify@jtt", "jtt_retrain@jtt"]
-ALL_STAGES = ["prepare", "train_erm", "compute_saliency", *MASKING, *JTT, "evaluate"]
-METHODS = ["erm", "randmask", "masktune", "jtt"]
+DFR = ["dfr@dfr_classes", "dfr@dfr_groups"]
+EXMAP = ["exmap_heatmaps@exmap", "exmap_groups@exmap", "exmap_dfr@exmap"]
+ALL_STAGES = ["prepare", "train_erm", "compute_saliency", *MASKING, *JTT, *DFR, *EXMAP, "evaluate"]
+METHODS = ["erm", "randmask", "masktune", "jtt", "dfr_classes", "dfr_groups", "exmap_global", "exmap_local"]
+SUPERVISED = {"dfr_groups"}  # the supervised reference: true validation groups (✓/✓)
 
 
 @pytest.fixture(scope="module", params=["real", "synthetic"])
@@ -55,9 +59,9 @@ def test_pipeline_reruns_exactly_what_a_change_affects(project):
     for name, method in details.items():
         assert set(method["results"]) == {"test_original", "test_biased", "val"}
         assert method["results"]["test_biased"]["accuracy"] == headline[name]["test_biased"]["average"]
-        assert method["group_labels"] == "✗/✗"
+        assert method["group_labels"] == ("✓/✓" if name in SUPERVISED else "✗/✗")
     table = (project.path / "metrics/comparison.md").read_text()
-    assert table.count("| ✗/✗ |") == len(METHODS)
+    assert table.count("| ✗/✗ |") == len(METHODS) - 1 and table.count("| ✓/✓ |") == 1
     for name in ("randmask", "masktune"):
         assert (project.path / f"metrics/masks/{name}.png").read_bytes()[:4] == b"\x89PNG"
     project.commit("baseline")
@@ -75,13 +79,21 @@ def test_pipeline_reruns_exactly_what_a_change_affects(project):
     assert project.stages_run("exp", "run", "-S", "randmask.seed=1") == [
         "materialize_masked_dataset@randmask", "finetune@randmask", "evaluate"]
 
+    # ExMap's params rerun ExMap's stages from the one that reads them; DFR's, every DFR and ExMap's last.
+    assert project.stages_run("exp", "run", "-S", "exmap.clusters=3") == ["exmap_groups@exmap", "exmap_dfr@exmap",
+                                                                          "evaluate"]
+    assert json.loads((project.path / "metrics/exmap/pseudo_groups.json").read_text())["clusters_chosen"] == {
+        "y0": 3, "y1": 3, "all": 3}
+    assert project.stages_run("exp", "run", "-S", "exmap.heatmaps=xgradcam") == [*EXMAP, "evaluate"]
+    assert project.stages_run("exp", "run", "-S", "dfr.refits=3") == [*DFR, "exmap_dfr@exmap", "evaluate"]
+
     assert project.stages_run("exp", "run", "-S", "finetune.lr=0.005") == [
         "finetune@randmask", "finetune@masktune", "evaluate"]
     assert json.loads((project.path / "metrics/finetune/masktune.json").read_text())["lr"] == 0.005
 
     before = json.loads((project.path / "metrics/evaluate.json").read_text())
-    assert project.stages_run("exp", "run", "-S", "lr=0.02") == ["train_erm", "compute_saliency", *MASKING,
-                                                                  "evaluate"]
+    assert project.stages_run("exp", "run", "-S", "lr=0.02") == ["train_erm", "compute_saliency", *MASKING, *DFR,
+                                                                  *EXMAP, "evaluate"]
     diff = json.loads(project.dvc("metrics", "diff", "--all", "--json").stdout)["metrics/evaluate.json"]
     assert set(diff) == {f"{m}.{s}.{k}" for m in METHODS for s in ("test_original", "test_biased")
                          for k in ("average", "worst_group")}  # the headline only, every method side by side
@@ -92,7 +104,7 @@ def test_pipeline_reruns_exactly_what_a_change_affects(project):
 
     # Dropping a method from the list drops its stages from the pipeline and its row from the report.
     assert project.stages_run("exp", "run", "-S", "methods.jtt=[]") == ["evaluate"]
-    assert list(json.loads((project.path / "metrics/evaluate.json").read_text())) == METHODS[:3]
+    assert list(json.loads((project.path / "metrics/evaluate.json").read_text())) == [m for m in METHODS if m != "jtt"]
     assert "jtt_retrain" not in project.dvc("stage", "list").stdout
 
     assert project.stages_run("repro") == []

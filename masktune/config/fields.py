@@ -167,3 +167,33 @@ class NameList(Field):
         if not isinstance(value, list) or any(v not in self.options for v in value) or len(set(value)) != len(value):
             raise self._fail(key, value)
         return tuple(value)
+
+
+@dataclass(frozen=True)
+class NumberList(Field):
+    """A non-empty list of distinct numbers > 0 (e.g. DFR's grid of inverse regularisation strengths)."""
+
+    def _describe(self) -> str:
+        return "a non-empty list of distinct numbers > 0"
+
+    def _check(self, key, value):
+        if (not isinstance(value, list) or not value or len(set(value)) != len(value) or any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 for v in value)):
+            raise self._fail(key, value)
+        return tuple(float(v) for v in value)
+
+
+@dataclass(frozen=True)
+class AutoInt(Field):
+    """"auto" (a rule picks the integer) or an integer >= minimum."""
+    minimum: int = 1
+
+    def _describe(self) -> str:
+        return f"'auto' or an integer >= {self.minimum}"
+
+    def _check(self, key, value):
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or value < self.minimum:
+            raise self._fail(key, value)
+        return value

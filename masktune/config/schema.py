@@ -14,11 +14,25 @@ import difflib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from masktune.config.fields import SOURCE, Bool, Choice, Field, FilePath, Int, IntList, NameList, Number, Text, invalid
+from masktune.config.fields import (
+    SOURCE,
+    AutoInt,
+    Bool,
+    Choice,
+    Field,
+    FilePath,
+    Int,
+    IntList,
+    NameList,
+    Number,
+    NumberList,
+    Text,
+    invalid,
+)
 from masktune.errors import UserError
 
-DATASET_NAMES = ("biased_mnist", "waterbirds", "celeba", "in9l")
-ARCH_NAMES = ("small_cnn", "resnet18", "resnet50", "tiny_cnn")
+DATASET_NAMES = ("biased_mnist", "waterbirds", "celeba", "in9l", "cmnist")
+ARCH_NAMES = ("small_cnn", "resnet18", "resnet50", "tiny_cnn", "resnet18_cifar")
 PRECISIONS = ("float32", "bfloat16", "float16")
 # The methods one `dvc repro` can compare, by kind: the kind is the list under `methods` a method is
 # named in, and decides its stages in dvc.yaml (one `foreach` per kind). `masktune.methods.METHODS`
@@ -27,11 +41,16 @@ METHOD_KINDS = {
     "erm": ("erm",),                      # the ERM model of train_erm: no stage of its own
     "masking": ("randmask", "masktune"),  # materialize_masked_dataset@<name>, finetune@<name>
     "jtt": ("jtt",),                      # jtt_identify@<name>, jtt_retrain@<name>
+    "dfr": ("dfr_classes", "dfr_groups"),  # dfr@<name>
+    "exmap": ("exmap",),                  # exmap_heatmaps@<name>, exmap_groups@<name>, exmap_dfr@<name>
 }
+HEATMAPS = ("lrp", "xgradcam")                 # ExMap: its LRP heatmaps (official) | MaskTune's XGradCAM maps
+CLUSTERINGS = ("spectral", "umap_kmeans")      # ExMap: spectral + eigengap | UMAP 2-D + k-means
 ERROR_SET_PASSES = ("training", "eval")        # JTT: the official training-pass predictions | an eval pass
 SELECTIONS = ("average", "worst_group")        # model selection: val average (no group labels) | worst group
 ALIGNMENTS = ("crop", "stretch")               # how a view mask is put on the raw image
 SQUARE_PLACEMENTS = ("official", "random")
+LR_SCHEDULES = ("constant", "cosine")          # ERM: none (MaskTune) | CosineAnnealingLR per epoch (ExMap)
 MAX_WORKERS = 64
 
 _IMAGE_FOLDER = {"dir": FilePath(nullable=True), "limit": Int(1, nullable=True)}
@@ -50,6 +69,14 @@ PREPARE: dict[str, dict[str, Field]] = {
     "waterbirds": dict(_IMAGE_FOLDER),
     "celeba": {**_IMAGE_FOLDER, "target": Text(), "spurious": Text()},  # attribute names: checked by the reader
     "in9l": dict(_IMAGE_FOLDER),
+    "cmnist": {
+        "mnist_dir": FilePath(nullable=True),
+        "color_correlation": Number(0.0, 1.0),
+        "val_size": Int(1),
+        "seed": Int(0),
+        "train_limit": Int(2, nullable=True),
+        "test_limit": Int(1, nullable=True),
+    },
 }
 
 SCHEMA: dict[str, Field] = {
@@ -66,6 +93,7 @@ SCHEMA: dict[str, Field] = {
     "train_erm.batch_size": Int(1, recipe=True),
     "train_erm.momentum": Number(0.0, 1.0, recipe=True),
     "train_erm.weight_decay": Number(0.0, recipe=True),
+    "train_erm.lr_schedule": Choice(options=LR_SCHEDULES, recipe=True),
     "train_erm.workers": Int(0, MAX_WORKERS),
     "train_erm.seed": Int(0),
     "saliency.batch_size": Int(1, recipe=True),
@@ -79,7 +107,7 @@ SCHEMA: dict[str, Field] = {
     "randmask.cutout_sides": IntList(length=2, minimum=1, maximum=10_000, ascending=True),
     "randmask.seed": Int(0),
     "finetune.epochs": Int(1),
-    "finetune.lr": Number(0.0, exclusive_minimum=True, nullable=True),  # null: the checkpoint's (official)
+    "finetune.lr": Number(0.0, exclusive_minimum=True, nullable=True),  # null: ERM's (checkpoint's or initial)
     "finetune.batch_size": Int(1, recipe=True),
     "finetune.alignment": Choice(options=ALIGNMENTS),
     "finetune.workers": Int(0, MAX_WORKERS),
@@ -94,6 +122,19 @@ SCHEMA: dict[str, Field] = {
     "jtt.selection": Choice(options=SELECTIONS),
     "jtt.workers": Int(0, MAX_WORKERS),
     "jtt.seed": Int(0),
+    "dfr.c_grid": NumberList(),
+    "dfr.tune_splits": Int(1),
+    "dfr.refits": Int(1),
+    "dfr.seed": Int(0),
+    "dfr.workers": Int(0, MAX_WORKERS),
+    "exmap.heatmaps": Choice(options=HEATMAPS),
+    "exmap.gamma": Number(0.0),
+    "exmap.heatmap_size": Int(0, recipe=True),
+    "exmap.batch_size": Int(1, recipe=True),
+    "exmap.workers": Int(0, MAX_WORKERS),
+    "exmap.clustering": Choice(options=CLUSTERINGS, recipe=True),
+    "exmap.clusters": AutoInt(minimum=1, recipe=True),
+    "exmap.seed": Int(0),
     "mask_examples_per_group": Int(1, 16),
     "evaluate.workers": Int(0, MAX_WORKERS),
 }

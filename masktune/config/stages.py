@@ -49,6 +49,7 @@ class TrainErmConfig(_Network):
     epochs: int = _key("train_erm.epochs")
     batch_size: int = _key("train_erm.batch_size")
     weight_decay: float = _key("train_erm.weight_decay")
+    lr_schedule: str = _key("train_erm.lr_schedule")  # constant | cosine (per epoch, ExMap's ERM)
     workers: int = _key("train_erm.workers")
     seed: int = _key("train_erm.seed")
 
@@ -79,7 +80,7 @@ class RandMaskMaskConfig:
 @dataclass(frozen=True)
 class FinetuneConfig:
     epochs: int = _key("finetune.epochs")
-    lr: float | None = _key("finetune.lr")  # None: keep the ERM checkpoint's learning rate
+    lr: float | None = _key("finetune.lr")  # None: ERM's learning rate (the checkpoint's, or its initial one)
     batch_size: int = _key("finetune.batch_size")
     eval_batch_size: int = _key("eval_batch_size")
     alignment: str = _key("finetune.alignment")
@@ -113,6 +114,33 @@ class JttRetrainConfig(_JttTraining):
 
 
 @dataclass(frozen=True)
+class DfrConfig:
+    """DFR's last-layer retraining on the validation set (dfr@<name>, and ExMap's exmap_dfr@<name>)."""
+    eval_batch_size: int = _key("eval_batch_size")
+    c_grid: tuple[float, ...] = _key("dfr.c_grid")
+    tune_splits: int = _key("dfr.tune_splits")
+    refits: int = _key("dfr.refits")
+    seed: int = _key("dfr.seed")
+    workers: int = _key("dfr.workers")
+
+
+@dataclass(frozen=True)
+class ExMapHeatmapsConfig:
+    heatmaps: str = _key("exmap.heatmaps")
+    gamma: float = _key("exmap.gamma")
+    heatmap_size: int = _key("exmap.heatmap_size")
+    batch_size: int = _key("exmap.batch_size")
+    workers: int = _key("exmap.workers")
+
+
+@dataclass(frozen=True)
+class ExMapGroupsConfig:
+    clustering: str = _key("exmap.clustering")
+    clusters: int | str = _key("exmap.clusters")  # "auto": the eigengap rule
+    seed: int = _key("exmap.seed")
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     eval_batch_size: int = _key("eval_batch_size")
     methods: MappingProxyType = _key("methods")  # kind -> names, in report order
@@ -129,6 +157,10 @@ STAGE_CONFIGS = {
     **{f"finetune@{name}": FinetuneConfig for name in schema.METHOD_KINDS["masking"]},
     **{f"jtt_identify@{name}": JttIdentifyConfig for name in schema.METHOD_KINDS["jtt"]},
     **{f"jtt_retrain@{name}": JttRetrainConfig for name in schema.METHOD_KINDS["jtt"]},
+    **{f"dfr@{name}": DfrConfig for name in schema.METHOD_KINDS["dfr"]},
+    **{f"exmap_heatmaps@{name}": ExMapHeatmapsConfig for name in schema.METHOD_KINDS["exmap"]},
+    **{f"exmap_groups@{name}": ExMapGroupsConfig for name in schema.METHOD_KINDS["exmap"]},
+    **{f"exmap_dfr@{name}": DfrConfig for name in schema.METHOD_KINDS["exmap"]},
     "evaluate": EvaluateConfig,
 }
 

@@ -1,5 +1,5 @@
 """The figures `dvc plots show` renders: the mask image grid (original / saliency / masked, a few images
-per group) and the CSV of group accuracies behind the bar chart."""
+per group), ExMap's 2-D embedding of its heatmaps, and the CSV of group accuracies behind the bar chart."""
 from __future__ import annotations
 
 import csv
@@ -43,6 +43,27 @@ def save_mask_grid(path: str | Path, originals: np.ndarray, saliency: np.ndarray
         ax.set_title(name, fontsize=9)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def save_embedding_figure(path: str | Path, xy: np.ndarray, colourings: dict[str, tuple[np.ndarray, dict]],
+                          title: str) -> None:
+    """A 2-D embedding of points, one panel per colouring: {panel title: (ids per point, {id: name})}."""
+    fig, axes = plt.subplots(1, len(colourings), figsize=(4.2 * len(colourings), 4.4), squeeze=False)
+    for ax, (name, (ids, names)) in zip(axes[0], colourings.items()):
+        cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+        for i, key in enumerate(sorted(names)):
+            chosen = ids == key
+            ax.scatter(xy[chosen, 0], xy[chosen, 1], s=2, color=cmap(i % cmap.N), label=f"{names[key]} ({chosen.sum()})",
+                       rasterized=True)
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(fontsize=6, markerscale=4, loc="best")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)

@@ -37,6 +37,11 @@ class Method:
         """The checkpoint `evaluate` reads for this method."""
         return Path(models_dir) / f"{self.name}.pt"
 
+    def reported_models(self, models_dir: str | Path) -> dict[str, tuple[str, Path]]:
+        """{model name: (title, checkpoint)} of every model `evaluate` reports for this method: one, but
+        for methods with variants (ExMap: G-ExMap and L-ExMap)."""
+        return {self.name: (self.title, self.model_file(models_dir))}
+
     def checkpoint_info(self, group_labels: GroupLabels | None = None) -> dict:
         """What a checkpoint of this method records about it (read back by `evaluate`)."""
         return {"method": self.name, "group_labels": (group_labels or self.group_labels).as_dict()}

@@ -35,11 +35,18 @@ def _resnet(depth: int) -> Callable[[int], nn.Module]:
     return build
 
 
+def _resnet18_cifar(num_classes: int) -> nn.Module:
+    from masktune.models.resnet import build_resnet18_cifar  # imports torchvision: only when built
+
+    return build_resnet18_cifar(num_classes)
+
+
 MODELS: dict[str, Callable[[int], nn.Module]] = {
     "small_cnn": SmallCNN,
     "resnet18": _resnet(18),
     "resnet50": _resnet(50),
     "tiny_cnn": TinyCNN,
+    "resnet18_cifar": _resnet18_cifar,  # ExMap's C-MNIST network: 3 x 3 stride-1 stem, no max-pool, from scratch
 }
 
 

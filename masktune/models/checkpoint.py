@@ -13,11 +13,11 @@ from masktune.io.files import atomic_output
 from masktune.models import build_model
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, *, arch: str,
+def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, *, arch: str,
                     num_classes: int, epoch: int, val_accuracy: float, **info) -> None:
-    """Model, optimizer state and what the model is (`info`: e.g. the method that trained it and
+    """Model, optimizer state (None for a model not trained by SGD: DFR's) and what the model is (`info`: e.g. the method that trained it and
     whether it used group labels), written atomically, the same weights to the same bytes."""
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "arch": arch,
+    state = {"model": model.state_dict(), "optimizer": None if optimizer is None else optimizer.state_dict(), "arch": arch,
              "num_classes": num_classes, "epoch": epoch, "val_accuracy": val_accuracy, **info}
     buffer = io.BytesIO()  # torch.save names the zip's root folder after the file: keep it fixed,
     torch.save(state, buffer)  # so that the same weights give the same bytes

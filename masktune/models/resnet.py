@@ -35,3 +35,15 @@ class TorchvisionResNet(ResNet):
 def build_resnet(depth: int, num_classes: int) -> TorchvisionResNet:
     block, layers = LAYERS[depth]
     return TorchvisionResNet(block, layers, num_classes=num_classes)
+
+
+def build_resnet18_cifar(num_classes: int) -> TorchvisionResNet:
+    """ExMap's C-MNIST network, `cifar_resnet18` (rwchakra/exmap src/models/__init__.py L93-103):
+    torchvision's ResNet-18 with a 3 x 3 stride-1 stem `Conv2d(3, 64, 3, 1, 1, bias=False)` and no
+    max-pool, trained from scratch. The stem is replaced after construction, as the official code does, so
+    it keeps PyTorch's default Conv2d initialisation (not torchvision's Kaiming-normal one). On 28 x 28
+    inputs `layer4` is 4 x 4; features are 512-d."""
+    model = build_resnet(18, num_classes)
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model

@@ -6,6 +6,11 @@ validation predictions; the checkpoint of the best validation score is kept (str
 first of equal epochs), and the last one too when asked. What "best" means is the caller's: `score`
 turns the validation predictions into named numbers, logged each epoch, and `select_by` names the
 one that selects (ERM: plain accuracy, no group labels).
+
+An optional learning-rate `scheduler` steps once after each epoch's training pass, before validation and
+the checkpoints, as ExMap's ERM (rwchakra/exmap src/run_erm.py L66-72: `scheduler.step()` after
+`train_epoch`, then the state dict is saved): a checkpoint holds the learning rate of the next epoch, and
+its param groups hold the schedule's `initial_lr` (what `restore_optimizer` falls back on).
 """
 from __future__ import annotations
 
@@ -27,14 +32,19 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Split, val: S
         batch_size: int, eval_batch_size: int, generator: torch.Generator, device: torch.device, live: Live,
         best_path: str | Path, last_path: str | Path | None = None, checkpoint_info: dict,
         score: Callable[[np.ndarray], dict[str, float]] | None = None, select_by: str = "accuracy",
-        name: str = "ERM") -> dict:
+        name: str = "ERM", scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> dict:
     """Train `epochs` epochs; save the best checkpoint (and the last); return the best epoch (1-based)
-    and its validation scores. `checkpoint_info` (arch, num_classes, ...) goes into every checkpoint."""
+    and its validation scores. `checkpoint_info` (arch, num_classes, ...) goes into every checkpoint.
+    `scheduler`, when given, steps after each epoch's training pass (each epoch's learning rate is logged
+    as `train/lr`)."""
     score = score or validation_accuracy(val)
     best_score, best = -math.inf, {}
     for epoch in range(epochs):
         stats = train_epoch(model, optimizer, train, batch_size, generator, device,
                             desc=f"{name} epoch {epoch + 1}/{epochs}")
+        if scheduler is not None:
+            live.log_metric("train/lr", optimizer.param_groups[0]["lr"])  # this epoch's
+            scheduler.step()
         scores = score(predict(model, val, eval_batch_size, device, "validate"))
         live.log_metric("train/loss", stats["loss"])
         live.log_metric("train/accuracy", stats["accuracy"])

@@ -1,8 +1,9 @@
 """The training loop shared by `train_erm` and `finetune`, prediction, seeding and the device.
 
 Follows the official src/methods/base_method.py: cross-entropy, SGD, shuffled batches, no learning-rate
-schedule (`train_erm` and `finetune` run with `use_lr_scheduler=False`). The finetune continues from
-the last ERM checkpoint with its optimizer state (`restore_optimizer`), as the official `finetune()`.
+schedule (`train_erm` and `finetune` run with `use_lr_scheduler=False`; `train_erm.lr_schedule: cosine`
+is ExMap's ERM, stepped by `fit`). The finetune continues from the last ERM checkpoint with its optimizer
+state (`restore_optimizer`), as the official `finetune()`.
 """
 from __future__ import annotations
 
@@ -47,12 +48,16 @@ def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: f
 def restore_optimizer(model: nn.Module, checkpoint: dict, lr: float | None = None) -> torch.optim.SGD:
     """The checkpoint's SGD optimizer over `model`'s parameters, state included (momentum buffers,
     learning rate, momentum, weight decay), as the official `finetune()` continues ERM; `lr` overrides
-    the learning rate when given."""
+    the learning rate when given.
+
+    With `lr` None, each param group continues at ERM's learning rate: its `initial_lr` when the
+    checkpoint has one (torch's schedulers set it, e.g. `train_erm.lr_schedule: cosine`, after which the
+    checkpoint's own `lr` is 0 at the end of the schedule), else the checkpoint's `lr` (no schedule:
+    the official MaskTune behaviour, unchanged)."""
     optimizer = make_optimizer(model, lr=1.0, momentum=0.0, weight_decay=0.0)
     optimizer.load_state_dict(checkpoint["optimizer"])
-    if lr is not None:
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    for group in optimizer.param_groups:
+        group["lr"] = lr if lr is not None else group.get("initial_lr", group["lr"])
     return optimizer
 
 

@@ -1,0 +1,218 @@
+"""DFR, Deep Feature Reweighting (Kirichenko, Izmailov, Wilson, ICLR 2023): keep the ERM model's
+features, retrain its last layer on a group-balanced validation set. The last step of ExMap, which
+hands it pseudo-groups instead of the true ones, and the two reference points of ExMap's paper:
+DFR with class labels only (`dfr_classes`, no group labels) and DFR with the true validation groups
+(`dfr_groups`, the supervised reference). Stages `dfr@<name>` and `exmap_dfr@<name>`.
+
+Followed as ExMap's own DFR, `src/run_dfr.py` of rwchakra/exmap (file and line of each detail):
+- embeddings: the penultimate layer of the best-validation-accuracy ERM checkpoint (`model.fc =
+  Identity`, L340-372), of the validation set, in order, eval transform;
+- L1 logistic regression, liblinear, no class weights, C in [1, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01]
+  (L23-24, L119; `penalty="l1"` is `l1_ratio=1` since scikit-learn 1.8);
+- C tuning (`dfr_on_validation_tune`, L81-132): 5 random half-splits of the validation set; fit on a
+  group-balanced subsample of the second half, standardised by a scaler fit on that subsample, score
+  the worst group accuracy on the first half; C maximises the sum over splits (first C on ties);
+- group balance (L99-104, L144-154): every group contributes min_g of its examples, min_g being the
+  size of the smallest group with more than 5 examples; smaller groups contribute all of theirs;
+- final model (`dfr_on_validation_eval`, L135-185): scaler fit on the whole validation set, 20
+  balanced subsamples of it (redrawn when a class is missing, L143-161), one fit each with the chosen
+  C, coefficients and intercepts averaged into one linear model.
+The official script repeats the final refit 5 times to print a spread; here the spread is over seeds.
+Its random draws use numpy's global generator; here one seeded `Generator` (`dfr.seed`).
+
+The linear model is folded into the network (scaler included) as its new classifier, so `evaluate`
+reads a DFR model like any other checkpoint.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from masktune.data.splits import Split
+from masktune.errors import UserError
+from masktune.methods.base import GroupLabels, Method
+from masktune.models.checkpoint import load_checkpoint, save_checkpoint
+from masktune.train.loop import progress
+
+OFFICIAL_C_GRID = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)  # run_dfr.py L23
+MISSING_CLASS_RETRIES = 20                                # run_dfr.py L143
+
+
+def penultimate_features(model: nn.Module, data: Split, batch_size: int, device: torch.device,
+                         desc: str = "embeddings") -> np.ndarray:
+    """float32 (N, D): `model.features` of every row of `data`, in order (eval mode)."""
+    model.eval()
+    out = np.empty((len(data), model.classifier.in_features), dtype=np.float32)
+    with torch.no_grad():
+        for inputs, index in progress(data.batches(batch_size, device), desc, total=-(-len(data) // batch_size)):
+            out[index] = model.features(inputs).float().cpu().numpy()
+    return out
+
+
+def balanced_rows(groups: np.ndarray, rng: np.random.Generator, min_members: int = 5) -> np.ndarray:
+    """Rows of a group-balanced subsample (official rule): min_g random rows of each group, min_g the
+    size of the smallest group with more than `min_members` rows; a group with fewer rows than min_g
+    contributes all of them. Group ids need not be contiguous (an absent id contributes nothing)."""
+    groups = np.asarray(groups)
+    members = [np.flatnonzero(groups == g) for g in range(int(groups.max()) + 1)]
+    sizes = [len(m) for m in members if len(m) > min_members]
+    if not sizes:
+        raise UserError(f"DFR: no group has more than {min_members} validation examples "
+                        f"(group sizes: {sorted(len(m) for m in members if len(m))})")
+    min_g = min(sizes)
+    return np.concatenate([rng.permutation(m)[:min_g] for m in members])
+
+
+def _logistic_regression(c: float, seed: int):
+    from sklearn.linear_model import LogisticRegression  # ~1 s: only where a DFR is fitted
+
+    return LogisticRegression(l1_ratio=1.0, C=c, solver="liblinear", random_state=seed)
+
+
+def _standardiser(x: np.ndarray):
+    from sklearn.preprocessing import StandardScaler
+
+    return StandardScaler().fit(x)
+
+
+def worst_group_score(correct: np.ndarray, groups: np.ndarray) -> float:
+    """The lowest accuracy over the groups present (official L122-125)."""
+    return float(min(correct[groups == g].mean() for g in np.unique(groups)))
+
+
+def tune_c(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c_grid: Sequence[float], splits: int,
+           rng: np.random.Generator, seed: int, min_members: int = 5) -> tuple[float, dict[float, float]]:
+    """The C of the grid with the best summed worst-group accuracy over `splits` random half-splits
+    (fit on a balanced subsample of one half, score on the other); and every C's mean score."""
+    totals = dict.fromkeys(c_grid, 0.0)
+    for _ in range(splits):
+        order = rng.permutation(len(x))
+        held_out, fit_half = order[:len(x) // 2], order[len(x) // 2:]
+        rows = fit_half[balanced_rows(groups[fit_half], rng, min_members)]
+        scaler = _standardiser(x[rows])
+        x_fit, x_held = scaler.transform(x[rows]), scaler.transform(x[held_out])
+        for c in c_grid:
+            model = _logistic_regression(c, seed).fit(x_fit, y[rows])
+            correct = model.predict(x_held) == y[held_out]
+            totals[c] += worst_group_score(correct, groups[held_out])
+    best = max(c_grid, key=lambda c: (totals[c], -list(c_grid).index(c)))
+    return best, {c: total / splits for c, total in totals.items()}
+
+
+@dataclass(frozen=True)
+class LinearHead:
+    """The averaged logistic regression on standardised features: decision = coef . (x - mean) / scale
+    + intercept, one row per class (two classes: one row, the score of class 1)."""
+    coef: np.ndarray        # (1 or K, D)
+    intercept: np.ndarray   # (1 or K,)
+    mean: np.ndarray        # (D,)
+    scale: np.ndarray       # (D,)
+    classes: np.ndarray     # (K,)
+
+    def decision(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.mean) / self.scale) @ self.coef.T + self.intercept
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        scores = self.decision(x)
+        if self.coef.shape[0] == 1:
+            return self.classes[(scores[:, 0] > 0).astype(int)]
+        return self.classes[scores.argmax(axis=1)]
+
+    def logits_layer(self, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight (K, D) and bias (K,) of a linear layer over the raw features whose argmax is
+        `predict`: the scaler folded in; two classes as logits (0, score)."""
+        weight = self.coef / self.scale
+        bias = self.intercept - weight @ self.mean
+        if self.coef.shape[0] == 1:
+            weight = np.vstack([np.zeros_like(weight), weight])
+            bias = np.concatenate([[0.0], bias])
+        if len(self.classes) != num_classes:
+            raise UserError(f"DFR: the validation set has classes {self.classes.tolist()}, the model {num_classes}")
+        return torch.tensor(weight, dtype=torch.float32), torch.tensor(bias, dtype=torch.float32)
+
+
+def fit_final(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float, refits: int, rng: np.random.Generator,
+              seed: int, min_members: int = 5) -> LinearHead:
+    """The official final model: scaler on all of x, `refits` fits on balanced subsamples (redrawn when a
+    class is missing), coefficients and intercepts averaged."""
+    scaler = _standardiser(x)
+    x_std = scaler.transform(x)
+    classes = np.unique(y)
+    coefs, intercepts = [], []
+    for _ in range(refits):
+        for _ in range(MISSING_CLASS_RETRIES):
+            rows = balanced_rows(groups, rng, min_members)
+            if np.array_equal(np.unique(y[rows]), classes):
+                break
+        else:
+            raise UserError(f"DFR: {MISSING_CLASS_RETRIES} balanced subsamples in a row missed a class")
+        model = _logistic_regression(c, seed).fit(x_std[rows], y[rows])
+        coefs.append(model.coef_)
+        intercepts.append(model.intercept_)
+    return LinearHead(np.mean(coefs, axis=0), np.mean(intercepts, axis=0), scaler.mean_, scaler.scale_, classes)
+
+
+def fit_dfr(x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, c_grid: Sequence[float], tune_splits: int,
+            refits: int, seed: int, min_members: int = 5) -> tuple[LinearHead, dict]:
+    """DFR on embeddings x (N, D) with labels y and (pseudo-)groups: C tuned, then the final model."""
+    if len(np.unique(y)) < 2:
+        raise UserError("DFR: the validation set has a single class")
+    rng = np.random.default_rng(seed)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Liblinear failed to converge")
+        c, scores = tune_c(x, y, groups, c_grid, tune_splits, rng, seed, min_members)
+        head = fit_final(x, y, groups, c, refits, rng, seed, min_members)
+    sizes = np.bincount(groups)
+    return head, {"c": c, "tuning_worst_group_accuracy": {str(k): v for k, v in scores.items()},
+                  "groups": int((sizes > 0).sum()), "group_sizes": [int(n) for n in sizes if n > 0],
+                  "nonzero_features": int((np.abs(head.coef) > 0).any(axis=0).sum())}
+
+
+def install_head(model: nn.Module, head: LinearHead, num_classes: int) -> nn.Module:
+    """`model` with DFR's linear model as its classifier (the network's own last layer, new weights)."""
+    weight, bias = head.logits_layer(num_classes)
+    with torch.no_grad():
+        model.classifier.weight.copy_(weight.to(model.classifier.weight.device))
+        model.classifier.bias.copy_(bias.to(model.classifier.bias.device))
+    return model
+
+
+def retrain_last_layers(method: Method, val: Split, model_path: str | Path, models_dir: str | Path, config,
+                        device: torch.device, num_classes: int,
+                        pseudo: Mapping[str, np.ndarray] | None = None) -> dict[str, dict]:
+    """Every DFR model of `method` (one per grouping it retrains with): the ERM checkpoint at
+    `model_path` with the averaged logistic regression as its classifier, saved under `models_dir`
+    as the method's reported model. `config`: a DfrConfig. Returns each model's DFR summary."""
+    model, state = load_checkpoint(model_path, device)
+    features = penultimate_features(model, val, config.eval_batch_size, device, "DFR: validation embeddings")
+    models = method.reported_models(models_dir)
+    report = {}
+    for name, groups in method.retraining_groups(val, pseudo).items():
+        head, report[name] = fit_dfr(features, val.labels, np.asarray(groups, dtype=np.int64), c_grid=config.c_grid,
+                                     tune_splits=config.tune_splits, refits=config.refits, seed=config.seed)
+        install_head(model, head, num_classes)
+        save_checkpoint(models[name][1], model, None, arch=state["arch"], num_classes=state["num_classes"],
+                        epoch=state["epoch"], val_accuracy=float("nan"), **method.checkpoint_info())
+        print(f"{name}: C {report[name]['c']}, {report[name]['groups']} groups of sizes {report[name]['group_sizes']}")
+    return report
+
+
+class DFR(Method):
+    """DFR on the validation set with the groups of `group_source`: "classes" (the class labels as
+    groups: no group labels) or "groups" (the true validation groups: the supervised reference)."""
+    kind = "dfr"
+
+    def __init__(self, name: str, title: str, group_source: str):
+        self.name, self.title, self.group_source = name, title, group_source
+        uses = group_source == "groups"
+        self.group_labels = GroupLabels(training=uses, model_selection=uses)
+
+    def retraining_groups(self, val: Split, pseudo: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """{model name: the groups DFR balances and selects C by}, for each model this method writes."""
+        return {self.name: val.groups if self.group_source == "groups" else val.labels}

@@ -1,0 +1,68 @@
+"""Stage `exmap_groups@<method>`: ExMap's pseudo-groups of the validation images.
+
+The heatmaps, each divided by its max |value|, clustered per class (L-ExMap) and all together
+(G-ExMap): spectral clustering with the eigengap choice of k (`exmap.clusters: auto`) or a fixed k,
+or UMAP 2-D + k-means (`exmap.clustering: umap_kmeans`, the official CelebA setting). Writes the
+pseudo-group ids (HDF5: `global`, `local` per validation row), a diagnostic of how they match the true
+groups (never used for selection), and ExMap's figure: a 2-D UMAP of the heatmaps coloured by true
+group and by each pseudo-grouping.
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from masktune.config.stages import load_stage_config
+from masktune.datasets import open_prepared
+from masktune.errors import run_stage
+from masktune.eval.figures import save_embedding_figure
+from masktune.io.files import write_json
+from masktune.io.hdf5 import read_arrays, read_attrs, write_arrays
+from masktune.methods import get_method
+from masktune.methods.clustering import umap_2d
+from masktune.methods.exmap import normalise, pseudo_groups, purity
+
+
+@run_stage
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--method", required=True, help="the ExMap entry of the registry: exmap")
+    parser.add_argument("--data", required=True, help="prepared dataset (HDF5)")
+    parser.add_argument("--heatmaps", required=True, help="the validation heatmaps (HDF5)")
+    parser.add_argument("--out", required=True, help="HDF5 file: pseudo-group ids per validation row")
+    parser.add_argument("--metrics", required=True, help="JSON: k chosen, pseudo-group purity")
+    parser.add_argument("--figure", required=True, help="PNG: 2-D embedding of the heatmaps")
+    args = parser.parse_args()
+
+    method = get_method(args.method)
+    config = load_stage_config(f"exmap_groups@{method.name}")
+    prepared, _ = open_prepared(args.data)
+    labels, true_groups = prepared.vectors("val", "labels", "groups")
+    heatmaps = read_arrays(args.heatmaps, {"heatmaps": (len(labels), None)})["heatmaps"]
+    k = None if config.clusters == "auto" else config.clusters
+    print(f"ExMap: clustering {len(labels):,} heatmaps ({config.clustering}, k {config.clusters})")
+    groups, chosen = pseudo_groups(heatmaps, labels, method=config.clustering, k=k, seed=config.seed)
+    write_arrays(args.out, groups, {"method": method.name, "clustering": config.clustering,
+                                    "clusters": str(config.clusters)})
+
+    names = prepared.group_names
+    report = {"heatmaps": str(read_attrs(args.heatmaps).get("heatmaps", "")), "clustering": config.clustering,
+              "clusters_chosen": chosen,
+              **{scope: purity(ids, true_groups, names) for scope, ids in groups.items()}}
+    write_json(args.metrics, report)
+    for scope in groups:
+        print(f"{scope}: {report[scope]['pseudo_groups']} pseudo-groups, purity {report[scope]['purity']:.2%}, "
+              f"ARI {report[scope]['adjusted_rand_index']:.3f}; true groups found: "
+              + ", ".join(f"{g} {share:.0%}" for g, share in report[scope]["true_group_found"].items()))
+
+    xy = umap_2d(normalise(heatmaps), config.seed)
+    save_embedding_figure(args.figure, xy, {
+        "true groups (not used)": (true_groups, names),
+        **{f"{scope} pseudo-groups": (ids, {int(g): f"{g}: class {labels[ids == g][0]}" for g in np.unique(ids)})
+           for scope, ids in groups.items()}},
+        f"ExMap: 2-D UMAP of the {report['heatmaps']} heatmaps of {prepared.dataset}'s validation set")
+
+
+if __name__ == "__main__":
+    main()

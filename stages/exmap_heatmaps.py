@@ -1,0 +1,46 @@
+"""Stage `exmap_heatmaps@<method>`: ExMap's heatmaps of the validation images.
+
+The ERM model (its best validation-accuracy checkpoint, as the official scripts' best_acc_checkpoint.pt)
+explains its predicted class on every validation image, in order: LRP relevance with zennit
+(`exmap.heatmaps: lrp`, official) or XGradCAM (`xgradcam`); resized to `exmap.heatmap_size` (0: kept),
+flattened (masktune/methods/exmap.py cites the official lines). Batched, on the GPU when there is one,
+written batch by batch to HDF5 (`heatmaps` float32 (N, D), `predicted`).
+"""
+from __future__ import annotations
+
+import argparse
+
+from masktune.config.stages import load_stage_config
+from masktune.data.splits import open_split
+from masktune.datasets import open_prepared
+from masktune.errors import run_stage
+from masktune.methods import get_method
+from masktune.methods.exmap import write_heatmaps
+from masktune.models.checkpoint import load_checkpoint
+from masktune.train.loop import select_device
+
+
+@run_stage
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--method", required=True, help="the ExMap entry of the registry: exmap")
+    parser.add_argument("--data", required=True, help="prepared dataset (HDF5)")
+    parser.add_argument("--model", required=True, help="the best ERM checkpoint")
+    parser.add_argument("--out", required=True, help="HDF5 file of the validation heatmaps")
+    args = parser.parse_args()
+
+    method = get_method(args.method)
+    config = load_stage_config(f"exmap_heatmaps@{method.name}")
+    prepared, spec = open_prepared(args.data)
+    val = open_split(prepared, "val", spec.views, "eval", config.workers)
+    device = select_device()
+    model, _ = load_checkpoint(args.model, device)
+    write_heatmaps(model, val, args.out, heatmaps=config.heatmaps, gamma=config.gamma, size=config.heatmap_size,
+                   batch_size=config.batch_size, device=device, workers=config.workers,
+                   attrs={"method": method.name, "dataset": prepared.dataset, "heatmaps": config.heatmaps,
+                          "gamma": config.gamma, "heatmap_size": config.heatmap_size})
+    print(f"ExMap: {config.heatmaps} heatmaps of {len(val):,} validation images -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""ExMap and DFR (masktune/methods/exmap.py, dfr.py, clustering.py; masktune/saliency/lrp.py), piece by
+piece against zennit, hand computations and the official rules."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from masktune.errors import UserError
+from masktune.methods import METHODS, reported_models
+from masktune.methods.clustering import eigengap_k, knn_affinity, laplacian_eigenvalues, neighbours, spectral_clusters
+from masktune.methods.dfr import LinearHead, balanced_rows, fit_dfr, fit_final, install_head, tune_c
+from masktune.methods.exmap import global_groups, local_groups, normalise, pseudo_groups, purity, resize_maps
+from masktune.models import build_model
+
+
+def _model_with_batchnorm_stats(arch: str) -> nn.Module:
+    torch.manual_seed(0)
+    model = build_model(arch, 2).eval()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):  # not the identity, so that merging matters
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.mark.parametrize("arch, size", [("small_cnn", 28), ("resnet18", 32)])
+def test_lrp_heatmaps_equal_a_direct_zennit_call(arch, size):
+    from zennit.attribution import Gradient
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.composites import EpsilonAlpha2Beta1
+    from zennit.torchvision import ResNetCanonizer
+    from zennit.types import Convolution
+
+    from masktune.saliency.lrp import GammaSymmetric, LrpAttributor
+
+    model = _model_with_batchnorm_stats(arch)
+    inputs = torch.rand(6, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        predicted = model(inputs).argmax(dim=1)
+    canonizer = ResNetCanonizer() if arch.startswith("resnet") else SequentialMergeBatchNorm()
+    composite = EpsilonAlpha2Beta1(canonizers=[canonizer])
+    composite.layer_map = [(kind, GammaSymmetric(gamma=4) if kind is Convolution else rule)
+                           for kind, rule in composite.layer_map]
+    with Gradient(model=model, composite=composite) as attributor:
+        _, expected = attributor(inputs, torch.eye(2)[predicted])
+
+    with LrpAttributor(model, gamma=4.0) as lrp:
+        relevance, ours_predicted = lrp(inputs)
+    assert torch.equal(ours_predicted, predicted)
+    assert relevance.shape == inputs.shape
+    assert relevance.abs().max() > 0
+    torch.testing.assert_close(relevance, expected, rtol=1e-5, atol=1e-8)
+
+
+def test_gamma_symmetric_rule_matches_a_hand_computation():
+    """One convolution whose output is one value per channel: the rule's relevance by its formula."""
+    from zennit.attribution import Gradient
+    from zennit.composites import LayerMapComposite
+    from zennit.types import Convolution
+
+    from masktune.saliency.lrp import GammaSymmetric
+
+    gamma = 4.0
+    rng = torch.Generator().manual_seed(3)
+    conv = nn.Conv2d(2, 3, 3)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=rng))
+        conv.bias.copy_(torch.randn(3, generator=rng))
+    model = nn.Sequential(conv, nn.Flatten()).eval()
+    x = torch.randn(1, 2, 3, 3, generator=rng)
+    r_out = torch.tensor([[0.5, -1.0, 2.0]])
+    composite = LayerMapComposite(layer_map=[(Convolution, GammaSymmetric(gamma))])
+    with Gradient(model=model, composite=composite) as attributor:
+        _, relevance = attributor(x, r_out)
+
+    xs = x.reshape(-1).double()                      # (18,)
+    w = conv.weight.detach().reshape(3, -1).double()  # (3, 18)
+    b = conv.bias.detach().double()
+    xp, xn, wp, wn = xs.clamp(min=0), xs.clamp(max=0), w.clamp(min=0), w.clamp(max=0)
+    positive = xp * wp + xn * wn                     # (3, 18): contributions to P
+    negative = xp * wn + xn * wp                     # contributions to N
+    p = positive.sum(1) + b.clamp(min=0)
+    n = negative.sum(1) + b.clamp(max=0)
+    alpha = 1 + gamma * (p >= n.abs()).double()
+    beta = 1 + gamma * (p < n.abs()).double()
+    z = alpha * p + beta * n
+    z = z + ((z == 0).double() + z.sign()) * 1e-6   # zennit's stabilize
+    expected = ((alpha[:, None] * positive + beta[:, None] * negative) * (r_out[0].double() / z)[:, None]).sum(0)
+    torch.testing.assert_close(relevance.reshape(-1).double(), expected, rtol=1e-5, atol=1e-9)
+
+
+def test_resize_and_normalise_heatmaps():
+    maps = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    assert resize_maps(maps, 0) is maps
+    resized = resize_maps(maps, 2)
+    torch.testing.assert_close(resized, torch.nn.functional.interpolate(maps, size=(2, 2), mode="bilinear"))
+    flat = np.array([[1.0, -4.0, 2.0], [0.0, 0.0, 0.0], [0.5, 0.25, 0.0]])
+    np.testing.assert_array_equal(normalise(flat), [[0.25, -1.0, 0.5], [0, 0, 0], [1.0, 0.5, 0.0]])
+
+
+def _blobs(sizes, dim=5, spread=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = np.eye(dim)[:len(sizes)] * 10
+    x = np.concatenate([c + spread * rng.standard_normal((n, dim)) for c, n in zip(centres, sizes)])
+    return x, np.repeat(np.arange(len(sizes)), sizes)
+
+
+@pytest.mark.parametrize("clusters", [2, 4, 7])
+def test_eigengap_picks_the_number_of_separated_clusters(clusters):
+    x, truth = _blobs([40 + 7 * i for i in range(clusters)], dim=8)
+    affinity = knn_affinity(x)
+    assert affinity.shape == (len(x), len(x))
+    # the kNN graph has no edge between blobs: as many zero eigenvalues as blobs, then a jump
+    eigenvalues = laplacian_eigenvalues(affinity, seed=0)
+    assert len(eigenvalues) == 13
+    np.testing.assert_allclose(eigenvalues[:clusters], 0, atol=1e-6)
+    assert eigenvalues[clusters] > 1e-3
+    assert eigengap_k(eigenvalues) == clusters
+    ids, k = spectral_clusters(x, None, seed=0)
+    assert k == clusters
+    from sklearn.metrics import adjusted_rand_score
+    assert adjusted_rand_score(truth, ids) == 1.0
+
+
+def test_eigengap_rule_on_given_eigenvalues():
+    # gaps: k=2: 0.01, k=3: 0.5 (largest), k=4: 0.1 ...; the gap lambda_1 - lambda_0 (k=1) is never chosen
+    eigenvalues = np.array([0.0, 0.9, 0.91, 1.41, 1.51, 1.52, 1.53, 1.54, 1.55, 1.56, 1.57, 1.58, 1.59])
+    assert eigengap_k(eigenvalues) == 3
+    assert neighbours(10_000) == 9 and neighbours(933) == 6 and neighbours(3) == 2
+
+
+def test_pseudo_group_ids_as_the_official_create_groups():
+    labels = np.array([0, 1, 0, 1, 1, 0])
+    # L-ExMap: class 0's clusters {0, 1} keep their ids, class 1's are offset by max + 1 = 2
+    local = local_groups(labels, {0: np.array([1, 0, 1]), 1: np.array([0, 2, 1])})
+    np.testing.assert_array_equal(local, [1, 2, 0, 4, 3, 1])
+    # G-ExMap: one clustering; class 1's ids offset by (max id among class 0) + 1 = 3
+    global_ = global_groups(labels, np.array([2, 0, 0, 2, 1, 2]))
+    np.testing.assert_array_equal(global_, [2, 3, 0, 5, 4, 2])
+
+
+def test_pseudo_groups_cluster_each_class_and_all():
+    x, truth = _blobs([150, 150, 150, 150], dim=6)
+    labels = truth % 2                 # blobs 0, 2 are class 0; 1, 3 class 1: each class holds two blobs
+    groups, chosen = pseudo_groups(x, labels, method="spectral", k=None, seed=0)
+    assert chosen == {"y0": 2, "y1": 2, "all": 4}
+    for scope in ("global", "local"):
+        report = purity(groups[scope], truth, {g: f"g{g}" for g in range(4)})
+        assert report["purity"] == 1.0 and report["pseudo_groups"] == 4
+        assert report["true_group_found"] == {"g0": 1.0, "g1": 1.0, "g2": 1.0, "g3": 1.0}
+
+
+def test_purity_report_by_hand():
+    pseudo = np.array([0, 0, 0, 0, 1, 1])
+    true = np.array([0, 0, 0, 1, 1, 1])
+    report = purity(pseudo, true, {0: "a", 1: "b"})
+    assert report["purity"] == pytest.approx(5 / 6)
+    assert report["clusters"]["0"] == {"size": 4, "majority": "a", "purity": 0.75, "make_up": {"a": 3, "b": 1}}
+    assert report["true_group_found"] == {"a": 1.0, "b": pytest.approx(2 / 3)}
+
+
+def test_balanced_rows_follow_the_official_rule():
+    groups = np.repeat([0, 1, 2, 3, 5], [10, 7, 3, 20, 6])  # id 4 absent; group 2 has <= 5 rows
+    rows = balanced_rows(groups, np.random.default_rng(0))
+    counts = np.bincount(groups[rows], minlength=6)
+    # min_g = 6, the smallest group with more than 5 rows; group 2 gives all 3 of its rows
+    np.testing.assert_array_equal(counts, [6, 6, 3, 6, 0, 6])
+    assert len(np.unique(rows)) == len(rows)
+    with pytest.raises(UserError, match="no group has more than 5"):
+        balanced_rows(np.repeat([0, 1], [5, 3]), np.random.default_rng(0))
+
+
+def _spurious_validation_set(seed=0):
+    """Class = sign of feature 0 (core, weak), feature 1 = the spurious attribute, aligned with the class
+    in groups 0 and 3, against it in the small groups 1 and 2."""
+    rng = np.random.default_rng(seed)
+    sizes = {(0, 0): 200, (0, 1): 20, (1, 0): 20, (1, 1): 200}
+    x, y, g = [], [], []
+    for (label, attribute), n in sizes.items():
+        core = (2 * label - 1) * 1.0 + 0.3 * rng.standard_normal(n)
+        spurious = (2 * attribute - 1) * 3.0 + 0.3 * rng.standard_normal(n)
+        x.append(np.column_stack([core, spurious, rng.standard_normal((n, 3))]))
+        y += [label] * n
+        g += [2 * attribute + label] * n
+    return np.concatenate(x), np.array(y), np.array(g)
+
+
+def test_c_selection_by_hand():
+    x, y, g = _spurious_validation_set()
+    # C = 0.01 with an L1 penalty zeroes every coefficient: one class predicted, worst group 0;
+    # the separable groups give 1.0 at the larger Cs, and ties go to the first C of the grid
+    c, scores = tune_c(x, y, g, (1.0, 0.1, 0.001), splits=3, rng=np.random.default_rng(0), seed=0)
+    assert scores[0.001] == 0.0
+    assert scores[1.0] == 1.0 and scores[0.1] == 1.0
+    assert c == 1.0
+    c, _ = tune_c(x, y, g, (0.001, 0.1, 1.0), splits=3, rng=np.random.default_rng(0), seed=0)
+    assert c == 0.1  # the first of the tied best
+
+
+def test_dfr_with_groups_beats_dfr_with_classes_on_the_minority_groups():
+    x, y, g = _spurious_validation_set()
+    test_x, test_y, test_g = _spurious_validation_set(seed=1)
+    worst = {}
+    for name, groups in {"classes": y, "groups": g}.items():
+        head, info = fit_dfr(x, y, groups, c_grid=(1.0, 0.1, 0.01), tune_splits=3, refits=5, seed=0)
+        correct = head.predict(test_x) == test_y
+        worst[name] = min(correct[test_g == k].mean() for k in range(4))
+        assert info["groups"] == len(np.unique(groups))
+    assert worst["groups"] == 1.0 and worst["groups"] >= worst["classes"]
+
+
+def test_final_model_is_the_average_of_the_refits():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    x, y, g = _spurious_validation_set()
+    head = fit_final(x, y, g, c=0.3, refits=3, rng=np.random.default_rng(5), seed=0)
+    rng = np.random.default_rng(5)
+    scaled = StandardScaler().fit(x).transform(x)
+    fits = [LogisticRegression(l1_ratio=1.0, C=0.3, solver="liblinear", random_state=0).fit(scaled[r], y[r])
+            for r in (balanced_rows(g, rng) for _ in range(3))]
+    np.testing.assert_allclose(head.coef, np.mean([f.coef_ for f in fits], axis=0))
+    np.testing.assert_allclose(head.intercept, np.mean([f.intercept_ for f in fits], axis=0))
+
+
+def test_installed_head_predicts_as_the_logistic_regression():
+    model = _model_with_batchnorm_stats("small_cnn")
+    inputs = torch.rand(40, 3, 28, 28, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        features = model.features(inputs).numpy().astype(np.float64)
+    rng = np.random.default_rng(0)
+    head = LinearHead(coef=rng.standard_normal((1, features.shape[1])), intercept=np.array([0.1]),
+                      mean=features.mean(0), scale=features.std(0) + 0.1, classes=np.array([0, 1]))
+    expected = head.predict(features)
+    assert 0 < expected.mean() < 1
+    install_head(model, head, 2)
+    with torch.no_grad():
+        assert np.array_equal(model(inputs).argmax(1).numpy(), expected)
+
+
+def test_registry_reports_exmap_as_two_models(tmp_path):
+    methods = {"erm": ("erm",), "dfr": ("dfr_classes", "dfr_groups"), "exmap": ("exmap",)}
+    models = reported_models(methods, tmp_path)
+    assert list(models) == ["erm", "dfr_classes", "dfr_groups", "exmap_global", "exmap_local"]
+    assert models["exmap_local"][2] == tmp_path / "exmap_local.pt"
+    assert str(METHODS["dfr_groups"].group_labels) == "✓/✓"
+    assert str(METHODS["dfr_classes"].group_labels) == "✗/✗" == str(METHODS["exmap"].group_labels)
