@@ -1,15 +1,17 @@
-"""Benchmark: every method of the `methods` param side by side on the full MNIST, over seeds, through
-the real pipeline (the README's results table).
+"""Benchmark: every method of the `methods` param side by side on a full MNIST-based dataset (biased
+MNIST or C-MNIST), over seeds, through the real pipeline (the README's results tables).
 
 One scratch copy of the project with the committed params; one `dvc exp run` per seed with every
 training seed set to it (`train_erm.seed`, `finetune.seed`, `randmask.seed`, `jtt.seed`); `prepare`
-(its validation draw is `prepare.biased_mnist.seed`) runs once. Model selection is each method's own
+(biased MNIST's validation draw is `prepare.biased_mnist.seed`; C-MNIST's colours `prepare.cmnist.seed`)
+runs once. Model selection is each method's own
 (ERM and JTT: best average validation accuracy; MaskTune and RandMask: the one-epoch finetune), and no
 method uses group labels, unless `--set jtt.selection=worst_group`. Prints each run, then mean and
 sample standard deviation per method, split and measure, the wall time of each run, and, as its last
 line, one JSON object with every figure.
 
     python bench/methods.py --mnist-dir ../shared/data/mnist --seeds 0 1 2
+    python bench/methods.py --dataset cmnist --set train_erm.arch=small_cnn --seeds 0 1 2
 """
 from __future__ import annotations
 
@@ -24,12 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import machine
 from scratch import ScratchProject
 
-SEED_KEYS = ("train_erm.seed", "finetune.seed", "randmask.seed", "jtt.seed")
+SEED_KEYS = ("train_erm.seed", "finetune.seed", "randmask.seed", "jtt.seed", "dfr.seed", "exmap.seed")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--mnist-dir", type=Path, default=Path("../shared/data/mnist"))
+    parser.add_argument("--dataset", default="biased_mnist", choices=("biased_mnist", "cmnist"),
+                        help="an MNIST-based dataset (both are built from --mnist-dir)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--keep", type=Path, help="folder to copy each run's details.json into (seed<N>.json)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -39,7 +43,8 @@ def main() -> None:
     runs = []
     with tempfile.TemporaryDirectory(prefix="masktune-methods-") as tmp:
         project = ScratchProject(Path(tmp) / "project",
-                                 {"prepare": {"biased_mnist": {"mnist_dir": str(args.mnist_dir.resolve())}}})
+                                 {"dataset": args.dataset,
+                                  "prepare": {args.dataset: {"mnist_dir": str(args.mnist_dir.resolve())}}})
         for seed in args.seeds:
             sets = [f"{key}={seed}" for key in SEED_KEYS] + args.set
             seconds, stages = project.timed_stages("exp", "run", *(a for s in sets for a in ("-S", s)))
@@ -47,9 +52,13 @@ def main() -> None:
             if args.keep:
                 args.keep.mkdir(parents=True, exist_ok=True)
                 (args.keep / f"seed{seed}.json").write_text(details_file.read_text())
-                error_set = project.path / "metrics/jtt/error_set.json"
-                if error_set.is_file():
-                    (args.keep / f"seed{seed}_jtt_error_set.json").write_text(error_set.read_text())
+                for extra in ("jtt/error_set.json", "exmap/pseudo_groups.json", "exmap/dfr.json"):
+                    source = project.path / "metrics" / extra
+                    if source.is_file():
+                        (args.keep / f"seed{seed}_{extra.replace('/', '_')}").write_text(source.read_text())
+                figure = project.path / "metrics/exmap/embedding.png"
+                if figure.is_file():
+                    (args.keep / f"seed{seed}_exmap_embedding.png").write_bytes(figure.read_bytes())
             details = json.loads(details_file.read_text())["methods"]
             runs.append({"seed": seed, "seconds": seconds, "stage_seconds": stages,
                          "results": {name: {split: {"average": m["accuracy"], "worst_group": m["worst_group_accuracy"]}
@@ -74,7 +83,7 @@ def main() -> None:
                 cells.append(f"{split} {measure} {mean:.2%} ± {std:.2%}")
         print(f"{name} ({summary[name]['group_labels']}): " + "; ".join(cells))
     print("wall time per run: " + ", ".join(f"{run['seconds']:.0f} s" for run in runs))
-    print(json.dumps({"machine": machine(), "seeds": args.seeds, "set": args.set, "runs": runs, "summary": summary}))
+    print(json.dumps({"machine": machine(), "dataset": args.dataset, "seeds": args.seeds, "set": args.set, "runs": runs, "summary": summary}))
 
 
 if __name__ == "__main__":
