@@ -2,13 +2,15 @@
 MNIST or C-MNIST), over seeds, through the real pipeline (the README's results tables).
 
 One scratch copy of the project with the committed params; one `dvc exp run` per seed with every
-training seed set to it (`train_erm.seed`, `finetune.seed`, `randmask.seed`, `jtt.seed`); `prepare`
-(biased MNIST's validation draw is `prepare.biased_mnist.seed`; C-MNIST's colours `prepare.cmnist.seed`)
-runs once. Model selection is each method's own
-(ERM and JTT: best average validation accuracy; MaskTune and RandMask: the one-epoch finetune), and no
-method uses group labels, unless `--set jtt.selection=worst_group`. Prints each run, then mean and
-sample standard deviation per method, split and measure, the wall time of each run, and, as its last
-line, one JSON object with every figure.
+training and sampling seed set to it (`train_erm.seed`, `finetune.seed`, `randmask.seed`, `jtt.seed`,
+`dfr.seed`, `exmap.seed`); `prepare` runs once (biased MNIST's validation draw is
+`prepare.biased_mnist.seed`, C-MNIST's colours `prepare.cmnist.seed`). Model selection is each
+method's own (ERM and JTT: best average validation accuracy; MaskTune and RandMask: the one-epoch
+finetune; DFR and ExMap: C by worst-group accuracy of their groups on validation halves), and no
+method uses group labels except DFR with the true groups (the supervised reference, ✓/✓) and JTT
+with `--set jtt.selection=worst_group`. Prints each run, then mean and sample standard deviation per
+model, split and measure, the wall time of each run, and, as its last line, one JSON object with
+every figure.
 
     python bench/methods.py --mnist-dir ../shared/data/mnist --seeds 0 1 2
     python bench/methods.py --dataset cmnist --set train_erm.arch=small_cnn --seeds 0 1 2
