@@ -70,6 +70,8 @@ def test_corrupt_gzip_and_count_mismatch(tiny_mnist):
 def test_not_a_folder_says_which_param_to_set(tmp_path):
     with pytest.raises(UserError, match="set prepare.biased_mnist.mnist_dir"):
         mnist_idx.load_mnist(tmp_path / "nowhere")
+    with pytest.raises(UserError, match=r"^prepare.cmnist.mnist_dir: .* set prepare.cmnist.mnist_dir in params"):
+        mnist_idx.load_mnist(tmp_path / "nowhere", "prepare.cmnist.mnist_dir")  # C-MNIST names its own key
 
 
 def test_offline_download_says_which_param_to_set(monkeypatch):

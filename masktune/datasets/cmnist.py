@@ -76,7 +76,7 @@ def build_cmnist(mnist: dict[str, tuple[np.ndarray, np.ndarray]], *, color_corre
 
 def _prepare(config: PrepareConfig) -> dict[str, SampleSet]:
     options = config.options
-    return build_cmnist(load_mnist(options["mnist_dir"]), color_correlation=options["color_correlation"],
+    return build_cmnist(load_mnist(options["mnist_dir"], "prepare.cmnist.mnist_dir"), color_correlation=options["color_correlation"],
                         val_size=options["val_size"], seed=options["seed"], train_limit=options["train_limit"],
                         test_limit=options["test_limit"])
 

@@ -21,16 +21,21 @@ FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 _MAGIC = {3: 0x00000803, 1: 0x00000801}  # unsigned bytes, 3 dims (images) / 1 dim (labels)
-DOWNLOAD_HINT = ("set prepare.biased_mnist.mnist_dir in params.yaml to a folder holding the four MNIST IDX files "
-                 "(e.g. `dvc exp run -S prepare.biased_mnist.mnist_dir=../shared/data/mnist`)")
+DEFAULT_PARAM = "prepare.biased_mnist.mnist_dir"
 
 
-def _find(folder: Path, stem: str) -> Path:
+def download_hint(param: str = DEFAULT_PARAM) -> str:
+    """What to do when MNIST is missing, naming the dataset's own param (biased MNIST's, C-MNIST's)."""
+    return (f"set {param} in params.yaml to a folder holding the four MNIST IDX files "
+            f"(e.g. `dvc exp run -S {param}=../shared/data/mnist`)")
+
+
+def _find(folder: Path, stem: str, param: str = DEFAULT_PARAM) -> Path:
     for base in (folder, folder / "MNIST" / "raw"):
         for name in (stem + ".gz", stem):
             if (base / name).is_file():
                 return base / name
-    raise UserError(f"{folder}: missing MNIST file {stem}(.gz); {DOWNLOAD_HINT}")
+    raise UserError(f"{folder}: missing MNIST file {stem}(.gz); {download_hint(param)}")
 
 
 def read_idx(path: Path, ndim: int) -> np.ndarray:
@@ -50,14 +55,15 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
 
 
-def load_mnist_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 28, 28) uint8 and digits (N,) int64 of the `train` or `test` split."""
+def load_mnist_split(folder: Path, split: str, param: str = DEFAULT_PARAM) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 28, 28) uint8 and digits (N,) int64 of the `train` or `test` split. `param`: the
+    params key the folder came from, named in the errors."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"prepare.biased_mnist.mnist_dir: {folder} is not a folder; {DOWNLOAD_HINT}")
+        raise UserError(f"{param}: {folder} is not a folder; {download_hint(param)}")
     image_stem, label_stem = FILES[split]
-    images = read_idx(_find(folder, image_stem), 3)
-    digits = read_idx(_find(folder, label_stem), 1).astype(np.int64)
+    images = read_idx(_find(folder, image_stem, param), 3)
+    digits = read_idx(_find(folder, label_stem, param), 1).astype(np.int64)
     if len(images) != len(digits):
         raise UserError(f"{folder}: {image_stem} has {len(images)} images but {label_stem} "
                         f"has {len(digits)} labels")
@@ -66,7 +72,7 @@ def load_mnist_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, digits
 
 
-def download_mnist(into: Path) -> Path:
+def download_mnist(into: Path, param: str = DEFAULT_PARAM) -> Path:
     """Download MNIST with torchvision into `into`; a clear message says what to do when offline."""
     from torchvision.datasets import MNIST
 
@@ -75,14 +81,15 @@ def download_mnist(into: Path) -> Path:
         MNIST(root=str(into), train=False, download=True)
     except Exception as error:  # noqa: BLE001 - torchvision raises RuntimeError, URLError, OSError...
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"could not download MNIST ({reason[:200]}); {DOWNLOAD_HINT}") from None
+        raise UserError(f"could not download MNIST ({reason[:200]}); {download_hint(param)}") from None
     return into / "MNIST" / "raw"
 
 
-def load_mnist(folder: Path | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Both splits, from `folder`, or downloaded to a temporary folder when `folder` is None."""
+def load_mnist(folder: Path | None, param: str = DEFAULT_PARAM) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Both splits, from `folder`, or downloaded to a temporary folder when `folder` is None. `param`:
+    the params key of the folder (`prepare.<dataset>.mnist_dir`), for the error messages."""
     if folder is not None:
-        return {split: load_mnist_split(folder, split) for split in FILES}
+        return {split: load_mnist_split(folder, split, param) for split in FILES}
     with tempfile.TemporaryDirectory(prefix="mnist-download-") as tmp:
-        raw = download_mnist(Path(tmp))
-        return {split: load_mnist_split(raw, split) for split in FILES}
+        raw = download_mnist(Path(tmp), param)
+        return {split: load_mnist_split(raw, split, param) for split in FILES}
