@@ -69,7 +69,7 @@ def main() -> None:
                          "group_labels": {name: method["group_labels"] for name, method in details.items()}})
             print(f"seed {seed}: {seconds:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in stages.items())})")
             for name, splits in runs[-1]["results"].items():
-                print(f"  {name:10}" + "".join(f"{split} {m['average']:.2%} / {m['worst_group']:.2%}   "
+                print(f"  {name:14}" + "".join(f"{split} {m['average']:.2%} / {m['worst_group']:.2%}   "
                                                for split, m in splits.items()), flush=True)
 
     print(f"\nmean ± sample std over seeds {args.seeds} (average / worst group)")
