@@ -247,3 +247,33 @@ def test_registry_reports_exmap_as_two_models(tmp_path):
     assert models["exmap_local"][2] == tmp_path / "exmap_local.pt"
     assert str(METHODS["dfr_groups"].group_labels) == "✓/✓"
     assert str(METHODS["dfr_classes"].group_labels) == "✗/✗" == str(METHODS["exmap"].group_labels)
+
+
+@pytest.mark.parametrize("heatmaps, size, dim", [("lrp", 0, 3 * 28 * 28), ("lrp", 14, 3 * 14 * 14),
+                                                 ("xgradcam", 0, 28 * 28)])
+def test_heatmap_file_holds_every_row_in_order_at_any_batch_size(tmp_path, heatmaps, size, dim):
+    from masktune.data.samples import SampleSet
+    from masktune.data.splits import PixelSplit
+    from masktune.io.hdf5 import read_arrays
+    from masktune.methods.exmap import write_heatmaps
+    from masktune.saliency.lrp import LrpAttributor
+
+    rng = np.random.default_rng(0)
+    n = 23
+    samples = SampleSet(rng.integers(0, 256, (n, 28, 28, 3), dtype=np.uint8), rng.integers(0, 2, n),
+                        np.zeros(n, dtype=np.int64), np.arange(n))
+    model = _model_with_batchnorm_stats("small_cnn")
+    stored = {}
+    for batch_size in (5, 23):
+        path = tmp_path / f"{batch_size}.h5"
+        write_heatmaps(model, PixelSplit.from_samples(samples), path, heatmaps=heatmaps, gamma=4.0, size=size,
+                       batch_size=batch_size, device=torch.device("cpu"), workers=0, attrs={"heatmaps": heatmaps})
+        stored[batch_size] = read_arrays(path, {"heatmaps": (n, dim), "predicted": (n,)})
+    np.testing.assert_allclose(stored[5]["heatmaps"], stored[23]["heatmaps"], rtol=1e-5, atol=1e-9)
+    inputs = torch.from_numpy(samples.images).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        np.testing.assert_array_equal(stored[5]["predicted"], model(inputs).argmax(1).numpy())
+    if heatmaps == "lrp":
+        with LrpAttributor(model) as lrp:
+            direct = resize_maps(lrp(inputs[7:8])[0], size).reshape(-1).numpy()
+        np.testing.assert_allclose(stored[5]["heatmaps"][7], direct, rtol=1e-5, atol=1e-9)
