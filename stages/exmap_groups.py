@@ -15,7 +15,7 @@ import numpy as np
 
 from masktune.config.stages import load_stage_config
 from masktune.datasets import open_prepared
-from masktune.errors import run_stage
+from masktune.errors import UserError, run_stage
 from masktune.eval.figures import save_embedding_figure
 from masktune.io.files import write_json
 from masktune.io.hdf5 import read_arrays, read_attrs, write_arrays
@@ -41,6 +41,9 @@ def main() -> None:
     labels, true_groups = prepared.vectors("val", "labels", "groups")
     heatmaps = read_arrays(args.heatmaps, {"heatmaps": (len(labels), None)})["heatmaps"]
     k = None if config.clusters == "auto" else config.clusters
+    if k is None and config.clustering != "spectral":
+        raise UserError("params.yaml: exmap.clusters must be a number with exmap.clustering: umap_kmeans "
+                        "(auto is spectral clustering's eigengap rule)")
     print(f"ExMap: clustering {len(labels):,} heatmaps ({config.clustering}, k {config.clusters})")
     groups, chosen = pseudo_groups(heatmaps, labels, method=config.clustering, k=k, seed=config.seed)
     write_arrays(args.out, groups, {"method": method.name, "clustering": config.clustering,

@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-from masktune.errors import UserError
 from masktune.methods import METHODS, reported_models
 from masktune.methods.clustering import eigengap_k, knn_affinity, laplacian_eigenvalues, neighbours, spectral_clusters
 from masktune.methods.dfr import LinearHead, balanced_rows, fit_dfr, fit_final, install_head, tune_c
@@ -168,8 +167,9 @@ def test_balanced_rows_follow_the_official_rule():
     # min_g = 6, the smallest group with more than 5 rows; group 2 gives all 3 of its rows
     np.testing.assert_array_equal(counts, [6, 6, 3, 6, 0, 6])
     assert len(np.unique(rows)) == len(rows)
-    with pytest.raises(UserError, match="no group has more than 5"):
-        balanced_rows(np.repeat([0, 1], [5, 3]), np.random.default_rng(0))
+    # no group above 5 (the official code stops): the smallest group's size, the original DFR's rule
+    rows = balanced_rows(np.repeat([0, 1, 3], [5, 3, 4]), np.random.default_rng(0))
+    np.testing.assert_array_equal(np.bincount(np.repeat([0, 1, 3], [5, 3, 4])[rows]), [3, 3, 0, 3])
 
 
 def _spurious_validation_set(seed=0):

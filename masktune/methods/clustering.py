@@ -18,9 +18,25 @@ Followed as rwchakra/exmap src/exmap/cluster.py and src/exmap/eigen.py:
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 
 import numpy as np
+
+# Expected on k-nearest-neighbour graphs, and not a problem for the rules here: a graph in several
+# components (its eigengap is what picks k), and LOBPCG on a matrix too small for its block (scipy
+# then solves it densely).
+QUIET = (r"Graph is not fully connected.*", r"The problem size .* too small relative to the block size.*")
+
+
+@contextlib.contextmanager
+def _expected_warnings_silenced():
+    with warnings.catch_warnings():
+        for message in QUIET:
+            warnings.filterwarnings("ignore", message=message)
+        yield
+
 
 EIGENVALUES = 13            # eigen.py: botK = 12, 13 vectors
 K_RANGE = (2, 10)           # cluster.py L31: np.diff(eigv)[1:10].argmax() + 2
@@ -102,8 +118,7 @@ def cluster(x: np.ndarray, method: str, k: int | None, seed: int) -> tuple[np.nd
     """Cluster ids (0..k-1) of the rows of x and the k used. method: spectral | umap_kmeans."""
     if len(x) < 3:
         return np.zeros(len(x), dtype=np.int64), 1
-    if method == "spectral":
-        return spectral_clusters(x, k, seed)
-    if k is None:
+    if method == "umap_kmeans" and k is None:
         raise ValueError("umap_kmeans needs a number of clusters (the eigengap rule is spectral's)")
-    return umap_kmeans_clusters(x, k, seed)
+    with _expected_warnings_silenced():
+        return spectral_clusters(x, k, seed) if method == "spectral" else umap_kmeans_clusters(x, k, seed)

@@ -13,7 +13,9 @@ Followed as ExMap's own DFR, `src/run_dfr.py` of rwchakra/exmap (file and line o
   group-balanced subsample of the second half, standardised by a scaler fit on that subsample, score
   the worst group accuracy on the first half; C maximises the sum over splits (first C on ties);
 - group balance (L99-104, L144-154): every group contributes min_g of its examples, min_g being the
-  size of the smallest group with more than 5 examples; smaller groups contribute all of theirs;
+  size of the smallest group with more than 5 examples; smaller groups contribute all of theirs
+  (where no group has more than 5, the official code stops; here min_g is then the smallest group's
+  size, the original DFR's rule);
 - final model (`dfr_on_validation_eval`, L135-185): scaler fit on the whole validation set, 20
   balanced subsamples of it (redrawn when a class is missing, L143-161), one fit each with the chosen
   C, coefficients and intercepts averaged into one linear model.
@@ -56,15 +58,15 @@ def penultimate_features(model: nn.Module, data: Split, batch_size: int, device:
 
 
 def balanced_rows(groups: np.ndarray, rng: np.random.Generator, min_members: int = 5) -> np.ndarray:
-    """Rows of a group-balanced subsample (official rule): min_g random rows of each group, min_g the
-    size of the smallest group with more than `min_members` rows; a group with fewer rows than min_g
-    contributes all of them. Group ids need not be contiguous (an absent id contributes nothing)."""
+    """Rows of a group-balanced subsample (ExMap's rule, run_dfr.py L99-104): min_g random rows of each
+    group, min_g the size of the smallest group with more than `min_members` rows; a group with fewer
+    rows than min_g contributes all of them. Group ids need not be contiguous (an absent id contributes
+    nothing). When no group has more than `min_members` rows (a small validation set cut into many
+    pseudo-groups, where the official code stops with an error), min_g is the smallest group's size,
+    the original DFR's rule (dfr_evaluate_spurious.py L83)."""
     groups = np.asarray(groups)
     members = [np.flatnonzero(groups == g) for g in range(int(groups.max()) + 1)]
-    sizes = [len(m) for m in members if len(m) > min_members]
-    if not sizes:
-        raise UserError(f"DFR: no group has more than {min_members} validation examples "
-                        f"(group sizes: {sorted(len(m) for m in members if len(m))})")
+    sizes = [len(m) for m in members if len(m) > min_members] or [len(m) for m in members if len(m)]
     min_g = min(sizes)
     return np.concatenate([rng.permutation(m)[:min_g] for m in members])
 
