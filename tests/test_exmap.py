@@ -277,3 +277,16 @@ def test_heatmap_file_holds_every_row_in_order_at_any_batch_size(tmp_path, heatm
         with LrpAttributor(model) as lrp:
             direct = resize_maps(lrp(inputs[7:8])[0], size).reshape(-1).numpy()
         np.testing.assert_allclose(stored[5]["heatmaps"][7], direct, rtol=1e-5, atol=1e-9)
+
+
+def test_dfr_over_three_classes_is_one_versus_rest():
+    """liblinear takes two classes since scikit-learn 1.8: more are fitted one-versus-rest (IN-9L)."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 40)
+    x = np.eye(3)[y] * 3 + 0.3 * rng.standard_normal((120, 3))
+    head, _ = fit_dfr(x, y, y, c_grid=(1.0, 0.1), tune_splits=2, refits=3, seed=0)
+    assert head.coef.shape == (3, 3) and head.intercept.shape == (3,)
+    assert (head.predict(x) == y).mean() > 0.95
+    weight, bias = head.logits_layer(3)  # folded into a linear layer, it predicts as the head
+    logits = torch.tensor(x, dtype=torch.float32) @ weight.T + bias
+    assert np.array_equal(logits.argmax(1).numpy(), head.predict(x))

@@ -71,10 +71,23 @@ def balanced_rows(groups: np.ndarray, rng: np.random.Generator, min_members: int
     return np.concatenate([rng.permutation(m)[:min_g] for m in members])
 
 
-def _logistic_regression(c: float, seed: int):
+def _fit_logistic_regression(x: np.ndarray, y: np.ndarray, c: float, seed: int):
+    """The official L1 logistic regression (liblinear) fitted on (x, y); one-vs-rest over more than two
+    classes, which is what liblinear did before scikit-learn 1.8 stopped accepting them (the official
+    code is binary only)."""
     from sklearn.linear_model import LogisticRegression  # ~1 s: only where a DFR is fitted
+    from sklearn.multiclass import OneVsRestClassifier
 
-    return LogisticRegression(l1_ratio=1.0, C=c, solver="liblinear", random_state=seed)
+    model = LogisticRegression(l1_ratio=1.0, C=c, solver="liblinear", random_state=seed)
+    return (model if len(np.unique(y)) <= 2 else OneVsRestClassifier(model)).fit(x, y)
+
+
+def _coefficients(model) -> tuple[np.ndarray, np.ndarray]:
+    """(coef (1 or K, D), intercept) of a fitted `_fit_logistic_regression` model."""
+    if hasattr(model, "estimators_"):
+        return (np.vstack([e.coef_ for e in model.estimators_]),
+                np.concatenate([e.intercept_ for e in model.estimators_]))
+    return model.coef_, model.intercept_
 
 
 def _standardiser(x: np.ndarray):
@@ -100,7 +113,7 @@ def tune_c(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c_grid: Sequence[fl
         scaler = _standardiser(x[rows])
         x_fit, x_held = scaler.transform(x[rows]), scaler.transform(x[held_out])
         for c in c_grid:
-            model = _logistic_regression(c, seed).fit(x_fit, y[rows])
+            model = _fit_logistic_regression(x_fit, y[rows], c, seed)
             correct = model.predict(x_held) == y[held_out]
             totals[c] += worst_group_score(correct, groups[held_out])
     best = max(c_grid, key=lambda c: (totals[c], -list(c_grid).index(c)))
@@ -154,9 +167,9 @@ def fit_final(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float, refits
                 break
         else:
             raise UserError(f"DFR: {MISSING_CLASS_RETRIES} balanced subsamples in a row missed a class")
-        model = _logistic_regression(c, seed).fit(x_std[rows], y[rows])
-        coefs.append(model.coef_)
-        intercepts.append(model.intercept_)
+        coef, intercept = _coefficients(_fit_logistic_regression(x_std[rows], y[rows], c, seed))
+        coefs.append(coef)
+        intercepts.append(intercept)
     return LinearHead(np.mean(coefs, axis=0), np.mean(intercepts, axis=0), scaler.mean_, scaler.scale_, classes)
 
 
