@@ -20,7 +20,8 @@ from masktune.errors import run_stage
 from masktune.io.files import atomic_directory
 from masktune.io.hdf5 import read_arrays
 from masktune.methods import get_method
-from masktune.methods.jtt import SELECT_BY, selection_score, upsampled_rows
+from masktune.methods.jtt import upsampled_rows
+from masktune.methods.selection import SELECT_BY, selection_score
 from masktune.models.pretrained import initial_model
 from masktune.train.fit import fit
 from masktune.train.loop import make_optimizer, seed_everything, select_device

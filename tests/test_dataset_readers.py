@@ -98,6 +98,11 @@ def test_waterbirds_group_is_2_place_plus_y_on_hand_made_rows(tmp_path):
                      "landbird_land", "waterbird_land"]
     assert waterbirds.GROUP_NAMES == {0: "landbird_land", 1: "waterbird_land", 2: "landbird_water",
                                       3: "waterbird_water"}
+    # target Place (ClusterFix's second task): the background is the label, the bird the attribute
+    place = read_waterbirds(tmp_path, target="Place")["test"]
+    assert place.labels.tolist() == [p for _, p in rows] and place.attributes.tolist() == [y for y, _ in rows]
+    assert [waterbirds.PLACE_GROUP_NAMES[g] for g in place.groups] == [
+        "water_waterbird", "land_landbird", "water_landbird", "land_waterbird", "land_landbird", "land_waterbird"]
 
 
 def test_waterbirds_errors_name_the_file_line_and_column(tmp_path):

@@ -10,7 +10,8 @@ from masktune.data.splits import PixelSplit, ResampledSplit
 from masktune.errors import UserError
 from masktune.eval.report import comparison_markdown, headline
 from masktune.methods import METHODS, GroupLabels, get_method, listed_methods
-from masktune.methods.jtt import JTT, error_set, selection_score, upsampled_rows
+from masktune.methods.jtt import JTT, error_set, upsampled_rows
+from masktune.methods.selection import selection_score
 
 
 def test_error_set_is_the_misclassified_training_examples():
@@ -53,13 +54,16 @@ def test_an_upsampled_epoch_shows_each_error_image_upweight_times():
     assert (round(float(image[0, 0, 0]) * 255), label, group, position) == (3, 0, int(base.groups[3]), 6)
 
 
-def test_selection_reads_group_labels_only_for_worst_group():
+def test_selection_reads_group_labels_only_for_group_scores():
     val = _split()  # groups (2 * attribute + label): [0, 3, 1, 2, 1]
     predictions = np.array([0, 1, 1, 1, 0])  # wrong on rows 3 and 4
     assert selection_score(val, "average")(predictions) == {"accuracy": 0.6}
     assert selection_score(val, "worst_group")(predictions) == {"accuracy": 0.6, "worst_group_accuracy": 0.0}
     assert str(JTT.group_labels_for("average")) == "✗/✗"
+    # group accuracies: g0 1, g1 0.5 (rows 2 and 4), g2 0, g3 1 -> unweighted mean 0.625
+    assert selection_score(val, "unbiased")(predictions) == {"accuracy": 0.6, "unbiased_accuracy": 0.625}
     assert str(JTT.group_labels_for("worst_group")) == "✗/✓"
+    assert str(JTT.group_labels_for("unbiased")) == "✗/✓"
 
 
 def test_a_training_pass_records_each_prediction_before_its_step():
@@ -93,15 +97,16 @@ def test_the_registry_lists_methods_in_the_params_order():
 
 
 def test_the_comparison_puts_group_label_use_beside_every_row():
-    results = {"erm": {"test": {"accuracy": 0.9, "average_accuracy_train_weighted": 0.8, "worst_group_accuracy": 0.5}},
-               "jtt": {"test": {"accuracy": 0.85, "average_accuracy_train_weighted": 0.84,
+    results = {"erm": {"test": {"accuracy": 0.9, "average_accuracy_train_weighted": 0.8, "unbiased_accuracy": 0.7,
+                                "worst_group_accuracy": 0.5}},
+               "jtt": {"test": {"accuracy": 0.85, "average_accuracy_train_weighted": 0.84, "unbiased_accuracy": 0.8,
                                 "worst_group_accuracy": 0.75}}}
     top = headline(results, ("test",), "average_accuracy_train_weighted")
-    assert top == {"erm": {"test": {"average": 0.8, "worst_group": 0.5}},
-                   "jtt": {"test": {"average": 0.84, "worst_group": 0.75}}}
+    assert top == {"erm": {"test": {"average": 0.8, "unbiased": 0.7, "worst_group": 0.5}},
+                   "jtt": {"test": {"average": 0.84, "unbiased": 0.8, "worst_group": 0.75}}}
     table = comparison_markdown("waterbirds", results, {"erm": {"title": "ERM", "group_labels": "✗/✗"},
                                                         "jtt": {"title": "JTT", "group_labels": "✗/✓"}},
                                 ("test",), "average_accuracy_train_weighted")
-    assert "| ERM | ✗/✗ | 80.00% | 50.00% |" in table
-    assert "| JTT | ✗/✓ | 84.00% | 75.00% |" in table
+    assert "| ERM | ✗/✗ | 80.00% | 70.00% | 50.00% |" in table
+    assert "| JTT | ✗/✓ | 84.00% | 80.00% | 75.00% |" in table
     assert "training group proportions" in table  # says which average it is

@@ -43,11 +43,17 @@ METHOD_KINDS = {
     "jtt": ("jtt",),                      # jtt_identify@<name>, jtt_retrain@<name>
     "dfr": ("dfr_classes", "dfr_groups"),  # dfr@<name>
     "exmap": ("exmap",),                  # exmap_heatmaps@<name>, exmap_groups@<name>, exmap_dfr@<name>
+    "clusterfix": ("clusterfix",),        # clusterfix_features@<name>, clusterfix_clusters@<name>, clusterfix_train@<name>
 }
 HEATMAPS = ("lrp", "xgradcam")                 # ExMap: its LRP heatmaps (official) | MaskTune's XGradCAM maps
 CLUSTERINGS = ("spectral", "umap_kmeans")      # ExMap: spectral + eigengap | UMAP 2-D + k-means
 ERROR_SET_PASSES = ("training", "eval")        # JTT: the official training-pass predictions | an eval pass
-SELECTIONS = ("average", "worst_group")        # model selection: val average (no group labels) | worst group
+# model selection: val average (no group labels) | worst group | unbiased (mean of the group accuracies)
+SELECTIONS = ("average", "worst_group", "unbiased")
+FEATURE_BACKBONES = ("erm", "resnet18")        # ClusterFix's features: the ERM model's | ImageNet ResNet-18
+OPTIMIZERS = ("sgd", "adam")                   # ClusterFix: the ERM recipe's SGD | the official Adam
+WEIGHT_STATISTICS = ("incremental", "recompute")  # ClusterFix's cluster losses: O(batch) | the official O(N K)
+WATERBIRDS_TARGETS = ("Object", "Place")       # the bird (the usual task) | the background (BPA, ClusterFix)
 ALIGNMENTS = ("crop", "stretch")               # how a view mask is put on the raw image
 SQUARE_PLACEMENTS = ("official", "random")
 LR_SCHEDULES = ("constant", "cosine")          # ERM: none (MaskTune) | CosineAnnealingLR per epoch (ExMap)
@@ -66,7 +72,7 @@ PREPARE: dict[str, dict[str, Field]] = {
         "train_limit": Int(2, nullable=True),
         "test_limit": Int(1, nullable=True),
     },
-    "waterbirds": dict(_IMAGE_FOLDER),
+    "waterbirds": {**_IMAGE_FOLDER, "target": Choice(options=WATERBIRDS_TARGETS)},
     "celeba": {**_IMAGE_FOLDER, "target": Text(), "spurious": Text()},  # attribute names: checked by the reader
     "in9l": dict(_IMAGE_FOLDER),
     "cmnist": {
@@ -135,6 +141,22 @@ SCHEMA: dict[str, Field] = {
     "exmap.clustering": Choice(options=CLUSTERINGS, recipe=True),
     "exmap.clusters": AutoInt(minimum=1, recipe=True),
     "exmap.seed": Int(0),
+    "clusterfix.backbone": Choice(options=FEATURE_BACKBONES, recipe=True),
+    "clusterfix.weights_path": FilePath(nullable=True),
+    "clusterfix.clusters_per_class": Int(1, recipe=True),
+    "clusterfix.beta": Number(0.0, recipe=True),
+    "clusterfix.momentum": Number(0.0, 1.0),
+    "clusterfix.optimizer": Choice(options=OPTIMIZERS, recipe=True),
+    "clusterfix.lr": Number(0.0, exclusive_minimum=True, recipe=True),
+    "clusterfix.weight_decay": Number(0.0, recipe=True),
+    "clusterfix.batch_size": Int(1, recipe=True),
+    "clusterfix.epochs": Int(1, recipe=True),
+    "clusterfix.lr_schedule": Choice(options=LR_SCHEDULES, recipe=True),
+    "clusterfix.selection": Choice(options=SELECTIONS),
+    "clusterfix.statistics": Choice(options=WEIGHT_STATISTICS),
+    "clusterfix.val_losses_into_train_buffer": Bool(),
+    "clusterfix.workers": Int(0, MAX_WORKERS),
+    "clusterfix.seed": Int(0, nullable=True),
     "mask_examples_per_group": Int(1, 16),
     "evaluate.workers": Int(0, MAX_WORKERS),
 }

@@ -141,6 +141,38 @@ class ExMapGroupsConfig:
 
 
 @dataclass(frozen=True)
+class ClusterFixFeaturesConfig:
+    eval_batch_size: int = _key("eval_batch_size")
+    backbone: str = _key("clusterfix.backbone")  # erm | resnet18 (ImageNet)
+    weights_path: Path | None = _key("clusterfix.weights_path")
+    workers: int = _key("clusterfix.workers")
+
+
+@dataclass(frozen=True)
+class ClusterFixClustersConfig:
+    clusters_per_class: int = _key("clusterfix.clusters_per_class")
+    seed: int | None = _key("clusterfix.seed")
+
+
+@dataclass(frozen=True)
+class ClusterFixTrainConfig(_Network):
+    """ClusterFix's model: the network of train_erm, trained from the same start with ClusterFix's loss."""
+    beta: float = _key("clusterfix.beta")
+    weight_momentum: float = _key("clusterfix.momentum")
+    optimizer: str = _key("clusterfix.optimizer")
+    lr: float = _key("clusterfix.lr")
+    weight_decay: float = _key("clusterfix.weight_decay")
+    batch_size: int = _key("clusterfix.batch_size")
+    epochs: int = _key("clusterfix.epochs")
+    lr_schedule: str = _key("clusterfix.lr_schedule")
+    selection: str = _key("clusterfix.selection")
+    statistics: str = _key("clusterfix.statistics")
+    val_losses_into_train_buffer: bool = _key("clusterfix.val_losses_into_train_buffer")
+    workers: int = _key("clusterfix.workers")
+    seed: int | None = _key("clusterfix.seed")
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     eval_batch_size: int = _key("eval_batch_size")
     methods: MappingProxyType = _key("methods")  # kind -> names, in report order
@@ -161,6 +193,9 @@ STAGE_CONFIGS = {
     **{f"exmap_heatmaps@{name}": ExMapHeatmapsConfig for name in schema.METHOD_KINDS["exmap"]},
     **{f"exmap_groups@{name}": ExMapGroupsConfig for name in schema.METHOD_KINDS["exmap"]},
     **{f"exmap_dfr@{name}": DfrConfig for name in schema.METHOD_KINDS["exmap"]},
+    **{f"clusterfix_features@{name}": ClusterFixFeaturesConfig for name in schema.METHOD_KINDS["clusterfix"]},
+    **{f"clusterfix_clusters@{name}": ClusterFixClustersConfig for name in schema.METHOD_KINDS["clusterfix"]},
+    **{f"clusterfix_train@{name}": ClusterFixTrainConfig for name in schema.METHOD_KINDS["clusterfix"]},
     "evaluate": EvaluateConfig,
 }
 

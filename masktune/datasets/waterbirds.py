@@ -11,6 +11,11 @@ image; src/methods/waterbirds_train.py then scores group `2 * place + y` (worst-
 `test`, and on `val` for model selection). We follow that, reading the columns by header name
 (so extra columns or another column order work) and keeping the metadata file's row order (the
 official code re-lists the copied images with `glob`, in no fixed order).
+
+`prepare.waterbirds.target: Place` swaps the two: the background is the label and the bird the
+spurious attribute (ClusterFix's `target_attr: Place`, ICCV11624 dataset/waterbirds.py L23-29: labels
+from `place`, bias from `y`); groups are then 2 * bird + place (named, so the numbering differs
+harmlessly from the official 2 * label + bias).
 """
 from __future__ import annotations
 
@@ -35,6 +40,8 @@ NUM_CLASSES = 2
 CLASS_NAMES = ("landbird", "waterbird")
 ATTRIBUTE_NAMES = ("land", "water")
 GROUP_NAMES = {0: "landbird_land", 1: "waterbird_land", 2: "landbird_water", 3: "waterbird_water"}
+# target Place: label = place, attribute = bird, group 2 * bird + place
+PLACE_GROUP_NAMES = {0: "land_landbird", 1: "water_landbird", 2: "land_waterbird", 3: "water_waterbird"}
 SPLIT_CODES = {"0": "train", "1": "val", "2": "test"}
 SPLITS = ("train", "val", "test")
 METADATA = "metadata.csv"
@@ -42,8 +49,9 @@ COLUMNS = ("img_filename", "y", "split", "place")
 _BINARY = {"0": 0, "1": 1}
 
 
-def read_waterbirds(root: str | Path) -> dict[str, ImageRecords]:
-    """`{"train", "val", "test"}` records from `root/metadata.csv` (labels y, attributes place).
+def read_waterbirds(root: str | Path, target: str = "Object") -> dict[str, ImageRecords]:
+    """`{"train", "val", "test"}` records from `root/metadata.csv`: labels y and attributes place
+    (target "Object"), or labels place and attributes y (target "Place").
 
     UserError (naming the file) for a missing folder or metadata file, a missing column, a split
     code other than 0/1/2 or a `y`/`place` other than 0/1 (naming the line), an empty split and
@@ -73,16 +81,23 @@ def read_waterbirds(root: str | Path) -> dict[str, ImageRecords]:
         if not by_split[split]:
             raise UserError(f"{metadata}: no rows with split {code} ({split})")
     check_listed_files(root, all_paths, all_lines, metadata)
-    return {split: _records(root, entries) for split, entries in by_split.items()}
+    return {split: _records(root, entries, target) for split, entries in by_split.items()}
 
 
-def _records(root: Path, entries: list) -> ImageRecords:
-    paths, labels, places, index = zip(*entries) if entries else ((), (), (), ())
-    return ImageRecords(root, paths, labels, places, index)
+def _records(root: Path, entries: list, target: str) -> ImageRecords:
+    paths, birds, places, index = zip(*entries) if entries else ((), (), (), ())
+    if target == "Place":
+        return ImageRecords(root, paths, places, birds, index)
+    return ImageRecords(root, paths, birds, places, index)
 
 
 def _prepare(config: PrepareConfig) -> dict[str, ImageRecords]:
-    return first_images(read_waterbirds(dataset_folder(config, SOURCES, METADATA)), config)
+    records = read_waterbirds(dataset_folder(config, SOURCES, METADATA), config.options["target"])
+    return first_images(records, config)
+
+
+def _group_names(options) -> dict[int, str]:
+    return PLACE_GROUP_NAMES if options.get("target") == "Place" else GROUP_NAMES
 
 
 # The tarball the dataset's authors link in kohpangwei/group_DRO README.md ("Waterbirds"); it unpacks to
@@ -96,7 +111,7 @@ SOURCES = (
 )
 
 SPEC = DatasetSpec(
-    name="waterbirds", num_classes=NUM_CLASSES, group_names=lambda options: GROUP_NAMES, test_splits=("test",),
+    name="waterbirds", num_classes=NUM_CLASSES, group_names=_group_names, test_splits=("test",),
     prepare=_prepare, sources=SOURCES, average="average_accuracy_train_weighted",
     # Official src/methods/waterbirds_train.py: transform_test and transform_data_to_mask are both
     # Resize((int(224 * 256/224),) * 2) = Resize((256, 256)) (a stretch), then CenterCrop((224, 224)).

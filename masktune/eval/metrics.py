@@ -1,4 +1,4 @@
-"""Accuracy, per-group accuracy and worst-group accuracy (groups = label x spurious attribute), the
+"""Accuracy, per-group accuracy, worst-group and unbiased (mean group) accuracy (groups = label x spurious attribute), the
 train-weighted average accuracy reported on Waterbirds, and the ImageNet-9 Background Challenge's BG-Gap."""
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ def group_metrics(labels: np.ndarray, groups: np.ndarray, predictions: np.ndarra
       reports as test accuracy).
     - "groups": {group name: accuracy of that group}, for the groups of `group_names` present in the split.
     - "worst_group_accuracy": the lowest of those.
+    - "unbiased_accuracy": their unweighted mean, every present group counting the same (the "unbiased"
+      accuracy of BPA, Seo et al. 2022, and ClusterFix: `np.nanmean` of the group accuracies in
+      ICCV11624 trainers/cfix.py L409).
     - "average_accuracy_train_weighted" (only when `train_group_counts` is given): the group accuracies
       averaged with weights = the training set's group proportions, `sum_g n_train[g] * acc[g] / sum_g
       n_train[g]`. This is the "average" (or "mean") accuracy DFR (Kirichenko et al. 2022) and most later
@@ -34,6 +37,7 @@ def group_metrics(labels: np.ndarray, groups: np.ndarray, predictions: np.ndarra
     metrics = {
         "accuracy": float(correct.mean()) if len(correct) else float("nan"),
         "worst_group_accuracy": min(per_group.values()) if per_group else float("nan"),
+        "unbiased_accuracy": float(np.mean(list(per_group.values()))) if per_group else float("nan"),
         "groups": per_group,
     }
     if train_group_counts is not None:
@@ -47,6 +51,13 @@ def worst_group_accuracy(labels: np.ndarray, groups: np.ndarray, predictions: np
     correct = np.asarray(labels) == np.asarray(predictions)
     accuracies = [correct[groups == g].mean() for g in np.unique(groups)]
     return float(min(accuracies)) if accuracies else float("nan")
+
+
+def unbiased_accuracy(labels: np.ndarray, groups: np.ndarray, predictions: np.ndarray) -> float:
+    """The unweighted mean of the accuracies of the groups present in the split (NaN for an empty split)."""
+    correct = np.asarray(labels) == np.asarray(predictions)
+    accuracies = [correct[groups == g].mean() for g in np.unique(groups)]
+    return float(np.mean(accuracies)) if accuracies else float("nan")
 
 
 def _train_weighted_average(accuracies: dict[int, float], train_group_counts: dict[int, int],

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from masktune.errors import UserError
 from masktune.methods.base import GroupLabels, Method
+from masktune.methods.clusterfix import ClusterFix
 from masktune.methods.dfr import DFR
 from masktune.methods.erm import ERM
 from masktune.methods.exmap import ExMap
@@ -24,7 +25,7 @@ METHODS: dict[str, Method] = {method.name: method for method in (
     ERM(), RandMask(), MaskTune(), JTT(),
     DFR("dfr_classes", "DFR, class labels as groups", group_source="classes"),
     DFR("dfr_groups", "DFR, true validation groups (supervised reference)", group_source="groups"),
-    ExMap())}
+    ExMap(), ClusterFix())}
 
 
 def get_method(name: str) -> Method:

@@ -19,14 +19,10 @@ Details of the official code that are followed (file and line of anniesch/jtt):
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
-from masktune.data.splits import Split
-from masktune.eval.metrics import worst_group_accuracy
 from masktune.methods.base import GroupLabels, Method
-from masktune.train.loop import validation_accuracy
+from masktune.methods.selection import SELECTIONS_USING_GROUPS
 
 
 def error_set(predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -48,22 +44,6 @@ def upsampled_rows(errors: np.ndarray, upweight: int) -> np.ndarray:
     return np.concatenate([np.arange(len(errors)), extra]).astype(np.int64)
 
 
-def selection_score(val: Split, selection: str) -> Callable[[np.ndarray], dict[str, float]]:
-    """The validation score the final model is selected by: plain accuracy ("average", no group
-    labels) or worst-group accuracy ("worst_group", reads the validation group labels)."""
-    average = validation_accuracy(val)
-
-    def score(predictions: np.ndarray) -> dict[str, float]:
-        scores = average(predictions)
-        if selection == "worst_group":
-            scores["worst_group_accuracy"] = worst_group_accuracy(val.labels, val.groups, predictions)
-        return scores
-    return score
-
-
-SELECT_BY = {"average": "accuracy", "worst_group": "worst_group_accuracy"}
-
-
 class JTT(Method):
     name = "jtt"
     kind = "jtt"
@@ -71,4 +51,4 @@ class JTT(Method):
 
     @staticmethod
     def group_labels_for(selection: str) -> GroupLabels:
-        return GroupLabels(training=False, model_selection=selection == "worst_group")
+        return GroupLabels(training=False, model_selection=selection in SELECTIONS_USING_GROUPS)

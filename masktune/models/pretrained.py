@@ -37,7 +37,9 @@ def imagenet_weights_url(arch: str) -> str:
     return weights.IMAGENET1K_V1.url
 
 
-def load_imagenet_weights(model: nn.Module, arch: str, local_path: str | Path | None = None) -> nn.Module:
+def load_imagenet_weights(model: nn.Module, arch: str, local_path: str | Path | None = None,
+                          param: str = "train_erm.weights_path",
+                          instead: str = "set train_erm.pretrained: false") -> nn.Module:
     """Copy torchvision's IMAGENET1K_V1 weights for `arch` into `model`, all but the head `fc.*`.
 
     The state dict comes from `local_path` when given (a torchvision .pth, or a checkpoint dict holding
@@ -45,20 +47,20 @@ def load_imagenet_weights(model: nn.Module, arch: str, local_path: str | Path | 
     (`torch.hub.get_dir()/checkpoints/<file name of the URL>`, where `torchvision.models.resnet50(
     weights=...)` would have put it). A file named like torchvision's (`resnet50-0676ba61.pth`) must
     match the sha256 prefix in its name. Every tensor of the file must fit the model except the head,
-    which keeps its fresh initialisation. Raises `UserError` naming the file for anything that is wrong.
+    which keeps its fresh initialisation. Raises `UserError` naming the file for anything that is wrong,
+    and `param` (the params key of the local copy) and `instead` (the other way out) when it is missing.
     Returns `model`.
     """
     url = imagenet_weights_url(arch)
     if local_path is not None:
         path = Path(local_path)
         if not path.is_file():
-            raise UserError(f"train_erm.weights_path: {path} not found (expected a copy of {url})")
+            raise UserError(f"{param}: {path} not found (expected a copy of {url})")
     else:
         path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
         if not path.is_file():
-            raise UserError(f"ImageNet weights for {arch} not found: set train_erm.weights_path to a local copy "
-                            f"of {url} or put it in torchvision's cache ({path}), "
-                            f"or set train_erm.pretrained: false")
+            raise UserError(f"ImageNet weights for {arch} not found: set {param} to a local copy "
+                            f"of {url} or put it in torchvision's cache ({path}), or {instead}")
     _check_hash_in_name(path, url)
     state = _read_state_dict(path, url)
     _check_fits(model, state, path, arch)

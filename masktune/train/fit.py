@@ -32,22 +32,24 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Split, val: S
         batch_size: int, eval_batch_size: int, generator: torch.Generator, device: torch.device, live: Live,
         best_path: str | Path, last_path: str | Path | None = None, checkpoint_info: dict,
         score: Callable[[np.ndarray], dict[str, float]] | None = None, select_by: str = "accuracy",
-        name: str = "ERM", scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> dict:
+        name: str = "ERM", scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        epoch_fn: Callable[..., dict[str, float]] = train_epoch) -> dict:
     """Train `epochs` epochs; save the best checkpoint (and the last); return the best epoch (1-based)
     and its validation scores. `checkpoint_info` (arch, num_classes, ...) goes into every checkpoint.
     `scheduler`, when given, steps after each epoch's training pass (each epoch's learning rate is logged
-    as `train/lr`)."""
+    as `train/lr`). `epoch_fn` is one training pass with `train_epoch`'s signature (a method's own loss:
+    ClusterFix); every number it returns is logged as `train/<name>`."""
     score = score or validation_accuracy(val)
     best_score, best = -math.inf, {}
     for epoch in range(epochs):
-        stats = train_epoch(model, optimizer, train, batch_size, generator, device,
-                            desc=f"{name} epoch {epoch + 1}/{epochs}")
+        stats = epoch_fn(model, optimizer, train, batch_size, generator, device,
+                         desc=f"{name} epoch {epoch + 1}/{epochs}")
         if scheduler is not None:
             live.log_metric("train/lr", optimizer.param_groups[0]["lr"])  # this epoch's
             scheduler.step()
         scores = score(predict(model, val, eval_batch_size, device, "validate"))
-        live.log_metric("train/loss", stats["loss"])
-        live.log_metric("train/accuracy", stats["accuracy"])
+        for key, value in stats.items():
+            live.log_metric(f"train/{key}", value)
         for key, value in scores.items():
             live.log_metric(f"val/{key}", value)
         checkpoint = {**checkpoint_info, "epoch": epoch, "val_accuracy": scores.get("accuracy", math.nan)}
