@@ -64,12 +64,16 @@ def test_every_stage_resolves_the_committed_defaults_with_the_recipe(tmp_path):
         ("small_cnn", 0.9, 0.01, 0.01, "average")
     assert dict(configs["evaluate"].methods) == {"erm": ("erm",), "masking": ("randmask", "masktune"),
                                                  "jtt": ("jtt",), "dfr": ("dfr_classes", "dfr_groups"),
-                                                 "exmap": ("exmap",)}
+                                                 "exmap": ("exmap",), "clusterfix": ("clusterfix",)}
     assert configs["dfr@dfr_groups"] == configs["exmap_dfr@exmap"]  # one DFR for the baselines and ExMap
     assert configs["dfr@dfr_groups"].c_grid == (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
     heatmaps, groups = configs["exmap_heatmaps@exmap"], configs["exmap_groups@exmap"]  # recipes.biased_mnist.exmap
     assert (heatmaps.heatmaps, heatmaps.gamma, heatmaps.heatmap_size, groups.clustering, groups.clusters) == \
         ("lrp", 4.0, 0, "spectral", "auto")
+    features, cfix = configs["clusterfix_features@clusterfix"], configs["clusterfix_train@clusterfix"]
+    assert (features.backbone, configs["clusterfix_clusters@clusterfix"].clusters_per_class) == ("erm", 8)
+    assert (cfix.arch, cfix.optimizer, cfix.lr, cfix.beta, cfix.weight_momentum, cfix.selection, cfix.statistics,
+            cfix.val_losses_into_train_buffer) == ("small_cnn", "sgd", 0.01, 0.01, 0.3, "average", "incremental", False)
     with pytest.raises(dataclasses.FrozenInstanceError):
         erm.lr = 1.0
 
@@ -78,6 +82,9 @@ def test_overrides_and_the_dataset_switch_follow_the_naming_rule(tmp_path):
     values = _set(_set(committed_params(), "dataset", "celeba"), "train_erm.epochs", 3)
     erm = _load(tmp_path, "train_erm", values)
     assert (erm.arch, erm.lr, erm.epochs, erm.batch_size, erm.eval_batch_size) == ("resnet50", 0.0001, 3, 512, 512)
+    cfix = _load(tmp_path, "clusterfix_train@clusterfix", values)  # ClusterFix's official CelebA recipe
+    assert (cfix.optimizer, cfix.lr, cfix.weight_decay, cfix.batch_size, cfix.epochs, cfix.beta, cfix.lr_schedule) == \
+        ("adam", 0.0001, 0.01, 256, 100, 0.5, "cosine")
     assert _load(tmp_path, "prepare", values).options["target"] == "Blond_Hair"
     saliency = _load(tmp_path, "compute_saliency", _set(values, "saliency.batch_size", 7))
     assert (saliency.batch_size, saliency.workers) == (7, 1)  # the override, and recipes.celeba.saliency.workers
