@@ -99,7 +99,7 @@ def test_overrides_and_the_dataset_switch_follow_the_naming_rule(tmp_path):
     ("methods.masking", ["masktune", "gradcam"],
      "methods.masking must be a list of distinct names from 'randmask', 'masktune', got"),
     ("methods.jtt", ["jtt", "jtt"], "methods.jtt must be a list of distinct names from 'jtt', got"),
-    ("jtt.selection", "test", "jtt.selection must be one of 'average', 'worst_group', got 'test'"),
+    ("jtt.selection", "test", "jtt.selection must be one of 'average', 'worst_group', 'unbiased', got 'test'"),
     ("recipes.celeba.jtt.upweight", -1, "recipes.celeba.jtt.upweight must be an integer >= 0, got -1"),
     ("randmask.cutout_sides", [14, 2], r"randmask.cutout_sides must be a list of 2 integers in \[1, 10000\], in asc"),
     ("recipes.celeba.train_erm.epochs", None, ("recipes.celeba.train_erm.epochs must be an integer >= 1 "
