@@ -8,6 +8,7 @@ saliency, masks mapped to the raw images, finetune, group and Background Challen
 """
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -27,7 +28,8 @@ MODELS = reported_models({kind: tuple(names) for kind, names in committed_params
 ALL_STAGES = ["prepare", "train_erm", "compute_saliency", "materialize_masked_dataset@randmask",
               "materialize_masked_dataset@masktune", "finetune@randmask", "finetune@masktune", "jtt_identify@jtt",
               "jtt_retrain@jtt", "dfr@dfr_classes", "dfr@dfr_groups", "exmap_heatmaps@exmap", "exmap_groups@exmap",
-              "exmap_dfr@exmap", "evaluate"]
+              "exmap_dfr@exmap", "clusterfix_features@clusterfix", "clusterfix_clusters@clusterfix",
+              "clusterfix_train@clusterfix", "evaluate"]
 # DFR (ExMap's last step and its baselines) balances groups by the smallest one with more than 5
 # images, in each random half of the validation set (official rule): the fixtures' validation splits
 # are larger than their defaults, so that every half has such a group.
@@ -36,9 +38,21 @@ CELEBA = {**CELEBA_COUNTS, "val": (16, 6, 16, 6)}
 SMALL_MODEL = {"arch": "tiny_cnn", "pretrained": False, "epochs": 1, "batch_size": 16, "workers": 0}
 
 
+def _resnet18_weights(path):
+    """A file in torchvision's ResNet-18 format (random weights: the fixtures test the data path, not
+    ImageNet features), for ClusterFix's `clusterfix.backbone: resnet18` recipes."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     data = tmp_path_factory.mktemp("datasets")
+    weights = _resnet18_weights(data / "resnet18_random.pth")
     make_waterbirds(data / "waterbirds", WATERBIRDS)
     make_celeba(data / "celeba", CELEBA, nested=True)
     make_in9l(data / "in9", val_per_class=13)
@@ -48,6 +62,10 @@ def project(tmp_path_factory):
               "saliency": {"batch_size": 16, "workers": 0},
               "finetune": {"batch_size": 16, "workers": 0},
               "jtt": {"identification_epochs": 1, "epochs": 1, "batch_size": 16, "workers": 0},
+              # the recipes' ResNet-18 features (a local weights file), 2 clusters per class (the
+              # fixtures' smallest class has 3 training images)
+              "clusterfix": {"weights_path": str(weights), "clusters_per_class": 2, "epochs": 1, "batch_size": 16,
+                             "workers": 0},
               "eval_batch_size": 16,
               "evaluate": {"workers": 0}}
     project = ScratchProject(tmp_path_factory.mktemp("scratch") / "project", params)
@@ -56,7 +74,7 @@ def project(tmp_path_factory):
 
 def _evaluation(project) -> dict:
     """Every model's full results; the contract: each listed method ran and was evaluated (ExMap as
-    G-ExMap and L-ExMap), and the pseudo-groups and ExMap's figure were written."""
+    G-ExMap and L-ExMap), and the pseudo-groups, ExMap's figure and ClusterFix's clusters were written."""
     details = json.loads((project.path / "metrics/evaluate/details.json").read_text())["methods"]
     assert list(details) == list(MODELS)
     for name, method in details.items():
@@ -66,6 +84,14 @@ def _evaluation(project) -> dict:
     assert (project.path / "metrics/exmap/embedding.png").read_bytes()[:4] == b"\x89PNG"
     for name in ("randmask", "masktune"):
         assert (project.path / f"metrics/masks/{name}.png").read_bytes()[:4] == b"\x89PNG"
+    clusters = json.loads((project.path / "metrics/clusterfix/pseudo_labels.json").read_text())
+    assert clusters["backbone"] == "resnet18" and clusters["clusters_per_class"] == 2
+    with h5py.File(project.path / "data/clusterfix/features.h5", "r") as f:
+        assert f["train"].shape[1] == 512  # ResNet-18's global average pool
+        assert np.allclose(np.linalg.norm(f["val"][()], axis=1), 1, atol=1e-5)  # L2-normalised
+    for name, method in details.items():  # every model: pooled, unbiased and worst-group accuracy
+        test = method["results"]["val"]
+        assert test["unbiased_accuracy"] == pytest.approx(np.mean(list(test["groups"].values())))
     return {name: method["results"] for name, method in details.items()}
 
 
@@ -120,10 +146,11 @@ def test_mask_alignment_reruns_only_finetune_and_evaluate(project):
         "finetune@randmask", "finetune@masktune", "evaluate"]
 
 
-def _prepare(tmp_path, dataset: str, folder) -> subprocess.CompletedProcess:
+def _prepare(tmp_path, dataset: str, folder, **options) -> subprocess.CompletedProcess:
     params = committed_params()
     params["dataset"] = dataset
     params["prepare"][dataset]["dir"] = None if folder is None else str(folder)
+    params["prepare"][dataset].update(options)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
     return subprocess.run([sys.executable, "-m", "stages.prepare", "--out", "prepared.h5"], cwd=tmp_path,
@@ -162,3 +189,29 @@ def test_no_folder_and_no_download_says_which_param_to_set(tmp_path):
     result = _prepare(tmp_path, "celeba", None)
     assert result.returncode == 2
     assert "set prepare.celeba.dir to its folder, or download: true" in result.stderr
+
+
+# BPA's (Seo et al. 2022) CelebA targets, with Male as the bias; ClusterFix reports on the same ones.
+BPA_TARGETS = ("Double_Chin", "Wearing_Necklace", "Chubby", "Pale_Skin", "Receding_Hairline", "Wearing_Hat", "Bangs",
+               "Big_Lips", "Brown_Hair", "Wavy_Hair")
+
+
+def test_clusterfix_protocols_waterbirds_place_and_any_celeba_target(tmp_path):
+    """`-S prepare.waterbirds.target=Place`: the background is the label; `-S prepare.celeba.target=<BPA's>`."""
+    folder = make_waterbirds(tmp_path / "waterbirds")
+    assert _prepare(tmp_path, "waterbirds", folder, target="Place").returncode == 0
+    with h5py.File(tmp_path / "prepared.h5", "r") as f:
+        assert json.loads(f.attrs["group_names"])["0"] == "land_landbird"
+        for split, (g0, g1, g2, g3) in WATERBIRDS_COUNTS.items():  # (bird, place) groups re-indexed 2 * bird + place
+            assert np.bincount(f[f"{split}/groups"][()], minlength=4).tolist() == [g0, g2, g1, g3]
+    celeba = make_celeba(tmp_path / "celeba")
+    with open(celeba / "list_attr_celeba.csv", newline="") as f:
+        header, *rows = list(csv.reader(f))
+    n_train = sum(CELEBA_COUNTS["train"])  # the first ids are the training images, in order
+    for target in BPA_TARGETS:
+        result = _prepare(tmp_path, "celeba", celeba, target=target)
+        assert result.returncode == 0, result.stderr
+        with h5py.File(tmp_path / "prepared.h5", "r") as f:
+            assert json.loads(f.attrs["group_names"])["3"] == f"{target.lower()}_male"
+            column = header.index(target)
+            assert f["train/labels"][()].tolist() == [int(row[column] == "1") for row in rows[:n_train]]

@@ -2,9 +2,9 @@
 MNIST when it is beside the project, and always its synthetic twin (the same IDX format).
 
 Checks what a researcher relies on: one `dvc repro` runs every method of the `methods` param (ERM,
-RandMask, MaskTune, JTT, DFR with classes and with true groups, G-ExMap and L-ExMap) and compares
-them; the same params rerun to the same bytes; a change to one method's params reruns that method's
-stages and evaluate only (`jtt.upweight`, `randmask.seed`, `exmap.*`, `dfr.*`);
+RandMask, MaskTune, JTT, DFR with classes and with true groups, G-ExMap, L-ExMap and ClusterFix) and
+compares them; the same params rerun to the same bytes; a change to one method's params reruns that
+method's stages and evaluate only (`jtt.upweight`, `randmask.seed`, `exmap.*`, `dfr.*`, `clusterfix.*`);
 `-S finetune.lr=...` reruns both finetunes; `-S lr=...` reruns train_erm and everything after it
 but not prepare or JTT; `dvc metrics diff` shows the change; removing a method from `methods` drops
 its stages; a second `dvc repro` runs nothing; a bad param stops `dvc repro` with one clear line,
@@ -28,8 +28,10 @@ MASKING = ["materialize_masked_dataset@randmask", "materialize_masked_dataset@ma
 JTT = ["jtt_identify@jtt", "jtt_retrain@jtt"]
 DFR = ["dfr@dfr_classes", "dfr@dfr_groups"]
 EXMAP = ["exmap_heatmaps@exmap", "exmap_groups@exmap", "exmap_dfr@exmap"]
-ALL_STAGES = ["prepare", "train_erm", "compute_saliency", *MASKING, *JTT, *DFR, *EXMAP, "evaluate"]
-METHODS = ["erm", "randmask", "masktune", "jtt", "dfr_classes", "dfr_groups", "exmap_global", "exmap_local"]
+CLUSTERFIX = ["clusterfix_features@clusterfix", "clusterfix_clusters@clusterfix", "clusterfix_train@clusterfix"]
+ALL_STAGES = ["prepare", "train_erm", "compute_saliency", *MASKING, *JTT, *DFR, *EXMAP, *CLUSTERFIX, "evaluate"]
+METHODS = ["erm", "randmask", "masktune", "jtt", "dfr_classes", "dfr_groups", "exmap_global", "exmap_local",
+           "clusterfix"]
 SUPERVISED = {"dfr_groups"}  # the supervised reference: true validation groups (✓/✓)
 
 
@@ -43,7 +45,7 @@ def project(request, tmp_path_factory):
         mnist_dir = make_mnist(tmp_path_factory.mktemp("mnist"))
     small = {"prepare": {"biased_mnist": {"mnist_dir": str(mnist_dir), "train_limit": 3000, "test_limit": 1000,
                                           "val_size": 600}},
-             "train_erm": {"epochs": 1}, "jtt": {"epochs": 2}}
+             "train_erm": {"epochs": 1}, "jtt": {"epochs": 2}, "clusterfix": {"epochs": 1}}
     return ScratchProject(tmp_path_factory.mktemp("scratch") / "project", small)
 
 
@@ -88,17 +90,25 @@ def test_pipeline_reruns_exactly_what_a_change_affects(project):
     assert project.stages_run("exp", "run", "-S", "exmap.heatmaps=xgradcam") == [*EXMAP, "evaluate"]
     assert project.stages_run("exp", "run", "-S", "dfr.refits=3") == [*DFR, "exmap_dfr@exmap", "evaluate"]
 
+    # ClusterFix's params rerun ClusterFix's stages from the one that reads them, and evaluate.
+    assert project.stages_run("exp", "run", "-S", "clusterfix.beta=0.5") == ["clusterfix_train@clusterfix", "evaluate"]
+    assert project.stages_run("exp", "run", "-S", "clusterfix.clusters_per_class=3") == CLUSTERFIX[1:] + ["evaluate"]
+    clusters = json.loads((project.path / "metrics/clusterfix/pseudo_labels.json").read_text())
+    assert clusters["clusters_per_class"] == 3 and len(clusters["train"]["clusters"]) == 6
+    assert 0 < clusters["train"]["purity"] <= 1
+
     assert project.stages_run("exp", "run", "-S", "finetune.lr=0.005") == [
         "finetune@randmask", "finetune@masktune", "evaluate"]
     assert json.loads((project.path / "metrics/finetune/masktune.json").read_text())["lr"] == 0.005
 
     before = json.loads((project.path / "metrics/evaluate.json").read_text())
     assert project.stages_run("exp", "run", "-S", "lr=0.02") == ["train_erm", "compute_saliency", *MASKING, *DFR,
-                                                                  *EXMAP, "evaluate"]
+                                                                  *EXMAP, *CLUSTERFIX, "evaluate"]
     diff = json.loads(project.dvc("metrics", "diff", "--all", "--json").stdout)["metrics/evaluate.json"]
     assert set(diff) == {f"{m}.{s}.{k}" for m in METHODS for s in ("test_original", "test_biased")
                          for k in ("average", "unbiased", "worst_group")}  # the headline only, every method side by side
     assert json.loads((project.path / "metrics/evaluate.json").read_text())["jtt"] == before["jtt"]  # not from ERM
+    # ClusterFix trains from scratch too, but clusters the ERM model's features (its biased_mnist recipe)
     params_diff = json.loads(project.dvc("params", "diff", "--json").stdout)["params.yaml"]
     assert (params_diff["lr"]["old"], params_diff["lr"]["new"]) == (None, 0.02)  # null: recipes.biased_mnist.lr
     assert json.loads((project.path / "metrics/train_erm/metrics.json").read_text())["recipe"]["lr"] == 0.02
