@@ -35,7 +35,9 @@ def main() -> None:
     seed = resolve_seed(config.seed)
     prepared, spec = open_prepared(args.data)
     splits = ("train", "val", *spec.test_splits)
-    labels = {split: prepared.vectors(split, "labels")[0] for split in splits}
+    labels, groups = {}, {}
+    for split in splits:
+        labels[split], groups[split] = prepared.vectors(split, "labels", "groups")
     features = read_arrays(args.features, {split: (len(labels[split]), None) for split in splits})
     k = config.clusters_per_class
     print(f"ClusterFix: {k} clusters per class of {len(labels['train']):,} training features (spherical k-means)")
@@ -45,8 +47,7 @@ def main() -> None:
     names = prepared.group_names
     report = {"backbone": str(read_attrs(args.features).get("backbone", "")), "clusters_per_class": k, "seed": seed}
     for split in splits:
-        (groups,) = prepared.vectors(split, "groups")
-        report[split] = purity(pseudo.ids[split], groups, names)
+        report[split] = purity(pseudo.ids[split], groups[split], names)
     write_json(args.metrics, report)
     for split in splits:
         print(f"{split}: purity {report[split]['purity']:.2%}, ARI {report[split]['adjusted_rand_index']:.3f}; "

@@ -49,9 +49,8 @@ from torch import nn
 
 from masktune.data.splits import Split
 from masktune.errors import UserError
-from masktune.methods.base import GroupLabels, Method
 from masktune.methods.dfr import penultimate_features
-from masktune.methods.selection import SELECTIONS_USING_GROUPS
+from masktune.methods.selection import SelectedOnValidation
 from masktune.models import build_model
 from masktune.models.checkpoint import load_checkpoint
 from masktune.models.pretrained import load_imagenet_weights
@@ -302,12 +301,9 @@ def make_adam(parameters, lr: float, weight_decay: float) -> torch.optim.Adam:
     return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
 
 
-class ClusterFix(Method):
+class ClusterFix(SelectedOnValidation):
     name = "clusterfix"
     kind = "clusterfix"
     title = "ClusterFix (Capitani et al., 2024)"
 
-    @staticmethod
-    def group_labels_for(selection: str) -> GroupLabels:
-        return GroupLabels(training=False, model_selection=selection in SELECTIONS_USING_GROUPS)
 

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from masktune.methods.base import GroupLabels, Method
-from masktune.methods.selection import SELECTIONS_USING_GROUPS
+from masktune.methods.selection import SelectedOnValidation
 
 
 def error_set(predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -44,11 +43,8 @@ def upsampled_rows(errors: np.ndarray, upweight: int) -> np.ndarray:
     return np.concatenate([np.arange(len(errors)), extra]).astype(np.int64)
 
 
-class JTT(Method):
+class JTT(SelectedOnValidation):
     name = "jtt"
     kind = "jtt"
     title = "JTT (Liu et al., 2021)"
 
-    @staticmethod
-    def group_labels_for(selection: str) -> GroupLabels:
-        return GroupLabels(training=False, model_selection=selection in SELECTIONS_USING_GROUPS)

@@ -10,6 +10,7 @@ import numpy as np
 
 from masktune.data.splits import Split
 from masktune.eval.metrics import unbiased_accuracy, worst_group_accuracy
+from masktune.methods.base import GroupLabels, Method
 from masktune.train.loop import validation_accuracy
 
 # selection param value -> the score `fit` selects by
@@ -30,3 +31,12 @@ def selection_score(val: Split, selection: str) -> Callable[[np.ndarray], dict[s
             scores["unbiased_accuracy"] = unbiased_accuracy(val.labels, val.groups, predictions)
         return scores
     return score
+
+
+class SelectedOnValidation(Method):
+    """A method that trains for several epochs and keeps one by a `selection` param (JTT, ClusterFix):
+    no group labels for training; for model selection only when the selection reads them."""
+
+    @staticmethod
+    def group_labels_for(selection: str) -> GroupLabels:
+        return GroupLabels(training=False, model_selection=selection in SELECTIONS_USING_GROUPS)
