@@ -1,7 +1,8 @@
 """Stage `evaluate`: every method listed in the `methods` param, on every test split and on validation.
 
-Per model (one per method, two for ExMap: G-ExMap and L-ExMap) and split: the plain accuracy (all predictions pooled: what the official MaskTune code
-reports), every group's accuracy (label x spurious attribute), the worst-group accuracy and the
+Per model (one per method, two for ExMap: G-ExMap and L-ExMap) and split: the plain accuracy (all predictions
+pooled: what the official MaskTune code reports), every class's and every group's accuracy (label x spurious
+attribute; the classes where none is known: a folder without one), the worst-group accuracy and the
 average weighted by the training group proportions (what DFR and later papers report as "average"
 on Waterbirds); for IN-9L also the Background Challenge accuracies by variant and the BG-Gap. Each
 method's model is the checkpoint its stages keep (ERM: the best-validation checkpoint, as the
@@ -24,7 +25,7 @@ from masktune.datasets import open_prepared
 from masktune.errors import UserError, run_stage
 from masktune.eval.figures import write_group_csv
 from masktune.eval.metrics import background_challenge_metrics, group_metrics
-from masktune.eval.report import comparison_markdown, headline, write_comparison, write_methods_csv
+from masktune.eval.report import NO_GROUPS_NOTE, comparison_markdown, headline, write_comparison, write_methods_csv
 from masktune.io.files import atomic_directory, write_json
 from masktune.methods import GroupLabels, Method, reported_models
 from masktune.models.checkpoint import load_checkpoint
@@ -66,15 +67,16 @@ def main() -> None:
         for name, model in models.items():
             predictions = predict(model, data, config.eval_batch_size, device, f"{name} on {split}")
             results[name][split] = group_metrics(data.labels, data.groups, predictions, prepared.group_names,
-                                                 train_counts)
+                                                 train_counts, prepared.class_names)
     if spec.metrics == "background_challenge":
         for name in models:
             results[name]["background_challenge"] = background_challenge_metrics(
                 {split.removeprefix("test_"): results[name][split]["accuracy"] for split in spec.test_splits})
 
-    top = headline(results, spec.test_splits, spec.average)
+    top = headline(results, spec.test_splits, spec.average, spec.groups_known)
     write_json(args.metrics, top)
-    write_comparison(args.comparison, comparison_markdown(prepared.dataset, results, info, splits, spec.average))
+    write_comparison(args.comparison, comparison_markdown(prepared.dataset, results, info, splits, spec.average,
+                                                          spec.groups_known))
     with atomic_directory(args.details) as tmp_dir:
         write_json(Path(tmp_dir) / "details.json",
                    {"dataset": prepared.dataset, "average": spec.average,
@@ -82,9 +84,12 @@ def main() -> None:
         write_methods_csv(Path(tmp_dir) / "methods.csv", top,
                           {name: f"{name} {info[name]['group_labels']}" for name in models})
         write_group_csv(Path(tmp_dir) / "group_accuracy.csv", results)
+    worst = "worst_group" if spec.groups_known else "worst_class"
     for name, per_split in top.items():
         print(f"{name} ({info[name]['group_labels']}): " + ", ".join(
-            f"{split} {m['average']:.2%} (worst group {m['worst_group']:.2%})" for split, m in per_split.items()))
+            f"{split} {m['average']:.2%} ({worst.replace('_', ' ')} {m[worst]:.2%})" for split, m in per_split.items()))
+    if not spec.groups_known:
+        print(NO_GROUPS_NOTE)
 
 
 if __name__ == "__main__":

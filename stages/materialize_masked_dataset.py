@@ -4,7 +4,8 @@
 `randmask` (the paper's RandMask baseline): one Cutout square per image. Writes bit-packed masks at
 the resolution the saliency saw (the masking view), streamed in chunks (the finetune applies them as
 it reads the images; masktune/data/masks.py says why), how much of each group was masked, and a
-figure of a few training images of each group: as the saliency saw them, their saliency, masked.
+gallery, one PNG per class: its most and least masked training images of each group, as the saliency
+saw them, their saliency, masked (what the model relied on).
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from masktune.data.masks import apply_masks, read_masks
 from masktune.data.splits import masking_view_images, masking_view_size
 from masktune.datasets import open_prepared
 from masktune.errors import run_stage
-from masktune.eval.figures import pick_per_group, save_mask_grid
-from masktune.io.files import write_json
+from masktune.eval.figures import pick_gallery, save_mask_gallery
+from masktune.io.files import atomic_directory, write_json
 from masktune.methods import get_method
 from masktune.saliency.file import full_maps_at
 
@@ -31,13 +32,14 @@ def main() -> None:
     parser.add_argument("--saliency", required=True, help="saliency maps of the train split (HDF5)")
     parser.add_argument("--out", required=True, help="HDF5 file: packed masks of the train split")
     parser.add_argument("--metrics", required=True, help="JSON: fraction of pixels masked per group")
-    parser.add_argument("--figure", required=True, help="PNG: example images, saliency and masks per group")
+    parser.add_argument("--gallery", required=True,
+                        help="folder: one PNG per class, its most and least masked images, saliency and masks")
     args = parser.parse_args()
 
     method = get_method(args.method)
     config = load_stage_config(f"materialize_masked_dataset@{method.name}")
     prepared, spec = open_prepared(args.data)
-    (groups,) = prepared.vectors("train", "groups")
+    labels, groups = prepared.vectors("train", "labels", "groups")
     rows, size = len(groups), masking_view_size(prepared, spec.views)  # the images the saliency saw
     attrs = {"method": method.name, "dataset": prepared.dataset}
     fraction = method.write_masks(config, args.saliency, args.out, rows, size, attrs)
@@ -49,12 +51,15 @@ def main() -> None:
                   names[int(g)]: float(fraction[groups == g].mean()) for g in np.unique(groups)}}
     write_json(args.metrics, report)
 
-    picked = pick_per_group(groups, config.examples_per_group)  # only these rows are read from the large files
+    gallery = pick_gallery(labels, groups, fraction, config.examples_per_group)
+    picked = np.unique(np.concatenate(list(gallery.values())))  # only these rows are read from the large files
     images = masking_view_images(prepared, spec.views, picked)
     masked = apply_masks(images, read_masks(args.out, rows, images.shape[1:3], picked))
-    save_mask_grid(args.figure, images, full_maps_at(args.saliency, rows, picked), masked,
-                   [names[int(g)] for g in groups[picked]],
-                   f"{method.title}: masks on training images (as the saliency saw them)")
+    maps = full_maps_at(args.saliency, rows, picked)
+    captions = {int(r): f"{names[int(groups[r])]}: {fraction[r]:.1%} masked" for r in picked}
+    with atomic_directory(args.gallery) as folder:
+        save_mask_gallery(folder, gallery, prepared.class_names, picked, images, maps, masked, captions,
+                          f"{method.title}: most and least masked training images (as the saliency saw them)")
     print(f"{method.name}: masked {report['masked_pixel_fraction']:.2%} of the pixels of {rows:,} images")
 
 

@@ -1,8 +1,9 @@
 """Stage `prepare`: build the dataset named by the `dataset` param and write all its splits.
 
-Biased MNIST is built from MNIST as pixel arrays; Waterbirds, CelebA and IN-9L are read from their
-folders (or downloaded, see params.yaml) and copied, each image's file bytes as they are, into the
-same HDF5 file (masktune/data/prepared.py says why).
+Biased MNIST and C-MNIST are built from MNIST as pixel arrays; Waterbirds, CelebA and IN-9L are read
+from their folders (or downloaded, see params.yaml) and copied, each image's file bytes as they are,
+into the same HDF5 file (masktune/data/prepared.py says why); a folder of the user's own images
+(`folder`) either way, by its `transforms` (masktune/datasets/folder.py).
 """
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ def main() -> None:
 
     config = load_stage_config("prepare")
     spec = get_dataset(config.dataset)
-    group_names = spec.group_names(config.options)
+    attrs = spec.file_attributes(config)
     splits = spec.prepare(config)
-    write_prepared(args.out, splits, {"dataset": spec.name, "num_classes": spec.num_classes,
-                                      "group_names": json.dumps(group_names)})
+    write_prepared(args.out, splits, attrs)
+    group_names = {int(g): name for g, name in json.loads(attrs["group_names"]).items()}
     for split, samples in splits.items():
         counts = {group_names[g]: int(n) for g, n in zip(*np.unique(samples.groups, return_counts=True))}
         print(f"{split}: {len(samples)} images, groups {counts}")

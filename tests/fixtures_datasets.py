@@ -227,3 +227,71 @@ def make_mnist(root: Path, n_train: int = 3000, n_test: int = 1000, seed: int = 
         write_idx(root / f"{images_file}.gz", images, gz=True)
         write_idx(root / f"{labels_file}.gz", digits, gz=True)
     return root
+
+
+# ---------------------------------------------------------------------------------------------
+# A user's own images (the `folder` dataset): an ImageFolder tree and a CSV index
+
+FOLDER_CLASSES = ("cat", "dog", "fox")
+FOLDER_COUNTS = {"train": 12, "val": 14, "test": 6, "test_shifted": 6}  # per class
+
+
+def _object_image(rng: np.random.Generator, height: int, width: int, cls: int, background) -> np.ndarray:
+    """Noisy background with a class-coloured square in the middle (the signal)."""
+    pixels = _noisy(rng, height, width, background)
+    top, left = height // 2 - 5, width // 2 - 5
+    pixels[top:top + 10, left:left + 10] = CLASS_COLOURS[cls]
+    return pixels
+
+
+def _save_image(path: Path, pixels: np.ndarray, grey: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    image = image.convert("L") if grey else image
+    image.save(path, format="PNG" if path.suffix == ".png" else "JPEG", quality=90)
+
+
+def make_image_folder(root: Path, counts: Mapping[str, int] = FOLDER_COUNTS,
+                      classes: Sequence[str] = FOLDER_CLASSES, seed: int = 0) -> Path:
+    """`root/<split>/<class>/...`: JPEGs and PNGs alternating, every 5th greyscale, every 4th in a nested
+    `more/` folder, sizes varying between 36 and 44 pixels a side; the background depends on the class in
+    every split but `test_shifted`, where it is random (a shortcut to lose)."""
+    rng = np.random.default_rng(seed)
+    for split, n in counts.items():
+        for c, name in enumerate(classes):
+            for i in range(n):
+                background = CLASS_COLOURS[(c + 3) % 9] if split != "test_shifted" else CLASS_COLOURS[rng.integers(9)]
+                pixels = _object_image(rng, 36 + (i % 3) * 4, 44 - (i % 2) * 8, c, background // 2)
+                nested = "more/" if i % 4 == 3 else ""
+                _save_image(root / split / name / f"{nested}{name}_{i:03d}{'.png' if i % 2 else '.jpg'}", pixels,
+                            grey=i % 5 == 0)
+    return root
+
+
+CSV_CLASSES = ("bird", "cat", "dog")
+CSV_ATTRIBUTES = ("grass", "sand")
+# per split: images per (class, attribute), attribute-major: grass bird, grass cat, grass dog, sand ...
+CSV_COUNTS = {"train": (6, 2, 6, 2, 6, 2), "val": (12, 12, 12, 12, 12, 12), "test": (3, 3, 3, 3, 3, 3)}
+
+
+def make_csv_index(root: Path, counts: Mapping[str, Sequence[int]] = CSV_COUNTS, seed: int = 0) -> Path:
+    """`root/index.csv` listing 28 x 28 PNGs under `root/images/<split>/` (every 6th greyscale), with
+    the columns id, path, label, split, spurious, notes (two of them extra), rows shuffled; the
+    background is the spurious attribute (green grass, yellow sand). Returns the CSV's path."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for split, per_group in counts.items():
+        for g, n in enumerate(per_group):
+            attribute, cls = divmod(g, len(CSV_CLASSES))
+            for i in range(n):
+                background = (40, 120, 40) if attribute == 0 else (200, 180, 80)
+                path = Path("images") / split / f"{CSV_CLASSES[cls]}_{CSV_ATTRIBUTES[attribute]}_{i:03d}.png"
+                _save_image(root / path, _object_image(rng, 28, 28, cls, background), grey=i % 6 == 5)
+                rows.append([len(rows), path.as_posix(), CSV_CLASSES[cls], split, CSV_ATTRIBUTES[attribute],
+                             f"note {i}"])
+    order = rng.permutation(len(rows))
+    with open(root / "index.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "path", "label", "split", "spurious", "notes"])
+        writer.writerows(rows[i] for i in order)
+    return root / "index.csv"

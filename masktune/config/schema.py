@@ -31,7 +31,7 @@ from masktune.config.fields import (
 )
 from masktune.errors import UserError
 
-DATASET_NAMES = ("biased_mnist", "waterbirds", "celeba", "in9l", "cmnist")
+DATASET_NAMES = ("biased_mnist", "waterbirds", "celeba", "in9l", "cmnist", "folder")
 ARCH_NAMES = ("small_cnn", "resnet18", "resnet50", "tiny_cnn", "resnet18_cifar")
 PRECISIONS = ("float32", "bfloat16", "float16")
 # The methods one `dvc repro` can compare, by kind: the kind is the list under `methods` a method is
@@ -58,6 +58,8 @@ ALIGNMENTS = ("crop", "stretch")               # how a view mask is put on the r
 SQUARE_PLACEMENTS = ("official", "random")
 LR_SCHEDULES = ("constant", "cosine")          # ERM: none (MaskTune) | CosineAnnealingLR per epoch (ExMap)
 MAX_WORKERS = 64
+FOLDER_TRANSFORMS = ("none", "resize", "imagenet")  # a folder of the user's images: masktune/datasets/folder.py
+FOLDER_NORMALISATIONS = ("none", "imagenet")
 
 _IMAGE_FOLDER = {"dir": FilePath(nullable=True), "limit": Int(1, nullable=True)}
 PREPARE: dict[str, dict[str, Field]] = {
@@ -82,6 +84,14 @@ PREPARE: dict[str, dict[str, Field]] = {
         "seed": Int(0),
         "train_limit": Int(2, nullable=True),
         "test_limit": Int(1, nullable=True),
+    },
+    "folder": {
+        "dir": FilePath(nullable=True),
+        "csv": FilePath(nullable=True),
+        "transforms": Choice(options=FOLDER_TRANSFORMS),
+        "image_size": Int(8, 4096),
+        "normalisation": Choice(options=FOLDER_NORMALISATIONS),
+        "limit": Int(1, nullable=True),
     },
 }
 

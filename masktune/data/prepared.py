@@ -1,7 +1,7 @@
 """The prepared data file (`data/prepared.h5`): written by `prepare`, read by every later stage.
 
 One HDF5 group per split (`train`, `val`, `test_*`), each with the per-sample vectors `labels`,
-`attributes` (the spurious attribute), `groups` (2 * attribute + label) and `source_index` (the
+`attributes` (the spurious attribute), `groups` (attribute * num_classes + label) and `source_index` (the
 sample's index in the file it came from), and the images in one of two forms:
 
 - **pixels**, `images` (N, H, W, C) uint8, chunked and gzip-compressed: small images built in memory
@@ -14,7 +14,8 @@ sample's index in the file it came from), and the images in one of two forms:
   official code decodes its JPEG files.
 
 Which form a split has is this module's and `masktune.data.splits`' business only: everything else
-reads splits through `splits.open_split`. File attributes: `dataset`, `num_classes`, `group_names`.
+reads splits through `splits.open_split`. File attributes: `dataset`, `num_classes`, `class_names`, `group_names`, `groups_known`
+(and, for a folder of the user's images, its `test_splits` and `views`).
 """
 from __future__ import annotations
 
@@ -133,6 +134,16 @@ class PreparedFile:
         """Group id -> name, as `prepare` recorded them for this dataset (and its params)."""
         return {int(g): name for g, name in json.loads(str(self._attr("group_names"))).items()}
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Class id -> name, as `prepare` recorded them (a folder's class folders or CSV labels)."""
+        return tuple(json.loads(str(self._attr("class_names"))))
+
+    @property
+    def groups_known(self) -> bool:
+        """Whether the groups are (class, spurious attribute) pairs; else they are the classes."""
+        return bool(self._attr("groups_known"))
+
     def _attr(self, name: str):
         if name not in self.attrs:
             raise UserError(f"{self.path}: no '{name}' recorded (written by an older prepare): rerun `dvc repro`")
@@ -191,9 +202,9 @@ class PreparedFile:
                 raise UserError(f"{self.path}: {split}/{name} has shape {vector.shape}, expected "
                                 f"({len(images)},) to match {split}/images")
         labels, attributes, groups, source_index = vectors
-        samples = SampleSet(images, labels, attributes, source_index)
+        samples = SampleSet(images, labels, attributes, source_index, self.num_classes)
         if not np.array_equal(groups, samples.groups):
-            raise UserError(f"{self.path}: {split}/groups is not 2 * attributes + labels")
+            raise UserError(f"{self.path}: {split}/groups is not attributes * num_classes + labels")
         return samples
 
 

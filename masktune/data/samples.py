@@ -1,6 +1,7 @@
 """A split in memory, as a dataset builder hands it to `prepare`: pixels (`SampleSet`) or image files
 (`ImageRecords`). Both carry the per-sample vectors every prepared split has: labels, the spurious
-attribute, group = 2 * attribute + label (the Waterbirds convention) and the source index."""
+attribute, group = attribute * num_classes + label (the Waterbirds convention 2 * place + y for two
+classes; the class itself where there is no attribute) and the source index."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -18,18 +19,25 @@ class SampleSet:
     labels: np.ndarray
     attributes: np.ndarray
     source_index: np.ndarray
+    num_classes: int = 2
 
     @property
     def groups(self) -> np.ndarray:
-        """Group id = 2 * spurious attribute + label (Waterbirds' convention: 2 * place + y)."""
-        return 2 * self.attributes + self.labels
+        """Group id = spurious attribute * num_classes + label (two classes: Waterbirds' 2 * place + y)."""
+        return group_ids(self.labels, self.attributes, self.num_classes)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, index: np.ndarray) -> SampleSet:
         return SampleSet(self.images[index], self.labels[index], self.attributes[index],
-                         self.source_index[index])
+                         self.source_index[index], self.num_classes)
+
+
+def group_ids(labels: np.ndarray, attributes: np.ndarray, num_classes: int) -> np.ndarray:
+    """Group id of each sample: attribute * num_classes + label, so each (label, attribute) pair has its
+    own id; for two classes this is Waterbirds' 2 * place + y, and without an attribute (all 0) the class."""
+    return np.asarray(attributes) * num_classes + np.asarray(labels)
 
 
 def _frozen_int64(values) -> np.ndarray:
@@ -43,7 +51,7 @@ class ImageRecords:
     """One split of an image-folder dataset: paths relative to `root`, labels and spurious attribute.
 
     `attributes` is the spurious attribute (Waterbirds: place, CelebA: the `spurious` attribute,
-    Male by default; IN-9L: 0, there is none); group = 2 * attribute + label. `source_index` is each
+    Male by default; IN-9L: 0, there is none); group = attribute * num_classes + label. `source_index` is each
     image's 0-based data row in the metadata file (IN-9L: its position in the sorted folder
     listing); it defaults to 0..N-1.
     """
@@ -53,6 +61,7 @@ class ImageRecords:
     labels: np.ndarray
     attributes: np.ndarray
     source_index: np.ndarray = field(default=None)  # type: ignore[assignment]
+    num_classes: int = 2
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
@@ -71,7 +80,7 @@ class ImageRecords:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ImageRecords):
             return NotImplemented
-        return (self.root == other.root and self.paths == other.paths
+        return (self.root == other.root and self.paths == other.paths and self.num_classes == other.num_classes
                 and all(np.array_equal(getattr(self, f), getattr(other, f))
                         for f in ("labels", "attributes", "source_index")))
 
@@ -79,8 +88,8 @@ class ImageRecords:
 
     @property
     def groups(self) -> np.ndarray:
-        """Group id = 2 * spurious attribute + label (Waterbirds' convention: 2 * place + y)."""
-        return 2 * self.attributes + self.labels
+        """Group id = spurious attribute * num_classes + label (two classes: Waterbirds' 2 * place + y)."""
+        return group_ids(self.labels, self.attributes, self.num_classes)
 
     def path(self, index: int) -> Path:
         """Absolute path of image `index`."""
@@ -90,6 +99,6 @@ class ImageRecords:
         """The records at `index`, in that order (e.g. a limit for quick runs)."""
         index = np.asarray(index, dtype=np.int64).reshape(-1)
         return ImageRecords(self.root, tuple(self.paths[i] for i in index), self.labels[index],
-                            self.attributes[index], self.source_index[index])
+                            self.attributes[index], self.source_index[index], self.num_classes)
 
 

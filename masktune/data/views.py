@@ -242,17 +242,19 @@ class Lighting:
         return f"{type(self).__name__}(alphastd={self.alphastd})"
 
 
-def crop_flip_train(ratio: tuple[float, float], mean=IMAGENET_MEAN, std=IMAGENET_STD):
+def crop_flip_train(ratio: tuple[float, float], mean=IMAGENET_MEAN, std=IMAGENET_STD, size: int = 224):
     """Official waterbirds_train.py / celebA_train.py transform_train: the two differ only in the crop's
-    aspect-ratio range (Waterbirds (3/4, 4/3), CelebA (1, 4/3))."""
+    aspect-ratio range (Waterbirds (3/4, 4/3), CelebA (1, 4/3)). `size` other than 224 and `mean` None
+    (no normalisation) are for a folder of the user's images."""
     from torchvision import transforms
 
+    normalise = [] if mean is None else [transforms.Normalize(mean, std)]
     return transforms.Compose([
-        transforms.RandomResizedCrop((224, 224), scale=(0.7, 1.0), ratio=ratio,
+        transforms.RandomResizedCrop((size, size), scale=(0.7, 1.0), ratio=ratio,
                                      interpolation=transforms.InterpolationMode.BILINEAR),
         transforms.RandomHorizontalFlip(),
         transforms.ToTensor(),
-        transforms.Normalize(mean, std),
+        *normalise,
     ])
 
 

@@ -98,4 +98,5 @@ def _prepare(config: PrepareConfig) -> dict[str, SampleSet]:
 
 # The images are small pixel arrays, input to the model as they are (official MNIST transforms: ToTensor).
 SPEC = DatasetSpec(name="biased_mnist", num_classes=2, group_names=lambda options: GROUP_NAMES,
-                   test_splits=("test_original", "test_biased"), prepare=_prepare, views=PLAIN)
+                   test_splits=("test_original", "test_biased"), prepare=_prepare, views=PLAIN,
+                   class_names=("digits_0-4", "digits_5-9"))

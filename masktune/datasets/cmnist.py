@@ -83,4 +83,5 @@ def _prepare(config: PrepareConfig) -> dict[str, SampleSet]:
 
 # 28 x 28 pixel arrays input as they are (official: data / 255, no transform).
 SPEC = DatasetSpec(name="cmnist", num_classes=2, group_names=lambda options: GROUP_NAMES,
-                   test_splits=("test",), prepare=_prepare, views=PLAIN)
+                   test_splits=("test",), prepare=_prepare, views=PLAIN,
+                   class_names=("digits_0-4", "digits_5-9"))

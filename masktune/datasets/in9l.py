@@ -150,7 +150,7 @@ SOURCES = (
 SPEC = DatasetSpec(
     name="in9l", num_classes=NUM_CLASSES, group_names=lambda options: GROUP_NAMES,
     test_splits=tuple(f"test_{variant}" for variant in TEST_VARIANTS), prepare=_prepare, sources=SOURCES,
-    metrics="background_challenge",
+    metrics="background_challenge", class_names=CLASS_NAMES,
     # Official src/methods/in9l_train.py: transform_test is Resize(256) (short side) then CenterCrop(224);
     # transform_data_to_mask is Resize((224, 224)), a pure stretch.
     views=DatasetViews(

@@ -51,6 +51,19 @@ def load_rgb(path: str | Path) -> np.ndarray:
     return array
 
 
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image from its header (nothing decoded), or a UserError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: image not found")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise UserError(f"{path}: cannot read image ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+    return height, width
+
+
 def check_images(records: ImageRecords) -> int:
     """Open and fully decode every image; UserError naming the first missing or unreadable file.
 

@@ -8,6 +8,7 @@ its official copy is downloaded from, and what `evaluate` reports beyond the gro
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +34,32 @@ class DatasetSpec:
     # The accuracy the dataset's literature reports as "average", a key of eval.metrics.group_metrics:
     # plain accuracy (MaskTune's papers), or on Waterbirds the train-weighted group average (DFR, JTT).
     average: str = "accuracy"
+    class_names: tuple[str, ...] = ()                   # empty: "0", "1", ...
+    # False where no spurious attribute is known (a folder without one): the groups are the classes, and
+    # `evaluate` reports per-class accuracy, the worst class and the mean class accuracy under those names.
+    groups_known: bool = True
+    # Datasets defined by their data (the `folder` dataset): what `prepare` records of them beside the
+    # splits (prepare config -> file attributes), and the spec of one prepared file (spec, attributes ->
+    # spec with its classes, test splits and views).
+    describe: Callable[[PrepareConfig], dict] | None = None
+    resolve: Callable[[DatasetSpec, Mapping], DatasetSpec] | None = None
 
     def __post_init__(self):
         if self.metrics not in METRICS:
             raise ValueError(f"metrics must be one of {METRICS}, got {self.metrics!r}")
+
+    def file_attributes(self, config: PrepareConfig) -> dict:
+        """The attributes `prepare` writes into the prepared file: dataset name, classes, groups."""
+        attrs = {"num_classes": self.num_classes, "groups_known": self.groups_known,
+                 "class_names": json.dumps(self.class_names or [str(c) for c in range(self.num_classes)]),
+                 "group_names": json.dumps(self.group_names(config.options))}
+        if self.describe is not None:
+            attrs.update(self.describe(config))
+        return {"dataset": self.name, **attrs}
+
+    def for_file(self, attrs: Mapping) -> DatasetSpec:
+        """This spec as the prepared file with these attributes holds it (itself, but for `folder`)."""
+        return self if self.resolve is None else self.resolve(self, attrs)
 
 
 def dataset_folder(config: PrepareConfig, sources: Sequence[Source], marker: str | Sequence[str]) -> Path:

@@ -1,8 +1,11 @@
-"""The figures `dvc plots show` renders: the mask image grid (original / saliency / masked, a few images
-per group), ExMap's 2-D embedding of its heatmaps, and the CSV of group accuracies behind the bar chart."""
+"""The figures `dvc plots show` renders: the mask gallery (one image per class: original / saliency /
+masked for its most and least masked training images, per group), ExMap's 2-D embedding of its
+heatmaps, and the CSV of group accuracies behind the bar chart."""
 from __future__ import annotations
 
 import csv
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -14,14 +17,39 @@ import numpy as np
 from masktune.io.files import atomic_output
 
 
-def pick_per_group(groups: np.ndarray, per_group: int) -> np.ndarray:
-    """`per_group` indices spread evenly over each group present (datasets are often sorted by
-    class or digit, so the first few would all look alike), group by group."""
-    picked = []
-    for g in np.unique(groups):
-        members = np.flatnonzero(groups == g)
-        picked.append(members[np.unique(np.linspace(0, len(members) - 1, per_group).round().astype(int))])
-    return np.concatenate(picked)
+def pick_gallery(labels: np.ndarray, groups: np.ndarray, fraction: np.ndarray, per_group: int) -> dict[int, np.ndarray]:
+    """Rows to show per class: in each of its groups (a class without a known attribute is one group),
+    the ceil(per_group / 2) most masked images, most first, then the floor(per_group / 2) least masked,
+    least first; the extremes are what tells whether the saliency sits on the object or on a shortcut.
+    Ties keep the dataset order (a stable sort), so the choice is deterministic."""
+    gallery = {}
+    for c in np.unique(labels):
+        rows = []
+        for g in np.unique(groups[labels == c]):
+            members = np.flatnonzero((labels == c) & (groups == g))
+            order = members[np.argsort(-fraction[members], kind="stable")]
+            most = order[:(per_group + 1) // 2]
+            least = [r for r in order[::-1][:per_group // 2] if r not in set(most)]
+            rows += [*most, *least]
+        gallery[int(c)] = np.asarray(rows, dtype=np.int64)
+    return gallery
+
+
+def gallery_file_name(class_id: int, class_name: str) -> str:
+    """`<id>_<name>.png` with the name reduced to characters every file system takes."""
+    return f"{class_id:02d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', class_name).strip('_') or 'class'}.png"
+
+
+def save_mask_gallery(folder: str | Path, rows_by_class: Mapping[int, np.ndarray], class_names: Sequence[str],
+                      picked: np.ndarray, images: np.ndarray, saliency: np.ndarray, masked: np.ndarray,
+                      captions: Mapping[int, str], title: str) -> None:
+    """One PNG per class in `folder` (which must exist): `save_mask_grid` of that class's rows. `images`,
+    `saliency` and `masked` hold the rows `picked`, in that order; `captions` is keyed by row."""
+    position = {int(row): i for i, row in enumerate(picked)}
+    for c, rows in rows_by_class.items():
+        at = [position[int(r)] for r in rows]
+        save_mask_grid(Path(folder) / gallery_file_name(c, class_names[c]), images[at], saliency[at], masked[at],
+                       [captions[int(r)] for r in rows], f"{title}\nclass {class_names[c]}")
 
 
 def save_mask_grid(path: str | Path, originals: np.ndarray, saliency: np.ndarray, masked: np.ndarray,

@@ -1,4 +1,5 @@
-"""Accuracy, per-group accuracy, worst-group and unbiased (mean group) accuracy (groups = label x spurious attribute), the
+"""Accuracy, per-group accuracy, worst-group and unbiased (mean group) accuracy (groups = label x spurious attribute),
+per-class, worst-class and mean class accuracy, the
 train-weighted average accuracy reported on Waterbirds, and the ImageNet-9 Background Challenge's BG-Gap."""
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import numpy as np
 
 
 def group_metrics(labels: np.ndarray, groups: np.ndarray, predictions: np.ndarray,
-                  group_names: dict[int, str], train_group_counts: dict[int, int] | None = None) -> dict:
+                  group_names: dict[int, str], train_group_counts: dict[int, int] | None = None,
+                  class_names: tuple[str, ...] | None = None) -> dict:
     """Accuracies of `predictions` on one split, under these keys:
 
     - "accuracy": plain accuracy, all predictions of the split pooled (what the official MaskTune code
@@ -22,6 +24,11 @@ def group_metrics(labels: np.ndarray, groups: np.ndarray, predictions: np.ndarra
       papers report on Waterbirds, whose test set is close to group-balanced unlike its training set: DFR's
       authors confirm it in PolinaKirichenko/deep_feature_reweighting#1. It differs from "accuracy"
       whenever the split's group proportions differ from training's.
+
+    With `class_names` (class id -> name), also:
+    - "classes": {class name: accuracy of that class}, for the classes present in the split;
+    - "worst_class_accuracy" and "mean_class_accuracy" (balanced accuracy): their lowest and their mean.
+    These are what a dataset without a known spurious attribute can report (its groups are its classes).
 
     `train_group_counts` maps a group id (the values in `groups`) to its number of training examples;
     ids missing from it count 0. Groups absent from a split (e.g. "y0_square" in test_original, which
@@ -40,6 +47,12 @@ def group_metrics(labels: np.ndarray, groups: np.ndarray, predictions: np.ndarra
         "unbiased_accuracy": float(np.mean(list(per_group.values()))) if per_group else float("nan"),
         "groups": per_group,
     }
+    if class_names is not None:
+        per_class = {class_names[c]: float(correct[labels == c].mean())
+                     for c in range(len(class_names)) if (labels == c).any()}
+        metrics["classes"] = per_class
+        metrics["worst_class_accuracy"] = min(per_class.values()) if per_class else float("nan")
+        metrics["mean_class_accuracy"] = float(np.mean(list(per_class.values()))) if per_class else float("nan")
     if train_group_counts is not None:
         metrics["average_accuracy_train_weighted"] = _train_weighted_average(present, train_group_counts,
                                                                              group_names)

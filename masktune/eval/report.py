@@ -3,9 +3,11 @@ Markdown table, and the CSV behind the `dvc plots` bar chart.
 
 The headline holds, per method and test split, three numbers: "average" (the accuracy the dataset's
 literature calls average, `DatasetSpec.average`), "unbiased" (the unweighted mean of the group
-accuracies, BPA's and ClusterFix's) and "worst_group". Everything else (pooled accuracy where the
-average is train-weighted, validation, each group, BG-Gap) is in the details file, so the metric
-columns stay few.
+accuracies, BPA's and ClusterFix's) and "worst_group". On a dataset whose spurious attribute is not
+known (a folder of images without a `spurious` or `group` column) the groups are the classes, and the
+last two are named for what they are: "mean_class" and "worst_class". Everything else (pooled accuracy
+where the average is train-weighted, validation, each group and class, BG-Gap) is in the details file,
+so the metric columns stay few.
 """
 from __future__ import annotations
 
@@ -22,34 +24,50 @@ AVERAGE_MEANING = {
 }
 
 
-def headline(results: Mapping[str, Mapping], test_splits: Sequence[str], average: str) -> dict:
-    """{method: {test split: {"average": ..., "unbiased": ..., "worst_group": ...}}} from the detailed results."""
-    return {name: {split: {"average": splits[split][average], "unbiased": splits[split]["unbiased_accuracy"],
-                           "worst_group": splits[split]["worst_group_accuracy"]}
-                   for split in test_splits}
+GROUP_MEASURES = {"unbiased": "unbiased_accuracy", "worst_group": "worst_group_accuracy"}
+CLASS_MEASURES = {"mean_class": "mean_class_accuracy", "worst_class": "worst_class_accuracy"}
+NO_GROUPS_NOTE = ("No spurious attribute is known for this dataset, so its groups are its classes: the table "
+                  "reports the mean and worst class accuracy. Group accuracies need a `spurious` or `group` "
+                  "column in the CSV index (README, \"Your own data\").")
+
+
+def measures(average: str, groups_known: bool = True) -> dict[str, str]:
+    """Headline name -> key of the detailed results: the average, then the group (or class) measures."""
+    return {"average": average, **(GROUP_MEASURES if groups_known else CLASS_MEASURES)}
+
+
+def headline(results: Mapping[str, Mapping], test_splits: Sequence[str], average: str,
+             groups_known: bool = True) -> dict:
+    """{method: {test split: {"average": ..., "unbiased": ..., "worst_group": ...}}} from the detailed
+    results (without known groups: "average", "mean_class", "worst_class")."""
+    keys = measures(average, groups_known)
+    return {name: {split: {measure: splits[split][key] for measure, key in keys.items()} for split in test_splits}
             for name, splits in results.items()}
 
 
 def comparison_markdown(dataset: str, results: Mapping[str, Mapping], methods: Mapping[str, Mapping],
-                        splits: Sequence[str], average: str) -> str:
-    """Method x split table of average, unbiased and worst-group accuracy, each row with its group-label use.
+                        splits: Sequence[str], average: str, groups_known: bool = True) -> str:
+    """Method x split table of average, unbiased and worst-group accuracy (without known groups: mean and
+    worst class accuracy), each row with its group-label use.
 
     `methods`: {name: {"title": ..., "group_labels": "✗/✗"}} in report order."""
+    keys = measures(average, groups_known)
     header = ["method", "group labels (train/select)"]
     for split in splits:
-        header += [f"{split} average", f"{split} unbiased", f"{split} worst group"]
+        header += [f"{split} {measure.replace('_', ' ')}" for measure in keys]
+    if groups_known:
+        meaning = ("Unbiased: the unweighted mean of the group accuracies (BPA's and ClusterFix's). Worst group: "
+                   "the lowest accuracy over the groups (label x spurious attribute) present in the split.")
+    else:
+        meaning = NO_GROUPS_NOTE
     lines = [f"# Methods compared on {dataset}", "",
-             (f"Average: {AVERAGE_MEANING.get(average, average)}. Unbiased: the unweighted mean of the group "
-              "accuracies (BPA's and ClusterFix's). Worst group: the lowest accuracy over the groups (label x "
-              "spurious attribute) present in the split."),
+             f"Average: {AVERAGE_MEANING.get(average, average)}. {meaning}",
              "Group labels: whether the method used them for training / for model selection (✗ no, ✓ yes).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, info in methods.items():
         cells = [info["title"], info["group_labels"]]
         for split in splits:
-            metrics = results[name][split]
-            cells += [f"{metrics[average]:.2%}", f"{metrics['unbiased_accuracy']:.2%}",
-                      f"{metrics['worst_group_accuracy']:.2%}"]
+            cells += [f"{results[name][split][key]:.2%}" for key in keys.values()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -65,8 +83,9 @@ def write_methods_csv(path: str | Path, headline_metrics: Mapping[str, Mapping],
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["split_measure_method", "accuracy"])
-        for split in next(iter(headline_metrics.values()), {}):
-            for measure in ("average", "unbiased", "worst_group"):
+        first = next(iter(headline_metrics.values()), {})
+        for split in first:
+            for measure in first[split]:
                 for name, splits in headline_metrics.items():
                     writer.writerow([f"{split} | {measure.replace('_', ' ')} | {labels[name]}",
                                      f"{splits[split][measure]:.6f}"])

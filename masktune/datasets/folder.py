@@ -1,0 +1,340 @@
+"""Your own images: the `folder` dataset, read from an ImageFolder tree or a CSV index.
+
+Two layouts, the two people already have (`prepare.folder.dir` or `prepare.folder.csv`, one of them):
+
+- **ImageFolder** (torchvision's layout): `<dir>/<split>/<class>/<image>`, images possibly in nested
+  folders under their class folder. Classes are the class folders of `train`, sorted by name, numbered
+  from 0 (torchvision's `ImageFolder.find_classes`); each class folder is walked as torchvision's
+  `make_dataset` walks it (`os.walk`, folders and files sorted by name), keeping the files whose
+  extension Pillow reads (`IMAGE_EXTENSIONS`).
+- **CSV** (one row per image, as `pandas.DataFrame.to_csv` writes it; extra columns are ignored):
+  `path` (relative to the CSV's folder, or absolute), `label` (a class name, or an integer), `split`,
+  and optionally `spurious` (a known spurious attribute) or `group` (a known group), used only to
+  report group accuracies, never for training. Rows keep the file's order within a split.
+
+Splits: `train`, `val`, and one or more test splits named `test` or `test_<anything>`. Classes are the
+labels present in `train` (integers sorted numerically, names alphabetically); a label found only in
+`val` or a test split is an error, since no method could learn it. Groups, as everywhere in this
+project, are (label, attribute) pairs: group = attribute * classes + label, the attribute values
+numbered in sorted order; a `group` column is used as the attribute. Without either column the groups
+are the classes, and `evaluate` reports per-class accuracies instead of group ones (`groups_known`).
+
+How the images are seen is chosen by `prepare.folder.transforms` (a named preset, `VIEW_PRESETS`),
+`image_size` and `normalisation`, and recorded in the prepared file, which every later stage reads:
+with `transforms: none` and `normalisation: none` (small images such as MNIST digits, all of one
+size) the images are decoded once and stored as pixels, exactly like the built-in biased MNIST, so
+both go through the same code; otherwise their file bytes are stored and decoded as they are read,
+like Waterbirds'. Every image is opened and decoded while preparing, so a missing or unreadable file
+stops `prepare` with one line naming it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from masktune.config.stages import PrepareConfig
+from masktune.data.samples import ImageRecords, SampleSet
+from masktune.data.views import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PLAIN,
+    CenterCrop,
+    DatasetViews,
+    Geometry,
+    Resize,
+    crop_flip_train,
+)
+from masktune.datasets.readers import (
+    IMAGE_EXTENSIONS,
+    check_listed_files,
+    image_size,
+    load_rgb,
+    read_csv_rows,
+    require_dir,
+    require_file,
+)
+from masktune.datasets.spec import DatasetSpec, first_images
+from masktune.errors import UserError
+
+FIXED_SPLITS = ("train", "val")
+CSV_COLUMNS = ("path", "label", "split")
+ATTRIBUTE_COLUMNS = ("spurious", "group")
+VIEW_PRESETS = ("none", "resize", "imagenet")
+NORMALISATIONS = {"none": (None, None), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
+
+
+def is_split_name(name: str) -> bool:
+    """train, val, test or test_<name>."""
+    return name in (*FIXED_SPLITS, "test") or (name.startswith("test_") and len(name) > len("test_"))
+
+
+def _unknown_split(where: str, name: str) -> UserError:
+    return UserError(f"{where}: unknown split {name!r} (splits are train, val, test and test_<name>)")
+
+
+# ---------------------------------------------------------------------------------------------
+# What the two layouts are read into
+
+
+@dataclass(frozen=True)
+class FolderSplits:
+    """Per split, image paths relative to `root` with their class and attribute names (strings);
+    `attribute_column` is the CSV column the attributes came from (None: no attribute known)."""
+
+    root: Path
+    where: str                                  # the folder or CSV, for messages
+    paths: dict[str, list[str]]
+    labels: dict[str, list[str]]
+    attributes: dict[str, list[str]] | None
+    attribute_column: str | None = None
+    integer_labels: bool = False
+
+    def class_names(self) -> tuple[str, ...]:
+        names = set(self.labels["train"])
+        return tuple(sorted(names, key=int) if self.integer_labels else sorted(names))
+
+    def attribute_names(self) -> tuple[str, ...]:
+        if self.attributes is None:
+            return ("",)
+        values = {value for split in self.attributes.values() for value in split}
+        numeric = all(_is_int(v) for v in values)
+        return tuple(sorted(values, key=int) if numeric else sorted(values))
+
+
+def _is_int(value: str) -> bool:
+    try:
+        int(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_splits(data: FolderSplits) -> None:
+    """Each fixed split and at least one test split present and non-empty; no label unseen in train."""
+    for split in FIXED_SPLITS:
+        if not data.paths.get(split):
+            raise UserError(f"{data.where}: split {split!r} is empty (every dataset needs train, val and a test split)")
+    tests = [s for s in data.paths if s not in FIXED_SPLITS]
+    if not tests:
+        raise UserError(f"{data.where}: no test split (name one `test` or `test_<name>`)")
+    for split in tests:
+        if not data.paths[split]:
+            raise UserError(f"{data.where}: split {split!r} is empty")
+    known = set(data.labels["train"])
+    for split, labels in data.labels.items():
+        unseen = sorted(set(labels) - known)
+        if unseen:
+            raise UserError(f"{data.where}: label {unseen[0]!r} appears in {split!r} but not in 'train' "
+                            f"(no method can learn a class it never sees)")
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageFolder layout
+
+
+def _class_images(class_dir: Path) -> list[str]:
+    """Image files under `class_dir`, relative to it, in torchvision's `make_dataset` order (the walk
+    sorted by folder path, each folder's files by name); hidden files (macOS `._x.jpg`) are skipped."""
+    found = []
+    for folder, _, files in sorted(os.walk(class_dir, followlinks=True)):
+        relative = Path(folder).relative_to(class_dir)
+        found += [(relative / name).as_posix() for name in sorted(files)
+                  if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)]
+    return found
+
+
+def read_image_folder(root: str | Path) -> FolderSplits:
+    """`root/<split>/<class>/.../<image>`: every split folder, its class folders and their images."""
+    root = require_dir(Path(root), "image folder (prepare.folder.dir)")
+    split_dirs = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
+    for name in split_dirs:
+        if not is_split_name(name):
+            raise _unknown_split(str(root / name), name)
+    for name in FIXED_SPLITS:
+        if name not in split_dirs:
+            raise UserError(f"{root}: no {name!r} folder (found: {', '.join(split_dirs) or 'none'}); the layout is "
+                            "<dir>/<split>/<class>/<image> with splits train, val and test or test_<name>")
+    paths, labels = {}, {}
+    for split in [*FIXED_SPLITS, *(s for s in split_dirs if s not in FIXED_SPLITS)]:
+        classes = sorted(e.name for e in os.scandir(root / split) if e.is_dir() and not e.name.startswith("."))
+        paths[split], labels[split] = [], []
+        for name in classes:
+            images = _class_images(root / split / name)
+            if not images:
+                raise UserError(f"{root / split / name}: class folder has no images "
+                                f"({', '.join(IMAGE_EXTENSIONS)})")
+            paths[split] += [f"{split}/{name}/{image}" for image in images]
+            labels[split] += [name] * len(images)
+    data = FolderSplits(root, str(root), paths, labels, None)
+    _check_splits(data)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# CSV layout
+
+
+def read_csv_index(csv_path: str | Path) -> FolderSplits:
+    """One row per image: path (relative to the CSV's folder), label, split, [spurious | group]."""
+    csv_path = require_file(Path(csv_path), "image index CSV (prepare.folder.csv)")
+    header, rows = read_csv_rows(csv_path, CSV_COLUMNS)
+    if not rows:
+        raise UserError(f"{csv_path}: no rows after the header")
+    present = [c for c in ATTRIBUTE_COLUMNS if c in header]
+    if len(present) > 1:
+        raise UserError(f"{csv_path}: both a 'spurious' and a 'group' column: keep one (both mean the "
+                        "attribute the groups are made of)")
+    column = present[0] if present else None
+    paths: dict[str, list[str]] = {}
+    labels: dict[str, list[str]] = {}
+    attributes: dict[str, list[str]] | None = {} if column else None
+    lines: list[int] = []
+    for line, row in rows:
+        split = row["split"]
+        if not is_split_name(split):
+            raise _unknown_split(f"{csv_path}: line {line}", split)
+        for name in ("path", "label") + ((column,) if column else ()):
+            if not row[name]:
+                raise UserError(f"{csv_path}: line {line}: empty {name!r}")
+        paths.setdefault(split, []).append(row["path"])
+        labels.setdefault(split, []).append(row["label"])
+        if attributes is not None:
+            attributes.setdefault(split, []).append(row[column])
+        lines.append(line)
+    all_labels = [label for split in labels.values() for label in split]
+    data = FolderSplits(csv_path.parent, str(csv_path), paths, labels, attributes, column,
+                        integer_labels=all(_is_int(label) for label in all_labels))
+    _check_splits(data)
+    check_listed_files(csv_path.parent, [p for split in paths.values() for p in split],
+                       [line for split in paths for line in _split_lines(rows, split)], csv_path)
+    return data
+
+
+def _split_lines(rows: Sequence[tuple[int, dict]], split: str) -> list[int]:
+    return [line for line, row in rows if row["split"] == split]
+
+
+# ---------------------------------------------------------------------------------------------
+# From names to the project's records
+
+
+def to_records(data: FolderSplits) -> dict[str, ImageRecords]:
+    """Per split, the images with class ids (the order of `class_names`) and attribute ids."""
+    classes = {name: i for i, name in enumerate(data.class_names())}
+    values = {name: i for i, name in enumerate(data.attribute_names())}
+    records = {}
+    for split, paths in data.paths.items():
+        attributes = [0] * len(paths) if data.attributes is None else [values[a] for a in data.attributes[split]]
+        records[split] = ImageRecords(data.root, paths, [classes[label] for label in data.labels[split]],
+                                      attributes, num_classes=len(classes))
+    return records
+
+
+def group_names(data: FolderSplits) -> dict[int, str]:
+    """Group id -> name: the class name without an attribute; `<class>, <column>=<value>` with one."""
+    classes, values = data.class_names(), data.attribute_names()
+    if data.attributes is None:
+        return dict(enumerate(classes))
+    return {a * len(classes) + c: f"{name}, {data.attribute_column}={value}"
+            for a, value in enumerate(values) for c, name in enumerate(classes)}
+
+
+def decode_pixels(records: ImageRecords, desc: str) -> SampleSet:
+    """Every image decoded to RGB uint8, all of one size (the `none` transforms feed them as they are)."""
+    images, first = [], None
+    for i in tqdm(range(len(records)), desc=desc, unit="image", disable=None, mininterval=1.0):
+        image = load_rgb(records.path(i))
+        if first is None:
+            first = (image.shape, records.paths[i])
+        elif image.shape != first[0]:
+            raise UserError(f"{records.path(i)}: image is {image.shape[0]}x{image.shape[1]}, but "
+                            f"{first[1]} is {first[0][0]}x{first[0][1]}: with prepare.folder.transforms none "
+                            "every image must have one size (use resize or imagenet to resize them)")
+        images.append(image)
+    return SampleSet(np.stack(images), records.labels, records.attributes, records.source_index, records.num_classes)
+
+
+def _check_one_size(records: ImageRecords) -> None:
+    """Without a resize, images of several sizes cannot form a batch: say so before any training."""
+    sizes = {}
+    for i in range(len(records)):
+        sizes.setdefault(image_size(records.path(i)), records.paths[i])
+        if len(sizes) > 1:
+            (a, first), (b, other) = sizes.items()
+            raise UserError(f"{records.root / other}: image is {b[0]}x{b[1]}, but {first} is {a[0]}x{a[1]}: with "
+                            "prepare.folder.transforms none every image must have one size (use resize or imagenet)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Views: named presets
+
+
+def view_preset(transforms: str, image_size_: int, normalisation: str) -> DatasetViews:
+    """The views of a preset: `none` (the images as they are, `ToTensor` only: small images of one
+    size), `resize` (stretched to image_size x image_size, no augmentation), `imagenet` (the Waterbirds
+    recipe's: eval and masking resize to image_size * 256/224 and centre-crop image_size; training
+    random-resized crops of scale 0.7-1 and ratio 3/4-4/3, and horizontal flips)."""
+    if transforms not in VIEW_PRESETS:
+        raise UserError(f"params.yaml: prepare.folder.transforms must be one of {', '.join(VIEW_PRESETS)}, "
+                        f"got {transforms!r}")
+    mean, std = NORMALISATIONS[normalisation]
+    if transforms == "none":
+        return PLAIN if mean is None else DatasetViews(Geometry(), Geometry(), mean, std)
+    if transforms == "resize":
+        geometry = Geometry((Resize((image_size_, image_size_)),))
+        return DatasetViews(geometry, geometry, mean, std)
+    resized = int(image_size_ * 256 / 224)
+    geometry = Geometry((Resize((resized, resized)), CenterCrop((image_size_, image_size_))))
+    return DatasetViews(geometry, geometry, mean, std,
+                        train=partial(crop_flip_train, (0.75, 1.3333333333333333), mean=mean, std=std,
+                                      size=image_size_))
+
+
+def _views(options: Mapping) -> DatasetViews:
+    return view_preset(options["transforms"], options["image_size"], options["normalisation"])
+
+
+def read_folder_dataset(options: Mapping) -> FolderSplits:
+    """The layout the params name: exactly one of prepare.folder.dir and prepare.folder.csv."""
+    folder, index = options["dir"], options["csv"]
+    if (folder is None) == (index is None):
+        raise UserError("params.yaml: set exactly one of prepare.folder.dir (an ImageFolder tree) and "
+                        "prepare.folder.csv (a CSV index), e.g. `dvc exp run -S prepare.folder.dir=path/to/images`")
+    return read_image_folder(folder) if folder is not None else read_csv_index(index)
+
+
+def _prepare(config: PrepareConfig) -> dict[str, SampleSet | ImageRecords]:
+    records = first_images(to_records(read_folder_dataset(config.options)), config)
+    if _views(config.options) == PLAIN:
+        return {split: decode_pixels(r, f"prepare {split}") for split, r in records.items()}
+    if config.options["transforms"] == "none":
+        for r in records.values():
+            _check_one_size(r)
+    return records
+
+
+def _describe(config: PrepareConfig) -> dict:
+    """What the later stages need to know of this folder: classes, groups, test splits, views."""
+    data = read_folder_dataset(config.options)
+    options = config.options
+    return {"num_classes": len(data.class_names()), "class_names": json.dumps(data.class_names()),
+            "group_names": json.dumps(group_names(data)), "groups_known": data.attributes is not None,
+            "test_splits": json.dumps([s for s in data.paths if s not in FIXED_SPLITS]),
+            "views": json.dumps({k: options[k] for k in ("transforms", "image_size", "normalisation")})}
+
+
+def _resolve(spec: DatasetSpec, attrs: Mapping) -> DatasetSpec:
+    """The spec of one prepared folder: its classes, test splits and views, as `prepare` recorded them."""
+    return replace(spec, num_classes=int(attrs["num_classes"]), test_splits=tuple(json.loads(attrs["test_splits"])),
+                   views=_views(json.loads(attrs["views"])), groups_known=bool(attrs["groups_known"]))
+
+
+SPEC = DatasetSpec(name="folder", num_classes=0, group_names=lambda options: {}, test_splits=(), prepare=_prepare,
+                   views=PLAIN, describe=_describe, resolve=_resolve)

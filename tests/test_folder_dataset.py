@@ -1,0 +1,216 @@
+"""The `folder` dataset (a user's own images): both layouts on fixtures in their real on-disk form,
+against torchvision's ImageFolder, and every error a user can make, each as one line from `prepare`."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+from conftest import ROOT, committed_params
+from fixtures_datasets import CSV_COUNTS, FOLDER_CLASSES, FOLDER_COUNTS, make_csv_index, make_image_folder
+from PIL import Image
+
+from masktune.data.views import PLAIN
+from masktune.datasets import open_prepared
+from masktune.datasets.folder import group_names, read_csv_index, read_image_folder, to_records, view_preset
+from masktune.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("own") / "images")
+
+
+@pytest.fixture(scope="module")
+def csv_index(tmp_path_factory):
+    return make_csv_index(tmp_path_factory.mktemp("own_csv"))
+
+
+def test_image_folder_lists_what_torchvision_imagefolder_lists(image_folder):
+    from torchvision.datasets import ImageFolder
+
+    data = read_image_folder(image_folder)
+    records = to_records(data)
+    assert list(records) == ["train", "val", "test", "test_shifted"]
+    assert data.class_names() == FOLDER_CLASSES
+    for split, r in records.items():
+        reference = ImageFolder(str(image_folder / split))
+        assert [str(r.path(i)) for i in range(len(r))] == [path for path, _ in reference.samples]
+        assert r.labels.tolist() == [label for _, label in reference.samples]
+        assert len(r) == FOLDER_COUNTS[split] * len(FOLDER_CLASSES)
+    assert any("/more/" in p for p in records["train"].paths)  # nested folders are walked
+    assert group_names(data) == {0: "cat", 1: "dog", 2: "fox"}  # no attribute: the groups are the classes
+    assert records["test"].groups.tolist() == records["test"].labels.tolist()
+
+
+def test_csv_index_keeps_its_order_ignores_extra_columns_and_groups_by_attribute(csv_index):
+    data = read_csv_index(csv_index)
+    with open(csv_index, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    records = to_records(data)
+    assert data.class_names() == ("bird", "cat", "dog") and data.attribute_names() == ("grass", "sand")
+    train = [row for row in rows if row["split"] == "train"]
+    assert list(records["train"].paths) == [row["path"] for row in train]  # the file's order
+    classes = {"bird": 0, "cat": 1, "dog": 2}
+    assert records["train"].labels.tolist() == [classes[row["label"]] for row in train]
+    # group = attribute * classes + label: sand (1) dog (2) is 1 * 3 + 2 = 5
+    expected = [(row["spurious"] == "sand") * 3 + classes[row["label"]] for row in train]
+    assert records["train"].groups.tolist() == expected
+    for split, per_group in CSV_COUNTS.items():
+        assert np.bincount(records[split].groups, minlength=6).tolist() == list(per_group)
+    assert group_names(data)[5] == "dog, spurious=sand"
+
+
+def test_csv_integer_labels_sort_numerically(tmp_path):
+    index = make_csv_index(tmp_path)
+    text = index.read_text().replace(",bird,", ",10,").replace(",cat,", ",2,").replace(",dog,", ",9,")
+    index.write_text(text)
+    assert read_csv_index(index).class_names() == ("2", "9", "10")
+
+
+def test_view_presets():
+    assert view_preset("none", 224, "none") == PLAIN
+    views = view_preset("imagenet", 64, "imagenet")
+    assert views.evaluation.output_size(100, 80) == (64, 64)  # resize to 73 x 73, centre-crop 64
+    assert views.masking == views.evaluation and views.mean == (0.485, 0.456, 0.406)
+    assert view_preset("resize", 32, "none").masking.output_size(50, 70) == (32, 32)
+
+
+def _prepare(tmp_path, **options) -> subprocess.CompletedProcess:
+    params = committed_params()
+    params["dataset"] = "folder"
+    params["prepare"]["folder"].update({key: (str(v) if hasattr(v, "parent") else v) for key, v in options.items()})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    return subprocess.run([sys.executable, "-m", "stages.prepare", "--out", "prepared.h5"], cwd=tmp_path,
+                          capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+                          check=False)
+
+
+def _one_line_error(result: subprocess.CompletedProcess, tmp_path) -> str:
+    """The stage failed with exit 2, one line on stderr, and wrote nothing."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert not (tmp_path / "prepared.h5").exists()
+    return lines[0]
+
+
+def test_csv_prepares_pixels_as_they_are(tmp_path):
+    """transforms none + normalisation none: decoded once and stored as pixels, like biased MNIST, with
+    greyscale images copied to three channels; the file records classes, groups and test splits."""
+    index = make_csv_index(tmp_path / "data")
+    result = _prepare(tmp_path, csv=index)
+    assert result.returncode == 0, result.stderr
+    prepared, spec = open_prepared(tmp_path / "prepared.h5")
+    assert spec.views == PLAIN and spec.test_splits == ("test",) and spec.num_classes == 3 and spec.groups_known
+    assert prepared.class_names == ("bird", "cat", "dog")
+    assert prepared.group_names[5] == "dog, spurious=sand"
+    with h5py.File(tmp_path / "prepared.h5", "r") as f:
+        images = f["train/images"][()]
+        paths = [row["path"] for row in csv.DictReader(open(index)) if row["split"] == "train"]
+    assert images.shape == (sum(CSV_COUNTS["train"]), 28, 28, 3)
+    grey = next(i for i, p in enumerate(paths) if Image.open(index.parent / p).mode == "L")
+    expected = np.asarray(Image.open(index.parent / paths[grey]))
+    assert np.array_equal(images[grey], np.repeat(expected[..., None], 3, axis=-1))
+
+
+def test_image_folder_prepares_encoded_files_with_their_views(tmp_path, image_folder):
+    result = _prepare(tmp_path, dir=image_folder, transforms="resize", image_size=32)
+    assert result.returncode == 0, result.stderr
+    prepared, spec = open_prepared(tmp_path / "prepared.h5")
+    assert spec.test_splits == ("test", "test_shifted") and not spec.groups_known
+    assert spec.views == view_preset("resize", 32, "none")
+    assert prepared.group_names == {0: "cat", 1: "dog", 2: "fox"}
+    with h5py.File(tmp_path / "prepared.h5", "r") as f:
+        first = f["train/paths"][0].decode()
+        assert f["train/encoded"][f["train/offsets"][0]:f["train/offsets"][1]].tobytes() == \
+            (image_folder / first).read_bytes()  # the file's bytes, not re-encoded
+
+
+def test_layout_params_are_exactly_one(tmp_path, image_folder, csv_index):
+    assert "set exactly one of prepare.folder.dir" in _one_line_error(_prepare(tmp_path), tmp_path)
+    assert "set exactly one of prepare.folder.dir" in _one_line_error(
+        _prepare(tmp_path, dir=image_folder, csv=csv_index), tmp_path)
+
+
+def test_missing_listed_image_is_named(tmp_path):
+    index = make_csv_index(tmp_path / "data")
+    with open(index, newline="") as handle:
+        row = list(csv.DictReader(handle))[3]
+    (index.parent / row["path"]).unlink()
+    line = _one_line_error(_prepare(tmp_path, csv=index), tmp_path)
+    assert line.startswith(f"error: {index.parent / row['path']}: image listed in {index} (line 5) not found")
+
+
+@pytest.mark.parametrize("transforms", ["none", "resize"])
+def test_unreadable_image_is_named(tmp_path, transforms):
+    folder = make_image_folder(tmp_path / "images", {"train": 2, "val": 1, "test": 1})
+    broken = folder / "val" / "dog" / "dog_000.jpg"
+    broken.write_bytes(broken.read_bytes()[:100])  # truncated JPEG
+    line = _one_line_error(_prepare(tmp_path, dir=folder, transforms=transforms), tmp_path)
+    assert line.startswith(f"error: {broken}: cannot read image")
+
+
+def test_unknown_split_is_named(tmp_path):
+    index = make_csv_index(tmp_path / "data")
+    lines = index.read_text().splitlines()
+    lines[4] = lines[4].replace(",train,", ",trian,").replace(",val,", ",trian,").replace(",test,", ",trian,")
+    index.write_text("\n".join(lines) + "\n")
+    line = _one_line_error(_prepare(tmp_path, csv=index), tmp_path)
+    assert line == f"error: {index}: line 5: unknown split 'trian' (splits are train, val, test and test_<name>)"
+    folder = make_image_folder(tmp_path / "images", {"train": 1, "val": 1, "validation": 1})
+    line = _one_line_error(_prepare(tmp_path, dir=folder), tmp_path)
+    assert line == f"error: {folder / 'validation'}: unknown split 'validation' (splits are train, val, test and test_<name>)"
+
+
+def test_label_only_in_test_is_refused(tmp_path):
+    folder = make_image_folder(tmp_path / "images", {"train": 1, "val": 1, "test": 1})
+    make_image_folder(tmp_path / "extra", {"test": 1}, classes=("wolf",))
+    (folder / "test" / "wolf").symlink_to(tmp_path / "extra" / "test" / "wolf")
+    line = _one_line_error(_prepare(tmp_path, dir=folder, transforms="resize"), tmp_path)
+    assert line == (f"error: {folder}: label 'wolf' appears in 'test' but not in 'train' "
+                    "(no method can learn a class it never sees)")
+
+
+def test_empty_split_and_missing_test_split(tmp_path):
+    index = make_csv_index(tmp_path / "data", {"train": (1,) * 6, "val": (1,) * 6, "test": (1,) * 6})
+    lines = index.read_text().splitlines()
+    index.write_text("\n".join([lines[0], *(row for row in lines[1:] if ",val," not in row)]) + "\n")
+    line = _one_line_error(_prepare(tmp_path, csv=index), tmp_path)
+    assert line.endswith("split 'val' is empty (every dataset needs train, val and a test split)")
+    folder = make_image_folder(tmp_path / "images", {"train": 1, "val": 1})
+    assert _one_line_error(_prepare(tmp_path, dir=folder), tmp_path).endswith(
+        "no test split (name one `test` or `test_<name>`)")
+    (folder / "test" / "cat").mkdir(parents=True)
+    assert _one_line_error(_prepare(tmp_path, dir=folder), tmp_path) == \
+        f"error: {folder / 'test' / 'cat'}: class folder has no images " \
+        f"(.jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp)"
+
+
+def test_images_of_several_sizes_need_a_resize(tmp_path, image_folder):
+    line = _one_line_error(_prepare(tmp_path, dir=image_folder), tmp_path)
+    assert "with prepare.folder.transforms none every image must have one size (use resize or imagenet" in line
+
+
+def test_group_column_reads_as_the_attribute(tmp_path):
+    index = make_csv_index(tmp_path / "data")
+    index.write_text(index.read_text().replace(",spurious,", ",group,", 1))
+    data = read_csv_index(index)
+    assert data.attribute_column == "group" and group_names(data)[0] == "bird, group=grass"
+    index.write_text(index.read_text().replace("id,", "spurious,", 1))
+    with pytest.raises(UserError, match="both a 'spurious' and a 'group' column"):
+        read_csv_index(index)
+
+
+def test_prepared_attributes_are_json(tmp_path, csv_index):
+    result = _prepare(tmp_path, csv=csv_index)
+    assert result.returncode == 0, result.stderr
+    with h5py.File(tmp_path / "prepared.h5", "r") as f:
+        assert json.loads(f.attrs["test_splits"]) == ["test"]
+        assert json.loads(f.attrs["views"]) == {"transforms": "none", "image_size": 224, "normalisation": "none"}
