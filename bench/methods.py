@@ -1,5 +1,6 @@
 """Benchmark: every method of the `methods` param side by side on a full MNIST-based dataset (biased
-MNIST or C-MNIST), over seeds, through the real pipeline (the README's results tables).
+MNIST or C-MNIST, or biased MNIST written out as a folder of PNGs by scripts/export_biased_mnist.py and
+read as `dataset: folder`), over seeds, through the real pipeline (the README's results tables).
 
 One scratch copy of the project with the committed params; one `dvc exp run` per seed with every
 training and sampling seed set to it (`train_erm.seed`, `finetune.seed`, `randmask.seed`, `jtt.seed`,
@@ -11,11 +12,12 @@ best average validation accuracy), and no
 method uses group labels except DFR with the true groups (the supervised reference, ✓/✓) and JTT
 with `--set jtt.selection=worst_group`. Prints each run, then mean and sample standard deviation per
 model, split and measure (average = pooled accuracy, unbiased = mean of the group accuracies, worst
-group), ClusterFix's pseudo-label purity against the true groups (a diagnostic), the wall time of each run, and, as its last line, one JSON object with
-every figure.
+group), ClusterFix's pseudo-label purity against the true groups (a diagnostic), the wall time of
+each run, and, as its last line, one JSON object with every figure.
 
     python bench/methods.py --mnist-dir ../shared/data/mnist --seeds 0 1 2
     python bench/methods.py --dataset cmnist --set train_erm.arch=small_cnn --seeds 0 1 2
+    python bench/methods.py --dataset folder --folder data/own/biased_mnist/index.csv --seeds 0 1 2
 """
 from __future__ import annotations
 
@@ -38,19 +40,26 @@ MEASURES = {"average": "accuracy", "unbiased": "unbiased_accuracy", "worst_group
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--mnist-dir", type=Path, default=Path("../shared/data/mnist"))
-    parser.add_argument("--dataset", default="biased_mnist", choices=("biased_mnist", "cmnist"),
-                        help="an MNIST-based dataset (both are built from --mnist-dir)")
+    parser.add_argument("--dataset", default="biased_mnist", choices=("biased_mnist", "cmnist", "folder"),
+                        help="an MNIST-based dataset (built from --mnist-dir), or folder (read from --folder)")
+    parser.add_argument("--folder", type=Path,
+                        help="dataset folder: an ImageFolder tree (prepare.folder.dir) or a CSV index (.csv)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--keep", type=Path, help="folder to copy each run's details.json into (seed<N>.json)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an extra `dvc exp run -S` for every run")
     args = parser.parse_args()
+    if (args.dataset == "folder") != (args.folder is not None):
+        parser.error("--folder goes with --dataset folder, and only with it")
+    if args.folder is not None:
+        layout = "csv" if args.folder.suffix == ".csv" else "dir"
+        source = {layout: str(args.folder.resolve())}
+    else:
+        source = {"mnist_dir": str(args.mnist_dir.resolve())}
 
     runs = []
     with tempfile.TemporaryDirectory(prefix="masktune-methods-") as tmp:
-        project = ScratchProject(Path(tmp) / "project",
-                                 {"dataset": args.dataset,
-                                  "prepare": {args.dataset: {"mnist_dir": str(args.mnist_dir.resolve())}}})
+        project = ScratchProject(Path(tmp) / "project", {"dataset": args.dataset, "prepare": {args.dataset: source}})
         for seed in args.seeds:
             sets = [f"{key}={seed}" for key in SEED_KEYS] + args.set
             seconds, stages = project.timed_stages("exp", "run", *(a for s in sets for a in ("-S", s)))

@@ -13,7 +13,7 @@ from conftest import ROOT, committed_params
 
 from masktune.config import schema
 from masktune.config.stages import STAGE_CONFIGS, load_stage_config
-from masktune.datasets import DATASETS
+from masktune.datasets import DATASETS, folder
 from masktune.errors import UserError
 from masktune.methods import METHODS
 from masktune.models import MODELS
@@ -140,6 +140,8 @@ def test_registries_are_keyed_by_the_schema_names():
     assert tuple(MODELS) == schema.ARCH_NAMES
     assert tuple(PRECISIONS) == schema.PRECISIONS
     assert set(schema.PREPARE) == set(DATASETS)
+    assert schema.FOLDER_TRANSFORMS == folder.VIEW_PRESETS
+    assert schema.FOLDER_NORMALISATIONS == tuple(folder.NORMALISATIONS)
     assert {name: method.kind for name, method in METHODS.items()} == {
         name: kind for kind, names in schema.METHOD_KINDS.items() for name in names}
 

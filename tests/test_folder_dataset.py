@@ -113,7 +113,7 @@ def test_csv_prepares_pixels_as_they_are(tmp_path):
     assert prepared.group_names[5] == "dog, spurious=sand"
     with h5py.File(tmp_path / "prepared.h5", "r") as f:
         images = f["train/images"][()]
-        paths = [row["path"] for row in csv.DictReader(open(index)) if row["split"] == "train"]
+    paths = read_csv_index(index).paths["train"]
     assert images.shape == (sum(CSV_COUNTS["train"]), 28, 28, 3)
     grey = next(i for i, p in enumerate(paths) if Image.open(index.parent / p).mode == "L")
     expected = np.asarray(Image.open(index.parent / paths[grey]))
@@ -148,12 +148,17 @@ def test_missing_listed_image_is_named(tmp_path):
     assert line.startswith(f"error: {index.parent / row['path']}: image listed in {index} (line 5) not found")
 
 
-@pytest.mark.parametrize("transforms", ["none", "resize"])
-def test_unreadable_image_is_named(tmp_path, transforms):
+def test_unreadable_image_is_named(tmp_path):
+    """Both storage paths: decoded to pixels (a CSV of 28 x 28 PNGs), and kept encoded (resized)."""
+    index = make_csv_index(tmp_path / "data")
+    with open(index, newline="") as handle:
+        broken = index.parent / list(csv.DictReader(handle))[7]["path"]
+    broken.write_bytes(broken.read_bytes()[:60])  # truncated PNG
+    assert _one_line_error(_prepare(tmp_path, csv=index), tmp_path).startswith(f"error: {broken}: cannot read image")
     folder = make_image_folder(tmp_path / "images", {"train": 2, "val": 1, "test": 1})
     broken = folder / "val" / "dog" / "dog_000.jpg"
     broken.write_bytes(broken.read_bytes()[:100])  # truncated JPEG
-    line = _one_line_error(_prepare(tmp_path, dir=folder, transforms=transforms), tmp_path)
+    line = _one_line_error(_prepare(tmp_path, dir=folder, transforms="resize"), tmp_path)
     assert line.startswith(f"error: {broken}: cannot read image")
 
 

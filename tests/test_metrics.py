@@ -80,3 +80,43 @@ def test_bg_gap_needs_both_mixed_variants_and_known_names():
     assert background_challenge_metrics({"original": 0.9, "mixed_same": 0.8}) == {"original": 0.9, "mixed_same": 0.8}
     with pytest.raises(ValueError, match="mixed-same"):
         background_challenge_metrics({"mixed-same": 0.8})
+
+
+def test_class_accuracies_worst_and_mean_class_by_hand():
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    predictions = np.array([0, 0, 1, 1, 0, 2, 2, 2, 0])  # class 0: 2/3, class 1: 1/2, class 2: 3/4
+    names = {0: "cat", 1: "dog", 2: "fox"}
+    metrics = group_metrics(labels, labels, predictions, names, class_names=("cat", "dog", "fox"))
+    assert metrics["classes"] == pytest.approx({"cat": 2 / 3, "dog": 1 / 2, "fox": 3 / 4})
+    assert metrics["worst_class_accuracy"] == pytest.approx(1 / 2)
+    assert metrics["mean_class_accuracy"] == pytest.approx((2 / 3 + 1 / 2 + 3 / 4) / 3)
+    assert metrics["accuracy"] == pytest.approx(6 / 9)
+    assert "classes" not in group_metrics(labels, labels, predictions, names)  # only when asked
+
+
+def test_headline_without_known_groups_names_class_measures():
+    from masktune.eval.report import NO_GROUPS_NOTE, comparison_markdown, headline
+
+    results = {"erm": {"test": {"accuracy": 0.9, "unbiased_accuracy": 0.8, "worst_group_accuracy": 0.7,
+                                "mean_class_accuracy": 0.8, "worst_class_accuracy": 0.7}}}
+    assert headline(results, ("test",), "accuracy", groups_known=False) == {
+        "erm": {"test": {"average": 0.9, "mean_class": 0.8, "worst_class": 0.7}}}
+    assert headline(results, ("test",), "accuracy") == {
+        "erm": {"test": {"average": 0.9, "unbiased": 0.8, "worst_group": 0.7}}}
+    table = comparison_markdown("folder", results, {"erm": {"title": "ERM", "group_labels": "✗/✗"}}, ("test",),
+                                "accuracy", groups_known=False)
+    assert NO_GROUPS_NOTE in table and "| test mean class | test worst class |" in table
+
+
+def test_gallery_shows_each_groups_most_then_least_masked_images():
+    from masktune.eval.figures import gallery_file_name, pick_gallery
+
+    labels = np.array([0, 0, 0, 0, 0, 1, 1, 1, 0])
+    groups = np.array([0, 0, 0, 0, 0, 1, 1, 1, 2])  # class 0 has groups 0 and 2, class 1 group 1
+    fraction = np.array([0.1, 0.5, 0.0, 0.3, 0.5, 0.2, 0.9, 0.4, 0.7])
+    gallery = pick_gallery(labels, groups, fraction, per_group=3)
+    # group 0: most masked 1, 4 (tie: dataset order), then least masked 2; group 2: its only image 8
+    assert gallery[0].tolist() == [1, 4, 2, 8]
+    assert gallery[1].tolist() == [6, 7, 5]
+    assert pick_gallery(labels, groups, fraction, per_group=2)[0].tolist() == [1, 2, 8]
+    assert gallery_file_name(3, "wheeled vehicle/car") == "03_wheeled_vehicle_car.png"

@@ -88,3 +88,14 @@ def test_a_file_that_is_no_checkpoint_is_named(tmp_path):
         load_checkpoint(tmp_path / "x.pt", torch.device("cpu"))
     with pytest.raises(UserError, match="y.pt: checkpoint not found"):
         load_checkpoint(tmp_path / "y.pt", torch.device("cpu"))
+
+
+def test_small_cnn_names_its_input_size_instead_of_a_shape_error():
+    """The official MNIST network's first linear layer fits 28 x 28 only: a user's 32 x 32 images get a
+    one-line error saying what to change, not a matmul shape mismatch."""
+    from masktune.errors import UserError
+
+    model = build_model("small_cnn", 3).eval()
+    assert model(torch.zeros(2, 3, 28, 28)).shape == (2, 3)
+    with pytest.raises(UserError, match="small_cnn .* takes 28 x 28 images, got 32 x 32: choose another network"):
+        model(torch.zeros(2, 3, 32, 32))

@@ -66,8 +66,10 @@ def test_pipeline_reruns_exactly_what_a_change_affects(project):
         assert method["group_labels"] == ("✓/✓" if name in SUPERVISED else "✗/✗")
     table = (project.path / "metrics/comparison.md").read_text()
     assert table.count("| ✗/✗ |") == len(METHODS) - 1 and table.count("| ✓/✓ |") == 1
-    for name in ("randmask", "masktune"):
-        assert (project.path / f"metrics/masks/{name}.png").read_bytes()[:4] == b"\x89PNG"
+    for name in ("randmask", "masktune"):  # the gallery: one PNG per class
+        gallery = sorted((project.path / f"metrics/masks/{name}").iterdir())
+        assert [p.name for p in gallery] == ["00_digits_0-4.png", "01_digits_5-9.png"]
+        assert all(p.read_bytes()[:4] == b"\x89PNG" for p in gallery)
     project.commit("baseline")
 
     # Same params, same data: every output (checkpoints, HDF5, metrics, plots) is byte-identical.

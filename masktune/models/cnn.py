@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from masktune.errors import UserError
+
 
 class SmallCNN(nn.Module):
     """The official MNIST network (src/models/simple_cnn.py): four 3x3 conv+BN+ReLU, two max-pools,
@@ -34,12 +36,22 @@ class SmallCNN(nn.Module):
         return self.backbone[-3]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_size(x)
         x = self.backbone(x)
         for layer in list(self.linear)[:-1]:
             x = layer(x)
         return x
 
+    INPUT_SIZE = (28, 28)  # its first linear layer takes 32 x 4 x 4 = 512 features: MNIST's 28 x 28 only
+
+    def _check_size(self, x: torch.Tensor) -> None:
+        if tuple(x.shape[-2:]) != self.INPUT_SIZE:
+            raise UserError(f"small_cnn (the official MNIST network) takes 28 x 28 images, got {x.shape[-2]} x "
+                            f"{x.shape[-1]}: choose another network (-S train_erm.arch=resnet18, tiny_cnn) or "
+                            "resize the images to 28 (-S prepare.folder.transforms=resize -S prepare.folder.image_size=28)")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_size(x)
         return self.linear(self.backbone(x))  # = classifier(features(x)), as the official forward
 
 
