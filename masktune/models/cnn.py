@@ -7,6 +7,16 @@ from torch import nn
 from masktune.errors import UserError
 
 
+def _check_input_size(model: nn.Module, inputs: tuple) -> None:
+    """SmallCNN's first linear layer takes 32 x 4 x 4 = 512 features: 28 x 28 inputs (MNIST's) only.
+    Any other size gets one line saying what to change, not a matrix-shape error."""
+    height, width = inputs[0].shape[-2:]
+    if (height, width) != (28, 28):
+        raise UserError(f"small_cnn (the official MNIST network) takes 28 x 28 images, got {height} x {width}: "
+                        "choose another network (-S train_erm.arch=resnet18, tiny_cnn) or resize the images to 28 "
+                        "(-S prepare.folder.transforms=resize -S prepare.folder.image_size=28)")
+
+
 class SmallCNN(nn.Module):
     """The official MNIST network (src/models/simple_cnn.py): four 3x3 conv+BN+ReLU, two max-pools,
     linear 512 -> 256 -> classes. Same module names, so official checkpoints' tensors line up; the
@@ -26,6 +36,8 @@ class SmallCNN(nn.Module):
         self.linear = nn.Sequential(
             nn.Linear(512, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Linear(256, num_classes),
         )
+        # A hook, not a test in forward: forward stays traceable (torch.fx), which BatchNorm folding needs.
+        self.register_forward_pre_hook(_check_input_size)
 
     @property
     def classifier(self) -> nn.Linear:
@@ -36,22 +48,13 @@ class SmallCNN(nn.Module):
         return self.backbone[-3]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_size(x)
+        _check_input_size(self, (x,))
         x = self.backbone(x)
         for layer in list(self.linear)[:-1]:
             x = layer(x)
         return x
 
-    INPUT_SIZE = (28, 28)  # its first linear layer takes 32 x 4 x 4 = 512 features: MNIST's 28 x 28 only
-
-    def _check_size(self, x: torch.Tensor) -> None:
-        if tuple(x.shape[-2:]) != self.INPUT_SIZE:
-            raise UserError(f"small_cnn (the official MNIST network) takes 28 x 28 images, got {x.shape[-2]} x "
-                            f"{x.shape[-1]}: choose another network (-S train_erm.arch=resnet18, tiny_cnn) or "
-                            "resize the images to 28 (-S prepare.folder.transforms=resize -S prepare.folder.image_size=28)")
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_size(x)
         return self.linear(self.backbone(x))  # = classifier(features(x)), as the official forward
 
 
