@@ -2,6 +2,7 @@
 against torchvision's ImageFolder, and every error a user can make, each as one line from `prepare`."""
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import subprocess
@@ -14,11 +15,14 @@ import yaml
 from conftest import ROOT, committed_params
 from fixtures_datasets import CSV_COUNTS, FOLDER_CLASSES, FOLDER_COUNTS, make_csv_index, make_image_folder
 from PIL import Image
+from pipeline_checks import ALL_STAGES, MODELS, SMALL_RUN, evaluation_of
+from scratch import ScratchProject
 
 from masktune.data.views import PLAIN
 from masktune.datasets import open_prepared
 from masktune.datasets.folder import group_names, read_csv_index, read_image_folder, to_records, view_preset
 from masktune.errors import UserError
+from masktune.eval.report import NO_GROUPS_NOTE
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +223,49 @@ def test_prepared_attributes_are_json(tmp_path, csv_index):
     with h5py.File(tmp_path / "prepared.h5", "r") as f:
         assert json.loads(f.attrs["test_splits"]) == ["test"]
         assert json.loads(f.attrs["views"]) == {"transforms": "none", "image_size": 224, "normalisation": "none"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Both layouts through the whole pipeline, every registered method
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return ScratchProject(tmp_path_factory.mktemp("scratch") / "project", copy.deepcopy(SMALL_RUN))
+
+
+@pytest.mark.slow
+def test_own_image_folder_runs_every_method_and_reports_classes(project, image_folder):
+    """An ImageFolder tree: 3 classes, JPEG and PNG, greyscale, nested folders, sizes varying (resized to
+    32 x 32), two test splits, no spurious attribute: the report is per class and says so."""
+    assert project.stages_run("exp", "run", "-S", "dataset=folder", "-S", f"prepare.folder.dir={image_folder}",
+                              "-S", "prepare.folder.transforms=resize",
+                              "-S", "prepare.folder.image_size=32") == ALL_STAGES
+    evaluation = evaluation_of(project)
+    headline = json.loads((project.path / "metrics/evaluate.json").read_text())
+    for model in MODELS:
+        assert list(headline[model]) == ["test", "test_shifted"]
+        test = evaluation[model]["test_shifted"]
+        assert set(test["classes"]) == set(FOLDER_CLASSES) == set(test["groups"])
+        assert headline[model]["test_shifted"] == {
+            "average": test["accuracy"], "mean_class": test["mean_class_accuracy"],
+            "worst_class": test["worst_class_accuracy"]}
+    assert NO_GROUPS_NOTE in (project.path / "metrics/comparison.md").read_text()
+
+
+@pytest.mark.slow
+def test_own_csv_index_runs_every_method_with_its_groups(project, csv_index):
+    """A CSV index with extra columns and a spurious attribute: 3 classes x 2 attributes = 6 groups,
+    28 x 28 PNGs (some greyscale) stored as pixels, group metrics reported."""
+    project.commit("image folder")
+    assert project.stages_run("exp", "run", "-S", "prepare.folder.dir=null",
+                              "-S", f"prepare.folder.csv={csv_index}",
+                              "-S", "prepare.folder.transforms=none") == ALL_STAGES
+    with h5py.File(project.path / "data/prepared.h5", "r") as f:
+        assert f["train/images"].shape[1:] == (28, 28, 3)  # pixels, as biased MNIST
+    evaluation = evaluation_of(project)
+    headline = json.loads((project.path / "metrics/evaluate.json").read_text())
+    for model in MODELS:
+        test = evaluation[model]["test"]
+        assert len(test["groups"]) == 6 and "dog, spurious=sand" in test["groups"]
+        assert headline[model]["test"]["worst_group"] == min(test["groups"].values())

@@ -8,6 +8,7 @@ saliency, masks mapped to the raw images, finetune, group and Background Challen
 """
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import subprocess
@@ -18,102 +19,29 @@ import numpy as np
 import pytest
 import yaml
 from conftest import ROOT, committed_params
-from fixtures_datasets import (
-    CELEBA_COUNTS,
-    FOLDER_CLASSES,
-    WATERBIRDS_COUNTS,
-    make_celeba,
-    make_csv_index,
-    make_image_folder,
-    make_in9l,
-    make_waterbirds,
-)
-from scratch import ScratchProject
+from fixtures_datasets import CELEBA_COUNTS, WATERBIRDS_COUNTS, make_celeba, make_in9l, make_waterbirds
+from pipeline_checks import ALL_STAGES, MODELS, SMALL_RUN, evaluation_of, resnet18_weights
+from scratch import ScratchProject, merge
 
-from masktune.eval.figures import gallery_file_name
-from masktune.eval.report import NO_GROUPS_NOTE
-from masktune.methods import reported_models
-
-MODELS = reported_models({kind: tuple(names) for kind, names in committed_params()["methods"].items()}, "models")
-
-ALL_STAGES = ["prepare", "train_erm", "compute_saliency", "materialize_masked_dataset@randmask",
-              "materialize_masked_dataset@masktune", "finetune@randmask", "finetune@masktune", "jtt_identify@jtt",
-              "jtt_retrain@jtt", "dfr@dfr_classes", "dfr@dfr_groups", "exmap_heatmaps@exmap", "exmap_groups@exmap",
-              "exmap_dfr@exmap", "clusterfix_features@clusterfix", "clusterfix_clusters@clusterfix",
-              "clusterfix_train@clusterfix", "evaluate"]
 # DFR (ExMap's last step and its baselines) balances groups by the smallest one with more than 5
 # images, in each random half of the validation set (official rule): the fixtures' validation splits
 # are larger than their defaults, so that every half has such a group.
 WATERBIRDS = {**WATERBIRDS_COUNTS, "val": (16, 8, 8, 16)}
 CELEBA = {**CELEBA_COUNTS, "val": (16, 6, 16, 6)}
-SMALL_MODEL = {"arch": "tiny_cnn", "pretrained": False, "epochs": 1, "batch_size": 16, "workers": 0}
-
-
-def _resnet18_weights(path):
-    """A file in torchvision's ResNet-18 format (random weights: the fixtures test the data path, not
-    ImageNet features), for ClusterFix's `clusterfix.backbone: resnet18` recipes."""
-    import torch
-    import torchvision
-
-    torch.manual_seed(0)
-    torch.save(torchvision.models.resnet18().state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     data = tmp_path_factory.mktemp("datasets")
-    weights = _resnet18_weights(data / "resnet18_random.pth")
+    weights = resnet18_weights(data / "resnet18_random.pth")
     make_waterbirds(data / "waterbirds", WATERBIRDS)
     make_celeba(data / "celeba", CELEBA, nested=True)
     make_in9l(data / "in9", val_per_class=13)
-    make_image_folder(data / "own_images")
-    make_csv_index(data / "own_csv")
-    params = {"prepare": {"waterbirds": {"dir": str(data / "waterbirds")}, "celeba": {"dir": str(data / "celeba")},
-                          "in9l": {"dir": str(data / "in9")}},
-              "folders": {"images": str(data / "own_images"), "csv": str(data / "own_csv" / "index.csv")},
-              "train_erm": SMALL_MODEL,
-              "saliency": {"batch_size": 16, "workers": 0},
-              "finetune": {"batch_size": 16, "workers": 0},
-              "jtt": {"identification_epochs": 1, "epochs": 1, "batch_size": 16, "workers": 0},
-              # the recipes' ResNet-18 features (a local weights file), 2 clusters per class (the
-              # fixtures' smallest class has 3 training images)
-              "clusterfix": {"weights_path": str(weights), "clusters_per_class": 2, "epochs": 1, "batch_size": 16,
-                             "workers": 0},
-              "eval_batch_size": 16,
-              "evaluate": {"workers": 0}}
-    folders = params.pop("folders")
-    project = ScratchProject(tmp_path_factory.mktemp("scratch") / "project", params)
-    project.folders = folders
-    return project
-
-
-def _evaluation(project) -> dict:
-    """Every model's full results; the contract: each listed method ran and was evaluated (ExMap as
-    G-ExMap and L-ExMap), and the pseudo-groups, ExMap's figure and ClusterFix's clusters were written."""
-    details = json.loads((project.path / "metrics/evaluate/details.json").read_text())["methods"]
-    assert list(details) == list(MODELS)
-    for name, method in details.items():
-        assert method["group_labels"] == str(MODELS[name][0].group_labels)
-    pseudo = json.loads((project.path / "metrics/exmap/pseudo_groups.json").read_text())
-    assert pseudo["global"]["pseudo_groups"] >= 2 and 0 < pseudo["local"]["purity"] <= 1
-    assert (project.path / "metrics/exmap/embedding.png").read_bytes()[:4] == b"\x89PNG"
-    classes = json.loads(h5py.File(project.path / "data/prepared.h5", "r").attrs["class_names"])
-    for name in ("randmask", "masktune"):  # the gallery: one PNG per class
-        gallery = sorted((project.path / f"metrics/masks/{name}").iterdir())
-        assert [p.name for p in gallery] == [gallery_file_name(c, n) for c, n in enumerate(classes)]
-        assert all(p.read_bytes()[:4] == b"\x89PNG" for p in gallery)
-    clusters = json.loads((project.path / "metrics/clusterfix/pseudo_labels.json").read_text())
-    assert clusters["clusters_per_class"] == 2
-    with h5py.File(project.path / "data/clusterfix/features.h5", "r") as f:
-        if clusters["backbone"] == "resnet18":
-            assert f["train"].shape[1] == 512  # ResNet-18's global average pool
-        assert np.allclose(np.linalg.norm(f["val"][()], axis=1), 1, atol=1e-5)  # L2-normalised
-    for name, method in details.items():  # every model: pooled, unbiased and worst-group accuracy, per class
-        test = method["results"]["val"]
-        assert test["unbiased_accuracy"] == pytest.approx(np.mean(list(test["groups"].values())))
-        assert list(test["classes"]) == classes and test["worst_class_accuracy"] == min(test["classes"].values())
-    return {name: method["results"] for name, method in details.items()}
+    params = merge(copy.deepcopy(SMALL_RUN), {
+        "prepare": {"waterbirds": {"dir": str(data / "waterbirds")}, "celeba": {"dir": str(data / "celeba")},
+                    "in9l": {"dir": str(data / "in9")}},
+        "clusterfix": {"weights_path": str(weights)}})  # the recipes' ResNet-18 features, from a local file
+    return ScratchProject(tmp_path_factory.mktemp("scratch") / "project", params)
 
 
 @pytest.mark.slow
@@ -126,7 +54,7 @@ def test_waterbirds_runs_end_to_end(project):
             assert len(f[f"{split}/offsets"]) == sum(counts) + 1
     with h5py.File(project.path / "data/masks/masktune.h5", "r") as f:
         assert f["masks"].shape == (sum(WATERBIRDS_COUNTS["train"]), 224 * 224 // 8)  # masking view 224 x 224
-    evaluation = _evaluation(project)
+    evaluation = evaluation_of(project)
     for model in MODELS:
         test = evaluation[model]["test"]
         assert set(test["groups"]) == {"landbird_land", "waterbird_land", "landbird_water", "waterbird_water"}
@@ -139,7 +67,7 @@ def test_waterbirds_runs_end_to_end(project):
 @pytest.mark.slow
 def test_celeba_runs_end_to_end(project):
     assert project.stages_run("exp", "run", "-S", "dataset=celeba") == ALL_STAGES
-    evaluation = _evaluation(project)
+    evaluation = evaluation_of(project)
     assert set(evaluation["erm"]["test"]["groups"]) <= {"not_blond_female", "blond_female", "not_blond_male",
                                                         "blond_male"}
     live = json.loads((project.path / "metrics/train_erm/metrics.json").read_text())
@@ -149,49 +77,12 @@ def test_celeba_runs_end_to_end(project):
 @pytest.mark.slow
 def test_in9l_runs_end_to_end_with_the_background_challenge(project):
     assert project.stages_run("exp", "run", "-S", "dataset=in9l") == ALL_STAGES
-    evaluation = _evaluation(project)
+    evaluation = evaluation_of(project)
     for model in MODELS:
         challenge = evaluation[model]["background_challenge"]
         assert set(challenge) == {"original", "mixed_same", "mixed_rand", "only_fg", "bg_gap"}
         assert challenge["bg_gap"] == pytest.approx(challenge["mixed_same"] - challenge["mixed_rand"])
         assert challenge["original"] == evaluation[model]["test_original"]["accuracy"]
-
-
-@pytest.mark.slow
-def test_own_image_folder_runs_every_method_and_reports_classes(project):
-    """An ImageFolder tree: 3 classes, JPEG and PNG, greyscale, nested folders, sizes varying (resized to
-    32 x 32), two test splits, no spurious attribute: the report is per class and says so."""
-    assert project.stages_run("exp", "run", "-S", "dataset=folder", "-S", f"prepare.folder.dir={project.folders['images']}",
-                              "-S", "prepare.folder.transforms=resize",
-                              "-S", "prepare.folder.image_size=32") == ALL_STAGES
-    evaluation = _evaluation(project)
-    headline = json.loads((project.path / "metrics/evaluate.json").read_text())
-    for model in MODELS:
-        assert list(headline[model]) == ["test", "test_shifted"]
-        test = evaluation[model]["test_shifted"]
-        assert set(test["classes"]) == set(FOLDER_CLASSES) == set(test["groups"])
-        assert headline[model]["test_shifted"] == {
-            "average": test["accuracy"], "mean_class": test["mean_class_accuracy"],
-            "worst_class": test["worst_class_accuracy"]}
-    assert NO_GROUPS_NOTE in (project.path / "metrics/comparison.md").read_text()
-
-
-@pytest.mark.slow
-def test_own_csv_index_runs_every_method_with_its_groups(project):
-    """A CSV index with extra columns and a spurious attribute: 3 classes x 2 attributes = 6 groups,
-    28 x 28 PNGs (some greyscale) stored as pixels, group metrics reported."""
-    project.commit("image folder")
-    assert project.stages_run("exp", "run", "-S", "prepare.folder.dir=null",
-                              "-S", f"prepare.folder.csv={project.folders['csv']}",
-                              "-S", "prepare.folder.transforms=none") == ALL_STAGES
-    with h5py.File(project.path / "data/prepared.h5", "r") as f:
-        assert f["train/images"].shape[1:] == (28, 28, 3)  # pixels, as biased MNIST
-    evaluation = _evaluation(project)
-    headline = json.loads((project.path / "metrics/evaluate.json").read_text())
-    for model in MODELS:
-        test = evaluation[model]["test"]
-        assert len(test["groups"]) == 6 and "dog, spurious=sand" in test["groups"]
-        assert headline[model]["test"]["worst_group"] == min(test["groups"].values())
 
 
 @pytest.mark.slow

@@ -1,0 +1,74 @@
+"""What the end-to-end runs on image fixtures share: the stages every run executes, a small, fast
+training set-up, and the contract every run's evaluation must meet (tests/test_image_datasets_e2e.py,
+tests/test_folder_dataset.py)."""
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+from scratch import committed_params
+
+from masktune.eval.figures import gallery_file_name
+from masktune.methods import reported_models
+
+MODELS = reported_models({kind: tuple(names) for kind, names in committed_params()["methods"].items()}, "models")
+
+ALL_STAGES = ["prepare", "train_erm", "compute_saliency", "materialize_masked_dataset@randmask",
+              "materialize_masked_dataset@masktune", "finetune@randmask", "finetune@masktune", "jtt_identify@jtt",
+              "jtt_retrain@jtt", "dfr@dfr_classes", "dfr@dfr_groups", "exmap_heatmaps@exmap", "exmap_groups@exmap",
+              "exmap_dfr@exmap", "clusterfix_features@clusterfix", "clusterfix_clusters@clusterfix",
+              "clusterfix_train@clusterfix", "evaluate"]
+SMALL_MODEL = {"arch": "tiny_cnn", "pretrained": False, "epochs": 1, "batch_size": 16, "workers": 0}
+# tiny_cnn for one epoch and small batches everywhere (the official recipes are what runs without
+# these); 2 ClusterFix clusters per class (the fixtures' smallest class has 3 training images).
+SMALL_RUN = {
+    "train_erm": SMALL_MODEL,
+    "saliency": {"batch_size": 16, "workers": 0},
+    "finetune": {"batch_size": 16, "workers": 0},
+    "jtt": {"identification_epochs": 1, "epochs": 1, "batch_size": 16, "workers": 0},
+    "clusterfix": {"clusters_per_class": 2, "epochs": 1, "batch_size": 16, "workers": 0},
+    "eval_batch_size": 16,
+    "evaluate": {"workers": 0},
+}
+
+
+def evaluation_of(project) -> dict:
+    """Every model's full results; the contract: each listed method ran and was evaluated (ExMap as
+    G-ExMap and L-ExMap), and the pseudo-groups, ExMap's figure and ClusterFix's clusters were written."""
+    details = json.loads((project.path / "metrics/evaluate/details.json").read_text())["methods"]
+    assert list(details) == list(MODELS)
+    for name, method in details.items():
+        assert method["group_labels"] == str(MODELS[name][0].group_labels)
+    pseudo = json.loads((project.path / "metrics/exmap/pseudo_groups.json").read_text())
+    assert pseudo["global"]["pseudo_groups"] >= 2 and 0 < pseudo["local"]["purity"] <= 1
+    assert (project.path / "metrics/exmap/embedding.png").read_bytes()[:4] == b"\x89PNG"
+    with h5py.File(project.path / "data/prepared.h5", "r") as f:
+        classes = json.loads(f.attrs["class_names"])
+    for name in ("randmask", "masktune"):  # the gallery: one PNG per class
+        gallery = sorted((project.path / f"metrics/masks/{name}").iterdir())
+        assert [p.name for p in gallery] == [gallery_file_name(c, n) for c, n in enumerate(classes)]
+        assert all(p.read_bytes()[:4] == b"\x89PNG" for p in gallery)
+    clusters = json.loads((project.path / "metrics/clusterfix/pseudo_labels.json").read_text())
+    assert clusters["clusters_per_class"] == 2
+    with h5py.File(project.path / "data/clusterfix/features.h5", "r") as f:
+        if clusters["backbone"] == "resnet18":
+            assert f["train"].shape[1] == 512  # ResNet-18's global average pool
+        assert np.allclose(np.linalg.norm(f["val"][()], axis=1), 1, atol=1e-5)  # L2-normalised
+    for name, method in details.items():  # every model: pooled, unbiased and worst-group accuracy, per class
+        test = method["results"]["val"]
+        assert test["unbiased_accuracy"] == pytest.approx(np.mean(list(test["groups"].values())))
+        assert list(test["classes"]) == classes and test["worst_class_accuracy"] == min(test["classes"].values())
+    return {name: method["results"] for name, method in details.items()}
+
+
+def resnet18_weights(path):
+    """A file in torchvision's ResNet-18 format (random weights: the fixtures test the data path, not
+    ImageNet features), for ClusterFix's `clusterfix.backbone: resnet18` recipes."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path
