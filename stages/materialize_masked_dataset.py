@@ -56,7 +56,7 @@ def main() -> None:
     images = masking_view_images(prepared, spec.views, picked)
     masked = apply_masks(images, read_masks(args.out, rows, images.shape[1:3], picked))
     maps = full_maps_at(args.saliency, rows, picked)
-    captions = {int(r): f"{names[int(groups[r])]}: {fraction[r]:.1%} masked" for r in picked}
+    captions = {int(r): f"{names[int(groups[r])]}, {fraction[r]:.1%} masked" for r in picked}
     with atomic_directory(args.gallery) as folder:
         save_mask_gallery(folder, gallery, prepared.class_names, picked, images, maps, masked, captions,
                           f"{method.title}: most and least masked training images (as the saliency saw them)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -56,21 +57,23 @@ def save_mask_grid(path: str | Path, originals: np.ndarray, saliency: np.ndarray
                    row_labels: list[str], title: str) -> None:
     """One row per image: the raw image, its saliency map over it, the masked image."""
     rows = len(originals)
-    fig, axes = plt.subplots(rows, 3, figsize=(5.4, 1.7 * rows + 0.5), squeeze=False)
+    title = "\n".join(textwrap.fill(line, 64) for line in title.splitlines())
+    head = 0.16 * (title.count("\n") + 1) + 0.05  # inches the title takes
+    fig, axes = plt.subplots(rows, 3, figsize=(5.4, 1.7 * rows + head), squeeze=False)
     for row in range(rows):
         image = originals[row]
         axes[row, 0].imshow(image)
         axes[row, 1].imshow(image.mean(axis=-1), cmap="gray")
         axes[row, 1].imshow(saliency[row], cmap="jet", alpha=0.5, vmin=0, vmax=1)
         axes[row, 2].imshow(masked[row])
-        axes[row, 0].set_ylabel(row_labels[row], fontsize=7)
+        axes[row, 0].set_ylabel(textwrap.fill(row_labels[row], 24), fontsize=7)
         for ax in axes[row]:
             ax.set_xticks([])
             ax.set_yticks([])
     for ax, name in zip(axes[0], ("original", "XGradCAM", "masked")):
         ax.set_title(name, fontsize=9)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+    fig.tight_layout(rect=(0, 0, 1, 1 - head / fig.get_figheight()))
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
