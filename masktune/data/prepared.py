@@ -63,6 +63,15 @@ def _write_pixel_splits(path: str | Path, splits: Mapping[str, SampleSet], attrs
                 write_array(group, field, np.asarray(getattr(samples, field), dtype=np.int64))
 
 
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what Pillow raises on a bad file
+
+
+def unreadable_image(path: str | Path, error: Exception) -> UserError:
+    """The one-line error for an image Pillow cannot open or decode, naming the file and Pillow's reason."""
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return UserError(f"{path}: cannot read image (corrupted or truncated? {reason})")
+
+
 def _checked_size(data: bytes, path: Path) -> tuple[int, int]:
     """(height, width) of an encoded image, after decoding it (JPEG at 1/8 scale: an eighth of the
     work, and a truncated or corrupt file still fails), or a UserError naming the file."""
@@ -71,9 +80,8 @@ def _checked_size(data: bytes, path: Path) -> tuple[int, int]:
             width, height = image.size
             image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
             image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(f"{path}: cannot read image (corrupted or truncated? {reason})") from None
+    except IMAGE_ERRORS as error:
+        raise unreadable_image(path, error) from None
     return height, width
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from masktune.data.prepared import IMAGE_ERRORS, unreadable_image
 from masktune.data.samples import ImageRecords
 from masktune.errors import UserError
 
@@ -34,9 +35,8 @@ def _open_decoded(path: Path) -> Image.Image:
     try:
         image = Image.open(path)
         image.load()  # full decode: verify() does not notice a truncated JPEG
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(f"{path}: cannot read image (corrupted or truncated? {reason})") from None
+    except IMAGE_ERRORS as error:
+        raise unreadable_image(path, error) from None
     return image
 
 
@@ -59,8 +59,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             width, height = image.size
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise UserError(f"{path}: cannot read image ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+    except IMAGE_ERRORS as error:
+        raise unreadable_image(path, error) from None
     return height, width
 
 

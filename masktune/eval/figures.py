@@ -30,7 +30,8 @@ def pick_gallery(labels: np.ndarray, groups: np.ndarray, fraction: np.ndarray, p
             members = np.flatnonzero((labels == c) & (groups == g))
             order = members[np.argsort(-fraction[members], kind="stable")]
             most = order[:(per_group + 1) // 2]
-            least = [r for r in order[::-1][:per_group // 2] if r not in set(most)]
+            shown = set(most.tolist())
+            least = [r for r in order[::-1][:per_group // 2] if r not in shown]
             rows += [*most, *least]
         gallery[int(c)] = np.asarray(rows, dtype=np.int64)
     return gallery
