@@ -3,6 +3,8 @@
 Researchers run the stages through `dvc repro`; a traceback for a missing file or a typo in
 params.yaml hides the one thing they need to know. Library code raises `UserError` with a message
 that names the file or key and what to do; `run_stage` prints it on one line and exits with 2.
+A data-parallel worker whose collective fails because another worker died exits quietly: the
+launching stage names the worker that died (masktune.distributed), in one line.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from collections.abc import Callable
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's largest: batch tensors (a few MB to tens of MB) stay on the heap
 _TRIM_THRESHOLD_BYTES = 1 << 30
+PEER_FAILURE_EXIT = 3  # a worker stopped because another worker died
 
 
 class UserError(Exception):
@@ -35,8 +38,25 @@ def run_stage(main: Callable[[], None]) -> Callable[[], None]:
         except KeyboardInterrupt:
             print("interrupted: no output was written", file=sys.stderr)
             sys.exit(130)
+        except Exception as error:
+            if is_peer_failure(error):
+                sys.exit(PEER_FAILURE_EXIT)
+            raise
 
     return wrapper
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """Whether `error` is a collective (all-reduce, broadcast) failing because another data-parallel
+    worker died: a traceback from every survivor would bury the line that names the dead worker.
+    (torch is looked up, not imported: stages that never load it stay light.)"""
+    torch = sys.modules.get("torch")
+    if torch is None or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return False
+    if isinstance(error, torch.distributed.DistError):
+        return True
+    return isinstance(error, RuntimeError) and any(
+        marker in str(error) for marker in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
 
 
 def keep_freed_memory() -> None:

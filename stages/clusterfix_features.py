@@ -12,11 +12,11 @@ import argparse
 from masktune.config.stages import load_stage_config
 from masktune.data.splits import open_split
 from masktune.datasets import open_prepared
+from masktune.distributed import select_device
 from masktune.errors import run_stage
 from masktune.io.hdf5 import write_arrays
 from masktune.methods import get_method
 from masktune.methods.clusterfix import feature_network, split_features
-from masktune.train.loop import select_device
 
 
 @run_stage

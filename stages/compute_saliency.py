@@ -12,10 +12,10 @@ import argparse
 
 from masktune.config.stages import load_stage_config
 from masktune.datasets import open_prepared
+from masktune.distributed import select_device
 from masktune.errors import run_stage
 from masktune.models.checkpoint import load_checkpoint
 from masktune.saliency.compute import compute_saliency_file
-from masktune.train.loop import select_device
 
 
 @run_stage

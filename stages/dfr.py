@@ -11,11 +11,11 @@ import argparse
 from masktune.config.stages import load_stage_config
 from masktune.data.splits import open_split
 from masktune.datasets import open_prepared
+from masktune.distributed import select_device
 from masktune.errors import run_stage
 from masktune.io.files import write_json
 from masktune.methods import get_method
 from masktune.methods.dfr import retrain_last_layers
-from masktune.train.loop import select_device
 
 
 @run_stage

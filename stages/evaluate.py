@@ -22,6 +22,7 @@ import numpy as np
 from masktune.config.stages import load_stage_config
 from masktune.data.splits import open_split
 from masktune.datasets import open_prepared
+from masktune.distributed import select_device
 from masktune.errors import UserError, run_stage
 from masktune.eval.figures import write_group_csv
 from masktune.eval.metrics import background_challenge_metrics, group_metrics
@@ -29,7 +30,7 @@ from masktune.eval.report import NO_GROUPS_NOTE, comparison_markdown, headline, 
 from masktune.io.files import atomic_directory, write_json
 from masktune.methods import GroupLabels, Method, reported_models
 from masktune.models.checkpoint import load_checkpoint
-from masktune.train.loop import predict, select_device
+from masktune.train.loop import predict
 
 
 def _group_labels(state: dict, method: Method) -> GroupLabels:

@@ -14,11 +14,12 @@ from masktune.config.stages import load_stage_config
 from masktune.data.masks import masks_method
 from masktune.data.splits import mask_source, open_split
 from masktune.datasets import open_prepared
+from masktune.distributed import select_device
 from masktune.errors import UserError, run_stage
 from masktune.io.files import write_json
 from masktune.methods import get_method
 from masktune.models.checkpoint import load_checkpoint, save_checkpoint
-from masktune.train.loop import accuracy, restore_optimizer, seed_everything, select_device, train_epoch
+from masktune.train.loop import accuracy, restore_optimizer, seed_everything, train_epoch
 
 
 @run_stage

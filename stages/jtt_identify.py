@@ -17,13 +17,14 @@ import numpy as np
 from masktune.config.stages import load_stage_config
 from masktune.data.splits import open_split
 from masktune.datasets import open_prepared
+from masktune.distributed import select_device
 from masktune.errors import run_stage
 from masktune.io.files import write_json
 from masktune.io.hdf5 import write_arrays
 from masktune.methods import get_method
 from masktune.methods.jtt import error_set
 from masktune.models.pretrained import initial_model
-from masktune.train.loop import make_optimizer, predict, seed_everything, select_device, train_epoch
+from masktune.train.loop import make_optimizer, predict, seed_everything, train_epoch
 
 
 @run_stage

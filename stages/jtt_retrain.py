@@ -16,6 +16,7 @@ from dvclive import Live
 from masktune.config.stages import load_stage_config
 from masktune.data.splits import ResampledSplit, open_split
 from masktune.datasets import open_prepared
+from masktune.distributed import select_device
 from masktune.errors import run_stage
 from masktune.io.files import atomic_directory
 from masktune.io.hdf5 import read_arrays
@@ -24,7 +25,7 @@ from masktune.methods.jtt import upsampled_rows
 from masktune.methods.selection import SELECT_BY, selection_score
 from masktune.models.pretrained import initial_model
 from masktune.train.fit import fit
-from masktune.train.loop import make_optimizer, seed_everything, select_device
+from masktune.train.loop import make_optimizer, seed_everything
 
 
 @run_stage

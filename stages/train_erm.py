@@ -7,22 +7,27 @@ one: best *average* validation accuracy, no group labels. Hyperparameters left n
 `train_erm.lr_schedule`: constant (MaskTune's ERM), or cosine, ExMap's ERM: `CosineAnnealingLR(optimizer,
 T_max=epochs)`, eta_min 0, stepped once per epoch (rwchakra/exmap src/utils/optimizers.py L25-27,
 src/run_erm.py L68).
+
+Runs as `distributed.nproc_per_node` x `distributed.nnodes` DDP workers when asked (masktune.distributed).
+Survives preemption: each finished epoch's state goes to `models/erm_best.pt.partial/`, and a rerun
+with the same data and params continues after the last finished epoch (masktune.train.fit).
 """
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 
 import torch
-from dvclive import Live
 
 from masktune.config.stages import load_stage_config
 from masktune.data.splits import open_split
 from masktune.datasets import open_prepared
+from masktune.distributed import init_workers, launch_workers, select_device
 from masktune.errors import run_stage
-from masktune.io.files import atomic_directory
+from masktune.io.journal import file_identity
 from masktune.models.pretrained import initial_model
-from masktune.train.fit import fit
-from masktune.train.loop import make_optimizer, seed_everything, select_device
+from masktune.train.fit import finish_journal, fit, live_folder
+from masktune.train.loop import make_optimizer, seed_everything
 
 
 @run_stage
@@ -35,29 +40,33 @@ def main() -> None:
     args = parser.parse_args()
 
     config = load_stage_config("train_erm")
+    launch_workers(config, "stages.train_erm")
+    device = select_device()
+    init_workers(device)
     generator = seed_everything(config.seed)
     prepared, spec = open_prepared(args.data)
     train = open_split(prepared, "train", spec.views, "train", config.workers)
     val = open_split(prepared, "val", spec.views, "eval", config.workers)
-    device = select_device()
     model = initial_model(config.arch, prepared.num_classes, config.pretrained, config.weights_path, device)
     optimizer = make_optimizer(model, config.lr, config.momentum, config.weight_decay)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
                  if config.lr_schedule == "cosine" else None)
-    with atomic_directory(args.live) as live_dir:
-        live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+    resume = {"stage": "train_erm", "data": file_identity(args.data), "config": asdict(config),
+              "weights": config.weights_path and file_identity(config.weights_path), "device": device.type,
+              "torch": torch.__version__}
+    with live_folder(args.live) as live:
         best = fit(model, optimizer, train, val, epochs=config.epochs, batch_size=config.batch_size,
                    eval_batch_size=config.eval_batch_size, generator=generator, device=device, live=live,
                    best_path=args.best, last_path=args.last,
                    checkpoint_info={"arch": config.arch, "num_classes": prepared.num_classes},
-                   scheduler=scheduler)
+                   scheduler=scheduler, resume=resume)
         live.summary["best/val_accuracy"] = best["accuracy"]
         live.summary["best/epoch"] = best["epoch"]
         live.summary["recipe"] = {"arch": config.arch, "pretrained": config.pretrained, "lr": config.lr,
                                   "epochs": config.epochs, "batch_size": config.batch_size,
                                   "momentum": config.momentum, "weight_decay": config.weight_decay,
                                   "lr_schedule": config.lr_schedule}
-        live.end()
+    finish_journal(args.best, resume)
 
 
 if __name__ == "__main__":

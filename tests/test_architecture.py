@@ -16,7 +16,7 @@ from conftest import ROOT
 
 PACKAGES = ("masktune", "stages")
 # masktune's subpackages, each importing only from those before it (masktune/__init__.py says why).
-LAYERS = ("errors", "config", "io", "data", "datasets", "models", "train", "saliency", "masking", "eval",
+LAYERS = ("errors", "config", "io", "distributed", "data", "datasets", "models", "train", "saliency", "masking", "eval",
           "methods")
 
 

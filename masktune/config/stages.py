@@ -33,7 +33,16 @@ class PrepareConfig:
 
 
 @dataclass(frozen=True)
-class _Network:
+class _Distributed:
+    """How many torchrun workers run the stage (masktune.distributed; README "Scaling out")."""
+    nproc_per_node: int = _key("distributed.nproc_per_node")
+    nnodes: int = _key("distributed.nnodes")
+    master_addr: str = _key("distributed.master_addr")
+    master_port: int = _key("distributed.master_port")
+
+
+@dataclass(frozen=True)
+class _Network(_Distributed):
     """The network every from-scratch training run starts from (ERM's, and JTT's two models)."""
     dataset: str = _key("dataset")
     eval_batch_size: int = _key("eval_batch_size")
@@ -55,7 +64,7 @@ class TrainErmConfig(_Network):
 
 
 @dataclass(frozen=True)
-class SaliencyConfig:
+class SaliencyConfig(_Distributed):
     batch_size: int = _key("saliency.batch_size")
     precision: str = _key("saliency.precision")
     channels_last: bool = _key("saliency.channels_last")
@@ -78,7 +87,7 @@ class RandMaskMaskConfig:
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(_Distributed):
     epochs: int = _key("finetune.epochs")
     lr: float | None = _key("finetune.lr")  # None: ERM's learning rate (the checkpoint's, or its initial one)
     batch_size: int = _key("finetune.batch_size")

@@ -4,8 +4,9 @@ A `Split` is a torch `Dataset` of `(image tensor, label, group, index)` with the
 `groups` and `attributes` as arrays, and two batched readers, so that training, prediction and the
 per-image passes (saliency) never ask how a split is stored:
 
-- `batches(batch_size, device, generator)`: `(inputs on the device, row indices)`, shuffled when a
-  generator is given (training), in order without (prediction);
+- `batches(batch_size, device, generator, world)`: `(inputs on the device, row indices)`, shuffled when
+  a generator is given (training), in order without (prediction); with a data-parallel `world`, this
+  rank's part of each global batch (masktune.distributed);
 - `ordered_batches(batch_size, device, start, workers)`: `(first row, inputs)` in row order from row
   `start`, in memory bounded by the batch (saliency streams CelebA's 162,770 images this way).
 
@@ -36,6 +37,7 @@ from masktune.data.masks import MaskSource
 from masktune.data.prepared import EncodedImages, PreparedFile
 from masktune.data.samples import SampleSet
 from masktune.data.views import DatasetViews
+from masktune.distributed import World, shard_batch
 from masktune.errors import UserError
 from masktune.io.hdf5 import STREAM_CACHE_BYTES, open_h5
 
@@ -49,11 +51,33 @@ def to_input(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.T
     return tensor.permute(0, 3, 1, 2).float().div_(255)
 
 
-def index_batches(n: int, batch_size: int, generator: torch.Generator | None = None) -> Iterator[np.ndarray]:
-    """Index batches over n samples: shuffled with `generator`, in order without one."""
+def index_batches(n: int, batch_size: int, generator: torch.Generator | None = None,
+                  world: World | None = None) -> Iterator[np.ndarray]:
+    """Index batches over n samples: shuffled with `generator`, in order without one. With a
+    data-parallel `world`, this rank's part of each batch (every rank draws the same permutation); a
+    rank whose part is empty (a last batch of fewer rows than ranks) gets the whole batch as a
+    stand-in that `train_epoch` weighs 0."""
     order = torch.randperm(n, generator=generator).numpy() if generator is not None else np.arange(n)
     for start in range(0, n, batch_size):
-        yield order[start:start + batch_size]
+        batch = order[start:start + batch_size]
+        if world is not None and world.distributed:
+            part = shard_batch(batch, world)
+            batch = part if len(part) else batch
+        yield batch
+
+
+class ShardedBatches:
+    """A DataLoader batch sampler yielding `index_batches` (this rank's part of each shuffled batch),
+    the permutation drawn from `generator` when iteration starts, as DataLoader's own sampler does."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, world: World):
+        self.n, self.batch_size, self.generator, self.world = n, batch_size, generator, world
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (batch.tolist() for batch in index_batches(self.n, self.batch_size, self.generator, self.world))
+
+    def __len__(self) -> int:
+        return (self.n + self.batch_size - 1) // self.batch_size
 
 
 class PixelBatches(Dataset):
@@ -101,8 +125,8 @@ class Split(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int, int]:
         raise NotImplementedError
 
-    def batches(self, batch_size: int, device: torch.device,
-                generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    def batches(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None,
+                world: World | None = None) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
         raise NotImplementedError
 
     def ordered_batches(self, batch_size: int, device: torch.device, start: int = 0,
@@ -139,8 +163,8 @@ class PixelSplit(Split):
         image = to_input(self.pixels(np.array([i])), torch.device("cpu"))[0]
         return image, int(self.labels[i]), int(self.groups[i]), i
 
-    def batches(self, batch_size, device, generator=None):
-        for index in index_batches(len(self), batch_size, generator):
+    def batches(self, batch_size, device, generator=None, world=None):
+        for index in index_batches(len(self), batch_size, generator, world):
             yield to_input(self.pixels(index), device), index
 
     def ordered_batches(self, batch_size, device, start=0, workers=0):
@@ -174,15 +198,20 @@ class EncodedSplit(Split):
             image = Image.fromarray(self.masks.apply(np.asarray(image)[None], np.array([i]))[0])
         return self.transform(image), int(self.labels[i]), int(self.groups[i]), i
 
-    def _loader(self, dataset: Dataset, batch_size: int, device: torch.device, generator=None, workers=None):
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=generator is not None, generator=generator,
-                            num_workers=self.workers if workers is None else workers,
-                            pin_memory=device.type == "cuda")
+    def _loader(self, dataset: Dataset, batch_size: int, device: torch.device, generator=None, workers=None,
+                world: World | None = None):
+        workers = self.workers if workers is None else workers
+        if world is not None and world.distributed and generator is not None:
+            loader = DataLoader(dataset, batch_sampler=ShardedBatches(len(dataset), batch_size, generator, world),
+                                generator=generator, num_workers=workers, pin_memory=device.type == "cuda")
+        else:
+            loader = DataLoader(dataset, batch_size=batch_size, shuffle=generator is not None, generator=generator,
+                                num_workers=workers, pin_memory=device.type == "cuda")
         for inputs, _, _, index in loader:
             yield inputs.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last), index.numpy()
 
-    def batches(self, batch_size, device, generator=None):
-        yield from self._loader(self, batch_size, device, generator)
+    def batches(self, batch_size, device, generator=None, world=None):
+        yield from self._loader(self, batch_size, device, generator, world=world)
 
     def ordered_batches(self, batch_size, device, start=0, workers=0):
         for inputs, index in self._loader(Subset(self, range(start, len(self))), batch_size, device,
@@ -204,12 +233,12 @@ class ResampledSplit(Split):
         image, label, group, _ = self.base[int(self.rows[i])]
         return image, label, group, i
 
-    def batches(self, batch_size, device, generator=None):
+    def batches(self, batch_size, device, generator=None, world=None):
         if isinstance(self.base, PixelSplit):  # the fast path: index the pixels in memory
-            for index in index_batches(len(self), batch_size, generator):
+            for index in index_batches(len(self), batch_size, generator, world):
                 yield to_input(self.base.pixels(self.rows[index]), device), index
         else:
-            yield from self.base._loader(self, batch_size, device, generator)
+            yield from self.base._loader(self, batch_size, device, generator, world=world)
 
 
 def open_split(prepared: PreparedFile, split: str, views: DatasetViews, kind: str = "eval", workers: int = 0,

@@ -1,15 +1,23 @@
-"""A resume journal for long row-by-row stages (`compute_saliency` on CelebA takes hours on a CPU).
+"""Resume journals for long stages: `compute_saliency` on CelebA takes hours on a CPU, a paper recipe
+trains for 100 epochs, and a spot instance or a node can be taken away at any point (after `kill -9`
+DVC removes a stage's outputs, so nothing declared survives).
 
-Finished rows go to shard files in `<output>.partial/`, each written atomically (temporary name,
-then rename), so a crash, a kill -9 or a full disk loses at most the shard being written and never
-leaves a half shard that looks complete. `meta.json` holds a fingerprint of everything the rows
-depend on (model checkpoint hash, data file, batch size, precision, ...): a journal left by other
-inputs is discarded, never resumed. When every row is done the stage assembles the shards into its
-declared output (atomically as well) and deletes the journal, so DVC only ever sees a complete file.
+A journal is a folder `<output>.partial/` beside the stage's first output, outside what DVC tracks
+(`.gitignore`: `*.partial/`). `meta.json` holds a fingerprint of everything the work depends on
+(inputs' hashes or sizes and times, the stage's params, world size, torch version, ...): a journal
+left by other inputs or params is discarded, never resumed. Every file in it is written atomically
+(temporary name, then rename), so a crash loses at most the piece being written and never leaves a
+half file that looks complete. The stage deletes the journal once its declared outputs are written.
+
+- `ResumeJournal`: finished rows of a per-image pass in shard files (`compute_saliency`), assembled
+  into the output when every row is done; several ranks each journal their own contiguous range.
+- `EpochJournal`: one file holding the whole training state after the last finished epoch
+  (`masktune.train.fit`).
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 import shutil
@@ -18,6 +26,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import torch
 
 from masktune.io.files import atomic_output
 
@@ -32,15 +41,27 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-class ResumeJournal:
-    """Shards of finished rows beside `output`, valid only for the inputs in `fingerprint`."""
+def file_identity(path: str | Path) -> dict:
+    """Path, size and modification time of an input too large to hash at every start (a prepared
+    dataset of several GB): DVC writes a changed input as a new file, so a change shows in these."""
+    path = Path(path)
+    stat = path.stat()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
-    def __init__(self, output: str | Path, fingerprint: Mapping):
+
+class JournalFolder:
+    """`<output>.partial/`, valid only for the inputs in `fingerprint`: an existing folder with another
+    fingerprint is deleted (`discarded`). `create=False` only looks (the other ranks of a
+    distributed stage, after rank 0 has made the folder)."""
+
+    def __init__(self, output: str | Path, fingerprint: Mapping, create: bool = True):
         output = Path(output)
         self.folder = output.with_name(output.name + ".partial")
-        self.fingerprint = json.loads(json.dumps(dict(fingerprint)))  # normalise tuples, numbers
+        self.fingerprint = json.loads(json.dumps(dict(fingerprint), default=str))  # normalise tuples, paths
         meta = self.folder / "meta.json"
         self.discarded = False
+        if not create:
+            return
         if self.folder.exists() and (not meta.is_file() or json.loads(meta.read_text()) != self.fingerprint):
             shutil.rmtree(self.folder)
             self.discarded = True
@@ -48,6 +69,13 @@ class ResumeJournal:
             self.folder.mkdir(parents=True)
             with atomic_output(meta) as tmp:
                 tmp.write_text(json.dumps(self.fingerprint, indent=2, sort_keys=True))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class ResumeJournal(JournalFolder):
+    """Shards of finished rows beside `output`."""
 
     def _shards(self) -> list[tuple[int, int, Path]]:
         found = []
@@ -57,13 +85,13 @@ class ResumeJournal:
                 found.append((int(match[1]), int(match[2]), path))
         return sorted(found)
 
-    def done_rows(self) -> int:
-        """Rows 0 .. done_rows() - 1 are in the journal (the contiguous prefix of shards)."""
-        done = 0
-        for start, stop, _ in self._shards():
-            if start != done:
-                break
-            done = stop
+    def done_rows(self, start: int = 0) -> int:
+        """Rows start .. done_rows(start) - 1 are in the journal (the contiguous run of shards from
+        `start`; a rank of a distributed pass asks from the start of its range)."""
+        done = start
+        for first, stop, _ in self._shards():
+            if first == done:
+                done = stop
         return done
 
     def write_shard(self, start: int, arrays: Mapping[str, np.ndarray]) -> None:
@@ -83,5 +111,17 @@ class ResumeJournal:
                 yield start, {name: f[name][()] for name in f}
             done = end
 
-    def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+
+class EpochJournal(JournalFolder):
+    """The training state after the last finished epoch, in one atomically replaced file."""
+
+    def save(self, state: dict) -> None:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        with atomic_output(self.folder / "epoch.pt") as tmp:
+            tmp.write_bytes(buffer.getvalue())
+
+    def load(self) -> dict | None:
+        """The saved state, or None when no epoch has finished under these inputs."""
+        path = self.folder / "epoch.pt"
+        return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None

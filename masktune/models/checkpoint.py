@@ -13,16 +13,23 @@ from masktune.io.files import atomic_output
 from masktune.models import build_model
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, *, arch: str,
-                    num_classes: int, epoch: int, val_accuracy: float, **info) -> None:
-    """Model, optimizer state (None for a model not trained by SGD: DFR's) and what the model is (`info`: e.g. the method that trained it and
-    whether it used group labels), written atomically, the same weights to the same bytes."""
+def checkpoint_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None, *, arch: str, num_classes: int,
+                     epoch: int, val_accuracy: float, **info) -> bytes:
+    """The checkpoint file's bytes: model, optimizer state (None for a model not trained by SGD: DFR's)
+    and what the model is (`info`: e.g. the method that trained it and whether it used group labels);
+    the same weights give the same bytes."""
     state = {"model": model.state_dict(), "optimizer": None if optimizer is None else optimizer.state_dict(), "arch": arch,
              "num_classes": num_classes, "epoch": epoch, "val_accuracy": val_accuracy, **info}
     buffer = io.BytesIO()  # torch.save names the zip's root folder after the file: keep it fixed,
     torch.save(state, buffer)  # so that the same weights give the same bytes
+    return buffer.getvalue()
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, **info) -> None:
+    """`checkpoint_bytes` written atomically."""
+    data = checkpoint_bytes(model, optimizer, **info)
     with atomic_output(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
+        tmp.write_bytes(data)
 
 
 def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, dict]:

@@ -11,11 +11,22 @@ An optional learning-rate `scheduler` steps once after each epoch's training pas
 the checkpoints, as ExMap's ERM (rwchakra/exmap src/run_erm.py L66-72: `scheduler.step()` after
 `train_epoch`, then the state dict is saved): a checkpoint holds the learning rate of the next epoch, and
 its param groups hold the schedule's `initial_lr` (what `restore_optimizer` falls back on).
+
+Preemption: with `resume` (a fingerprint of the stage's inputs and params) the whole training state
+after each epoch goes to an `EpochJournal` beside `best_path` (`<best>.partial/epoch.pt`): model,
+optimizer, scheduler, the shuffling generator (the sampler's position: the next epoch's permutation and
+worker seeds are drawn from it), the global torch / numpy / Python random states, the best score and
+checkpoint so far, and every number logged. A rerun after a kill continues after the last finished
+epoch, replays the logged numbers into the new dvclive folder, and ends with the same checkpoints and
+metrics as an uninterrupted run (tests/test_resume.py); a journal of other inputs or params is
+discarded. Under DDP rank 0 writes the journal and broadcasts what it read to the other ranks.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +35,10 @@ from dvclive import Live
 from torch import nn
 
 from masktune.data.splits import Split
-from masktune.models.checkpoint import save_checkpoint
+from masktune.distributed import World, broadcast_object, current_world
+from masktune.io.files import atomic_directory, atomic_output
+from masktune.io.journal import EpochJournal
+from masktune.models.checkpoint import checkpoint_bytes
 from masktune.train.loop import predict, train_epoch, validation_accuracy
 
 
@@ -33,32 +47,152 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Split, val: S
         best_path: str | Path, last_path: str | Path | None = None, checkpoint_info: dict,
         score: Callable[[np.ndarray], dict[str, float]] | None = None, select_by: str = "accuracy",
         name: str = "ERM", scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-        epoch_fn: Callable[..., dict[str, float]] = train_epoch) -> dict:
+        epoch_fn: Callable[..., dict[str, float]] = train_epoch, resume: Mapping | None = None) -> dict:
     """Train `epochs` epochs; save the best checkpoint (and the last); return the best epoch (1-based)
     and its validation scores. `checkpoint_info` (arch, num_classes, ...) goes into every checkpoint.
     `scheduler`, when given, steps after each epoch's training pass (each epoch's learning rate is logged
     as `train/lr`). `epoch_fn` is one training pass with `train_epoch`'s signature (a method's own loss:
-    ClusterFix); every number it returns is logged as `train/<name>`."""
+    ClusterFix); every number it returns is logged as `train/<name>`. `resume`: the fingerprint under
+    which an epoch journal is kept and resumed (None: no journal). Only rank 0 writes files."""
+    world = current_world()
     score = score or validation_accuracy(val)
-    best_score, best = -math.inf, {}
-    for epoch in range(epochs):
+    state = TrainingState(model, optimizer, scheduler, generator)
+    journal = _open_journal(best_path, resume, world)
+    start = state.restore(journal, live, best_path, last_path, world, name)
+    for epoch in range(start, epochs):
         stats = epoch_fn(model, optimizer, train, batch_size, generator, device,
                          desc=f"{name} epoch {epoch + 1}/{epochs}")
+        logged = {}
         if scheduler is not None:
-            live.log_metric("train/lr", optimizer.param_groups[0]["lr"])  # this epoch's
+            logged["train/lr"] = optimizer.param_groups[0]["lr"]  # this epoch's
             scheduler.step()
         scores = score(predict(model, val, eval_batch_size, device, "validate"))
-        for key, value in stats.items():
-            live.log_metric(f"train/{key}", value)
-        for key, value in scores.items():
-            live.log_metric(f"val/{key}", value)
+        logged |= {f"train/{key}": value for key, value in stats.items()}
+        logged |= {f"val/{key}": value for key, value in scores.items()}
+        _log(live, logged)
         checkpoint = {**checkpoint_info, "epoch": epoch, "val_accuracy": scores.get("accuracy", math.nan)}
-        if scores[select_by] > best_score:
-            best_score, best = scores[select_by], {"epoch": epoch + 1, **scores}
-            save_checkpoint(best_path, model, optimizer, **checkpoint)
+        if scores[select_by] > state.best_score:
+            state.best_score, state.best = scores[select_by], {"epoch": epoch + 1, **scores}
+            state.best_checkpoint = checkpoint_bytes(model, optimizer, **checkpoint)
+            _write(best_path, state.best_checkpoint, world)
+        state.last_checkpoint = checkpoint_bytes(model, optimizer, **checkpoint) if last_path is not None else None
         if last_path is not None:
-            save_checkpoint(last_path, model, optimizer, **checkpoint)
-        print(f"{name} epoch {epoch + 1}/{epochs}: train loss {stats['loss']:.4f}, train acc {stats['accuracy']:.4f}, "
-              + ", ".join(f"val {key.replace('_', ' ')} {value:.4f}" for key, value in scores.items()))
-        live.next_step()
-    return best
+            _write(last_path, state.last_checkpoint, world)
+        state.history.append(logged)
+        if journal is not None and world.is_main:
+            journal.save(state.snapshot(epoch + 1))
+        if world.is_main:
+            print(f"{name} epoch {epoch + 1}/{epochs}: train loss {stats['loss']:.4f}, train acc "
+                  f"{stats['accuracy']:.4f}, "
+                  + ", ".join(f"val {key.replace('_', ' ')} {value:.4f}" for key, value in scores.items()))
+    return state.best
+
+
+def finish_journal(best_path: str | Path, resume: Mapping | None) -> None:
+    """Delete the epoch journal once the stage's outputs are written (rank 0; call last)."""
+    if resume is not None and current_world().is_main:
+        EpochJournal(best_path, resume, create=False).remove()
+
+
+class TrainingState:
+    """Everything a resumed run needs to continue exactly where an uninterrupted one would be."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler | None, generator: torch.Generator):
+        self.model, self.optimizer, self.scheduler, self.generator = model, optimizer, scheduler, generator
+        self.best_score, self.best = -math.inf, {}
+        self.best_checkpoint: bytes | None = None
+        self.last_checkpoint: bytes | None = None
+        self.history: list[dict[str, float]] = []
+
+    def snapshot(self, epochs_done: int) -> dict:
+        return {"epochs_done": epochs_done, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+                "best_score": self.best_score, "best": self.best, "best_checkpoint": self.best_checkpoint,
+                "last_checkpoint": self.last_checkpoint, "history": self.history}
+
+    def restore(self, journal: EpochJournal | None, live: Live, best_path: str | Path,
+                last_path: str | Path | None, world: World, name: str) -> int:
+        """Load the journal's state (rank 0 reads, every rank receives); rewrite the checkpoints DVC
+        removed and replay the logged numbers; return the number of epochs already done."""
+        saved = journal.load() if journal is not None and world.is_main else None
+        saved = broadcast_object(saved, world) if journal is not None else None
+        if saved is None:
+            return 0
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(saved["scheduler"])
+        self.generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        if saved["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        np.random.set_state(saved["numpy_rng"])
+        random.setstate(saved["python_rng"])
+        self.best_score, self.best = saved["best_score"], saved["best"]
+        self.best_checkpoint, self.last_checkpoint = saved["best_checkpoint"], saved["last_checkpoint"]
+        self.history = saved["history"]
+        for logged in self.history:
+            _log(live, logged)
+        if self.best_checkpoint is not None:
+            _write(best_path, self.best_checkpoint, world)
+        if last_path is not None and self.last_checkpoint is not None:
+            _write(last_path, self.last_checkpoint, world)
+        if world.is_main:
+            print(f"{name}: resuming after epoch {saved['epochs_done']} ({journal.folder})")
+        return saved["epochs_done"]
+
+
+def _open_journal(best_path: str | Path, resume: Mapping | None, world: World) -> EpochJournal | None:
+    if resume is None:
+        return None
+    journal = EpochJournal(best_path, {**resume, "world_size": world.size}, create=world.is_main)
+    if journal.discarded:
+        print(f"{journal.folder}: left by other inputs or params, starting over")
+    return journal
+
+
+def _log(live: Live, logged: Mapping[str, float]) -> None:
+    for key, value in logged.items():
+        live.log_metric(key, value)
+    live.next_step()
+
+
+def _write(path: str | Path, data: bytes, world: World) -> None:
+    if world.is_main:
+        with atomic_output(path) as tmp:
+            tmp.write_bytes(data)
+
+
+class _Silent:
+    """Stands in for dvclive on the ranks that write nothing."""
+
+    def __init__(self):
+        self.summary: dict = {}
+
+    def log_metric(self, *args, **kwargs) -> None:
+        pass
+
+    def next_step(self) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def live_folder(path: str | Path) -> Iterator[Live]:
+    """A dvclive logger writing `path` atomically (the folder appears when the block succeeds), as a
+    pipeline stage uses it (no dvc.yaml rewrite, no experiment commit); a silent stand-in on ranks
+    other than 0."""
+    if not current_world().is_main:
+        yield _Silent()
+        return
+    with atomic_directory(path) as folder:
+        live = Live(str(folder), dvcyaml=False, save_dvc_exp=False, report=None)
+        yield live
+        live.end()

@@ -17,17 +17,24 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from masktune.data.splits import Split
+from masktune.data.splits import ResampledSplit, Split
+from masktune.distributed import (
+    all_sum,
+    batch_share,
+    current_world,
+    data_parallel,
+    gather_rows,
+    row_range,
+    shard_batch,
+    sync_buffers,
+)
 
 
 def progress(iterable, desc: str, total: int | None = None) -> tqdm:
-    """A batch progress bar on a terminal; silent when output goes to a log (CI, files)."""
-    return tqdm(iterable, desc=desc, total=total, unit="batch", leave=False, disable=None)
-
-
-def select_device() -> torch.device:
-    """CUDA when there is a GPU, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """A batch progress bar on a terminal; silent when output goes to a log (CI, files) and on
+    every data-parallel worker but rank 0."""
+    return tqdm(iterable, desc=desc, total=total, unit="batch", leave=False,
+                disable=None if current_world().is_main else True)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -67,33 +74,59 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split,
     """One shuffled pass over `data`; returns the mean loss (weighted by batch size, so it is the mean
     over samples) and the accuracy over the epoch. With `predictions` (an array of len(data)), each
     sample's predicted class is written there as the pass computes it, before the step on its batch
-    (what JTT's official code logs to form its error set)."""
+    (what JTT's official code logs to form its error set).
+
+    Under torchrun each rank trains on its part of every global batch of `batch_size` through DDP
+    (masktune.distributed says how that equals one process); the returned numbers are over all ranks."""
+    world = current_world()
+    network = data_parallel(model, world)
     model.train()
-    total_loss, correct = 0.0, 0
-    bar = progress(data.batches(batch_size, device, generator), desc, total=-(-len(data) // batch_size))
-    for inputs, index in bar:
+    total_loss, correct, n = 0.0, 0, len(data)
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    bar = progress(data.batches(batch_size, device, generator, world), desc, total=-(-n // batch_size))
+    for step, (inputs, index) in enumerate(bar):
+        whole = min(batch_size, n - step * batch_size)
+        own = len(shard_batch(np.arange(whole), world))  # 0: a stand-in batch that only keeps DDP in step
         targets = torch.from_numpy(np.asarray(data.labels)[index]).to(device)
-        logits = model(inputs)
+        logits = network(inputs)
         loss = F.cross_entropy(logits, targets)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * batch_share(own, whole, world) if world.distributed else loss).backward()
         optimizer.step()
-        total_loss += loss.item() * len(index)
-        predicted = logits.argmax(1)
-        correct += (predicted == targets).sum().item()
-        if predictions is not None:
-            predictions[index] = predicted.cpu().numpy()
+        if own:
+            total_loss += loss.item() * len(index)
+            predicted = logits.argmax(1)
+            correct += (predicted == targets).sum().item()
+            if predictions is not None:
+                seen.append((index, predicted.cpu().numpy()))
         bar.set_postfix(loss=f"{loss.item():.4f}")
-    return {"loss": total_loss / len(data), "accuracy": correct / len(data)}
+    sync_buffers(model, world)
+    if predictions is not None:
+        _record_predictions(predictions, seen, world)
+    total_loss, correct = all_sum([total_loss, float(correct)], world)
+    return {"loss": total_loss / n, "accuracy": correct / n}
+
+
+def _record_predictions(predictions: np.ndarray, seen: list[tuple[np.ndarray, np.ndarray]], world) -> None:
+    """Write every rank's (rows, predicted classes) into `predictions`, on every rank."""
+    rows = np.concatenate([index for index, _ in seen]) if seen else np.zeros(0, dtype=np.int64)
+    classes = np.concatenate([value for _, value in seen]) if seen else np.zeros(0, dtype=np.int64)
+    predictions[gather_rows(rows, world)] = gather_rows(classes, world)
 
 
 @torch.inference_mode()
 def predict(model: nn.Module, data: Split, batch_size: int, device: torch.device, desc: str = "predict") -> np.ndarray:
-    """Predicted class of every sample of `data`, in order."""
+    """Predicted class of every sample of `data`, in order (under torchrun each rank predicts a
+    contiguous range and every rank gets all of them)."""
+    world = current_world()
+    if world.distributed:
+        start, stop = row_range(len(data), batch_size, world)
+        data = ResampledSplit(data, np.arange(start, stop))
     model.eval()
     bar = progress(data.batches(batch_size, device), desc, total=-(-len(data) // batch_size))
     predictions = [model(inputs).argmax(1).cpu().numpy() for inputs, _ in bar]
-    return np.concatenate(predictions) if predictions else np.zeros(0, dtype=np.int64)
+    mine = np.concatenate(predictions) if predictions else np.zeros(0, dtype=np.int64)
+    return gather_rows(mine, world)
 
 
 def validation_accuracy(val: Split) -> Callable[[np.ndarray], dict[str, float]]:
