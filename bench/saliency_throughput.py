@@ -17,7 +17,8 @@ import argparse
 import torch
 from common import emit_json, machine, print_table, rate, saliency_bench
 
-from masktune.saliency.xgradcam import PRECISIONS, precision_autocast, xgradcam
+from masktune.models.precision import PRECISIONS, precision_autocast
+from masktune.saliency.xgradcam import xgradcam
 
 MODELS = (("small_cnn", 28, 256), ("resnet50", 224, 16))
 

@@ -1,7 +1,7 @@
 """Data-parallel stages: one process per device under torchrun, launched by the stage itself.
 
 `dvc.yaml` commands stay `python -m stages.<stage> ...`. A stage that supports data parallelism
-calls `launch_workers(config.distributed, module)` first: with `distributed.nproc_per_node` x
+calls `start_workers(config)` first: with `distributed.nproc_per_node` x
 `distributed.nnodes` = 1 (the default) it returns and the stage runs as one process, exactly as
 before; otherwise the stage process becomes torchrun's agent (`torch.distributed.launcher.api
 .elastic_launch`, what the `torchrun` command runs) and starts the workers, each the same command.
@@ -81,19 +81,39 @@ def select_device() -> torch.device:
 
 
 def init_workers(device: torch.device) -> World:
-    """Join the process group when running as one of several workers (NCCL on GPUs, gloo on CPUs)."""
+    """Join the process group when running as one of several workers (NCCL on GPUs, gloo on CPUs).
+    Ranks other than 0 print nothing to stdout (the stage's report is rank 0's); errors still reach
+    stderr."""
     world = current_world()
     if world.distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
+        if not world.is_main:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the worker
     return world
 
 
 # -- launching --------------------------------------------------------------------------------------
 
-def launch_workers(settings, module: str) -> None:
+def start_workers(settings) -> torch.device:
+    """The first call of a data-parallel stage: launch its workers when `settings` (nproc_per_node,
+    nnodes, master_addr, master_port) ask for several (this process then waits for them and exits with
+    their status); in a worker, or in the single process, join the group and return the device."""
+    launch_workers(settings)
+    device = select_device()
+    init_workers(device)
+    return device
+
+
+def _this_command() -> list[str]:
+    """The arguments that start this process again: `-m stages.<stage> ...` or the script path."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    return (["-m", spec.name] if spec is not None else [sys.argv[0]]) + sys.argv[1:]
+
+
+def launch_workers(settings) -> None:
     """Run this stage as `settings.nproc_per_node` x `settings.nnodes` torchrun workers when asked
     (and exit with their status); return at once when one process is asked or when this process is
-    already a torchrun worker. `module` is the stage's module (`stages.train_erm`)."""
+    already a torchrun worker."""
     if "TORCHELASTIC_RUN_ID" in os.environ or settings.nproc_per_node * settings.nnodes == 1:
         return
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -106,13 +126,15 @@ def launch_workers(settings, module: str) -> None:
     else:  # static: node k holds ranks k * nproc_per_node .., so node 0 (running dvc) holds rank 0
         rendezvous = {"rdzv_backend": "static", "rdzv_endpoint": f"{settings.master_addr}:{settings.master_port}",
                       "rdzv_configs": {"rank": node_rank}}
+    command = _this_command()
+    if "OMP_NUM_THREADS" not in os.environ:  # as torchrun: the node's cores shared, not oversubscribed
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // settings.nproc_per_node))
     config = LaunchConfig(min_nodes=settings.nnodes, max_nodes=settings.nnodes,
-                          nproc_per_node=settings.nproc_per_node, run_id=f"masktune-{module}", max_restarts=0,
-                          **rendezvous)
-    print(f"{module}: {settings.nproc_per_node} worker(s) on this node (node {node_rank} of {settings.nnodes})",
-          flush=True)
+                          nproc_per_node=settings.nproc_per_node, run_id="masktune", max_restarts=0, **rendezvous)
+    print(f"{' '.join(command[:2])}: {settings.nproc_per_node} worker(s) on this node (node {node_rank} of "
+          f"{settings.nnodes})", flush=True)
     try:
-        elastic_launch(config, sys.executable)("-m", module, *sys.argv[1:])
+        elastic_launch(config, sys.executable)(*command)
     except ChildFailedError as error:
         sys.exit(_report_failure(error))
     sys.exit(0)

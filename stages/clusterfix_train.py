@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 
 import torch
-from dvclive import Live
 
 from masktune.config.stages import load_stage_config
 from masktune.data.splits import open_split
 from masktune.datasets import open_prepared
 from masktune.distributed import select_device
 from masktune.errors import run_stage
-from masktune.io.files import atomic_directory
 from masktune.io.hdf5 import read_arrays, read_attrs
 from masktune.methods import get_method
 from masktune.methods.clusterfix import (
@@ -33,7 +31,7 @@ from masktune.methods.clusterfix import (
 )
 from masktune.methods.selection import SELECT_BY, selection_score
 from masktune.models.pretrained import initial_model
-from masktune.train.fit import fit
+from masktune.train.fit import fit, live_folder
 from masktune.train.loop import seed_everything
 
 
@@ -72,8 +70,7 @@ def main() -> None:
     group_labels = method.group_labels_for(config.selection)
     print(f"ClusterFix: {pseudo.num_clusters} clusters ({k} per class), beta {config.beta}, {config.optimizer} "
           f"lr {config.lr}; selection by {config.selection} validation accuracy (group labels {group_labels})")
-    with atomic_directory(args.live) as live_dir:
-        live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+    with live_folder(args.live) as live:
         best = fit(model, optimizer, train, val, epochs=config.epochs, batch_size=config.batch_size,
                    eval_batch_size=config.eval_batch_size, generator=generator, device=device, live=live,
                    best_path=args.out, score=selection_score(val, config.selection),
@@ -87,7 +84,6 @@ def main() -> None:
         live.summary["recipe"] = {"optimizer": config.optimizer, "lr": config.lr, "weight_decay": config.weight_decay,
                                   "batch_size": config.batch_size, "epochs": config.epochs, "beta": config.beta,
                                   "lr_schedule": config.lr_schedule, "momentum": config.weight_momentum}
-        live.end()
 
 
 if __name__ == "__main__":

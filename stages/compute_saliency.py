@@ -4,7 +4,8 @@ Target: the model's predicted class; target layer: the model's `grad_cam_target_
 the last ReLU of the backbone, the official `get_grad_cam_target_layer`), on the dataset's masking
 view of each image. Streams the images in batches and writes the feature-map-resolution maps and
 predictions to HDF5 (masktune/saliency/file.py says why). An interrupted run resumes from its journal
-(`<out>.partial/`) when rerun with the same inputs; the output appears only once complete.
+(`<out>.partial/`) when rerun with the same inputs; the output appears only once complete. Runs as
+torchrun workers when `distributed` asks, each on a range of the rows (masktune.saliency.compute).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import argparse
 
 from masktune.config.stages import load_stage_config
 from masktune.datasets import open_prepared
-from masktune.distributed import select_device
+from masktune.distributed import start_workers
 from masktune.errors import run_stage
 from masktune.models.checkpoint import load_checkpoint
 from masktune.saliency.compute import compute_saliency_file
@@ -27,10 +28,12 @@ def main() -> None:
     args = parser.parse_args()
 
     config = load_stage_config("compute_saliency")
+    device = start_workers(config)
     prepared, spec = open_prepared(args.data)
-    device = select_device()
     model, _ = load_checkpoint(args.model, device)
     summary = compute_saliency_file(model, args.model, prepared, spec.views, args.out, config, device)
+    if summary is None:  # a worker other than rank 0: rank 0 wrote the file
+        return
     (labels,) = prepared.vectors("train", "labels")
     print(f"saliency of {summary['images']:,} images ({config.precision}, {device.type}); the model "
           f"predicts the true class for {(summary['predicted'] == labels).mean():.2%} of them")

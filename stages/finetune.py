@@ -5,6 +5,7 @@ optimizer state (momentum buffers, learning rate) and train `finetune.epochs` (1
 masked images at the same learning rate, unless `finetune.lr` overrides it. The masked images are the
 prepared training images with their stored masks applied as each image is read (put on the raw image
 through `finetune.alignment`, then the official train transform, as the official masked PNG files).
+Runs as DDP workers when `distributed` asks (masktune.distributed); rank 0 writes the outputs.
 """
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from masktune.config.stages import load_stage_config
 from masktune.data.masks import masks_method
 from masktune.data.splits import mask_source, open_split
 from masktune.datasets import open_prepared
-from masktune.distributed import select_device
+from masktune.distributed import is_main_process, start_workers
 from masktune.errors import UserError, run_stage
 from masktune.io.files import write_json
 from masktune.methods import get_method
 from masktune.models.checkpoint import load_checkpoint, save_checkpoint
+from masktune.models.precision import MixedPrecision
 from masktune.train.loop import accuracy, restore_optimizer, seed_everything, train_epoch
 
 
@@ -38,18 +40,21 @@ def main() -> None:
     made_by = masks_method(args.masks)
     if made_by != method.name:
         raise UserError(f"{args.masks}: masks of {made_by}, not of {method.name}")
+    device = start_workers(config)
     generator = seed_everything(config.seed)
-    device = select_device()
     prepared, spec = open_prepared(args.data)
     masks = mask_source(prepared, spec.views, args.masks, config.alignment)
     masked = open_split(prepared, "train", spec.views, "train", config.workers, masks=masks)
     val = open_split(prepared, "val", spec.views, "eval", config.workers)
     model, state = load_checkpoint(args.checkpoint, device)
     optimizer = restore_optimizer(model, state, config.lr)
+    amp = MixedPrecision(config.train_precision, device)
     for epoch in range(config.epochs):
         stats = train_epoch(model, optimizer, masked, config.batch_size, generator, device,
-                            desc=f"finetune epoch {epoch + 1}/{config.epochs}")
+                            desc=f"finetune epoch {epoch + 1}/{config.epochs}", amp=amp)
     val_accuracy = accuracy(model, val, config.eval_batch_size, device)
+    if not is_main_process():
+        return
     save_checkpoint(args.out, model, optimizer, arch=state["arch"], num_classes=state["num_classes"],
                     epoch=config.epochs - 1, val_accuracy=val_accuracy, **method.checkpoint_info())
     report = {"method": method.name, "lr": optimizer.param_groups[0]["lr"],

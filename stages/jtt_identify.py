@@ -17,12 +17,13 @@ import numpy as np
 from masktune.config.stages import load_stage_config
 from masktune.data.splits import open_split
 from masktune.datasets import open_prepared
-from masktune.distributed import select_device
+from masktune.distributed import is_main_process, start_workers
 from masktune.errors import run_stage
 from masktune.io.files import write_json
 from masktune.io.hdf5 import write_arrays
 from masktune.methods import get_method
 from masktune.methods.jtt import error_set
+from masktune.models.precision import MixedPrecision
 from masktune.models.pretrained import initial_model
 from masktune.train.loop import make_optimizer, predict, seed_everything, train_epoch
 
@@ -38,24 +39,27 @@ def main() -> None:
 
     method = get_method(args.method)
     config = load_stage_config(f"jtt_identify@{method.name}")
+    device = start_workers(config)
     generator = seed_everything(config.seed)
     prepared, spec = open_prepared(args.data)
     train = open_split(prepared, "train", spec.views, "eval", config.workers)  # no augmentation (official)
-    device = select_device()
     model = initial_model(config.arch, prepared.num_classes, config.pretrained, config.weights_path, device)
     optimizer = make_optimizer(model, config.lr, config.momentum, config.weight_decay)
+    amp = MixedPrecision(config.train_precision, device)
     for epoch in range(config.epochs):
         stats = train_epoch(model, optimizer, train, config.batch_size, generator, device,
-                            desc=f"JTT identification epoch {epoch + 1}/{config.epochs}")
+                            desc=f"JTT identification epoch {epoch + 1}/{config.epochs}", amp=amp)
         print(f"JTT identification epoch {epoch + 1}/{config.epochs}: train loss {stats['loss']:.4f}, "
               f"train acc {stats['accuracy']:.4f}")
     if config.error_set_pass == "training":
         predicted = np.full(len(train), -1, dtype=np.int64)
         train_epoch(model, optimizer, train, config.batch_size, generator, device,
-                    desc="JTT error set (training pass)", predictions=predicted)
+                    desc="JTT error set (training pass)", predictions=predicted, amp=amp)
     else:
         predicted = predict(model, train, config.eval_batch_size, device, "JTT error set (eval pass)")
     errors = error_set(predicted, train.labels)
+    if not is_main_process():
+        return
     write_arrays(args.out, {"error": errors, "predicted": predicted.astype(np.int64)},
                  {"method": method.name, "dataset": prepared.dataset, "identification_epochs": config.epochs,
                   "error_set_pass": config.error_set_pass})

@@ -15,18 +15,17 @@ with the same data and params continues after the last finished epoch (masktune.
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
 
 import torch
 
 from masktune.config.stages import load_stage_config
 from masktune.data.splits import open_split
 from masktune.datasets import open_prepared
-from masktune.distributed import init_workers, launch_workers, select_device
+from masktune.distributed import start_workers
 from masktune.errors import run_stage
-from masktune.io.journal import file_identity
+from masktune.models.precision import MixedPrecision
 from masktune.models.pretrained import initial_model
-from masktune.train.fit import finish_journal, fit, live_folder
+from masktune.train.fit import finish_journal, fit, live_folder, resume_key
 from masktune.train.loop import make_optimizer, seed_everything
 
 
@@ -40,9 +39,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config = load_stage_config("train_erm")
-    launch_workers(config, "stages.train_erm")
-    device = select_device()
-    init_workers(device)
+    device = start_workers(config)
     generator = seed_everything(config.seed)
     prepared, spec = open_prepared(args.data)
     train = open_split(prepared, "train", spec.views, "train", config.workers)
@@ -51,15 +48,14 @@ def main() -> None:
     optimizer = make_optimizer(model, config.lr, config.momentum, config.weight_decay)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
                  if config.lr_schedule == "cosine" else None)
-    resume = {"stage": "train_erm", "data": file_identity(args.data), "config": asdict(config),
-              "weights": config.weights_path and file_identity(config.weights_path), "device": device.type,
-              "torch": torch.__version__}
+    resume = resume_key("train_erm", config, device, args.data)
     with live_folder(args.live) as live:
         best = fit(model, optimizer, train, val, epochs=config.epochs, batch_size=config.batch_size,
                    eval_batch_size=config.eval_batch_size, generator=generator, device=device, live=live,
                    best_path=args.best, last_path=args.last,
                    checkpoint_info={"arch": config.arch, "num_classes": prepared.num_classes},
-                   scheduler=scheduler, resume=resume)
+                   scheduler=scheduler, resume=resume,
+                   amp=MixedPrecision(config.train_precision, device))
         live.summary["best/val_accuracy"] = best["accuracy"]
         live.summary["best/epoch"] = best["epoch"]
         live.summary["recipe"] = {"arch": config.arch, "pretrained": config.pretrained, "lr": config.lr,

@@ -17,7 +17,7 @@ from masktune.datasets import DATASETS, folder
 from masktune.errors import UserError
 from masktune.methods import METHODS
 from masktune.models import MODELS
-from masktune.saliency.xgradcam import PRECISIONS
+from masktune.models.precision import PRECISIONS
 
 
 def _write(tmp_path, values: dict, dvc_text: str | None = None):

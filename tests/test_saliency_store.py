@@ -117,7 +117,8 @@ def test_file_matches_direct_computation_and_full_maps_are_recomputed(workdir):
     torch.manual_seed(0)
     model = SmallCNN(2).eval()
     settings = SaliencyConfig(batch_size=300, precision="float32", channels_last=True, fold_batchnorm=True,
-                              workers=1, resume_every=1000)
+                              workers=1, resume_every=1000, nproc_per_node=1, nnodes=1, master_addr="localhost",
+                              master_port=29500)
     out = workdir / "direct.h5"
     summary = compute_saliency_file(model, workdir / "model.pt", PreparedFile(workdir / "prepared.h5"), PLAIN, out,
                                     settings, torch.device("cpu"))

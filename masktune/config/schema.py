@@ -102,6 +102,7 @@ SCHEMA: dict[str, Field] = {
     "download": Bool(),
     "download_dir": FilePath(nullable=True),
     **{f"prepare.{name}.{key}": field for name, fields in PREPARE.items() for key, field in fields.items()},
+    "train_precision": Choice(options=PRECISIONS),
     "distributed.nproc_per_node": Int(1, 1024),
     "distributed.nnodes": Int(1, 4096),
     "distributed.master_addr": Text(),

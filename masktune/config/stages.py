@@ -42,7 +42,13 @@ class _Distributed:
 
 
 @dataclass(frozen=True)
-class _Network(_Distributed):
+class _DataParallelTraining(_Distributed):
+    """A training stage that runs as data-parallel workers, in the precision asked."""
+    train_precision: str = _key("train_precision")  # float32 | bfloat16 | float16 (autocast + grad scaling)
+
+
+@dataclass(frozen=True)
+class _Network:
     """The network every from-scratch training run starts from (ERM's, and JTT's two models)."""
     dataset: str = _key("dataset")
     eval_batch_size: int = _key("eval_batch_size")
@@ -53,7 +59,7 @@ class _Network(_Distributed):
 
 
 @dataclass(frozen=True)
-class TrainErmConfig(_Network):
+class TrainErmConfig(_Network, _DataParallelTraining):
     lr: float = _key("lr")
     epochs: int = _key("train_erm.epochs")
     batch_size: int = _key("train_erm.batch_size")
@@ -87,7 +93,7 @@ class RandMaskMaskConfig:
 
 
 @dataclass(frozen=True)
-class FinetuneConfig(_Distributed):
+class FinetuneConfig(_DataParallelTraining):
     epochs: int = _key("finetune.epochs")
     lr: float | None = _key("finetune.lr")  # None: ERM's learning rate (the checkpoint's, or its initial one)
     batch_size: int = _key("finetune.batch_size")
@@ -98,7 +104,7 @@ class FinetuneConfig(_Distributed):
 
 
 @dataclass(frozen=True)
-class _JttTraining(_Network):
+class _JttTraining(_Network, _DataParallelTraining):
     """What both JTT models train with: the network of train_erm, JTT's recipe."""
     lr: float = _key("jtt.lr")
     weight_decay: float = _key("jtt.weight_decay")

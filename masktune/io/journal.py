@@ -102,10 +102,12 @@ class ResumeJournal(JournalFolder):
                 f.create_dataset(name, data=array, track_times=False)
 
     def read_shards(self, stop: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-        """(first row, arrays) of each shard of the contiguous prefix, in order, up to row `stop`."""
+        """(first row, arrays) of each shard of the contiguous run from row 0, in order, up to row `stop`."""
         done = 0
         for start, end, path in self._shards():
-            if start != done or start >= stop:
+            if start != done:
+                continue
+            if start >= stop:
                 break
             with h5py.File(path, "r") as f:
                 yield start, {name: f[name][()] for name in f}

@@ -251,8 +251,11 @@ class ClusterFixTraining:
         return self.pseudo.ids[split][rows] % self.pseudo.k
 
     def epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, data: Split, batch_size: int,
-              generator: torch.Generator, device: torch.device, desc: str) -> dict[str, float]:
-        """One shuffled pass with ClusterFix's loss (the signature of `train.loop.train_epoch`, for `fit`)."""
+              generator: torch.Generator, device: torch.device, desc: str, amp=None) -> dict[str, float]:
+        """One shuffled pass with ClusterFix's loss (the signature of `train.loop.train_epoch`, for `fit`).
+        float32 only (`amp` is fit's float32 default: clusterfix_train has no precision param)."""
+        if amp is not None and amp.precision != "float32":
+            raise ValueError("ClusterFix trains in float32 only")
         model.train()
         self.heads.train()
         totals = {"loss": 0.0, "target_loss": 0.0, "pseudo_loss": 0.0, "accuracy": 0.0}

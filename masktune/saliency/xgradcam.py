@@ -30,28 +30,21 @@ copies activations and gradients to host memory and resizes map by map with Open
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from masktune.models.precision import precision_autocast
+
 EPS = 1e-7  # the library's epsilon, in the weights and in scale_cam_image
-PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _min_max_scale(maps: torch.Tensor) -> torch.Tensor:
     """Per-map (x - min) / (1e-7 + max(x - min)), as the library's scale_cam_image."""
     shifted = maps - maps.amin(dim=(-2, -1), keepdim=True)
     return shifted / (EPS + shifted.amax(dim=(-2, -1), keepdim=True))
-
-
-def precision_autocast(device: torch.device, precision: str):
-    """Autocast to `precision` (a key of PRECISIONS) on `device`; float32: no autocast at all."""
-    dtype = PRECISIONS[precision]
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def feature_cams(model: nn.Module, target_layer: nn.Module, inputs: torch.Tensor,

@@ -24,6 +24,7 @@ discarded. Under DDP rank 0 writes the journal and broadcasts what it read to th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 from collections.abc import Callable, Iterator, Mapping
@@ -37,8 +38,9 @@ from torch import nn
 from masktune.data.splits import Split
 from masktune.distributed import World, broadcast_object, current_world
 from masktune.io.files import atomic_directory, atomic_output
-from masktune.io.journal import EpochJournal
+from masktune.io.journal import EpochJournal, file_identity
 from masktune.models.checkpoint import checkpoint_bytes
+from masktune.models.precision import MixedPrecision
 from masktune.train.loop import predict, train_epoch, validation_accuracy
 
 
@@ -47,21 +49,24 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Split, val: S
         best_path: str | Path, last_path: str | Path | None = None, checkpoint_info: dict,
         score: Callable[[np.ndarray], dict[str, float]] | None = None, select_by: str = "accuracy",
         name: str = "ERM", scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-        epoch_fn: Callable[..., dict[str, float]] = train_epoch, resume: Mapping | None = None) -> dict:
+        epoch_fn: Callable[..., dict[str, float]] = train_epoch, resume: Mapping | None = None,
+        amp: MixedPrecision | None = None) -> dict:
     """Train `epochs` epochs; save the best checkpoint (and the last); return the best epoch (1-based)
     and its validation scores. `checkpoint_info` (arch, num_classes, ...) goes into every checkpoint.
     `scheduler`, when given, steps after each epoch's training pass (each epoch's learning rate is logged
     as `train/lr`). `epoch_fn` is one training pass with `train_epoch`'s signature (a method's own loss:
     ClusterFix); every number it returns is logged as `train/<name>`. `resume`: the fingerprint under
-    which an epoch journal is kept and resumed (None: no journal). Only rank 0 writes files."""
+    which an epoch journal is kept and resumed (None: no journal). `amp`: the precision of the
+    training passes (None: float32). Only rank 0 writes files."""
     world = current_world()
     score = score or validation_accuracy(val)
-    state = TrainingState(model, optimizer, scheduler, generator)
+    amp = amp or MixedPrecision("float32", device)
+    state = TrainingState(model, optimizer, scheduler, generator, amp)
     journal = _open_journal(best_path, resume, world)
     start = state.restore(journal, live, best_path, last_path, world, name)
     for epoch in range(start, epochs):
         stats = epoch_fn(model, optimizer, train, batch_size, generator, device,
-                         desc=f"{name} epoch {epoch + 1}/{epochs}")
+                         desc=f"{name} epoch {epoch + 1}/{epochs}", amp=amp)
         logged = {}
         if scheduler is not None:
             logged["train/lr"] = optimizer.param_groups[0]["lr"]  # this epoch's
@@ -88,6 +93,14 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Split, val: S
     return state.best
 
 
+def resume_key(stage: str, config, device: torch.device, *inputs: str | Path) -> dict:
+    """The fingerprint of a training stage's epoch journal: its input files (path, size, time), its
+    whole config (every param it reads), local weights, device and torch version."""
+    weights = getattr(config, "weights_path", None)
+    return {"stage": stage, "inputs": [file_identity(path) for path in inputs], "config": dataclasses.asdict(config),
+            "weights": weights and file_identity(weights), "device": device.type, "torch": torch.__version__}
+
+
 def finish_journal(best_path: str | Path, resume: Mapping | None) -> None:
     """Delete the epoch journal once the stage's outputs are written (rank 0; call last)."""
     if resume is not None and current_world().is_main:
@@ -98,8 +111,10 @@ class TrainingState:
     """Everything a resumed run needs to continue exactly where an uninterrupted one would be."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler | None, generator: torch.Generator):
+                 scheduler: torch.optim.lr_scheduler.LRScheduler | None, generator: torch.Generator,
+                 amp: MixedPrecision):
         self.model, self.optimizer, self.scheduler, self.generator = model, optimizer, scheduler, generator
+        self.amp = amp
         self.best_score, self.best = -math.inf, {}
         self.best_checkpoint: bytes | None = None
         self.last_checkpoint: bytes | None = None
@@ -109,6 +124,7 @@ class TrainingState:
         return {"epochs_done": epochs_done, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+                "grad_scaler": self.amp.state_dict(),
                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
@@ -127,6 +143,7 @@ class TrainingState:
         self.optimizer.load_state_dict(saved["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(saved["scheduler"])
+        self.amp.load_state_dict(saved["grad_scaler"])
         self.generator.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])
         if saved["cuda_rng"] is not None and torch.cuda.is_available():

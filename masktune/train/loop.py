@@ -28,6 +28,7 @@ from masktune.distributed import (
     shard_batch,
     sync_buffers,
 )
+from masktune.models.precision import MixedPrecision
 
 
 def progress(iterable, desc: str, total: int | None = None) -> tqdm:
@@ -70,14 +71,16 @@ def restore_optimizer(model: nn.Module, checkpoint: dict, lr: float | None = Non
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split, batch_size: int,
                 generator: torch.Generator, device: torch.device, desc: str,
-                predictions: np.ndarray | None = None) -> dict[str, float]:
+                predictions: np.ndarray | None = None, amp: MixedPrecision | None = None) -> dict[str, float]:
     """One shuffled pass over `data`; returns the mean loss (weighted by batch size, so it is the mean
     over samples) and the accuracy over the epoch. With `predictions` (an array of len(data)), each
     sample's predicted class is written there as the pass computes it, before the step on its batch
     (what JTT's official code logs to form its error set).
 
     Under torchrun each rank trains on its part of every global batch of `batch_size` through DDP
-    (masktune.distributed says how that equals one process); the returned numbers are over all ranks."""
+    (masktune.distributed says how that equals one process); the returned numbers are over all ranks.
+    `amp`: the run's precision (autocast, float16 gradient scaling); None: float32."""
+    amp = amp or MixedPrecision("float32", device)
     world = current_world()
     network = data_parallel(model, world)
     model.train()
@@ -88,11 +91,11 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split,
         whole = min(batch_size, n - step * batch_size)
         own = len(shard_batch(np.arange(whole), world))  # 0: a stand-in batch that only keeps DDP in step
         targets = torch.from_numpy(np.asarray(data.labels)[index]).to(device)
-        logits = network(inputs)
-        loss = F.cross_entropy(logits, targets)
+        with amp.autocast():
+            logits = network(inputs)
+        loss = F.cross_entropy(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
-        (loss * batch_share(own, whole, world) if world.distributed else loss).backward()
-        optimizer.step()
+        amp.backward_and_step(loss * batch_share(own, whole, world) if world.distributed else loss, optimizer)
         if own:
             total_loss += loss.item() * len(index)
             predicted = logits.argmax(1)
