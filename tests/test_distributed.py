@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -228,3 +229,26 @@ def test_killed_train_erm_resumes_to_the_uninterrupted_model_and_other_params_st
     assert resumed.returncode == 0, resumed.stderr
     assert "ERM: resuming after epoch" in resumed.stdout
     assert _files(project.path / out) == _files(project.path / "runs/one")
+
+
+@pytest.mark.slow
+def test_two_nodes_by_static_rendezvous_equal_two_local_workers(project, uninterrupted):
+    """`distributed.nnodes: 2` on one machine: node 0 runs the stage as `dvc repro` would, node 1 the
+    same command with MASKTUNE_NODE_RANK=1; ranks 0 and 1 are the two local workers' ranks, so node 0
+    ends with the outputs of the 2-worker run, byte for byte, and node 1 writes nothing. (One thread
+    per worker, as the 2-worker run has: CPU kernels' rounding depends on the thread count.)"""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = _train_erm(project, "runs/nodes", nproc=1)
+    _set_params(project, distributed__nnodes=2, distributed__master_addr="127.0.0.1", distributed__master_port=port)
+    try:
+        nodes = [subprocess.Popen(command, cwd=project.path, env={**project.env, "MASKTUNE_NODE_RANK": str(rank), "OMP_NUM_THREADS": "1"},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+        results = [(node.wait(timeout=600), *node.communicate()) for node in nodes]
+    finally:
+        _set_params(project, distributed__nnodes=1, distributed__master_addr="localhost",
+                    distributed__master_port=29500)
+    assert [code for code, _, _ in results] == [0, 0], results
+    assert "(node 1 of 2)" in results[1][1] and f"ERM epoch {EPOCHS}/{EPOCHS}" not in results[1][1]
+    assert _files(project.path / "runs/nodes") == _files(project.path / "runs/two")

@@ -11,7 +11,7 @@ import pytest
 from masktune.data.prepared import PreparedFile, write_prepared
 from masktune.data.samples import SampleSet
 from masktune.errors import UserError
-from masktune.io.files import atomic_output
+from masktune.io.files import atomic_directory, atomic_output
 from masktune.io.hdf5 import read_arrays, write_arrays
 
 ATTRS = {"dataset": "x", "num_classes": 2, "group_names": json.dumps({0: "a", 1: "b", 2: "c", 3: "d"})}
@@ -75,3 +75,18 @@ def test_atomic_output_leaves_nothing_when_interrupted(tmp_path):
         tmp.write_bytes(b"new")
         raise RuntimeError("killed")
     assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_leftovers_of_a_killed_writer_go_at_the_next_write(tmp_path):
+    """SIGKILL skips the clean-up; the next write of the same output removes what it left, and
+    nothing of another output whose name starts the same."""
+    (tmp_path / ".out.bin.k1l2e3d4.tmp").write_bytes(b"half")
+    (tmp_path / ".live.a1b2c3d4.tmp").mkdir()
+    (tmp_path / ".live.a1b2c3d4.tmp" / "metrics.json").write_text("{}")
+    kept = tmp_path / ".out.bin.old.q1w2e3r4.tmp"  # a temporary of `out.bin.old`
+    kept.write_bytes(b"other")
+    with atomic_output(tmp_path / "out.bin") as tmp:
+        tmp.write_bytes(b"new")
+    with atomic_directory(tmp_path / "live") as folder:
+        (folder / "metrics.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [kept.name, "live", "out.bin"]

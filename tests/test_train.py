@@ -13,6 +13,7 @@ from masktune.data.samples import SampleSet
 from masktune.data.splits import PixelSplit, to_input
 from masktune.models import SmallCNN
 from masktune.models.checkpoint import load_checkpoint, save_checkpoint
+from masktune.models.precision import PRECISIONS, MixedPrecision
 from masktune.train.loop import make_optimizer, predict, restore_optimizer, seed_everything, train_epoch
 
 CPU = torch.device("cpu")
@@ -104,3 +105,46 @@ def test_finetune_lr_overrides_only_the_learning_rate(tmp_path):
     assert restored.param_groups[0]["lr"] == 0.005 and restored.param_groups[0]["momentum"] == 0.9
     p = next(model.parameters())
     assert torch.equal(restored.state[p]["momentum_buffer"], optimizer.state[p]["momentum_buffer"])
+
+
+def _trained_in(precision: str | None, epochs: int = 3) -> tuple[nn.Module, list[float]]:
+    generator = seed_everything(0)
+    model = SmallCNN(2)
+    optimizer = make_optimizer(model, 0.05, 0.9, 1e-4)
+    amp = None if precision is None else MixedPrecision(precision, CPU)
+    losses = [train_epoch(model, optimizer, _split(200), 16, generator, CPU, "test", amp=amp)["loss"]
+              for _ in range(epochs)]
+    return model, losses
+
+
+def test_float32_precision_is_bitwise_the_plain_training():
+    plain, plain_losses = _trained_in(None)
+    float32, float32_losses = _trained_in("float32")
+    assert float32_losses == plain_losses
+    for key, value in plain.state_dict().items():
+        assert torch.equal(value, float32.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_reduced_precision_trains_under_autocast_like_float32(precision):
+    """The forward runs in the reduced dtype, and the model learns what float32 learns (a loss curve
+    within 0.05: autocast rounds the activations, so not to the bit)."""
+    with MixedPrecision(precision, CPU).autocast():
+        assert SmallCNN(2)(torch.rand(4, 3, 28, 28)).dtype == PRECISIONS[precision]
+    _, reduced = _trained_in(precision)
+    _, full = _trained_in("float32")
+    np.testing.assert_allclose(reduced, full, atol=0.05)
+    assert reduced[-1] < reduced[0] / 2
+
+
+def test_float16_scaling_skips_a_step_whose_gradients_overflow_and_backs_off():
+    model = nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    amp = MixedPrecision("float16", CPU)
+    before = [p.detach().clone() for p in model.parameters()]
+    amp.backward_and_step(model(torch.ones(2, 4)).sum() * 1e36, optimizer)  # x 65536: inf gradients
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    assert amp.state_dict()["scale"] == 32768.0
+    optimizer.zero_grad()
+    amp.backward_and_step(model(torch.ones(2, 4)).sum(), optimizer)  # a finite step is taken, unscaled
+    np.testing.assert_allclose(model.bias.detach().numpy(), before[1].numpy() - 0.1 * 2, rtol=1e-6)

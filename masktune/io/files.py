@@ -2,11 +2,14 @@
 
 A file is written under a temporary name in the same folder and renamed over the target only when
 complete, so an interrupted stage never leaves a half-written file that looks done (DVC would take it
-for an output).
+for an output). A process killed outright (SIGKILL, a lost node) cannot delete its temporary file;
+the next write of the same output removes such leftovers (`.<name>.XXXXXXXX.tmp`: only one run writes an
+output at a time, DVC locks the workspace while a stage runs).
 """
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -20,6 +23,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -35,6 +39,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Like `atomic_output`, for a folder: build it under a temporary name, then swap it in."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(path)
     tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp_path
@@ -43,6 +48,15 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Delete temporaries of `path` left by a killed writer."""
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.????????.tmp"):  # tempfile: 8 random chars
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
 
 def write_json(path: str | Path, data: Mapping) -> None:
