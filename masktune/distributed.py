@@ -174,13 +174,18 @@ def row_range(n: int, batch_size: int, world: World) -> tuple[int, int]:
     return int(batches[0]) * batch_size, min(int(batches[-1] + 1) * batch_size, n)
 
 
+def gather_objects(value, world: World) -> list:
+    """Every rank's `value` (picklable), in rank order, on every rank."""
+    if not world.distributed:
+        return [value]
+    values: list = [None] * world.size
+    dist.all_gather_object(values, value)
+    return values
+
+
 def gather_rows(part: np.ndarray, world: World) -> np.ndarray:
     """The ranks' parts concatenated in rank order, on every rank."""
-    if not world.distributed:
-        return part
-    parts: list = [None] * world.size
-    dist.all_gather_object(parts, part)
-    return np.concatenate(parts)
+    return part if not world.distributed else np.concatenate(gather_objects(part, world))
 
 
 def all_sum(values: list[float], world: World) -> list[float]:

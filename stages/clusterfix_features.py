@@ -12,7 +12,7 @@ import argparse
 from masktune.config.stages import load_stage_config
 from masktune.data.splits import open_split
 from masktune.datasets import open_prepared
-from masktune.distributed import select_device
+from masktune.distributed import is_main_process, start_workers
 from masktune.errors import run_stage
 from masktune.io.hdf5 import write_arrays
 from masktune.methods import get_method
@@ -30,13 +30,15 @@ def main() -> None:
 
     method = get_method(args.method)
     config = load_stage_config(f"clusterfix_features@{method.name}")
+    device = start_workers(config)
     prepared, spec = open_prepared(args.data)
-    device = select_device()
     network = feature_network(config.backbone, args.model, config.weights_path, prepared.num_classes, device)
     features = {}
     for split in ("train", "val", *spec.test_splits):
         data = open_split(prepared, split, spec.views, "eval", config.workers)
         features[split] = split_features(network, data, config.eval_batch_size, device, f"features of {split}")
+    if not is_main_process():
+        return
     write_arrays(args.out, features, {"backbone": config.backbone})
     print(f"ClusterFix: {features['train'].shape[1]}-d {config.backbone} features of "
           + ", ".join(f"{split} ({len(x):,})" for split, x in features.items()))

@@ -13,7 +13,7 @@ import argparse
 from masktune.config.stages import load_stage_config
 from masktune.data.splits import open_split
 from masktune.datasets import open_prepared
-from masktune.distributed import select_device
+from masktune.distributed import start_workers
 from masktune.errors import run_stage
 from masktune.methods import get_method
 from masktune.methods.exmap import write_heatmaps
@@ -31,12 +31,12 @@ def main() -> None:
 
     method = get_method(args.method)
     config = load_stage_config(f"exmap_heatmaps@{method.name}")
+    device = start_workers(config)
     prepared, spec = open_prepared(args.data)
     val = open_split(prepared, "val", spec.views, "eval", config.workers)
-    device = select_device()
     model, _ = load_checkpoint(args.model, device)
     write_heatmaps(model, val, args.out, heatmaps=config.heatmaps, gamma=config.gamma, size=config.heatmap_size,
-                   batch_size=config.batch_size, device=device, workers=config.workers,
+                   batch_size=config.batch_size, device=device,
                    attrs={"method": method.name, "dataset": prepared.dataset, "heatmaps": config.heatmaps,
                           "gamma": config.gamma, "heatmap_size": config.heatmap_size})
     print(f"ExMap: {config.heatmaps} heatmaps of {len(val):,} validation images -> {args.out}")

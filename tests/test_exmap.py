@@ -267,7 +267,7 @@ def test_heatmap_file_holds_every_row_in_order_at_any_batch_size(tmp_path, heatm
     for batch_size in (5, 23):
         path = tmp_path / f"{batch_size}.h5"
         write_heatmaps(model, PixelSplit.from_samples(samples), path, heatmaps=heatmaps, gamma=4.0, size=size,
-                       batch_size=batch_size, device=torch.device("cpu"), workers=0, attrs={"heatmaps": heatmaps})
+                       batch_size=batch_size, device=torch.device("cpu"), attrs={"heatmaps": heatmaps})
         stored[batch_size] = read_arrays(path, {"heatmaps": (n, dim), "predicted": (n,)})
     np.testing.assert_allclose(stored[5]["heatmaps"], stored[23]["heatmaps"], rtol=1e-5, atol=1e-9)
     inputs = torch.from_numpy(samples.images).permute(0, 3, 1, 2).float() / 255

@@ -140,7 +140,7 @@ class DfrConfig:
 
 
 @dataclass(frozen=True)
-class ExMapHeatmapsConfig:
+class ExMapHeatmapsConfig(_Distributed):
     heatmaps: str = _key("exmap.heatmaps")
     gamma: float = _key("exmap.gamma")
     heatmap_size: int = _key("exmap.heatmap_size")
@@ -156,7 +156,7 @@ class ExMapGroupsConfig:
 
 
 @dataclass(frozen=True)
-class ClusterFixFeaturesConfig:
+class ClusterFixFeaturesConfig(_Distributed):
     eval_batch_size: int = _key("eval_batch_size")
     backbone: str = _key("clusterfix.backbone")  # erm | resnet18 (ImageNet)
     weights_path: Path | None = _key("clusterfix.weights_path")

@@ -40,7 +40,7 @@ from masktune.data.splits import Split
 from masktune.errors import UserError
 from masktune.methods.base import GroupLabels, Method
 from masktune.models.checkpoint import load_checkpoint, save_checkpoint
-from masktune.train.loop import progress
+from masktune.train.loop import map_rows
 
 OFFICIAL_C_GRID = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)  # run_dfr.py L23
 MISSING_CLASS_RETRIES = 20                                # run_dfr.py L143
@@ -48,13 +48,12 @@ MISSING_CLASS_RETRIES = 20                                # run_dfr.py L143
 
 def penultimate_features(model: nn.Module, data: Split, batch_size: int, device: torch.device,
                          desc: str = "embeddings") -> np.ndarray:
-    """float32 (N, D): `model.features` of every row of `data`, in order (eval mode)."""
+    """float32 (N, D): `model.features` of every row of `data`, in order (eval mode; under torchrun
+    the ranks share the rows, `map_rows`)."""
     model.eval()
-    out = np.empty((len(data), model.classifier.in_features), dtype=np.float32)
     with torch.no_grad():
-        for inputs, index in progress(data.batches(batch_size, device), desc, total=-(-len(data) // batch_size)):
-            out[index] = model.features(inputs).float().cpu().numpy()
-    return out
+        rows = map_rows(data, batch_size, device, desc, lambda inputs: {"features": model.features(inputs).float()})
+    return rows.get("features", np.empty((0, model.classifier.in_features), dtype=np.float32))
 
 
 def balanced_rows(groups: np.ndarray, rng: np.random.Generator, min_members: int = 5) -> np.ndarray:

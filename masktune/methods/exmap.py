@@ -25,11 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from masktune.data.splits import Split
-from masktune.io.hdf5 import create_rows, h5_output
+from masktune.distributed import is_main_process
+from masktune.io.hdf5 import h5_output, write_array
 from masktune.methods.base import Method
 from masktune.methods.clustering import cluster
 from masktune.saliency.xgradcam import xgradcam
-from masktune.train.loop import progress
+from masktune.train.loop import map_rows
 
 SCOPES = {"global": "G-ExMap + DFR", "local": "L-ExMap + DFR"}
 
@@ -67,20 +68,20 @@ def resize_maps(maps: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def write_heatmaps(model: nn.Module, data: Split, out: str | Path, *, heatmaps: str, gamma: float, size: int,
-                   batch_size: int, device: torch.device, workers: int, attrs: Mapping) -> None:
-    """Every image's flattened heatmap (`heatmaps`, float32 (N, D)) and predicted class, in row order."""
-    n = len(data)
-    with h5_output(out, attrs) as f, explainer(model, heatmaps, gamma) as explain:
-        stored, predicted = None, np.full(n, -1, dtype=np.int64)
-        for first, inputs in progress(data.ordered_batches(batch_size, device, workers=workers),
-                                      f"ExMap heatmaps ({heatmaps})", total=-(-n // batch_size)):
-            maps, classes = explain(inputs)
-            flat = resize_maps(maps.float(), size).reshape(len(inputs), -1).cpu().numpy()
-            if stored is None:
-                stored = create_rows(f, "heatmaps", n, flat.shape[1:], np.float32)
-            stored[first:first + len(flat)] = flat
-            predicted[first:first + len(flat)] = classes.cpu().numpy()
-        f.create_dataset("predicted", data=predicted, track_times=False)
+                   batch_size: int, device: torch.device, attrs: Mapping) -> None:
+    """Every image's flattened heatmap (`heatmaps`, float32 (N, D)) and predicted class, in row order
+    (under torchrun the ranks share the rows, `map_rows`, and rank 0 writes the file)."""
+    def compute(inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        maps, classes = explain(inputs)
+        return {"heatmaps": resize_maps(maps.float(), size).reshape(len(inputs), -1), "predicted": classes}
+
+    with explainer(model, heatmaps, gamma) as explain:
+        rows = map_rows(data, batch_size, device, f"ExMap heatmaps ({heatmaps})", compute)
+    if not is_main_process():
+        return
+    with h5_output(out, attrs) as f:
+        write_array(f, "heatmaps", rows["heatmaps"].astype(np.float32))
+        write_array(f, "predicted", rows["predicted"].astype(np.int64))
 
 
 def normalise(heatmaps: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ from masktune.distributed import (
     batch_share,
     current_world,
     data_parallel,
+    gather_objects,
     gather_rows,
     row_range,
     shard_batch,
@@ -117,19 +118,32 @@ def _record_predictions(predictions: np.ndarray, seen: list[tuple[np.ndarray, np
     predictions[gather_rows(rows, world)] = gather_rows(classes, world)
 
 
-@torch.inference_mode()
-def predict(model: nn.Module, data: Split, batch_size: int, device: torch.device, desc: str = "predict") -> np.ndarray:
-    """Predicted class of every sample of `data`, in order (under torchrun each rank predicts a
-    contiguous range and every rank gets all of them)."""
+def map_rows(data: Split, batch_size: int, device: torch.device, desc: str,
+             compute: Callable[[torch.Tensor], dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
+    """`compute(inputs)` (named per-row results of a batch) over every row of `data`, in row order,
+    batches read in order. Under torchrun each rank computes a contiguous range of whole batches
+    (every batch holds the rows it holds in one process) and every rank gets all rows."""
     world = current_world()
     if world.distributed:
         start, stop = row_range(len(data), batch_size, world)
         data = ResampledSplit(data, np.arange(start, stop))
+    parts: dict[str, list[np.ndarray]] = {}
+    for inputs, _ in progress(data.batches(batch_size, device), desc, total=-(-len(data) // batch_size)):
+        for name, values in compute(inputs).items():
+            parts.setdefault(name, []).append(values.cpu().numpy())
+    mine = {name: np.concatenate(values) for name, values in parts.items()}
+    if not world.distributed:
+        return mine
+    ranks = [part for part in gather_objects(mine, world) if part]  # a rank may have no rows
+    return {name: np.concatenate([part[name] for part in ranks]) for name in (ranks[0] if ranks else {})}
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, data: Split, batch_size: int, device: torch.device, desc: str = "predict") -> np.ndarray:
+    """Predicted class of every sample of `data`, in order (under torchrun: `map_rows` shares the work)."""
     model.eval()
-    bar = progress(data.batches(batch_size, device), desc, total=-(-len(data) // batch_size))
-    predictions = [model(inputs).argmax(1).cpu().numpy() for inputs, _ in bar]
-    mine = np.concatenate(predictions) if predictions else np.zeros(0, dtype=np.int64)
-    return gather_rows(mine, world)
+    rows = map_rows(data, batch_size, device, desc, lambda inputs: {"predicted": model(inputs).argmax(1)})
+    return rows.get("predicted", np.zeros(0, dtype=np.int64))
 
 
 def validation_accuracy(val: Split) -> Callable[[np.ndarray], dict[str, float]]:
