@@ -150,16 +150,27 @@ def test_ddp_train_erm_follows_one_process_loss_curve(project, uninterrupted):
     assert "2 worker(s) on this node" in out
 
 
+PER_IMAGE_PASSES = {
+    "compute_saliency": ["--model", "runs/one/best.pt"],
+    "exmap_heatmaps": ["--method", "exmap", "--model", "runs/one/best.pt"],
+    "clusterfix_features": ["--method", "clusterfix", "--model", "runs/one/best.pt"],
+}
+
+
 @pytest.mark.slow
-def test_sharded_saliency_file_is_identical_to_one_process(project, uninterrupted):
+@pytest.mark.parametrize("stage", PER_IMAGE_PASSES)
+def test_sharded_per_image_pass_writes_the_file_of_one_process(project, uninterrupted, stage):
+    """Each of 2 workers computes a contiguous range of whole batches; rank 0 writes one file, byte
+    for byte the single process's (saliency: through its resume journal)."""
     files = {}
     for nproc in (1, 2):
         _set_params(project, distributed__nproc_per_node=nproc)
-        result = _run(project, [sys.executable, "-m", "stages.compute_saliency", "--data", "data/prepared.h5",
-                                "--model", "runs/one/best.pt", "--out", f"runs/saliency{nproc}.h5"])
+        out = project.path / f"runs/{stage}{nproc}.h5"
+        result = _run(project, [sys.executable, "-m", f"stages.{stage}", "--data", "data/prepared.h5",
+                                *PER_IMAGE_PASSES[stage], "--out", str(out)])
         assert result.returncode == 0, result.stderr
-        files[nproc] = (project.path / f"runs/saliency{nproc}.h5").read_bytes()
-        assert not (project.path / f"runs/saliency{nproc}.h5.partial").exists()
+        files[nproc] = out.read_bytes()
+        assert not out.with_name(out.name + ".partial").exists()
     assert files[1] == files[2]
 
 
