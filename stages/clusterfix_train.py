@@ -31,7 +31,7 @@ from masktune.methods.clusterfix import (
 )
 from masktune.methods.selection import SELECT_BY, selection_score
 from masktune.models.pretrained import initial_model
-from masktune.train.fit import fit, live_folder
+from masktune.train.fit import finish_journal, fit, live_folder, resume_key
 from masktune.train.loop import seed_everything
 
 
@@ -70,12 +70,15 @@ def main() -> None:
     group_labels = method.group_labels_for(config.selection)
     print(f"ClusterFix: {pseudo.num_clusters} clusters ({k} per class), beta {config.beta}, {config.optimizer} "
           f"lr {config.lr}; selection by {config.selection} validation accuracy (group labels {group_labels})")
+    # the drawn seed of an unseeded run (clusterfix.seed: null) is part of the key: such a run starts over
+    resume = {**resume_key(f"clusterfix_train@{method.name}", config, device, args.data, args.pseudo_labels),
+              "seed": seed}
     with live_folder(args.live) as live:
         best = fit(model, optimizer, train, val, epochs=config.epochs, batch_size=config.batch_size,
                    eval_batch_size=config.eval_batch_size, generator=generator, device=device, live=live,
                    best_path=args.out, score=selection_score(val, config.selection),
                    select_by=SELECT_BY[config.selection], name="ClusterFix", scheduler=scheduler,
-                   epoch_fn=training.epoch,
+                   epoch_fn=training.epoch, epoch_state=training, resume=resume,
                    checkpoint_info={"arch": config.arch, "num_classes": prepared.num_classes,
                                     **method.checkpoint_info(group_labels)})
         live.summary["best"] = best
@@ -84,6 +87,7 @@ def main() -> None:
         live.summary["recipe"] = {"optimizer": config.optimizer, "lr": config.lr, "weight_decay": config.weight_decay,
                                   "batch_size": config.batch_size, "epochs": config.epochs, "beta": config.beta,
                                   "lr_schedule": config.lr_schedule, "momentum": config.weight_momentum}
+    finish_journal(args.out, resume)
 
 
 if __name__ == "__main__":

@@ -205,6 +205,15 @@ class ClusterWeights:
                 if len(members):
                     self.cluster_losses[cluster] = members.mean()
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What changes during training (each sample's latest loss and weight, the cluster statistics):
+        for the epoch journal."""
+        return {name: getattr(self, name).clone() for name in ("weights", "losses", "loss_sum", "seen", "cluster_losses")}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name, value in state.items():
+            getattr(self, name).copy_(value)
+
     def cluster_weights(self) -> torch.Tensor:
         """w_c = (cluster c's share of the summed cluster losses) x (N / |c|), per cluster."""
         return self.cluster_losses / self.cluster_losses.sum() * self.size_weight
@@ -245,6 +254,14 @@ class ClusterFixTraining:
     beta: float
     val: Split | None = None   # set: the official defect, validation losses into the training buffer
     eval_batch_size: int = 256
+
+    def state_dict(self) -> dict:
+        """The heads and the weights' statistics (fit's epoch journal keeps them beside the network)."""
+        return {"heads": self.heads.state_dict(), "weights": self.weights.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.heads.load_state_dict(state["heads"])
+        self.weights.load_state_dict(state["weights"])
 
     def within_class(self, split: str, rows: np.ndarray) -> np.ndarray:
         """Pseudo-label targets of the heads: cluster id minus class x k."""

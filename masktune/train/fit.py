@@ -50,18 +50,20 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Split, val: S
         score: Callable[[np.ndarray], dict[str, float]] | None = None, select_by: str = "accuracy",
         name: str = "ERM", scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         epoch_fn: Callable[..., dict[str, float]] = train_epoch, resume: Mapping | None = None,
-        amp: MixedPrecision | None = None) -> dict:
+        amp: MixedPrecision | None = None, epoch_state=None) -> dict:
     """Train `epochs` epochs; save the best checkpoint (and the last); return the best epoch (1-based)
     and its validation scores. `checkpoint_info` (arch, num_classes, ...) goes into every checkpoint.
     `scheduler`, when given, steps after each epoch's training pass (each epoch's learning rate is logged
     as `train/lr`). `epoch_fn` is one training pass with `train_epoch`'s signature (a method's own loss:
     ClusterFix); every number it returns is logged as `train/<name>`. `resume`: the fingerprint under
-    which an epoch journal is kept and resumed (None: no journal). `amp`: the precision of the
-    training passes (None: float32). Only rank 0 writes files."""
+    which an epoch journal is kept and resumed (None: no journal); `epoch_state`: what else `epoch_fn`
+    changes from epoch to epoch (an object with `state_dict` / `load_state_dict`: ClusterFix's heads
+    and cluster weights), journaled with the rest. `amp`: the precision of the training passes
+    (None: float32). Only rank 0 writes files."""
     world = current_world()
     score = score or validation_accuracy(val)
     amp = amp or MixedPrecision("float32", device)
-    state = TrainingState(model, optimizer, scheduler, generator, amp)
+    state = TrainingState(model, optimizer, scheduler, generator, amp, epoch_state)
     journal = _open_journal(best_path, resume, world)
     start = state.restore(journal, live, best_path, last_path, world, name)
     for epoch in range(start, epochs):
@@ -112,9 +114,9 @@ class TrainingState:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler | None, generator: torch.Generator,
-                 amp: MixedPrecision):
+                 amp: MixedPrecision, epoch_state=None):
         self.model, self.optimizer, self.scheduler, self.generator = model, optimizer, scheduler, generator
-        self.amp = amp
+        self.amp, self.epoch_state = amp, epoch_state
         self.best_score, self.best = -math.inf, {}
         self.best_checkpoint: bytes | None = None
         self.last_checkpoint: bytes | None = None
@@ -125,6 +127,7 @@ class TrainingState:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
                 "grad_scaler": self.amp.state_dict(),
+                "epoch_state": None if self.epoch_state is None else self.epoch_state.state_dict(),
                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
@@ -144,6 +147,8 @@ class TrainingState:
         if self.scheduler is not None:
             self.scheduler.load_state_dict(saved["scheduler"])
         self.amp.load_state_dict(saved["grad_scaler"])
+        if self.epoch_state is not None:
+            self.epoch_state.load_state_dict(saved["epoch_state"])
         self.generator.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])
         if saved["cuda_rng"] is not None and torch.cuda.is_available():

@@ -1,0 +1,84 @@
+"""Training that survives preemption, in process: `fit` stopped after an epoch and called again with
+the same journal key ends exactly as an uninterrupted run (checkpoints and every logged number), for
+plain ERM (with a learning-rate schedule) and for ClusterFix, whose heads and cluster weights change
+from epoch to epoch beside the network. The same with real kills, as the stage runs:
+tests/test_distributed.py."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from masktune.data.samples import SampleSet
+from masktune.data.splits import PixelSplit
+from masktune.methods.clusterfix import ClusterFixTraining, ClusterWeights, PseudoHeads, PseudoLabels
+from masktune.models import SmallCNN
+from masktune.train.fit import fit, live_folder
+from masktune.train.loop import make_optimizer, seed_everything, train_epoch
+
+CPU = torch.device("cpu")
+EPOCHS = 3
+
+
+class Preempted(Exception):
+    """Stands in for the kill: raised when an epoch would start past `stop_before`."""
+
+
+def _split(n: int, seed: int) -> PixelSplit:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    images = rng.integers(0, 60, (n, 28, 28, 3)).astype(np.uint8)
+    images[labels == 1, 10:18, 10:18] = 255
+    return PixelSplit.from_samples(SampleSet(images, labels, np.zeros(n, dtype=np.int64), np.arange(n)))
+
+
+def _run(folder: Path, method: str, stop_before: int | None = None) -> None:
+    """Train EPOCHS epochs into `folder` (best.pt, last.pt, live/); raise Preempted before epoch
+    `stop_before` (1-based) when given. Everything is rebuilt from the seed, as a rerun of the stage."""
+    generator = seed_everything(0)
+    train, val = _split(96, 0), _split(32, 1)
+    model = SmallCNN(2)
+    extra: dict = {}
+    if method == "clusterfix":
+        ids = {"train": train.labels * 2 + np.arange(96) % 2, "val": val.labels * 2}
+        heads = PseudoHeads(model.classifier.in_features, 2, 2)
+        optimizer = torch.optim.SGD([*model.parameters(), *heads.parameters()], lr=0.05, momentum=0.9)
+        training = ClusterFixTraining(heads, ClusterWeights(ids["train"], 4, 0.3), PseudoLabels(2, 2, ids), beta=0.5)
+        epoch_fn, extra = training.epoch, {"epoch_state": training}
+    else:
+        optimizer = make_optimizer(model, 0.05, 0.9, 1e-4)
+        extra = {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=EPOCHS)}
+        epoch_fn = train_epoch
+
+    def epoch(*args, **kwargs):
+        number = int(kwargs["desc"].split(" epoch ")[1].split("/")[0])  # fit's "<name> epoch k/EPOCHS"
+        if stop_before is not None and number >= stop_before:
+            raise Preempted
+        return epoch_fn(*args, **kwargs)
+
+    with live_folder(folder / "live") as live:
+        fit(model, optimizer, train, val, epochs=EPOCHS, batch_size=16, eval_batch_size=32, generator=generator,
+            device=CPU, live=live, best_path=folder / "best.pt", last_path=folder / "last.pt",
+            checkpoint_info={"arch": "small_cnn", "num_classes": 2}, epoch_fn=epoch, resume={"key": method},
+            **extra)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and ".partial" not in p.parts[-2]}
+
+
+@pytest.mark.parametrize("method", ["erm", "clusterfix"])
+def test_a_preempted_fit_resumes_to_the_uninterrupted_result(tmp_path, method, capsys):
+    _run(tmp_path / "whole", method)
+    for stop_before in (2, 3):  # killed after epoch 1, then again after epoch 2
+        with pytest.raises(Preempted):
+            _run(tmp_path / "cut", method, stop_before=stop_before)
+    assert (tmp_path / "cut/best.pt.partial/epoch.pt").is_file()
+    _run(tmp_path / "cut", method)
+    assert "resuming after epoch 2" in capsys.readouterr().out
+    whole = _files(tmp_path / "whole")
+    assert {"best.pt", "last.pt", "live/metrics.json", "live/plots/metrics/train/loss.tsv"} <= set(whole)
+    assert _files(tmp_path / "cut") == whole
