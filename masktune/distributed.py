@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 import weakref
 from dataclasses import dataclass
 from datetime import timedelta
@@ -126,17 +127,21 @@ def launch_workers(settings) -> None:
     else:  # static: node k holds ranks k * nproc_per_node .., so node 0 (running dvc) holds rank 0
         rendezvous = {"rdzv_backend": "static", "rdzv_endpoint": f"{settings.master_addr}:{settings.master_port}",
                       "rdzv_configs": {"rank": node_rank}}
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+
     command = _this_command()
     if "OMP_NUM_THREADS" not in os.environ:  # as torchrun: the node's cores shared, not oversubscribed
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // settings.nproc_per_node))
-    config = LaunchConfig(min_nodes=settings.nnodes, max_nodes=settings.nnodes,
-                          nproc_per_node=settings.nproc_per_node, run_id="masktune", max_restarts=0, **rendezvous)
     print(f"{' '.join(command[:2])}: {settings.nproc_per_node} worker(s) on this node (node {node_rank} of "
           f"{settings.nnodes})", flush=True)
-    try:
-        elastic_launch(config, sys.executable)(*command)
-    except ChildFailedError as error:
-        sys.exit(_report_failure(error))
+    with tempfile.TemporaryDirectory(prefix="masktune-torchelastic-") as logs:  # the agent's (empty) log folders
+        config = LaunchConfig(min_nodes=settings.nnodes, max_nodes=settings.nnodes,
+                              nproc_per_node=settings.nproc_per_node, run_id="masktune", max_restarts=0,
+                              logs_specs=DefaultLogsSpecs(log_dir=logs), **rendezvous)
+        try:
+            elastic_launch(config, sys.executable)(*command)
+        except ChildFailedError as error:
+            sys.exit(_report_failure(error))
     sys.exit(0)
 
 

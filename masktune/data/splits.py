@@ -47,6 +47,8 @@ def to_input(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.T
     result keeps the NHWC layout in memory (a channels-last tensor), which oneDNN and cuDNN convolve
     fastest; values are the same either way."""
     tensor = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+    if device.type == "cuda" and not tensor.is_pinned():
+        tensor = tensor.pin_memory()  # page-locked: the copy to the GPU runs asynchronously
     tensor = tensor.to(device, non_blocking=True)
     return tensor.permute(0, 3, 1, 2).float().div_(255)
 
