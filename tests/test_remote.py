@@ -2,9 +2,9 @@
 pulls them and has nothing left to compute.
 
 Origin: a scratch repository with a local directory as its default remote (`dvc remote add -d shared`,
-committed), the pipeline with ERM as its only method on a few hundred synthetic digits (the cheapest run
-that still has HDF5 data, checkpoints, a DVC-cached metrics file, a folder output and git-tracked
-metrics and plots; adding MaskTune's two stages would cost about 8 s more on 2 cores); `dvc repro`,
+committed), the pipeline with ERM as its only method on 600 synthetic digits (the cheapest run that still has
+every kind of output: HDF5 data, checkpoints, DVC-cached JSON, and git-tracked metrics and plot folders;
+MaskTune's two stages would add about 8 s on 2 cores and nothing new to the round trip); `dvc repro`,
 commit, `dvc push`.
 Then the digits are deleted, and a `git clone` of the origin, with DVC config and site-cache folders of
 its own (so nothing reaches it except through git and the remote), runs `dvc pull`. Checked in the
