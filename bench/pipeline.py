@@ -27,7 +27,7 @@ from scratch import ScratchProject
 SPLITS = ("test_original", "test_biased", "val")
 
 
-def _overrides(pairs: list[str], mnist_dir: Path) -> dict:
+def mnist_overrides(pairs: list[str], mnist_dir: Path) -> dict:
     params: dict = {"prepare": {"biased_mnist": {"mnist_dir": str(mnist_dir.resolve())}}}
     for pair in pairs:
         key, _, value = pair.partition("=")
@@ -49,7 +49,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="masktune-bench-") as tmp:
         path = args.keep or Path(tmp) / "project"
-        project = ScratchProject(path, _overrides(args.set, args.mnist_dir))
+        project = ScratchProject(path, mnist_overrides(args.set, args.mnist_dir))
         total, stages = project.timed_stages("repro")
         details = json.loads((path / "metrics/evaluate/details.json").read_text())["methods"]
         project.commit("default params")

@@ -83,12 +83,11 @@ import time
 from itertools import product
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import emit_json, machine, print_table
 from methods import SEED_KEYS
-from scratch import RUNNING_STAGE, ScratchProject
+from pipeline import mnist_overrides
+from scratch import RUNNING_STAGE, ScratchProject, merge
 
 METHODS = {"erm": ["erm"], "masking": ["masktune"], "jtt": [], "dfr": [], "exmap": [], "clusterfix": []}
 EXPERIMENT_STAGES = ["train_erm", "compute_saliency", "materialize_masked_dataset@masktune", "finetune@masktune",
@@ -99,18 +98,6 @@ RESTORED = re.compile(r"Stage '([\w@.-]+)' is cached - skipping run")
 TASK_ROW = re.compile(r"^\s*([0-9a-f]{7})\s+(\S+)\s+.*\s(Queued|Running|Success|Failed)\s*$", re.MULTILINE)
 WORKERS = re.compile(r"Worker status: (\d+) active, (\d+) idle")
 PROBE = "queue probe:"
-
-
-def _overrides(pairs: list[str], mnist_dir: Path) -> dict:
-    params: dict = {"prepare": {"biased_mnist": {"mnist_dir": str(mnist_dir.resolve())}}, "methods": METHODS}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        node = params
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return params
 
 
 def _sets(seed: int, lr: float) -> list[str]:
@@ -236,7 +223,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="masktune-queue-") as tmp:
         path = args.keep or Path(tmp) / "project"
-        project = ScratchProject(path, _overrides(overrides, args.mnist_dir))
+        project = ScratchProject(path, merge({"methods": dict(METHODS)}, mnist_overrides(overrides, args.mnist_dir)))
         project.env["COLUMNS"] = "320"  # `dvc exp show`'s table: rich wraps it to the terminal's width otherwise
         prepare_seconds, _ = project.timed_stages("repro", "prepare")
         project.commit("prepared")
