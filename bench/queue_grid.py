@@ -34,9 +34,9 @@ log (`dvc queue logs`), that every stage after prepare ran and none was restored
 
 Queue behaviour measured here (dvc 3.67.1, 2-core Intel Xeon shared with other jobs, 2026-11-30;
 ../shared/notes/dvc-on-this-machine.md has more):
-- The grid (4 experiments, 1 ERM epoch): sequential 306 s (70-81 s each), queued with -j 2 397 s (ratio
-  1.30; the pairs finished together after 206 and 397 s), identical metrics and outputs. Two workers on
-  2 cores do not help: every stage's torch still uses its default threads (the core count), so two
+- The grid (4 experiments, 1 ERM epoch): sequential 307 s (67-98 s each), queued with -j 2 416 s (ratio
+  1.36; the two pairs finished after 237 and 416 s; another run: 306 s against 397 s, 1.30), identical
+  metrics and outputs. Two workers on 2 cores do not help: every stage's torch still uses its default threads (the core count), so two
   workers run 4 compute threads on 2 cores, and each queued experiment also pays for its own checkout.
   On a tiny pipeline (3,000 digits) the two orders tied (ratio 0.96-1.02).
 - Each queued experiment runs in its own temporary git checkout (`.dvc/tmp/exps/tmp*`) of the commit plus
@@ -52,10 +52,10 @@ Queue behaviour measured here (dvc 3.67.1, 2-core Intel Xeon shared with other j
 - `dvc queue start` returns at once, but its workers inherit its stdout: run from a script that
   captures it through a pipe (`subprocess.run(..., capture_output=True)`), the call does not return
   before the last worker exits. Send its output to a file (`_start_queue`).
-- A second `dvc queue start` at once may say "Started '1' new ... worker" (the first one's worker does not
-  answer the status broadcast yet) or "Started '0'"; we never saw two worker processes for one worker
-  name, and a start while workers answer starts none. A `dvc exp run` in the workspace while the queue
-  runs was not refused (there is no shared lock) and both finished, sharing the cores. Workers stay up
+- A second `dvc queue start` right after the first said "Started '0' new ... worker" in most runs and
+  "Started '1'" in one (the first one's worker did not answer the status broadcast yet); sampling every
+  2 s never showed more than one worker process for the worker name. A `dvc exp run` in the workspace
+  while the queue ran was not refused, and both finished, sharing the cores. Workers stay up
   about 10 s idle after the queue empties, then exit: a scratch folder must outlive them.
 - `dvc queue status` costs 2-10 s per call and `dvc exp show --json` 7-12 s while two workers run on 2
   cores: poll them sparingly. `dvc queue logs -f` refuses a task that has not started, so it cannot be
