@@ -50,6 +50,12 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp_path, ignore_errors=True)
 
 
+def write_bytes_atomically(path: str | Path, data: bytes) -> None:
+    """`data` as the whole content of `path`, through `atomic_output`."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def _remove_leftovers(path: Path) -> None:
     """Delete temporaries of `path` left by a killed writer."""
     for leftover in path.parent.glob(f".{glob.escape(path.name)}.????????.tmp"):  # tempfile: 8 random chars

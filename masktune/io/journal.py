@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 import torch
 
-from masktune.io.files import atomic_output
+from masktune.io.files import atomic_output, write_bytes_atomically
 
 _SHARD = re.compile(r"rows-(\d{12})-(\d{12})\.h5")
 
@@ -120,8 +120,7 @@ class EpochJournal(JournalFolder):
     def save(self, state: dict) -> None:
         buffer = io.BytesIO()
         torch.save(state, buffer)
-        with atomic_output(self.folder / "epoch.pt") as tmp:
-            tmp.write_bytes(buffer.getvalue())
+        write_bytes_atomically(self.folder / "epoch.pt", buffer.getvalue())
 
     def load(self) -> dict | None:
         """The saved state, or None when no epoch has finished under these inputs."""

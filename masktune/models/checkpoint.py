@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from masktune.errors import UserError
-from masktune.io.files import atomic_output
+from masktune.io.files import write_bytes_atomically
 from masktune.models import build_model
 
 
@@ -27,9 +27,7 @@ def checkpoint_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None, 
 
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, **info) -> None:
     """`checkpoint_bytes` written atomically."""
-    data = checkpoint_bytes(model, optimizer, **info)
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(data)
+    write_bytes_atomically(path, checkpoint_bytes(model, optimizer, **info))
 
 
 def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, dict]:

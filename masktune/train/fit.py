@@ -37,7 +37,7 @@ from torch import nn
 
 from masktune.data.splits import Split
 from masktune.distributed import World, broadcast_object, current_world
-from masktune.io.files import atomic_directory, atomic_output
+from masktune.io.files import atomic_directory, write_bytes_atomically
 from masktune.io.journal import EpochJournal, file_identity
 from masktune.models.checkpoint import checkpoint_bytes
 from masktune.models.precision import MixedPrecision
@@ -78,13 +78,15 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Split, val: S
         logged |= {f"val/{key}": value for key, value in scores.items()}
         _log(live, logged)
         checkpoint = {**checkpoint_info, "epoch": epoch, "val_accuracy": scores.get("accuracy", math.nan)}
-        if scores[select_by] > state.best_score:
+        improved = scores[select_by] > state.best_score
+        data = checkpoint_bytes(model, optimizer, **checkpoint) if improved or last_path is not None else None
+        if improved:  # one serialisation serves the best and the last checkpoint of an epoch
             state.best_score, state.best = scores[select_by], {"epoch": epoch + 1, **scores}
-            state.best_checkpoint = checkpoint_bytes(model, optimizer, **checkpoint)
-            _write(best_path, state.best_checkpoint, world)
-        state.last_checkpoint = checkpoint_bytes(model, optimizer, **checkpoint) if last_path is not None else None
+            state.best_checkpoint = data
+            _write(best_path, data, world)
         if last_path is not None:
-            _write(last_path, state.last_checkpoint, world)
+            state.last_checkpoint = data
+            _write(last_path, data, world)
         state.history.append(logged)
         if journal is not None and world.is_main:
             journal.save(state.snapshot(epoch + 1))
@@ -186,8 +188,7 @@ def _log(live: Live, logged: Mapping[str, float]) -> None:
 
 def _write(path: str | Path, data: bytes, world: World) -> None:
     if world.is_main:
-        with atomic_output(path) as tmp:
-            tmp.write_bytes(data)
+        write_bytes_atomically(path, data)
 
 
 class _Silent:
