@@ -31,7 +31,7 @@ from masktune.config.fields import (
 )
 from masktune.errors import UserError
 
-DATASET_NAMES = ("biased_mnist", "waterbirds", "celeba", "in9l", "cmnist", "folder")
+DATASET_NAMES = ("biased_mnist", "waterbirds", "celeba", "in9l", "cmnist", "folder", "mnist")
 ARCH_NAMES = ("small_cnn", "resnet18", "resnet50", "tiny_cnn", "resnet18_cifar")
 PRECISIONS = ("float32", "bfloat16", "float16")
 # The methods one `dvc repro` can compare, by kind: the kind is the list under `methods` a method is
@@ -80,6 +80,13 @@ PREPARE: dict[str, dict[str, Field]] = {
     "cmnist": {
         "mnist_dir": FilePath(nullable=True),
         "color_correlation": Number(0.0, 1.0),
+        "val_size": Int(1),
+        "seed": Int(0),
+        "train_limit": Int(2, nullable=True),
+        "test_limit": Int(1, nullable=True),
+    },
+    "mnist": {
+        "mnist_dir": FilePath(nullable=True),
         "val_size": Int(1),
         "seed": Int(0),
         "train_limit": Int(2, nullable=True),

@@ -57,10 +57,11 @@ def build_biased_split(images: np.ndarray, digits: np.ndarray, conflicting_ratio
     return SampleSet(rgb, labels.astype(np.int64), has_square, order.astype(np.int64))
 
 
-def split_validation(samples: SampleSet, val_size: int, rng: np.random.Generator) -> tuple[SampleSet, SampleSet]:
+def split_validation(samples: SampleSet, val_size: int, rng: np.random.Generator,
+                     param: str = "prepare.biased_mnist.val_size") -> tuple[SampleSet, SampleSet]:
     """Draw `val_size` samples for validation; the rest, in their order, stay for training."""
     if not 0 < val_size < len(samples):
-        raise UserError(f"params.yaml: prepare.biased_mnist.val_size must be between 1 and {len(samples) - 1} "
+        raise UserError(f"params.yaml: {param} must be between 1 and {len(samples) - 1} "
                         f"(the training set has {len(samples)} images), got {val_size}")
     val_index = np.sort(rng.choice(len(samples), size=val_size, replace=False))
     keep = np.ones(len(samples), dtype=bool)
