@@ -63,6 +63,7 @@ class ScratchProject:
         self.dvc("init", "-q")
         self.dvc("config", "core.analytics", "false")
         shutil.copy(PROJECT_ROOT / ".dvcignore", self.path / ".dvcignore")
+        shutil.copytree(PROJECT_ROOT / ".dvc" / "plots", self.path / ".dvc" / "plots")  # the plot templates
         self.commit("pipeline")
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -171,16 +171,34 @@ class NameList(Field):
 
 @dataclass(frozen=True)
 class NumberList(Field):
-    """A non-empty list of distinct numbers > 0 (e.g. DFR's grid of inverse regularisation strengths)."""
+    """A non-empty list of distinct numbers > 0, at most `maximum` if set (e.g. DFR's grid of inverse
+    regularisation strengths, selective classification's target coverages in percent)."""
+    maximum: float | None = None
 
     def _describe(self) -> str:
-        return "a non-empty list of distinct numbers > 0"
+        bound = f" and <= {self.maximum:g}" if self.maximum is not None else ""
+        return f"a non-empty list of distinct numbers > 0{bound}"
 
     def _check(self, key, value):
         if (not isinstance(value, list) or not value or len(set(value)) != len(value) or any(
-                isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 for v in value)):
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0
+                or (self.maximum is not None and v > self.maximum) for v in value)):
             raise self._fail(key, value)
         return tuple(float(v) for v in value)
+
+
+@dataclass(frozen=True)
+class SeedList(Field):
+    """A list of distinct integer seeds >= 0, possibly empty (one stage per seed, e.g. the control models)."""
+
+    def _describe(self) -> str:
+        return "a list of distinct integers >= 0"
+
+    def _check(self, key, value):
+        if (not isinstance(value, list) or len(set(value)) != len(value)
+                or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in value)):
+            raise self._fail(key, value)
+        return tuple(value)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from masktune.config.fields import (
     NameList,
     Number,
     NumberList,
+    SeedList,
     Text,
     invalid,
 )
@@ -181,6 +182,8 @@ SCHEMA: dict[str, Field] = {
     "clusterfix.seed": Int(0, nullable=True),
     "mask_examples_per_group": Int(1, 16),
     "evaluate.workers": Int(0, MAX_WORKERS),
+    "selective.control_seeds": SeedList(),
+    "selective.coverages": NumberList(maximum=100),
 }
 RECIPE_KEYS = tuple(key for key, field in SCHEMA.items() if field.recipe)
 

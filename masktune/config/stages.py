@@ -194,6 +194,16 @@ class EvaluateConfig:
     workers: int = _key("evaluate.workers")
 
 
+@dataclass(frozen=True)
+class SelectiveConfig:
+    """Selective classification (stage `selective`): which models it scores, at which coverages."""
+    eval_batch_size: int = _key("eval_batch_size")
+    methods: MappingProxyType = _key("methods")  # the masking methods' fine-tuned models are scored
+    control_seeds: tuple[int, ...] = _key("selective.control_seeds")
+    coverages: tuple[float, ...] = _key("selective.coverages")
+    workers: int = _key("evaluate.workers")
+
+
 MASK_CONFIGS = {"masktune": MaskTuneMaskConfig, "randmask": RandMaskMaskConfig}
 # Keyed by the stage names DVC gives (`<stage>@<item>` for a foreach stage).
 STAGE_CONFIGS = {
@@ -212,7 +222,18 @@ STAGE_CONFIGS = {
     **{f"clusterfix_clusters@{name}": ClusterFixClustersConfig for name in schema.METHOD_KINDS["clusterfix"]},
     **{f"clusterfix_train@{name}": ClusterFixTrainConfig for name in schema.METHOD_KINDS["clusterfix"]},
     "evaluate": EvaluateConfig,
+    "train_erm_control@*": TrainErmConfig,  # one per selective.control_seeds entry: ERM's config, another seed
+    "selective": SelectiveConfig,
 }
+
+
+def _config_class(stage: str):
+    """The config of `stage`: by its name, or for a foreach over numbers (`train_erm_control@1`) by `<stage>@*`."""
+    name, at, _ = stage.partition("@")
+    config = STAGE_CONFIGS.get(stage) or (STAGE_CONFIGS.get(f"{name}@*") if at else None)
+    if config is None:
+        raise UserError(f"no stage config named '{stage}' (known: {', '.join(STAGE_CONFIGS)})")
+    return config
 
 
 class _Resolver:
@@ -243,10 +264,8 @@ class _Resolver:
 
 def load_stage_config(stage: str, params_file: str | Path = "params.yaml", dvc_file: str | Path = "dvc.yaml"):
     """The typed config of `stage`, after validating every param of params.yaml."""
-    if stage not in STAGE_CONFIGS:
-        raise UserError(f"no stage config named '{stage}' (known: {', '.join(STAGE_CONFIGS)})")
+    config = _config_class(stage)
     values = read_yaml(params_file)
     schema.validate(values)
     resolver = _Resolver(stage, values, declared_params(stage, dvc_file, values))
-    config = STAGE_CONFIGS[stage]
     return config(**{f.name: resolver.resolve(f.metadata["key"]) for f in dataclasses.fields(config)})

@@ -11,14 +11,19 @@ Reference: aliasgharkhani/Masktune, src/methods/base_method.py, `test_selective_
   coverage (accepted / N_test) and the selective error (1 - accuracy on the accepted ones).
 Baselines and the risk-coverage curve are beyond the official code: the softmax response (max softmax
 probability) of one model, and the area under the risk-coverage curve (AURC, Geifman et al. 2019) over
-every threshold of the test confidences.
+every threshold of the test confidences. Beyond the paper too, the two-ERM control: the same product
+score over the ERM model and a second ERM model of another seed. The product of two models is an
+ensemble; the control asks whether MaskTune's fine-tuned model helps more than any second model would.
 
-Everything here is numpy on per-input arrays, so it is tested against hand computations.
+Everything here is numpy on per-input arrays (the logits of each model), so it is tested against hand
+computations; `stages/selective.py` only loads the models and writes what `selective_report` returns.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import csv
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -102,3 +107,130 @@ def aurc(confidence: np.ndarray, correct: np.ndarray) -> float:
     coverage, risk = risk_coverage_curve(confidence, correct)
     added = np.diff(np.r_[0.0, coverage])
     return float(np.sum(added * risk))
+
+
+@dataclass(frozen=True)
+class SelectiveScore:
+    """One way to accept or reject: the softmax response of one model, or the official product score of
+    two (`models`: the names of the models whose logits it reads, the first being ERM's)."""
+    name: str
+    title: str
+    models: tuple[str, ...]
+    role: str   # "baseline" | "official" | "control"
+
+    def predict(self, logits: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(prediction, confidence) of every input from the logits of its models."""
+        if len(self.models) == 1:
+            return softmax_response(logits[self.models[0]])
+        first, second = self.models
+        return product_score(logits[first], logits[second])
+
+
+ERM_MODEL = "erm"
+
+
+def control_model_name(seed: int) -> str:
+    """The name of the second ERM model of seed `seed` (stage `train_erm_control@<seed>`)."""
+    return f"erm_seed{seed}"
+
+
+def control_checkpoint(models_dir: str | Path, seed: int) -> Path:
+    """The best checkpoint of `train_erm_control@<seed>` (dvc.yaml's path)."""
+    return Path(models_dir) / "control" / f"{control_model_name(seed)}_best.pt"
+
+
+def selective_scores(fine_tuned: Sequence[tuple[str, str]], control_seeds: Sequence[int]) -> list[SelectiveScore]:
+    """The scores the `selective` stage reports, in report order: ERM's softmax response; for each method
+    that fine-tunes ERM (`fine_tuned`: (name, title)), the official product score with ERM and the
+    fine-tuned model's own softmax response; for each control seed, the second ERM's softmax response
+    and the product score of the two ERM models."""
+    scores = [SelectiveScore(ERM_MODEL, "ERM, softmax response", (ERM_MODEL,), "baseline")]
+    for name, title in fine_tuned:
+        scores.append(SelectiveScore(name, f"{title}: official score, softmax(p_ERM * p_{name})",
+                                     (ERM_MODEL, name), "official"))
+        scores.append(SelectiveScore(f"{name}_alone", f"{title} alone, softmax response", (name,), "baseline"))
+    for seed in control_seeds:
+        second = control_model_name(seed)
+        scores.append(SelectiveScore(second, f"second ERM (seed {seed}), softmax response", (second,), "control"))
+        scores.append(SelectiveScore(f"two_erm_seed{seed}", f"two ERMs (control): softmax(p_ERM * p_{second})",
+                                     (ERM_MODEL, second), "control"))
+    return scores
+
+
+def curve_points(confidence: np.ndarray, correct: np.ndarray, points: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """About `points` points of the exact risk-coverage curve, spread evenly over the coverage (for a
+    plot: the exact curve has one point per distinct confidence, thousands)."""
+    coverage, risk = risk_coverage_curve(confidence, correct)
+    grid = np.linspace(0, 1, points + 1)[1:]
+    pick = np.unique(np.minimum(np.searchsorted(coverage, grid - 1e-12), len(coverage) - 1))
+    return coverage[pick], risk[pick]
+
+
+def selective_report(score: SelectiveScore, val_logits: Mapping[str, np.ndarray], val_labels: np.ndarray,
+                     test_logits: Mapping[str, Mapping[str, np.ndarray]], test_labels: Mapping[str, np.ndarray],
+                     coverages: Sequence[float] = OFFICIAL_COVERAGES) -> dict:
+    """One score on every test split: the official table (thresholds from the validation confidences),
+    the AURC, the accuracy at full coverage, and the points of its risk-coverage curve."""
+    _, val_confidence = score.predict(val_logits)
+    report = {}
+    for split, logits in test_logits.items():
+        prediction, confidence = score.predict(logits)
+        correct = prediction == np.asarray(test_labels[split])
+        coverage, risk = curve_points(confidence, correct)
+        report[split] = {
+            "accuracy": float(correct.mean()),
+            "aurc": aurc(confidence, correct),
+            "targets": [vars(result) for result in evaluate_coverages(val_confidence, confidence, correct, coverages)],
+            "curve": {"coverage": coverage.tolist(), "risk": risk.tolist()},
+        }
+    return report
+
+
+def _percent(target: float) -> str:
+    return f"{target:g}"
+
+
+def selective_headline(reports: Mapping[str, Mapping]) -> dict:
+    """{score: {split: {"aurc", "error_at_<c>", "coverage_at_<c>" per target coverage c}}}: the DVC
+    metrics `dvc exp show` lists (the curves and thresholds stay in the details)."""
+    headline = {}
+    for name, splits in reports.items():
+        headline[name] = {}
+        for split, report in splits.items():
+            row = {"aurc": report["aurc"]}
+            for target in report["targets"]:
+                row[f"error_at_{_percent(target['target_coverage'])}"] = target["error"]
+                row[f"coverage_at_{_percent(target['target_coverage'])}"] = target["coverage"]
+            headline[name][split] = row
+    return headline
+
+
+def selective_markdown(dataset: str, scores: Sequence[SelectiveScore], reports: Mapping[str, Mapping]) -> str:
+    """Per test split, a score x target-coverage table of the selective error (realised coverage in
+    parentheses), with the AURC."""
+    lines = [f"# Selective classification on {dataset}", "",
+             ("Selective error (%) at each target coverage, the threshold read from the validation confidences "
+              "(the official rule); in parentheses the realised test coverage (%). AURC: area under the "
+              "risk-coverage curve (x 100, lower is better)."), ""]
+    for split in next(iter(reports.values())):
+        targets = [t["target_coverage"] for t in reports[scores[0].name][split]["targets"]]
+        lines += [f"## {split}", "", "| score | role | " + " | ".join(f"{_percent(t)}%" for t in targets) + " | AURC |",
+                  "|---|---|" + "---|" * (len(targets) + 1)]
+        for score in scores:
+            report = reports[score.name][split]
+            cells = [f"{100 * t['error']:.2f} ({100 * t['coverage']:.1f})" for t in report["targets"]]
+            lines.append(f"| {score.title} | {score.role} | " + " | ".join(cells) + f" | {100 * report['aurc']:.3f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_curve_csv(path: str | Path, reports: Mapping[str, Mapping]) -> None:
+    """`split, score, coverage, risk` rows: the risk-coverage lines `dvc plots show` draws (template
+    .dvc/plots/risk_coverage.json: one line per score, one panel per test split)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["split", "score", "coverage", "risk"])
+        for name, splits in reports.items():
+            for split, report in splits.items():
+                for coverage, risk in zip(report["curve"]["coverage"], report["curve"]["risk"]):
+                    writer.writerow([split, name, f"{coverage:.6f}", f"{risk:.6f}"])

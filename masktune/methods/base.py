@@ -32,6 +32,9 @@ class Method:
     kind: ClassVar[str]           # the list under `methods` that runs it (schema.METHOD_KINDS)
     title: ClassVar[str]          # for reports: the method and its paper
     group_labels: ClassVar[GroupLabels] = GroupLabels(training=False, model_selection=False)
+    # True where the model fine-tunes ERM's (MaskTune, RandMask): selective classification scores it
+    # with ERM's by the official product score (stage `selective`).
+    fine_tunes_erm: ClassVar[bool] = False
 
     def model_file(self, models_dir: str | Path) -> Path:
         """The checkpoint `evaluate` reads for this method."""

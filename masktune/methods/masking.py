@@ -13,6 +13,7 @@ from masktune.methods.base import Method
 
 class MaskingMethod(Method):
     kind = "masking"
+    fine_tunes_erm = True
 
     def write_masks(self, config, saliency: str | Path, out: str | Path, rows: int, size: tuple[int, int],
                     attrs: dict) -> np.ndarray:

@@ -146,6 +146,16 @@ def predict(model: nn.Module, data: Split, batch_size: int, device: torch.device
     return rows.get("predicted", np.zeros(0, dtype=np.int64))
 
 
+@torch.inference_mode()
+def predict_logits(model: nn.Module, data: Split, batch_size: int, device: torch.device,
+                   desc: str = "predict") -> np.ndarray:
+    """The logits (N, classes) of every sample of `data`, in order, in float32 (selective
+    classification scores them; under torchrun `map_rows` shares the work)."""
+    model.eval()
+    rows = map_rows(data, batch_size, device, desc, lambda inputs: {"logits": model(inputs).float()})
+    return rows.get("logits", np.zeros((0, 0), dtype=np.float32))
+
+
 def validation_accuracy(val: Split) -> Callable[[np.ndarray], dict[str, float]]:
     """The default model-selection score: plain validation accuracy (no group labels)."""
     return lambda predictions: {"accuracy": float((predictions == val.labels).mean())}

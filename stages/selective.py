@@ -1,0 +1,86 @@
+"""Stage `selective`: selective classification, the MaskTune paper's second use of its model.
+
+The official score (aliasgharkhani/Masktune src/methods/base_method.py, `test_selective_classification`)
+multiplies the softmaxes of the best ERM checkpoint and of the fine-tuned model and takes a softmax
+again; its threshold for a target coverage is read from the sorted validation confidences. Reported
+here for every masking method (MaskTune, RandMask) beside ERM's and the fine-tuned model's own softmax
+response and the two-ERM control (the same product with a second ERM model of another seed,
+`selective.control_seeds`): the realised test coverage and selective error at each target coverage,
+the AURC, and the risk-coverage curves (`dvc plots`). The rules are masktune/eval/selective.py.
+
+Writes the headline (`--metrics`: AURC, error and coverage at each target, per score and test split)
+and in `--details` the full results (details.json: thresholds, accuracies, curves), the Markdown table
+(table.md) and the curves' CSV (risk_coverage.csv).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from masktune.config.stages import load_stage_config
+from masktune.data.splits import open_split
+from masktune.datasets import open_prepared
+from masktune.distributed import select_device
+from masktune.errors import run_stage
+from masktune.eval.selective import (
+    ERM_MODEL,
+    control_checkpoint,
+    control_model_name,
+    selective_headline,
+    selective_markdown,
+    selective_report,
+    selective_scores,
+    write_curve_csv,
+)
+from masktune.io.files import atomic_directory, write_json
+from masktune.methods import get_method, listed_methods
+from masktune.models.checkpoint import load_checkpoint
+from masktune.train.loop import predict_logits
+
+
+@run_stage
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", required=True, help="prepared dataset (HDF5)")
+    parser.add_argument("--models", required=True, help="folder of the checkpoints (models/control/: the controls)")
+    parser.add_argument("--metrics", required=True, help="JSON: the headline, per score and test split")
+    parser.add_argument("--details", required=True, help="folder: details.json, table.md, risk_coverage.csv")
+    args = parser.parse_args()
+
+    config = load_stage_config("selective")
+    prepared, spec = open_prepared(args.data)
+    fine_tuned = [method for method in listed_methods(config.methods) if method.fine_tunes_erm]
+    scores = selective_scores([(method.name, method.title) for method in fine_tuned], config.control_seeds)
+    checkpoints = {ERM_MODEL: get_method(ERM_MODEL).model_file(args.models),
+                   **{method.name: method.model_file(args.models) for method in fine_tuned},
+                   **{control_model_name(seed): control_checkpoint(args.models, seed) for seed in config.control_seeds}}
+    device = select_device()
+    models = {name: load_checkpoint(path, device)[0] for name, path in checkpoints.items()}
+    logits, labels = {}, {}
+    for split in ("val", *spec.test_splits):
+        data = open_split(prepared, split, spec.views, "eval", config.workers)
+        labels[split] = data.labels
+        logits[split] = {name: predict_logits(model, data, config.eval_batch_size, device, f"{name} on {split}")
+                         for name, model in models.items()}
+    tests = {split: logits[split] for split in spec.test_splits}
+    reports = {score.name: selective_report(score, logits["val"], labels["val"], tests, labels, config.coverages)
+               for score in scores}
+
+    write_json(args.metrics, selective_headline(reports))
+    with atomic_directory(args.details) as tmp_dir:
+        write_json(Path(tmp_dir) / "details.json",
+                   {"dataset": prepared.dataset, "coverages": list(config.coverages),
+                    "checkpoints": {name: str(path) for name, path in checkpoints.items()},
+                    "scores": {score.name: {"title": score.title, "role": score.role, "models": list(score.models),
+                                            "results": reports[score.name]} for score in scores}})
+        (Path(tmp_dir) / "table.md").write_text(selective_markdown(prepared.dataset, scores, reports))
+        write_curve_csv(Path(tmp_dir) / "risk_coverage.csv", reports)
+    for score in scores:
+        print(f"{score.name}: " + ", ".join(
+            f"{split} AURC {100 * report['aurc']:.3f}, error at "
+            + " / ".join(f"{t['target_coverage']:g}% {100 * t['error']:.2f}%" for t in report["targets"])
+            for split, report in reports[score.name].items()))
+
+
+if __name__ == "__main__":
+    main()
