@@ -1,18 +1,29 @@
 """Selective classification (masktune/eval/selective.py): the official score and threshold rule on
-hand-computed cases, ties included, and the risk-coverage curve and its area."""
+hand-computed cases, ties included, the risk-coverage curve and its area, the scores the `selective`
+stage reports and one score's report by hand. The stage end to end: tests/test_selective_e2e.py."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from masktune.eval.selective import (
+    SelectiveScore,
     aurc,
+    control_checkpoint,
     coverage_threshold,
+    curve_points,
     evaluate_coverages,
     product_score,
     risk_coverage_curve,
     selective_error,
+    selective_headline,
+    selective_markdown,
+    selective_report,
+    selective_scores,
+    softmax,
     softmax_response,
 )
 
@@ -64,3 +75,56 @@ def test_risk_coverage_curve_and_its_area_by_hand():
     order = np.argsort(-confidence)
     expected = np.mean(np.cumsum(~correct[order]) / np.arange(1, 201))
     assert aurc(confidence, correct) == pytest.approx(expected)
+
+
+def test_the_scores_reported_and_the_models_each_reads():
+    scores = selective_scores([("masktune", "MaskTune")], control_seeds=(7,))
+    assert [(s.name, s.models, s.role) for s in scores] == [
+        ("erm", ("erm",), "baseline"),
+        ("masktune", ("erm", "masktune"), "official"),   # the official score: ERM's and the fine-tuned model's
+        ("masktune_alone", ("masktune",), "baseline"),
+        ("erm_seed7", ("erm_seed7",), "control"),
+        ("two_erm_seed7", ("erm", "erm_seed7"), "control"),  # the same product over two ERM models
+    ]
+    assert control_checkpoint("models", 7) == Path("models/control/erm_seed7_best.pt")  # dvc.yaml's outs
+    logits = {"erm": np.array([[2.0, 0.0], [0.0, 1.0]]), "masktune": np.array([[0.0, 3.0], [0.0, 2.0]])}
+    prediction, confidence = scores[1].predict(logits)
+    p, q = softmax(logits["erm"]), softmax(logits["masktune"])
+    direct = np.exp(p * q) / np.exp(p * q).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(confidence, direct.max(axis=1))
+    assert list(prediction) == list(direct.argmax(axis=1))
+
+
+def test_report_of_one_score_by_hand():
+    """Validation confidences set the thresholds, test inputs at or above them are accepted (ties too)."""
+    score = SelectiveScore("erm", "ERM", ("erm",), "baseline")
+    # two classes; logit gaps give confidences sigmoid(gap): val gaps 4, 3, 2, 1 -> thresholds by rank
+    val = {"erm": np.array([[4.0, 0.0], [3.0, 0.0], [2.0, 0.0], [1.0, 0.0]])}
+    test = {"test": {"erm": np.array([[3.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.5, 0.0], [0.0, 4.0]])}}
+    labels = {"test": np.array([0, 0, 0, 1, 1])}   # inputs 1 and 3 wrong; test gaps 3, 2, 2, 0.5, 4
+    report = selective_report(score, val, np.zeros(4), test, labels, coverages=(50, 75, 100))["test"]
+    # 50%: round(2) = 2 -> val gap 2; accepted gaps >= 2: inputs 0, 1, 2, 4 (1 wrong): coverage 4/5, error 1/4
+    # 75%: round(3) = 3 -> gap 1: the same four; 100%: index 4 clamped to 3 -> gap 1 again
+    assert [(t["target_coverage"], t["coverage"], t["error"]) for t in report["targets"]] == [
+        (50.0, 0.8, 0.25), (75.0, 0.8, 0.25), (100.0, 0.8, 0.25)]
+    assert report["accuracy"] == pytest.approx(3 / 5)
+    # the curve by hand: gap 4 (right), 3 (right), the two 2s together (one wrong), 0.5 (wrong)
+    assert report["curve"]["coverage"] == pytest.approx([0.2, 0.4, 0.8, 1.0])
+    assert report["curve"]["risk"] == pytest.approx([0, 0, 0.25, 0.4])
+    assert report["aurc"] == pytest.approx(0.2 * 0 + 0.2 * 0 + 0.4 * 0.25 + 0.2 * 0.4)
+    headline = selective_headline({"erm": {"test": report}})
+    assert headline == {"erm": {"test": {"aurc": report["aurc"], "error_at_50": 0.25, "coverage_at_50": 0.8,
+                                         "error_at_75": 0.25, "coverage_at_75": 0.8, "error_at_100": 0.25,
+                                         "coverage_at_100": 0.8}}}
+    table = selective_markdown("mnist", [score], {"erm": {"test": report}})
+    assert "| ERM | baseline | 25.00 (80.0) | 25.00 (80.0) | 25.00 (80.0) | 18.000 |" in table
+
+
+def test_plotted_curve_is_points_of_the_exact_curve_ending_at_full_coverage():
+    rng = np.random.default_rng(1)
+    confidence, correct = rng.random(5000).round(3), rng.random(5000) < 0.9   # many ties
+    exact = dict(zip(*risk_coverage_curve(confidence, correct)))
+    coverage, risk = curve_points(confidence, correct, points=100)
+    assert 90 <= len(coverage) <= 100 and coverage[-1] == 1.0 and risk[-1] == pytest.approx(1 - correct.mean())
+    assert all(exact[c] == r for c, r in zip(coverage, risk))
+    assert np.all(np.diff(coverage) > 0)

@@ -1,0 +1,101 @@
+"""Selective classification end to end: the pipeline on plain 10-class MNIST (the real digits' first
+3,000 / 1,000 when they are beside the project, else the synthetic twin in the same IDX format), run
+by the real `dvc` in a throwaway repository, with ERM and MaskTune only.
+
+Checks: one `dvc repro` trains the two-ERM control (`train_erm_control@1`) and runs `selective`; its
+scores are wired to the right models and splits (each softmax response's accuracy equals what
+`evaluate` measured for that model; each curve ends at full coverage with the model's error); the
+control is another model; the risk-coverage plot renders through its template; `selective.coverages`
+reruns `selective` only; `selective.control_seeds: []` drops the control's stage and rows; a control
+seed equal to ERM's stops with one line.
+"""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from conftest import MNIST_DIR
+from fixtures_datasets import make_mnist
+from scratch import ScratchProject
+
+pytestmark = pytest.mark.slow
+
+STAGES = ["prepare", "train_erm", "train_erm_control@1", "compute_saliency", "materialize_masked_dataset@masktune",
+          "finetune@masktune", "evaluate", "selective"]
+SCORES = ["erm", "masktune", "masktune_alone", "erm_seed1", "two_erm_seed1"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    if (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+        mnist_dir = MNIST_DIR
+    else:
+        mnist_dir = make_mnist(tmp_path_factory.mktemp("mnist"))
+    small = {"dataset": "mnist",
+             "prepare": {"mnist": {"mnist_dir": str(mnist_dir), "train_limit": 3000, "test_limit": 1000,
+                                   "val_size": 600}},
+             "methods": {"erm": ["erm"], "masking": ["masktune"], "jtt": [], "dfr": [], "exmap": [], "clusterfix": []},
+             "train_erm": {"epochs": 1}}
+    return ScratchProject(tmp_path_factory.mktemp("scratch") / "project", small)
+
+
+def _json(project, path: str):
+    return json.loads((project.path / path).read_text())
+
+
+def test_selective_classification_end_to_end(project):
+    assert project.stages_run("repro") == STAGES
+    headline = _json(project, "metrics/selective.json")
+    assert list(headline) == SCORES
+    targets = (80, 85, 90, 95, 100)
+    for score in headline.values():
+        assert list(score) == ["test"]
+        row = score["test"]
+        assert set(row) == {"aurc"} | {f"{k}_at_{c}" for c in targets for k in ("error", "coverage")}
+        assert 0 <= row["aurc"] <= 1 and all(0 < row[f"coverage_at_{c}"] <= 1 for c in targets)
+
+    # Wiring: each softmax response is the model `evaluate` measured, on the same split.
+    evaluated = _json(project, "metrics/evaluate/details.json")["methods"]
+    scores = _json(project, "metrics/selective/details.json")["scores"]
+    for name, model in (("erm", "erm"), ("masktune_alone", "masktune")):
+        assert scores[name]["results"]["test"]["accuracy"] == evaluated[model]["results"]["test"]["accuracy"]
+    assert scores["masktune"]["models"] == ["erm", "masktune"] and scores["two_erm_seed1"]["models"] == ["erm", "erm_seed1"]
+    # Every curve ends at full coverage with the score's error over the whole split.
+    with open(project.path / "metrics/selective/risk_coverage.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for name in SCORES:
+        last = [r for r in rows if r["score"] == name][-1]
+        assert float(last["coverage"]) == 1.0
+        assert float(last["risk"]) == pytest.approx(1 - scores[name]["results"]["test"]["accuracy"], abs=1e-6)
+    # The control is a second model: ERM's recipe, seed 1.
+    erm = torch.load(project.path / "models/erm_best.pt", weights_only=False)["model"]
+    control = torch.load(project.path / "models/control/erm_seed1_best.pt", weights_only=False)["model"]
+    assert set(erm) == set(control) and any(not torch.equal(erm[k], control[k]) for k in erm)
+    assert _json(project, "metrics/train_erm_control/1/metrics.json")["recipe"]["seed"] == 1
+    table = (project.path / "metrics/selective/table.md").read_text()
+    assert table.count("| control |") == 2 and table.count("| official |") == 1
+    # The risk-coverage plot: one line per score, through the template in .dvc/plots.
+    shown = json.loads(project.dvc("plots", "show", "--json", "metrics/selective/risk_coverage.csv").stdout)
+    plot = shown["data"]["metrics/selective/risk_coverage.csv"][0]["content"]
+    assert plot["spec"]["encoding"]["color"]["field"] == "score"
+    assert {v["score"] for v in plot["data"]["values"]} == set(SCORES)
+    project.commit("baseline")
+
+    # Target coverages: selective only.
+    assert project.stages_run("exp", "run", "-S", "selective.coverages=[50,100]") == ["selective"]
+    assert set(_json(project, "metrics/selective.json")["masktune"]["test"]) == {
+        "aurc", "error_at_50", "coverage_at_50", "error_at_100", "coverage_at_100"}
+    # No control: its stage leaves the pipeline and its rows the report.
+    assert project.stages_run("exp", "run", "-S", "selective.control_seeds=[]") == ["selective"]
+    assert list(_json(project, "metrics/selective.json")) == SCORES[:3]
+    assert "train_erm_control" not in project.dvc("stage", "list").stdout
+
+
+def test_a_control_seed_equal_to_erms_stops_with_one_line(project):
+    result = project.dvc("exp", "run", "-S", "selective.control_seeds=[0]", check=False)
+    assert result.returncode != 0
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")]
+    assert lines and "selective.control_seeds lists 0, train_erm.seed itself" in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
