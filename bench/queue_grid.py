@@ -91,7 +91,7 @@ from scratch import RUNNING_STAGE, ScratchProject, merge
 
 METHODS = {"erm": ["erm"], "masking": ["masktune"], "jtt": [], "dfr": [], "exmap": [], "clusterfix": []}
 EXPERIMENT_STAGES = ["train_erm", "compute_saliency", "materialize_masked_dataset@masktune", "finetune@masktune",
-                     "evaluate"]
+                     "evaluate", "selective"]
 HEADLINE = [f"{m}.{s}" for m in METHODS["erm"] + METHODS["masking"]
             for s in ("test_biased.average", "test_biased.worst_group", "test_original.average")]
 RESTORED = re.compile(r"Stage '([\w@.-]+)' is cached - skipping run")
@@ -223,7 +223,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="masktune-queue-") as tmp:
         path = args.keep or Path(tmp) / "project"
-        project = ScratchProject(path, merge({"methods": dict(METHODS)}, mnist_overrides(overrides, args.mnist_dir)))
+        project = ScratchProject(path, merge({"methods": dict(METHODS), "selective": {"control_seed_offsets": []}}, mnist_overrides(overrides, args.mnist_dir)))
         project.env["COLUMNS"] = "320"  # `dvc exp show`'s table: rich wraps it to the terminal's width otherwise
         prepare_seconds, _ = project.timed_stages("repro", "prepare")
         project.commit("prepared")

@@ -5,7 +5,7 @@ multiplies the softmaxes of the best ERM checkpoint and of the fine-tuned model 
 again; its threshold for a target coverage is read from the sorted validation confidences. Reported
 here for every masking method (MaskTune, RandMask) beside ERM's and the fine-tuned model's own softmax
 response and the two-ERM control (the same product with a second ERM model of another seed,
-`selective.control_seeds`): the realised test coverage and selective error at each target coverage,
+seed `train_erm.seed` + each of `selective.control_seed_offsets`): the realised test coverage and selective error at each target coverage,
 the AURC, and the risk-coverage curves (`dvc plots`). The rules are masktune/eval/selective.py.
 
 Writes the headline (`--metrics`: AURC, error and coverage at each target, per score and test split)
@@ -50,10 +50,11 @@ def main() -> None:
     config = load_stage_config("selective")
     prepared, spec = open_prepared(args.data)
     fine_tuned = [method for method in listed_methods(config.methods) if method.fine_tunes_erm]
-    scores = selective_scores([(method.name, method.title) for method in fine_tuned], config.control_seeds)
+    scores = selective_scores([(method.name, method.title) for method in fine_tuned], config.control_seed_offsets)
     checkpoints = {ERM_MODEL: get_method(ERM_MODEL).model_file(args.models),
                    **{method.name: method.model_file(args.models) for method in fine_tuned},
-                   **{control_model_name(seed): control_checkpoint(args.models, seed) for seed in config.control_seeds}}
+                   **{control_model_name(offset): control_checkpoint(args.models, offset)
+                      for offset in config.control_seed_offsets}}
     device = select_device()
     models = {name: load_checkpoint(path, device)[0] for name, path in checkpoints.items()}
     logits, labels = {}, {}

@@ -295,3 +295,80 @@ def make_csv_index(root: Path, counts: Mapping[str, Sequence[int]] = CSV_COUNTS,
         writer.writerow(["id", "path", "label", "split", "spurious", "notes"])
         writer.writerows(rows[i] for i in order)
     return root / "index.csv"
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's selective-classification sets, in their distributed formats: CIFAR-10's python pickles,
+# SVHN's MATLAB v5 files, Kaggle's cat.<id>.jpg / dog.<id>.jpg folder
+
+CIFAR10_LABEL_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def _class_pixels(rng: np.random.Generator, labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 (N, H, W, 3): noise, with a bright bar whose row says the class (a signal a CNN can learn)."""
+    images = rng.integers(0, 60, (len(labels), height, width, 3), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        row = 2 + int(label) * (height - 4) // 10
+        images[i, row:row + 2, 2:width - 2, int(label) % 3] = 250
+    return images
+
+
+def make_cifar10(root: Path, per_batch: int = 12, n_test: int = 10, seed: int = 0, bytes_keys: bool = False) -> Path:
+    """`root/cifar-10-batches-py/` as the tarball unpacks it: data_batch_1..5, test_batch and batches.meta,
+    pickled dicts (protocol 2) of `data` uint8 (N, 3072) channel-major rows, `labels` a list of ints,
+    `filenames`, `batch_label`; batches.meta `label_names`, `num_cases_per_batch`, `num_vis`. `bytes_keys`:
+    keys as bytes, as a reader without encoding='latin1' sees them. Returns `root`."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def dump(name: str, content: dict) -> None:
+        if bytes_keys:
+            content = {key.encode(): value for key, value in content.items()}
+        with open(folder / name, "wb") as handle:
+            pickle.dump(content, handle, protocol=2)
+
+    batches = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for b, name in enumerate(batches):
+        n = n_test if name == "test_batch" else per_batch
+        labels = rng.permutation(np.arange(n) % 10)
+        images = _class_pixels(rng, labels, 32, 32)
+        data = images.transpose(0, 3, 1, 2).reshape(n, 3072)  # R plane, G plane, B plane, row-major
+        dump(name, {"batch_label": f"{'testing' if name == 'test_batch' else 'training'} batch {b + 1} of 5",
+                    "labels": [int(x) for x in labels], "data": np.ascontiguousarray(data),
+                    "filenames": [f"image_{b}_{i}.png" for i in range(n)]})
+    dump("batches.meta", {"num_cases_per_batch": per_batch, "label_names": list(CIFAR10_LABEL_NAMES), "num_vis": 3072})
+    return root
+
+
+def make_svhn(root: Path, n_train: int = 30, n_test: int = 12, seed: int = 0) -> Path:
+    """`root/train_32x32.mat` and `root/test_32x32.mat` as distributed: MATLAB v5 files (scipy.io.savemat)
+    with `X` uint8 (32, 32, 3, N) and `y` uint8 (N, 1), digit 0 written as 10. Returns `root`."""
+    import scipy.io
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train_32x32.mat", n_train), ("test_32x32.mat", n_test)):
+        digits = rng.permutation(np.arange(n) % 10)
+        images = _class_pixels(rng, digits, 32, 32)
+        y = np.where(digits == 0, 10, digits).astype(np.uint8).reshape(-1, 1)
+        scipy.io.savemat(root / name, {"X": np.ascontiguousarray(images.transpose(1, 2, 3, 0)), "y": y})
+    return root
+
+
+def make_cats_vs_dogs(root: Path, per_class: int = 20, seed: int = 0) -> Path:
+    """Kaggle's Dogs vs. Cats `train/` folder: `cat.<id>.jpg` and `dog.<id>.jpg`, ids 0..per_class-1 of each,
+    JPEGs of varying sizes (as the real ones), a reddish blob on cats, a bluish one on dogs; every 9th a
+    greyscale JPEG. Returns `root`."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for label, name in enumerate(("cat", "dog")):
+        colour = (200, 60, 40) if label == 0 else (40, 80, 200)
+        for i in range(per_class):
+            height, width = int(rng.integers(40, 90)), int(rng.integers(40, 90))
+            pixels = _noisy(rng, height, width, (110, 110, 110))
+            pixels[height // 4:3 * height // 4, width // 4:3 * width // 4] = colour
+            save_jpeg(root / f"{name}.{i}.jpg", pixels, grey=i % 9 == 8)
+    return root

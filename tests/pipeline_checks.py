@@ -19,7 +19,7 @@ ALL_STAGES = ["prepare", "train_erm", "compute_saliency", "materialize_masked_da
               "materialize_masked_dataset@masktune", "finetune@randmask", "finetune@masktune", "jtt_identify@jtt",
               "jtt_retrain@jtt", "dfr@dfr_classes", "dfr@dfr_groups", "exmap_heatmaps@exmap", "exmap_groups@exmap",
               "exmap_dfr@exmap", "clusterfix_features@clusterfix", "clusterfix_clusters@clusterfix",
-              "clusterfix_train@clusterfix", "evaluate"]
+              "clusterfix_train@clusterfix", "evaluate", "selective"]
 SMALL_MODEL = {"arch": "tiny_cnn", "pretrained": False, "epochs": 1, "batch_size": 16, "workers": 0}
 # tiny_cnn for one epoch and small batches everywhere (the official recipes are what runs without
 # these); 2 ClusterFix clusters per class (the fixtures' smallest class has 3 training images).
@@ -31,6 +31,7 @@ SMALL_RUN = {
     "clusterfix": {"clusters_per_class": 2, "epochs": 1, "batch_size": 16, "workers": 0},
     "eval_batch_size": 16,
     "evaluate": {"workers": 0},
+    "selective": {"control_seed_offsets": []},  # the control's training: tests/test_selective_e2e.py
 }
 
 

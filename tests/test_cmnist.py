@@ -114,7 +114,9 @@ def test_committed_recipe_is_exmaps_erm():
     recipe = committed_params()["recipes"]["cmnist"]
     assert recipe["lr"] == 0.003
     assert recipe["train_erm"] == {"arch": "resnet18_cifar", "pretrained": False, "epochs": 10, "batch_size": 128,
-                                   "momentum": 0.9, "weight_decay": 0.0001, "lr_schedule": "cosine"}
+                                   "momentum": 0.9, "weight_decay": 0.0001, "lr_schedule": "cosine",
+                                   "lr_milestone_every": 25, "lr_gamma": 0.5,  # multistep's, unused
+                                   "optimizer": "sgd"}
     for name in ("biased_mnist", "waterbirds", "celeba", "in9l"):  # MaskTune's code has no schedule
         assert committed_params()["recipes"][name]["train_erm"]["lr_schedule"] == "constant"
     prepare = committed_params()["prepare"]["cmnist"]

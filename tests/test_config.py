@@ -56,7 +56,7 @@ def test_every_stage_resolves_the_committed_defaults_with_the_recipe(tmp_path):
     assert (configs["compute_saliency"].batch_size, configs["compute_saliency"].workers) == (256, 0)
     assert configs["finetune@masktune"] == configs["finetune@randmask"]  # one finetune for both masking methods
     assert configs["train_erm_control@1"] == erm  # the control: ERM's params (the stage sets its own seed)
-    assert configs["selective"].control_seeds == (1,) and configs["selective"].coverages == (80, 85, 90, 95, 100)
+    assert configs["selective"].control_seed_offsets == (1,) and configs["selective"].coverages == (80, 85, 90, 95, 100)
     assert configs["finetune@masktune"].batch_size == 128
     assert configs["finetune@masktune"].lr is None  # the ERM checkpoint's learning rate, as the official finetune
     assert configs["prepare"].options["mnist_dir"] is None and configs["prepare"].options["val_size"] == 12000

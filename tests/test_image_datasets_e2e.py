@@ -92,7 +92,7 @@ def test_mask_alignment_reruns_only_finetune_and_evaluate(project):
     assert project.stages_run("exp", "run", "-S", "dataset=waterbirds") == []
     project.commit("waterbirds")
     assert project.stages_run("exp", "run", "-S", "finetune.alignment=stretch") == [
-        "finetune@randmask", "finetune@masktune", "evaluate"]
+        "finetune@randmask", "finetune@masktune", "evaluate", "selective"]
 
 
 def _prepare(tmp_path, dataset: str, folder, **options) -> subprocess.CompletedProcess:

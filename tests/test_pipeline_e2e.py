@@ -29,7 +29,8 @@ JTT = ["jtt_identify@jtt", "jtt_retrain@jtt"]
 DFR = ["dfr@dfr_classes", "dfr@dfr_groups"]
 EXMAP = ["exmap_heatmaps@exmap", "exmap_groups@exmap", "exmap_dfr@exmap"]
 CLUSTERFIX = ["clusterfix_features@clusterfix", "clusterfix_clusters@clusterfix", "clusterfix_train@clusterfix"]
-ALL_STAGES = ["prepare", "train_erm", "compute_saliency", *MASKING, *JTT, *DFR, *EXMAP, *CLUSTERFIX, "evaluate"]
+REPORTS = ["evaluate", "selective"]  # both read every checkpoint in models/
+ALL_STAGES = ["prepare", "train_erm", "compute_saliency", *MASKING, *JTT, *DFR, *EXMAP, *CLUSTERFIX, *REPORTS]
 METHODS = ["erm", "randmask", "masktune", "jtt", "dfr_classes", "dfr_groups", "exmap_global", "exmap_local",
            "clusterfix"]
 SUPERVISED = {"dfr_groups"}  # the supervised reference: true validation groups (✓/✓)
@@ -46,7 +47,8 @@ def project(tmp_path_factory):
         mnist_dir = make_mnist(tmp_path_factory.mktemp("mnist"))
     small = {"prepare": {"biased_mnist": {"mnist_dir": str(mnist_dir), "train_limit": 3000, "test_limit": 1000,
                                           "val_size": 600}},
-             "train_erm": {"epochs": 1}, "jtt": {"epochs": 2}, "clusterfix": {"epochs": 1}}
+             "train_erm": {"epochs": 1}, "jtt": {"epochs": 2}, "clusterfix": {"epochs": 1},
+             "selective": {"control_seed_offsets": []}}  # the control's training: tests/test_selective_e2e.py
     return ScratchProject(tmp_path_factory.mktemp("scratch") / "project", small)
 
 
@@ -81,29 +83,29 @@ def test_pipeline_reruns_exactly_what_a_change_affects(project):
     errors = json.loads((project.path / "metrics/jtt/error_set.json").read_text())["error_set_size"]
     ran = project.stages_run("exp", "run", "-S", "jtt.upweight=3", "-S", "randmask.seed=1", "-S", "clusterfix.beta=0.5")
     assert sorted(ran[:-1]) == sorted(["materialize_masked_dataset@randmask", "finetune@randmask", "jtt_retrain@jtt",
-                                       "clusterfix_train@clusterfix"]) and ran[-1] == "evaluate"
+                                       "clusterfix_train@clusterfix"]) and ran[-2:] == REPORTS
     live = json.loads((project.path / "metrics/jtt/train/metrics.json").read_text())
     assert live["upsampled_size"] == 2400 + 3 * errors  # the error set appended 3 times (official)
 
     # ExMap's params rerun ExMap's stages from the one that reads them, ClusterFix's ClusterFix's (both in
     # one run); DFR's, every DFR and ExMap's last.
     assert project.stages_run("exp", "run", "-S", "exmap.clusters=3", "-S", "clusterfix.clusters_per_class=3") == [
-        "exmap_groups@exmap", "exmap_dfr@exmap", *CLUSTERFIX[1:], "evaluate"]
+        "exmap_groups@exmap", "exmap_dfr@exmap", *CLUSTERFIX[1:], *REPORTS]
     clusters = json.loads((project.path / "metrics/clusterfix/pseudo_labels.json").read_text())
     assert clusters["clusters_per_class"] == 3 and len(clusters["train"]["clusters"]) == 6
     assert 0 < clusters["train"]["purity"] <= 1
     assert json.loads((project.path / "metrics/exmap/pseudo_groups.json").read_text())["clusters_chosen"] == {
         "y0": 3, "y1": 3, "all": 3}
     ran = project.stages_run("exp", "run", "-S", "exmap.heatmaps=xgradcam", "-S", "dfr.refits=3")
-    assert sorted(ran[:-1]) == sorted([*DFR, *EXMAP]) and ran[-1] == "evaluate"
+    assert sorted(ran[:-2]) == sorted([*DFR, *EXMAP]) and ran[-2:] == REPORTS
 
     assert project.stages_run("exp", "run", "-S", "finetune.lr=0.005") == [
-        "finetune@randmask", "finetune@masktune", "evaluate"]
+        "finetune@randmask", "finetune@masktune", *REPORTS]
     assert json.loads((project.path / "metrics/finetune/masktune.json").read_text())["lr"] == 0.005
 
     before = json.loads((project.path / "metrics/evaluate.json").read_text())
     assert project.stages_run("exp", "run", "-S", "lr=0.02") == ["train_erm", "compute_saliency", *MASKING, *DFR,
-                                                                  *EXMAP, *CLUSTERFIX, "evaluate"]
+                                                                  *EXMAP, *CLUSTERFIX, *REPORTS]
     diff = json.loads(project.dvc("metrics", "diff", "--all", "--json").stdout)["metrics/evaluate.json"]
     assert set(diff) == {f"{m}.{s}.{k}" for m in METHODS for s in ("test_original", "test_biased")
                          for k in ("average", "unbiased", "worst_group")}  # the headline only, every method side by side
@@ -114,7 +116,7 @@ def test_pipeline_reruns_exactly_what_a_change_affects(project):
     assert json.loads((project.path / "metrics/train_erm/metrics.json").read_text())["recipe"]["lr"] == 0.02
 
     # Dropping a method from the list drops its stages from the pipeline and its row from the report.
-    assert project.stages_run("exp", "run", "-S", "methods.jtt=[]") == ["evaluate"]
+    assert project.stages_run("exp", "run", "-S", "methods.jtt=[]") == REPORTS
     assert list(json.loads((project.path / "metrics/evaluate.json").read_text())) == [m for m in METHODS if m != "jtt"]
     assert "jtt_retrain" not in project.dvc("stage", "list").stdout
 

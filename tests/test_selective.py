@@ -78,15 +78,15 @@ def test_risk_coverage_curve_and_its_area_by_hand():
 
 
 def test_the_scores_reported_and_the_models_each_reads():
-    scores = selective_scores([("masktune", "MaskTune")], control_seeds=(7,))
+    scores = selective_scores([("masktune", "MaskTune")], control_offsets=(7,))
     assert [(s.name, s.models, s.role) for s in scores] == [
         ("erm", ("erm",), "baseline"),
         ("masktune", ("erm", "masktune"), "official"),   # the official score: ERM's and the fine-tuned model's
         ("masktune_alone", ("masktune",), "baseline"),
-        ("erm_seed7", ("erm_seed7",), "control"),
-        ("two_erm_seed7", ("erm", "erm_seed7"), "control"),  # the same product over two ERM models
+        ("erm_control7", ("erm_control7",), "control"),
+        ("two_erm_control7", ("erm", "erm_control7"), "control"),  # the same product over two ERM models
     ]
-    assert control_checkpoint("models", 7) == Path("models/control/erm_seed7_best.pt")  # dvc.yaml's outs
+    assert control_checkpoint("models", 7) == Path("models/control/erm_control7_best.pt")  # dvc.yaml's outs
     logits = {"erm": np.array([[2.0, 0.0], [0.0, 1.0]]), "masktune": np.array([[0.0, 3.0], [0.0, 2.0]])}
     prediction, confidence = scores[1].predict(logits)
     p, q = softmax(logits["erm"]), softmax(logits["masktune"])

@@ -6,8 +6,8 @@ Checks: one `dvc repro` trains the two-ERM control (`train_erm_control@1`) and r
 scores are wired to the right models and splits (each softmax response's accuracy equals what
 `evaluate` measured for that model; each curve ends at full coverage with the model's error); the
 control is another model; the risk-coverage plot renders through its template; `selective.coverages`
-reruns `selective` only; `selective.control_seeds: []` drops the control's stage and rows; a control
-seed equal to ERM's stops with one line.
+reruns `selective` only; `selective.control_seed_offsets: []` drops the control's stage and rows; an
+offset 0 (a control equal to ERM) stops with one line.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 STAGES = ["prepare", "train_erm", "train_erm_control@1", "compute_saliency", "materialize_masked_dataset@masktune",
           "finetune@masktune", "evaluate", "selective"]
-SCORES = ["erm", "masktune", "masktune_alone", "erm_seed1", "two_erm_seed1"]
+SCORES = ["erm", "masktune", "masktune_alone", "erm_control1", "two_erm_control1"]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_selective_classification_end_to_end(project):
     scores = _json(project, "metrics/selective/details.json")["scores"]
     for name, model in (("erm", "erm"), ("masktune_alone", "masktune")):
         assert scores[name]["results"]["test"]["accuracy"] == evaluated[model]["results"]["test"]["accuracy"]
-    assert scores["masktune"]["models"] == ["erm", "masktune"] and scores["two_erm_seed1"]["models"] == ["erm", "erm_seed1"]
+    assert scores["masktune"]["models"] == ["erm", "masktune"] and scores["two_erm_control1"]["models"] == ["erm", "erm_control1"]
     # Every curve ends at full coverage with the score's error over the whole split.
     with open(project.path / "metrics/selective/risk_coverage.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -69,9 +69,9 @@ def test_selective_classification_end_to_end(project):
         last = [r for r in rows if r["score"] == name][-1]
         assert float(last["coverage"]) == 1.0
         assert float(last["risk"]) == pytest.approx(1 - scores[name]["results"]["test"]["accuracy"], abs=1e-6)
-    # The control is a second model: ERM's recipe, seed 1.
+    # The control is a second model: ERM's recipe, seed train_erm.seed + 1.
     erm = torch.load(project.path / "models/erm_best.pt", weights_only=False)["model"]
-    control = torch.load(project.path / "models/control/erm_seed1_best.pt", weights_only=False)["model"]
+    control = torch.load(project.path / "models/control/erm_control1_best.pt", weights_only=False)["model"]
     assert set(erm) == set(control) and any(not torch.equal(erm[k], control[k]) for k in erm)
     assert _json(project, "metrics/train_erm_control/1/metrics.json")["recipe"]["seed"] == 1
     table = (project.path / "metrics/selective/table.md").read_text()
@@ -90,15 +90,15 @@ def test_selective_classification_end_to_end(project):
     # No control: its stage leaves the pipeline and its rows the report (`evaluate` reruns too: it depends
     # on the models/ folder, which held the control's checkpoints, and reports the same numbers).
     before = _json(project, "metrics/evaluate.json")
-    assert project.stages_run("exp", "run", "-S", "selective.control_seeds=[]") == ["evaluate", "selective"]
+    assert project.stages_run("exp", "run", "-S", "selective.control_seed_offsets=[]") == ["evaluate", "selective"]
     assert _json(project, "metrics/evaluate.json") == before
     assert list(_json(project, "metrics/selective.json")) == SCORES[:3]
     assert "train_erm_control" not in project.dvc("stage", "list").stdout
 
 
-def test_a_control_seed_equal_to_erms_stops_with_one_line(project):
-    result = project.dvc("exp", "run", "-S", "selective.control_seeds=[0]", check=False)
+def test_a_control_equal_to_erm_stops_with_one_line(project):
+    result = project.dvc("exp", "run", "-S", "selective.control_seed_offsets=[0]", check=False)
     assert result.returncode != 0
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")]
-    assert lines and "selective.control_seeds lists 0, train_erm.seed itself" in lines[0]
+    assert lines and "selective.control_seed_offsets must be a list of distinct integers >= 1, got [0]" in lines[0]
     assert "Traceback" not in result.stdout + result.stderr

@@ -188,15 +188,17 @@ class NumberList(Field):
 
 
 @dataclass(frozen=True)
-class SeedList(Field):
-    """A list of distinct integer seeds >= 0, possibly empty (one stage per seed, e.g. the control models)."""
+class IntSet(Field):
+    """A list of distinct integers >= `minimum`, possibly empty (one foreach stage per entry, e.g. the
+    control models' seed offsets)."""
+    minimum: int = 0
 
     def _describe(self) -> str:
-        return "a list of distinct integers >= 0"
+        return f"a list of distinct integers >= {self.minimum}"
 
     def _check(self, key, value):
         if (not isinstance(value, list) or len(set(value)) != len(value)
-                or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in value)):
+                or any(isinstance(v, bool) or not isinstance(v, int) or v < self.minimum for v in value)):
             raise self._fail(key, value)
         return tuple(value)
 

@@ -23,17 +23,18 @@ from masktune.config.fields import (
     FilePath,
     Int,
     IntList,
+    IntSet,
     NameList,
     Number,
     NumberList,
-    SeedList,
     Text,
     invalid,
 )
 from masktune.errors import UserError
 
-DATASET_NAMES = ("biased_mnist", "waterbirds", "celeba", "in9l", "cmnist", "folder", "mnist")
-ARCH_NAMES = ("small_cnn", "resnet18", "resnet50", "tiny_cnn", "resnet18_cifar")
+DATASET_NAMES = ("biased_mnist", "waterbirds", "celeba", "in9l", "cmnist", "folder", "mnist", "cifar10", "svhn",
+                 "cats_vs_dogs")
+ARCH_NAMES = ("small_cnn", "resnet18", "resnet50", "tiny_cnn", "resnet18_cifar", "resnet32")
 PRECISIONS = ("float32", "bfloat16", "float16")
 # The methods one `dvc repro` can compare, by kind: the kind is the list under `methods` a method is
 # named in, and decides its stages in dvc.yaml (one `foreach` per kind). `masktune.methods.METHODS`
@@ -52,17 +53,21 @@ ERROR_SET_PASSES = ("training", "eval")        # JTT: the official training-pass
 # model selection: val average (no group labels) | worst group | unbiased (mean of the group accuracies)
 SELECTIONS = ("average", "worst_group", "unbiased")
 FEATURE_BACKBONES = ("erm", "resnet18")        # ClusterFix's features: the ERM model's | ImageNet ResNet-18
-OPTIMIZERS = ("sgd", "adam")                   # ClusterFix: the ERM recipe's SGD | the official Adam
+OPTIMIZERS = ("sgd", "adam")                   # ClusterFix: the ERM recipe's SGD | the official Adam; ERM likewise
 WEIGHT_STATISTICS = ("incremental", "recompute")  # ClusterFix's cluster losses: O(batch) | the official O(N K)
 WATERBIRDS_TARGETS = ("Object", "Place")       # the bird (the usual task) | the background (BPA, ClusterFix)
 ALIGNMENTS = ("crop", "stretch")               # how a view mask is put on the raw image
 SQUARE_PLACEMENTS = ("official", "random")
 LR_SCHEDULES = ("constant", "cosine")          # ERM: none (MaskTune) | CosineAnnealingLR per epoch (ExMap)
+# train_erm only: MultiStepLR, x lr_gamma every lr_milestone_every epochs (the official --schedule/--gamma)
+ERM_LR_SCHEDULES = (*LR_SCHEDULES, "multistep")
 MAX_WORKERS = 64
 FOLDER_TRANSFORMS = ("none", "resize", "imagenet")  # a folder of the user's images: masktune/datasets/folder.py
 FOLDER_NORMALISATIONS = ("none", "imagenet")
 
 _IMAGE_FOLDER = {"dir": FilePath(nullable=True), "limit": Int(1, nullable=True)}
+_PAPER_PIXELS = {"dir": FilePath(nullable=True), "val_fraction": Number(0.0, 1.0, exclusive_minimum=True),
+                 "val_seed": Int(0, 2**32 - 1), "train_limit": Int(2, nullable=True), "test_limit": Int(1, nullable=True)}
 PREPARE: dict[str, dict[str, Field]] = {
     "biased_mnist": {
         "mnist_dir": FilePath(nullable=True),
@@ -93,6 +98,17 @@ PREPARE: dict[str, dict[str, Field]] = {
         "train_limit": Int(2, nullable=True),
         "test_limit": Int(1, nullable=True),
     },
+    # The paper's selective-classification sets: official 20% validation draw (val_fraction, val_seed).
+    "cifar10": dict(_PAPER_PIXELS),
+    "svhn": dict(_PAPER_PIXELS),
+    "cats_vs_dogs": {
+        "dir": FilePath(nullable=True),
+        "test_per_class": Int(1),
+        "test_seed": Int(0),
+        "val_fraction": Number(0.0, 1.0, exclusive_minimum=True),
+        "val_seed": Int(0, 2**32 - 1),
+        "limit": Int(1, nullable=True),
+    },
     "folder": {
         "dir": FilePath(nullable=True),
         "csv": FilePath(nullable=True),
@@ -122,7 +138,10 @@ SCHEMA: dict[str, Field] = {
     "train_erm.batch_size": Int(1, recipe=True),
     "train_erm.momentum": Number(0.0, 1.0, recipe=True),
     "train_erm.weight_decay": Number(0.0, recipe=True),
-    "train_erm.lr_schedule": Choice(options=LR_SCHEDULES, recipe=True),
+    "train_erm.lr_schedule": Choice(options=ERM_LR_SCHEDULES, recipe=True),
+    "train_erm.lr_milestone_every": Int(1, recipe=True),
+    "train_erm.lr_gamma": Number(0.0, 1.0, exclusive_minimum=True, recipe=True),
+    "train_erm.optimizer": Choice(options=OPTIMIZERS, recipe=True),
     "train_erm.workers": Int(0, MAX_WORKERS),
     "train_erm.seed": Int(0),
     "saliency.batch_size": Int(1, recipe=True),
@@ -182,7 +201,7 @@ SCHEMA: dict[str, Field] = {
     "clusterfix.seed": Int(0, nullable=True),
     "mask_examples_per_group": Int(1, 16),
     "evaluate.workers": Int(0, MAX_WORKERS),
-    "selective.control_seeds": SeedList(),
+    "selective.control_seed_offsets": IntSet(minimum=1),
     "selective.coverages": NumberList(maximum=100),
 }
 RECIPE_KEYS = tuple(key for key, field in SCHEMA.items() if field.recipe)

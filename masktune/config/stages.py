@@ -64,7 +64,10 @@ class TrainErmConfig(_Network, _DataParallelTraining):
     epochs: int = _key("train_erm.epochs")
     batch_size: int = _key("train_erm.batch_size")
     weight_decay: float = _key("train_erm.weight_decay")
-    lr_schedule: str = _key("train_erm.lr_schedule")  # constant | cosine (per epoch, ExMap's ERM)
+    lr_schedule: str = _key("train_erm.lr_schedule")  # constant | cosine (per epoch, ExMap's ERM) | multistep
+    lr_milestone_every: int = _key("train_erm.lr_milestone_every")  # multistep: x lr_gamma every N epochs
+    lr_gamma: float = _key("train_erm.lr_gamma")
+    optimizer: str = _key("train_erm.optimizer")  # sgd | adam (the official Cats vs Dogs recipe)
     workers: int = _key("train_erm.workers")
     seed: int = _key("train_erm.seed")
 
@@ -199,7 +202,7 @@ class SelectiveConfig:
     """Selective classification (stage `selective`): which models it scores, at which coverages."""
     eval_batch_size: int = _key("eval_batch_size")
     methods: MappingProxyType = _key("methods")  # the masking methods' fine-tuned models are scored
-    control_seeds: tuple[int, ...] = _key("selective.control_seeds")
+    control_seed_offsets: tuple[int, ...] = _key("selective.control_seed_offsets")
     coverages: tuple[float, ...] = _key("selective.coverages")
     workers: int = _key("evaluate.workers")
 
@@ -222,7 +225,7 @@ STAGE_CONFIGS = {
     **{f"clusterfix_clusters@{name}": ClusterFixClustersConfig for name in schema.METHOD_KINDS["clusterfix"]},
     **{f"clusterfix_train@{name}": ClusterFixTrainConfig for name in schema.METHOD_KINDS["clusterfix"]},
     "evaluate": EvaluateConfig,
-    "train_erm_control@*": TrainErmConfig,  # one per selective.control_seeds entry: ERM's config, another seed
+    "train_erm_control@*": TrainErmConfig,  # one per selective.control_seed_offsets entry: ERM's, seed + offset
     "selective": SelectiveConfig,
 }
 

@@ -186,6 +186,25 @@ class PixelSplit(Split):
             batches.close()
 
 
+class AugmentedPixelSplit(PixelSplit):
+    """A pixel split read through a random per-image transform (the train view of CIFAR-10, SVHN, Cats vs
+    Dogs: the official torchvision transforms on PIL images), masked first when it has masks, decoded in
+    `workers` DataLoader processes as an `EncodedSplit`; prediction and saliency read it as a `PixelSplit`."""
+
+    def __init__(self, prepared: PreparedFile, split: str, transform, workers: int, masks: MaskSource | None = None):
+        super().__init__(prepared, split, masks)
+        self.transform, self.workers = transform, workers
+
+    def __getitem__(self, i: int):
+        image = Image.fromarray(self.pixels(np.array([i]))[0])
+        return self.transform(image), int(self.labels[i]), int(self.groups[i]), i
+
+    def batches(self, batch_size, device, generator=None, world=None):
+        if self._images is None:  # read the pixels once, before the workers fork: they share them
+            self._images = self.prepared.pixels(self.split)
+        yield from transformed_batches(self, batch_size, device, generator, self.workers, world)
+
+
 class EncodedSplit(Split):
     """Image files decoded, (masked,) transformed in `workers` DataLoader processes."""
 
@@ -203,14 +222,7 @@ class EncodedSplit(Split):
     def _loader(self, dataset: Dataset, batch_size: int, device: torch.device, generator=None, workers=None,
                 world: World | None = None):
         workers = self.workers if workers is None else workers
-        if world is not None and world.distributed and generator is not None:
-            loader = DataLoader(dataset, batch_sampler=ShardedBatches(len(dataset), batch_size, generator, world),
-                                generator=generator, num_workers=workers, pin_memory=device.type == "cuda")
-        else:
-            loader = DataLoader(dataset, batch_size=batch_size, shuffle=generator is not None, generator=generator,
-                                num_workers=workers, pin_memory=device.type == "cuda")
-        for inputs, _, _, index in loader:
-            yield inputs.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last), index.numpy()
+        yield from transformed_batches(dataset, batch_size, device, generator, workers, world)
 
     def batches(self, batch_size, device, generator=None, world=None):
         yield from self._loader(self, batch_size, device, generator, world=world)
@@ -219,6 +231,20 @@ class EncodedSplit(Split):
         for inputs, index in self._loader(Subset(self, range(start, len(self))), batch_size, device,
                                           workers=workers):
             yield int(index[0]), inputs
+
+
+def transformed_batches(dataset: Dataset, batch_size: int, device: torch.device, generator: torch.Generator | None,
+                        workers: int, world: World | None = None):
+    """(inputs on the device, row indices) of a dataset whose items are transformed one by one in `workers`
+    DataLoader processes: shuffled by `generator` (this rank's part of each batch under DDP), or in order."""
+    if world is not None and world.distributed and generator is not None:
+        loader = DataLoader(dataset, batch_sampler=ShardedBatches(len(dataset), batch_size, generator, world),
+                            generator=generator, num_workers=workers, pin_memory=device.type == "cuda")
+    else:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=generator is not None, generator=generator,
+                            num_workers=workers, pin_memory=device.type == "cuda")
+    for inputs, _, _, index in loader:
+        yield inputs.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last), index.numpy()
 
 
 class ResampledSplit(Split):
@@ -236,21 +262,24 @@ class ResampledSplit(Split):
         return image, label, group, i
 
     def batches(self, batch_size, device, generator=None, world=None):
-        if isinstance(self.base, PixelSplit):  # the fast path: index the pixels in memory
+        if type(self.base) is PixelSplit:  # the fast path: index the pixels in memory (not augmented)
             for index in index_batches(len(self), batch_size, generator, world):
                 yield to_input(self.base.pixels(self.rows[index]), device), index
         else:
-            yield from self.base._loader(self, batch_size, device, generator, world=world)
+            yield from transformed_batches(self, batch_size, device, generator, self.base.workers, world)
 
 
 def open_split(prepared: PreparedFile, split: str, views: DatasetViews, kind: str = "eval", workers: int = 0,
                masks: MaskSource | None = None) -> Split:
     """Split `split` of the prepared file as the model sees it through the view `kind` (train, eval,
-    masking), with `masks` applied to the raw images when given. Pixel splits need `views.PLAIN`."""
+    masking), with `masks` applied to the raw images when given. Pixel splits need views that see the pixels
+    as they are (`views.PLAIN`), but for a random train transform (`AugmentedPixelSplit`)."""
     if prepared.stores_pixels(split):
         if not views.is_plain:
             raise ValueError(f"{prepared.path}: split '{split}' stores pixels, read as they are; its dataset's "
-                             "views must be views.PLAIN")
+                             "views must be views.PLAIN (a train transform aside)")
+        if kind == "train" and views.train is not None:
+            return AugmentedPixelSplit(prepared, split, views.transform("train"), workers, masks)
         return PixelSplit(prepared, split, masks)
     return EncodedSplit(prepared, split, views.transform(kind), workers, masks)
 

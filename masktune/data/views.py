@@ -258,6 +258,25 @@ def crop_flip_train(ratio: tuple[float, float], mean=IMAGENET_MEAN, std=IMAGENET
     ])
 
 
+def flip_affine_train():
+    """Official CIFAR-10 and Cats vs Dogs transform_train (aliasgharkhani/Masktune src/methods/cifar10_train.py
+    L18-24, catsvsdogs_train.py L19-23): a random horizontal flip, a random rotation of up to 15 degrees and
+    shift of up to 10% of each side (nearest, zero fill), ToTensor; no normalisation."""
+    from torchvision import transforms
+
+    return transforms.Compose([transforms.RandomHorizontalFlip(),
+                               transforms.RandomAffine(degrees=15, translate=(0.1, 0.1)),
+                               transforms.ToTensor()])
+
+
+def pad_crop_train():
+    """Official SVHN transform_train (src/methods/svhn_train.py L19-22): a random 32 x 32 crop of the image
+    zero-padded by 4 on each side, ToTensor; no flip, no normalisation."""
+    from torchvision import transforms
+
+    return transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.ToTensor()])
+
+
 VIEW_KINDS = ("train", "eval", "masking")
 
 
@@ -275,7 +294,9 @@ class DatasetViews:
 
     @property
     def is_plain(self) -> bool:
-        return self == PLAIN
+        """Whether stored pixels are seen as they are (`PLAIN`), but for a random train transform, which a pixel
+        split applies image by image (CIFAR-10's flips and shifts, masktune.data.splits.AugmentedPixelSplit)."""
+        return self.masking == PLAIN.masking and self.evaluation == PLAIN.evaluation and self.mean is None
 
     def transform(self, kind: str):
         """The torchvision transform of `kind`: train (random; draws from torch's global generator, so

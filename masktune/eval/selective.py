@@ -129,30 +129,30 @@ class SelectiveScore:
 ERM_MODEL = "erm"
 
 
-def control_model_name(seed: int) -> str:
-    """The name of the second ERM model of seed `seed` (stage `train_erm_control@<seed>`)."""
-    return f"erm_seed{seed}"
+def control_model_name(offset: int) -> str:
+    """The name of the second ERM model of seed train_erm.seed + `offset` (stage `train_erm_control@<offset>`)."""
+    return f"erm_control{offset}"
 
 
-def control_checkpoint(models_dir: str | Path, seed: int) -> Path:
-    """The best checkpoint of `train_erm_control@<seed>` (dvc.yaml's path)."""
-    return Path(models_dir) / "control" / f"{control_model_name(seed)}_best.pt"
+def control_checkpoint(models_dir: str | Path, offset: int) -> Path:
+    """The best checkpoint of `train_erm_control@<offset>` (dvc.yaml's path)."""
+    return Path(models_dir) / "control" / f"{control_model_name(offset)}_best.pt"
 
 
-def selective_scores(fine_tuned: Sequence[tuple[str, str]], control_seeds: Sequence[int]) -> list[SelectiveScore]:
+def selective_scores(fine_tuned: Sequence[tuple[str, str]], control_offsets: Sequence[int]) -> list[SelectiveScore]:
     """The scores the `selective` stage reports, in report order: ERM's softmax response; for each method
     that fine-tunes ERM (`fine_tuned`: (name, title)), the official product score with ERM and the
-    fine-tuned model's own softmax response; for each control seed, the second ERM's softmax response
-    and the product score of the two ERM models."""
+    fine-tuned model's own softmax response; for each control (seed offset), the second ERM's softmax
+    response and the product score of the two ERM models."""
     scores = [SelectiveScore(ERM_MODEL, "ERM, softmax response", (ERM_MODEL,), "baseline")]
     for name, title in fine_tuned:
         scores.append(SelectiveScore(name, f"{title}: official score, softmax(p_ERM * p_{name})",
                                      (ERM_MODEL, name), "official"))
         scores.append(SelectiveScore(f"{name}_alone", f"{title} alone, softmax response", (name,), "baseline"))
-    for seed in control_seeds:
-        second = control_model_name(seed)
-        scores.append(SelectiveScore(second, f"second ERM (seed {seed}), softmax response", (second,), "control"))
-        scores.append(SelectiveScore(f"two_erm_seed{seed}", f"two ERMs (control): softmax(p_ERM * p_{second})",
+    for offset in control_offsets:
+        second = control_model_name(offset)
+        scores.append(SelectiveScore(second, f"second ERM (seed + {offset}), softmax response", (second,), "control"))
+        scores.append(SelectiveScore(f"two_erm_control{offset}", f"two ERMs (control): softmax(p_ERM * p_{second})",
                                      (ERM_MODEL, second), "control"))
     return scores
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from masktune.errors import UserError
 from masktune.models.cnn import SmallCNN, TinyCNN
+from masktune.models.resnet_cifar import resnet32
 
 
 class Network(Protocol):
@@ -47,6 +48,7 @@ MODELS: dict[str, Callable[[int], nn.Module]] = {
     "resnet50": _resnet(50),
     "tiny_cnn": TinyCNN,
     "resnet18_cifar": _resnet18_cifar,  # ExMap's C-MNIST network: 3 x 3 stride-1 stem, no max-pool, from scratch
+    "resnet32": resnet32,  # the official CIFAR ResNet-32 (CIFAR-10, SVHN, Cats vs Dogs): option-A shortcuts, 0.46M
 }
 
 

@@ -1,8 +1,8 @@
 """The training loop shared by `train_erm` and `finetune`, prediction, seeding and the device.
 
-Follows the official src/methods/base_method.py: cross-entropy, SGD, shuffled batches, no learning-rate
-schedule (`train_erm` and `finetune` run with `use_lr_scheduler=False`; `train_erm.lr_schedule: cosine`
-is ExMap's ERM, stepped by `fit`). The finetune continues from the last ERM checkpoint with its optimizer
+Follows the official src/methods/base_method.py: cross-entropy, SGD (Adam for Cats vs Dogs), shuffled batches,
+no learning-rate schedule (`train_erm` and `finetune` run with `use_lr_scheduler=False`; `train_erm.lr_schedule:
+cosine` is ExMap's ERM, `multistep` the official --schedule/--gamma as if stepped, both stepped by `fit`). The finetune continues from the last ERM checkpoint with its optimizer
 state (`restore_optimizer`), as the official `finetune()`.
 """
 from __future__ import annotations
@@ -50,23 +50,56 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float,
+                   kind: str = "sgd") -> torch.optim.Optimizer:
+    """SGD (momentum, no Nesterov), or Adam with torch's default betas and eps, `momentum` unused: the official
+    `prepare_optimizer` (aliasgharkhani/Masktune src/methods/base_method.py L129-143; Adam: Cats vs Dogs)."""
+    if kind == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if kind != "sgd":
+        raise ValueError(f"unknown optimizer {kind!r}")
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def restore_optimizer(model: nn.Module, checkpoint: dict, lr: float | None = None) -> torch.optim.SGD:
-    """The checkpoint's SGD optimizer over `model`'s parameters, state included (momentum buffers,
-    learning rate, momentum, weight decay), as the official `finetune()` continues ERM; `lr` overrides
-    the learning rate when given.
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, epochs: int, milestone_every: int = 1,
+                   gamma: float = 1.0) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """ERM's learning-rate schedule, stepped once per epoch by `fit`: None (constant, MaskTune's ERM);
+    cosine, ExMap's ERM: `CosineAnnealingLR(T_max=epochs)`, eta_min 0 (rwchakra/exmap src/utils/optimizers.py
+    L25-27); multistep: `MultiStepLR` x `gamma` at epochs milestone_every, 2 * milestone_every, ... below
+    `epochs`, the official `--schedule 25 50 ... 275 --gamma 0.5` of CIFAR-10 and SVHN (aliasgharkhani/Masktune
+    src/methods/base_method.py L115-127, bash_files/cifar10_masktune.sh L11-12). The official `train_erm`
+    steps it only with `use_lr_scheduler=True`, which no official call passes (base_method.py L243, L303-304,
+    L390, L402; src/main.py L36, L42): its runs train at the constant initial rate."""
+    if schedule == "constant":
+        return None
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if schedule == "multistep":
+        milestones = list(range(milestone_every, epochs, milestone_every))
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=gamma)
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}")
 
-    With `lr` None, each param group continues at ERM's learning rate: its `initial_lr` when the
-    checkpoint has one (torch's schedulers set it, e.g. `train_erm.lr_schedule: cosine`, after which the
-    checkpoint's own `lr` is 0 at the end of the schedule), else the checkpoint's `lr` (no schedule:
-    the official MaskTune behaviour, unchanged)."""
-    optimizer = make_optimizer(model, lr=1.0, momentum=0.0, weight_decay=0.0)
-    optimizer.load_state_dict(checkpoint["optimizer"])
+
+def restore_optimizer(model: nn.Module, checkpoint: dict, lr: float | None = None) -> torch.optim.Optimizer:
+    """The checkpoint's SGD (or Adam) optimizer over `model`'s parameters, state included (momentum buffers,
+    learning rate, momentum, weight decay; Adam's moments), as the official `finetune()` continues ERM; `lr`
+    overrides the learning rate when given.
+
+    With `lr` None, each param group continues at ERM's learning rate: after a multistep schedule (the
+    checkpoint says `lr_schedule: multistep`) the checkpoint's own, decayed `lr`, as the official
+    `finetune()` gets it: `load_checkpoint` restores the optimizer's state dict, lr included, and the
+    finetune does not step the scheduler (aliasgharkhani/Masktune src/methods/base_method.py L337-348,
+    L357-358 with use_lr_scheduler=False from L410; src/utils/data_save_load.py L67-68). Otherwise its
+    `initial_lr` when the checkpoint has one (torch's schedulers set it, e.g. `train_erm.lr_schedule:
+    cosine`, after which the checkpoint's own `lr` is 0 at the end of the schedule), else the checkpoint's
+    `lr` (no schedule: the official MaskTune behaviour, unchanged)."""
+    saved = checkpoint["optimizer"]
+    kind = "adam" if "betas" in saved["param_groups"][0] else "sgd"  # what the state dict was saved from
+    optimizer = make_optimizer(model, lr=1.0, momentum=0.0, weight_decay=0.0, kind=kind)
+    optimizer.load_state_dict(saved)
+    decayed = checkpoint.get("lr_schedule") == "multistep"
     for group in optimizer.param_groups:
-        group["lr"] = lr if lr is not None else group.get("initial_lr", group["lr"])
+        group["lr"] = lr if lr is not None else group["lr"] if decayed else group.get("initial_lr", group["lr"])
     return optimizer
 
 

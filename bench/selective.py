@@ -1,0 +1,112 @@
+"""Benchmark: selective classification on plain 10-class MNIST over seeds, through the real pipeline
+(the README's selective-classification table).
+
+One scratch copy of the project with the committed params and `dataset: mnist` (the full MNIST from
+--mnist-dir: 48,000 training digits, 12,000 validation, 10,000 test), methods ERM, RandMask and MaskTune
+only; one `dvc exp run` per seed with every seed key set to it (`train_erm.seed`, `finetune.seed`,
+`randmask.seed`, ...), so the two-ERM control trains with seed + 1. By default ERM trains one epoch
+(`--set train_erm.epochs=1`, the SmallCNN at about 98% test accuracy): the errors left are what a
+selective classifier can reject; the recipe's 5 epochs leave few. Model selection: ERM and the
+control, best average validation accuracy (no group labels: plain MNIST has none); MaskTune and
+RandMask, the one-epoch finetune of ERM's last checkpoint. Thresholds: the official rank rule on the
+12,000 validation confidences.
+
+Prints each run, then mean and sample standard deviation per score of the selective error at every
+target coverage, the realised coverage and the AURC; then MaskTune's official score against the
+two-ERM control seed by seed; then the wall time of each run and, as its last line, one JSON object
+with every figure.
+
+    python bench/selective.py --mnist-dir ../shared/data/mnist --seeds 0 1 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from common import machine
+from methods import SEED_KEYS
+from scratch import ScratchProject
+
+METHODS = {"erm": ["erm"], "masking": ["randmask", "masktune"], "jtt": [], "dfr": [], "exmap": [], "clusterfix": []}
+DEFAULT_SETS = ["train_erm.epochs=1"]
+OFFICIAL, CONTROL = "masktune", "two_erm_control1"
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--mnist-dir", type=Path, default=Path("../shared/data/mnist"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"an extra `dvc exp run -S` for every run (defaults: {' '.join(DEFAULT_SETS)})")
+    args = parser.parse_args()
+
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="masktune-selective-") as tmp:
+        project = ScratchProject(Path(tmp) / "project", {
+            "dataset": "mnist", "methods": METHODS,
+            "prepare": {"mnist": {"mnist_dir": str(args.mnist_dir.resolve())}}})
+        for seed in args.seeds:
+            sets = [f"{key}={seed}" for key in SEED_KEYS] + DEFAULT_SETS + args.set
+            seconds, stages = project.timed_stages("exp", "run", *(a for s in sets for a in ("-S", s)))
+            details = json.loads((project.path / "metrics/selective/details.json").read_text())
+            scores = {name: {"title": score["title"], "role": score["role"], **score["results"]["test"]}
+                      for name, score in details["scores"].items()}
+            for score in scores.values():
+                score.pop("curve")
+            runs.append({"seed": seed, "seconds": seconds, "stage_seconds": stages, "scores": scores})
+            print(f"seed {seed}: {seconds:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in stages.items())})")
+            for name, score in scores.items():
+                print(f"  {name:18} accuracy {score['accuracy']:.2%}  AURC {100 * score['aurc']:.3f}  error at "
+                      + " / ".join(f"{t['target_coverage']:g}% {100 * t['error']:.2f}%" for t in score["targets"]),
+                      flush=True)
+
+    targets = [t["target_coverage"] for t in runs[0]["scores"][OFFICIAL]["targets"]]
+    print(f"\nmean ± sample std over seeds {args.seeds}: selective error % at target coverage "
+          "(realised coverage %), AURC x 100, accuracy %")
+    summary = {}
+    for name, first in runs[0]["scores"].items():
+        entry = {"title": first["title"], "role": first["role"]}
+        cells = []
+        for i, target in enumerate(targets):
+            error = _mean_std([100 * run["scores"][name]["targets"][i]["error"] for run in runs])
+            coverage = _mean_std([100 * run["scores"][name]["targets"][i]["coverage"] for run in runs])
+            entry[f"error_at_{target:g}"], entry[f"coverage_at_{target:g}"] = error, coverage
+            cells.append(f"{error[0]:.2f} ± {error[1]:.2f} ({coverage[0]:.1f})")
+        entry["aurc"] = _mean_std([100 * run["scores"][name]["aurc"] for run in runs])
+        entry["accuracy"] = _mean_std([100 * run["scores"][name]["accuracy"] for run in runs])
+        summary[name] = entry
+        print(f"| {first['title']} | " + " | ".join(cells)
+              + f" | {entry['aurc'][0]:.3f} ± {entry['aurc'][1]:.3f} | {entry['accuracy'][0]:.2f} ± "
+              f"{entry['accuracy'][1]:.2f} |")
+
+    print(f"\n{OFFICIAL} (official score) minus {CONTROL} (two-ERM control), per seed: negative = MaskTune better")
+    comparison = {}
+    for measure in ("aurc", *(f"error_at_{t:g}" for t in targets)):
+        def value(run, name, measure=measure):
+            score = run["scores"][name]
+            if measure == "aurc":
+                return 100 * score["aurc"]
+            target = float(measure.removeprefix("error_at_"))
+            return 100 * next(t["error"] for t in score["targets"] if t["target_coverage"] == target)
+        differences = [value(run, OFFICIAL, measure) - value(run, CONTROL, measure) for run in runs]
+        comparison[measure] = {"differences": differences, "mean_std": _mean_std(differences),
+                               "masktune_better_seeds": sum(d < 0 for d in differences)}
+        print(f"  {measure:13} " + ", ".join(f"{d:+.3f}" for d in differences)
+              + f"  (mean {comparison[measure]['mean_std'][0]:+.3f} ± {comparison[measure]['mean_std'][1]:.3f}; "
+              f"MaskTune lower on {comparison[measure]['masktune_better_seeds']} of {len(runs)} seeds)")
+    print("wall time per run: " + ", ".join(f"{run['seconds']:.0f} s" for run in runs))
+    print(json.dumps({"machine": machine(), "seeds": args.seeds, "set": DEFAULT_SETS + args.set, "runs": runs,
+                      "summary": summary, "masktune_minus_control": comparison}))
+
+
+if __name__ == "__main__":
+    main()
