@@ -128,7 +128,7 @@ def test_unknown_and_missing_keys_are_named(tmp_path):
 
 
 def test_a_stage_cannot_read_an_undeclared_param(tmp_path):
-    dvc_text = (ROOT / "dvc.yaml").read_text().replace("      - recipes.${dataset}.train_erm\n", "")
+    dvc_text = (ROOT / "dvc.yaml").read_text().replace("      - recipes.${dataset}.train_erm\n", "", 1)
     with pytest.raises(UserError, match="stage 'train_erm' reads param 'recipes.biased_mnist.train_erm.arch' "
                                         "but dvc.yaml does not declare it"):
         _load(tmp_path, "train_erm", committed_params(), dvc_text)
