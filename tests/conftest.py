@@ -37,3 +37,16 @@ def digits(request, tmp_path_factory):
     if request.param == "real":
         return request.getfixturevalue("mnist")
     return load_mnist(make_mnist(tmp_path_factory.mktemp("synthetic-mnist"), n_train=20_000, n_test=100))
+
+
+class RecordingLive:
+    """What `fit` needs of a dvclive `Live`: the logged metrics, per step (tests of training runs)."""
+
+    def __init__(self):
+        self.metrics, self.step = [], 0
+
+    def log_metric(self, name, value):
+        self.metrics.append((self.step, name, value))
+
+    def next_step(self):
+        self.step += 1

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import committed_params
+from conftest import RecordingLive, committed_params
 
 from masktune.data.samples import SampleSet
 from masktune.data.splits import PixelSplit
@@ -142,19 +142,6 @@ def test_resnet18_cifar_has_a_3x3_stride_1_stem_and_no_maxpool():
         initial_model("resnet18_cifar", 2, True, None, CPU)
 
 
-class _Log:
-    """What `fit` needs of a dvclive `Live`: the logged metrics, per step."""
-
-    def __init__(self):
-        self.metrics, self.step = [], 0
-
-    def log_metric(self, name, value):
-        self.metrics.append((self.step, name, value))
-
-    def next_step(self):
-        self.step += 1
-
-
 def _tiny_split(n: int = 40) -> PixelSplit:
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, n)
@@ -168,7 +155,7 @@ def test_cosine_schedule_steps_once_per_epoch_and_the_finetune_restarts_at_the_i
     model = build_model("tiny_cnn", 2)
     optimizer = make_optimizer(model, lr, 0.9, 1e-4)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    log = _Log()
+    log = RecordingLive()
     data = _tiny_split()
     fit(model, optimizer, data, data, epochs=epochs, batch_size=16, eval_batch_size=64,
         generator=torch.Generator().manual_seed(0), device=CPU, live=log, best_path=tmp_path / "best.pt",
@@ -205,7 +192,7 @@ def test_no_scheduler_keeps_the_learning_rate(tmp_path):
     torch.manual_seed(0)
     model = build_model("tiny_cnn", 2)
     optimizer = make_optimizer(model, 0.01, 0.9, 1e-4)
-    log = _Log()
+    log = RecordingLive()
     data = _tiny_split()
     fit(model, optimizer, data, data, epochs=2, batch_size=16, eval_batch_size=64,
         generator=torch.Generator().manual_seed(0), device=CPU, live=log, best_path=tmp_path / "best.pt",

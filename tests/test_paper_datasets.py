@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import ROOT, committed_params
+from conftest import ROOT, RecordingLive, committed_params
 from fixtures_datasets import CIFAR10_LABEL_NAMES, make_cats_vs_dogs, make_cifar10, make_svhn
 from PIL import Image
 
@@ -411,17 +411,6 @@ def test_official_multistep_rates_per_epoch():
     assert _bare_rates("constant", 5, 25, 0.5, 0.1) == [0.1] * 6
 
 
-class _Log:
-    def __init__(self):
-        self.metrics, self.step = [], 0
-
-    def log_metric(self, name, value):
-        self.metrics.append((self.step, name, value))
-
-    def next_step(self):
-        self.step += 1
-
-
 def test_multistep_in_fit_and_the_finetune_continues_at_the_decayed_rate(tmp_path):
     epochs, lr = 7, 0.1
     rng = np.random.default_rng(0)
@@ -431,7 +420,7 @@ def test_multistep_in_fit_and_the_finetune_continues_at_the_decayed_rate(tmp_pat
     torch.manual_seed(0)
     model = build_model("tiny_cnn", 2)
     optimizer = make_optimizer(model, lr, 0.9, 1e-4)
-    log = _Log()
+    log = RecordingLive()
     fit(model, optimizer, data, data, epochs=epochs, batch_size=16, eval_batch_size=64,
         generator=torch.Generator().manual_seed(0), device=CPU, live=log, best_path=tmp_path / "best.pt",
         last_path=tmp_path / "last.pt", scheduler=make_scheduler(optimizer, "multistep", epochs, 2, 0.5),
