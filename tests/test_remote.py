@@ -28,13 +28,14 @@ from fixtures_datasets import make_mnist
 from pipeline_checks import SMALL_MODEL
 from scratch import RUNNING_STAGE, ScratchProject
 
-STAGES = ["prepare", "train_erm", "compute_saliency", "evaluate"]
+STAGES = ["prepare", "train_erm", "train_erm_control@1", "compute_saliency", "evaluate", "selective"]
 UNCHANGED = re.compile(r"Stage '([\w@.-]+)' didn't change, skipping")
 RESTORED = re.compile(r"Stage '([\w@.-]+)' is cached - skipping run")
 
 
 def _small_params(mnist_dir: Path) -> dict:
-    """ERM only (every other method's list empty), 600 synthetic digits, tiny_cnn for one epoch."""
+    """ERM only (every other method's list empty) and its selective-classification control, 600 synthetic
+    digits, tiny_cnn for one epoch."""
     return {"prepare": {"biased_mnist": {"mnist_dir": str(mnist_dir), "val_size": 100}},
             "methods": {"erm": ["erm"], "masking": [], "jtt": [], "dfr": [], "exmap": [], "clusterfix": []},
             "train_erm": dict(SMALL_MODEL), "saliency": {"batch_size": 64, "workers": 0},
