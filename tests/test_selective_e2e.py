@@ -7,18 +7,22 @@ scores are wired to the right models and splits (each softmax response's accurac
 `evaluate` measured for that model; each curve ends at full coverage with the model's error); the
 control is another model; the risk-coverage plot renders through its template; `selective.coverages`
 reruns `selective` only; `selective.control_seed_offsets: []` drops the control's stage and rows; an
-offset 0 (a control equal to ERM) stops with one line.
+offset 0 (a control equal to ERM) stops with one line. And the paper's CIFAR-10, from a fixture in its
+distributed format through the whole mode: augmented pixels in training, masks under the augmentation in
+the finetune, the official recipe's learning rate.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import json
 
 import pytest
 import torch
 from conftest import MNIST_DIR
-from fixtures_datasets import make_mnist
-from scratch import ScratchProject
+from fixtures_datasets import make_cifar10, make_mnist
+from pipeline_checks import SMALL_RUN
+from scratch import ScratchProject, merge
 
 pytestmark = pytest.mark.slow
 
@@ -102,3 +106,21 @@ def test_a_control_equal_to_erm_stops_with_one_line(project):
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")]
     assert lines and "selective.control_seed_offsets must be a list of distinct integers >= 1, got [0]" in lines[0]
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_the_mode_on_a_cifar10_fixture(tmp_path):
+    """CIFAR-10 pickles (48 train, 12 val, 10 test images), tiny_cnn for one epoch, ERM and MaskTune."""
+    params = merge(copy.deepcopy(SMALL_RUN), {
+        "dataset": "cifar10", "prepare": {"cifar10": {"dir": str(make_cifar10(tmp_path / "cifar10"))}},
+        "methods": {"erm": ["erm"], "masking": ["masktune"], "jtt": [], "dfr": [], "exmap": [], "clusterfix": []},
+        "selective": {"control_seed_offsets": [1]}})
+    project = ScratchProject(tmp_path / "project", params)
+    assert project.stages_run("repro") == STAGES
+    assert _json(project, "metrics/train_erm/metrics.json")["recipe"]["lr"] == 0.1  # bash_files/cifar10_masktune.sh
+    assert _json(project, "metrics/finetune/masktune.json")["lr"] == 0.1  # constant: the official finetune's rate
+    headline = _json(project, "metrics/selective.json")
+    assert list(headline) == SCORES and all(list(score) == ["test"] for score in headline.values())
+    scores = _json(project, "metrics/selective/details.json")["scores"]
+    evaluated = _json(project, "metrics/evaluate/details.json")["methods"]
+    assert scores["erm"]["results"]["test"]["accuracy"] == evaluated["erm"]["results"]["test"]["accuracy"]
+    assert [t["target_coverage"] for t in scores["masktune"]["results"]["test"]["targets"]] == [80, 85, 90, 95, 100]
