@@ -51,11 +51,16 @@ def test_equal_to_the_library_on_trained_digits(trained_model):
     np.testing.assert_allclose(ours.numpy(), theirs, atol=1e-5, rtol=0)
     np.testing.assert_array_equal(predicted.numpy(), model(inputs).argmax(1).numpy())
     differ = saliency_masks(ours.numpy()) != saliency_masks(theirs)
-    threshold = saliency_thresholds(theirs)[:, None, None]
-    # A pixel may flip only at the threshold: values agree to 1e-5, so the threshold (mean + 2 std of
-    # them) to 3e-5, and a flipped pixel lies within 4e-5 of it (real digits: none flips).
+    threshold, ours_threshold = saliency_thresholds(theirs), saliency_thresholds(ours.numpy())
+    # A pixel may flip only between the two thresholds (mean + 2 std of each map's positive values), its
+    # values agreeing to 1e-5. The thresholds agree to 3e-5 while the same pixels are positive; a value
+    # within 1e-5 of 0, positive on one side only, moves a threshold by up to ~1e-3 (real digits: none flips).
+    assert np.array_equal(np.isnan(threshold), np.isnan(ours_threshold))  # NaN: no positive value, no mask
+    shift = np.nan_to_num(np.abs(ours_threshold - threshold), nan=0.0)
+    assert shift.max() < 1e-3 and np.median(shift) < 3e-5
     assert differ.mean() < 1e-4
-    assert np.all(np.abs(np.broadcast_to(threshold, theirs.shape)[differ] - theirs[differ]) <= 4e-5)
+    near = np.broadcast_to((shift + 1e-5)[:, None, None], theirs.shape)
+    assert np.all(np.abs(np.broadcast_to(threshold[:, None, None], theirs.shape)[differ] - theirs[differ]) <= near[differ])
 
 
 @pytest.mark.parametrize(("arch", "size"), [("small_cnn", 28), ("tiny_cnn", 96), ("resnet18", 96)])
