@@ -45,6 +45,15 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _percentages(score: dict) -> dict[str, float]:
+    """One run's figures of one score, in percent (AURC x 100): accuracy, AURC, error and coverage at each target."""
+    figures = {"accuracy": 100 * score["accuracy"], "aurc": 100 * score["aurc"]}
+    for target in score["targets"]:
+        figures[f"error_at_{target['target_coverage']:g}"] = 100 * target["error"]
+        figures[f"coverage_at_{target['target_coverage']:g}"] = 100 * target["coverage"]
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--mnist-dir", type=Path, default=Path("../shared/data/mnist"))
@@ -73,21 +82,17 @@ def main() -> None:
                       + " / ".join(f"{t['target_coverage']:g}% {100 * t['error']:.2f}%" for t in score["targets"]),
                       flush=True)
 
+    percent = [{name: _percentages(score) for name, score in run["scores"].items()} for run in runs]
     targets = [t["target_coverage"] for t in runs[0]["scores"][OFFICIAL]["targets"]]
     print(f"\nmean ± sample std over seeds {args.seeds}: selective error % at target coverage "
           "(realised coverage %), AURC x 100, accuracy %")
     summary = {}
     for name, first in runs[0]["scores"].items():
-        entry = {"title": first["title"], "role": first["role"]}
-        cells = []
-        for i, target in enumerate(targets):
-            error = _mean_std([100 * run["scores"][name]["targets"][i]["error"] for run in runs])
-            coverage = _mean_std([100 * run["scores"][name]["targets"][i]["coverage"] for run in runs])
-            entry[f"error_at_{target:g}"], entry[f"coverage_at_{target:g}"] = error, coverage
-            cells.append(f"{error[0]:.2f} ± {error[1]:.2f} ({coverage[0]:.1f})")
-        entry["aurc"] = _mean_std([100 * run["scores"][name]["aurc"] for run in runs])
-        entry["accuracy"] = _mean_std([100 * run["scores"][name]["accuracy"] for run in runs])
+        entry = {"title": first["title"], "role": first["role"],
+                 **{key: _mean_std([run[name][key] for run in percent]) for key in percent[0][name]}}
         summary[name] = entry
+        cells = [f"{entry[f'error_at_{t:g}'][0]:.2f} ± {entry[f'error_at_{t:g}'][1]:.2f} "
+                 f"({entry[f'coverage_at_{t:g}'][0]:.1f})" for t in targets]
         print(f"| {first['title']} | " + " | ".join(cells)
               + f" | {entry['aurc'][0]:.3f} ± {entry['aurc'][1]:.3f} | {entry['accuracy'][0]:.2f} ± "
               f"{entry['accuracy'][1]:.2f} |")
@@ -95,13 +100,7 @@ def main() -> None:
     print(f"\n{OFFICIAL} (official score) minus {CONTROL} (two-ERM control), per seed: negative = MaskTune better")
     comparison = {}
     for measure in ("aurc", *(f"error_at_{t:g}" for t in targets)):
-        def value(run, name, measure=measure):
-            score = run["scores"][name]
-            if measure == "aurc":
-                return 100 * score["aurc"]
-            target = float(measure.removeprefix("error_at_"))
-            return 100 * next(t["error"] for t in score["targets"] if t["target_coverage"] == target)
-        differences = [value(run, OFFICIAL, measure) - value(run, CONTROL, measure) for run in runs]
+        differences = [run[OFFICIAL][measure] - run[CONTROL][measure] for run in percent]
         comparison[measure] = {"differences": differences, "mean_std": _mean_std(differences),
                                "masktune_better_seeds": sum(d < 0 for d in differences)}
         print(f"  {measure:13} " + ", ".join(f"{d:+.3f}" for d in differences)

@@ -64,7 +64,7 @@ def main() -> None:
         logits[split] = {name: predict_logits(model, data, config.eval_batch_size, device, f"{name} on {split}")
                          for name, model in models.items()}
     tests = {split: logits[split] for split in spec.test_splits}
-    reports = {score.name: selective_report(score, logits["val"], labels["val"], tests, labels, config.coverages)
+    reports = {score.name: selective_report(score, logits["val"], tests, labels, config.coverages)
                for score in scores}
 
     write_json(args.metrics, selective_headline(reports))

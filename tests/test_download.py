@@ -377,7 +377,7 @@ def test_download_fetches_unpacks_and_finds_the_dataset_folder(server, tmp_path)
 def test_registry_is_complete_and_consistent():
     assert set(SOURCES) == {"waterbirds", "celeba", "in9l", "cifar10", "svhn"}  # Cats vs Dogs: behind a Kaggle login
     for name, sources in SOURCES.items():
-        assert len({s.param for s in sources}) == 1, name
+        assert len({(s.param, s.description) for s in sources}) == 1, name
         for s in sources:
             assert s.param == f"prepare.{name}.dir"
             assert s.md5 is None or len(s.md5) == 32

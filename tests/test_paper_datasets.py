@@ -162,7 +162,7 @@ def test_svhn_pixels_round_trip_and_10_is_0(svhn_dir):
     assert 10 in y and 0 not in y
     assert digits.tolist() == [0 if d == 10 else int(d) for d in y]
     assert sorted(set(digits.tolist())) == list(range(10))
-    splits = svhn.build_splits(svhn.read_svhn(svhn_dir), val_fraction=0.2, val_seed=50, param="prepare.svhn")
+    splits = cifar10.build_splits(svhn.read_svhn(svhn_dir), val_fraction=0.2, val_seed=50, param="prepare.svhn")
     train_rows, val_rows = official_draw(digits.tolist())
     assert (len(splits["train"]), len(splits["val"]), len(splits["test"])) == (24, 6, 12)
     assert splits["val"].source_index.tolist() == val_rows and splits["train"].source_index.tolist() == train_rows

@@ -102,7 +102,7 @@ def test_report_of_one_score_by_hand():
     val = {"erm": np.array([[4.0, 0.0], [3.0, 0.0], [2.0, 0.0], [1.0, 0.0]])}
     test = {"test": {"erm": np.array([[3.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.5, 0.0], [0.0, 4.0]])}}
     labels = {"test": np.array([0, 0, 0, 1, 1])}   # inputs 1 and 3 wrong; test gaps 3, 2, 2, 0.5, 4
-    report = selective_report(score, val, np.zeros(4), test, labels, coverages=(50, 75, 100))["test"]
+    report = selective_report(score, val, test, labels, coverages=(50, 75, 100))["test"]
     # 50%: round(2) = 2 -> val gap 2; accepted gaps >= 2: inputs 0, 1, 2, 4 (1 wrong): coverage 4/5, error 1/4
     # 75%: round(3) = 3 -> gap 1: the same four; 100%: index 4 clamped to 3 -> gap 1 again
     assert [(t["target_coverage"], t["coverage"], t["error"]) for t in report["targets"]] == [

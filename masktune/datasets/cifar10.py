@@ -130,7 +130,17 @@ def build_splits(data: dict[str, tuple[np.ndarray, np.ndarray]], *, val_fraction
             "test": pixel_split(test_images, test_labels)}
 
 
+def splits_from_options(data: dict[str, tuple[np.ndarray, np.ndarray]], config: PrepareConfig) -> dict[str, SampleSet]:
+    """`build_splits` with the `prepare.<dataset>` options CIFAR-10 and SVHN share."""
+    options = config.options
+    return build_splits(data, val_fraction=options["val_fraction"], val_seed=options["val_seed"],
+                        param=f"prepare.{config.dataset}", train_limit=options["train_limit"],
+                        test_limit=options["test_limit"])
+
+
 def _folder(config: PrepareConfig) -> Path:
+    """`prepare.cifar10.dir` may hold `cifar-10-batches-py/` or be that folder itself (`batches_folder`), so
+    a local copy is checked here rather than by a marker; the download finds the unpacked folder."""
     local = config.options["dir"]
     if local is not None:
         if not Path(local).is_dir():
@@ -141,10 +151,7 @@ def _folder(config: PrepareConfig) -> Path:
 
 
 def _prepare(config: PrepareConfig) -> dict[str, SampleSet]:
-    options = config.options
-    return build_splits(read_cifar10(_folder(config)), val_fraction=options["val_fraction"],
-                        val_seed=options["val_seed"], param="prepare.cifar10", train_limit=options["train_limit"],
-                        test_limit=options["test_limit"])
+    return splits_from_options(read_cifar10(_folder(config)), config)
 
 
 # Official src/methods/cifar10_train.py L17-26: ToTensor only to evaluate and to mask, flips + affine to train.

@@ -22,7 +22,7 @@ import numpy as np
 from masktune.config.stages import PrepareConfig
 from masktune.data.samples import SampleSet
 from masktune.data.views import DatasetViews, Geometry, pad_crop_train
-from masktune.datasets.cifar10 import build_splits
+from masktune.datasets.cifar10 import splits_from_options
 from masktune.datasets.download import Source
 from masktune.datasets.spec import DatasetSpec, dataset_folder
 from masktune.errors import UserError
@@ -30,13 +30,14 @@ from masktune.errors import UserError
 PARAM = "prepare.svhn.dir"
 FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
 CLASS_NAMES = tuple(str(digit) for digit in range(10))
+DESCRIPTION = "SVHN's cropped digits (train_32x32.mat and test_32x32.mat)"
 
 # torchvision.datasets.SVHN.split_list: url, filename and md5 of each split.
 SOURCES = (
     Source(url="http://ufldl.stanford.edu/housenumbers/train_32x32.mat", filename=FILES["train"], param=PARAM,
-           description="SVHN train_32x32.mat", md5="e26dedcc434d2e4c54c9b2d4a06d8373"),
+           description=DESCRIPTION, md5="e26dedcc434d2e4c54c9b2d4a06d8373"),
     Source(url="http://ufldl.stanford.edu/housenumbers/test_32x32.mat", filename=FILES["test"], param=PARAM,
-           description="SVHN test_32x32.mat", md5="eb5a983be6a315427106f1b164d9cef3"),
+           description=DESCRIPTION, md5="eb5a983be6a315427106f1b164d9cef3"),
 )
 
 
@@ -76,21 +77,8 @@ def read_svhn(root: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {split: read_mat(Path(root) / name) for split, name in FILES.items()}
 
 
-def _folder(config: PrepareConfig) -> Path:
-    local = config.options["dir"]
-    if local is not None:
-        if not Path(local).is_dir():
-            raise UserError(f"{PARAM}: {local} is not a folder: set it to the folder holding "
-                            f"{' and '.join(FILES.values())}, or to null with download: true")
-        return Path(local)
-    return dataset_folder(config, SOURCES, tuple(FILES.values()))
-
-
 def _prepare(config: PrepareConfig) -> dict[str, SampleSet]:
-    options = config.options
-    return build_splits(read_svhn(_folder(config)), val_fraction=options["val_fraction"],
-                        val_seed=options["val_seed"], param="prepare.svhn", train_limit=options["train_limit"],
-                        test_limit=options["test_limit"])
+    return splits_from_options(read_svhn(dataset_folder(config, SOURCES, tuple(FILES.values()))), config)
 
 
 # Official src/methods/svhn_train.py L17-25: ToTensor only to evaluate and to mask, a padded random crop to train.

@@ -104,9 +104,12 @@ def risk_coverage_curve(confidence: np.ndarray, correct: np.ndarray) -> tuple[np
 def aurc(confidence: np.ndarray, correct: np.ndarray) -> float:
     """Area under the risk-coverage curve: the mean, over the curve's points weighted by the inputs each
     adds, of the risk there (Geifman et al. 2019's AURC; ties counted together). Lower is better."""
-    coverage, risk = risk_coverage_curve(confidence, correct)
-    added = np.diff(np.r_[0.0, coverage])
-    return float(np.sum(added * risk))
+    return curve_area(*risk_coverage_curve(confidence, correct))
+
+
+def curve_area(coverage: np.ndarray, risk: np.ndarray) -> float:
+    """The AURC of an exact risk-coverage curve (`risk_coverage_curve`'s points)."""
+    return float(np.sum(np.diff(np.r_[0.0, coverage]) * risk))
 
 
 @dataclass(frozen=True)
@@ -160,13 +163,17 @@ def selective_scores(fine_tuned: Sequence[tuple[str, str]], control_offsets: Seq
 def curve_points(confidence: np.ndarray, correct: np.ndarray, points: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """About `points` points of the exact risk-coverage curve, spread evenly over the coverage (for a
     plot: the exact curve has one point per distinct confidence, thousands)."""
-    coverage, risk = risk_coverage_curve(confidence, correct)
+    return thin_curve(*risk_coverage_curve(confidence, correct), points)
+
+
+def thin_curve(coverage: np.ndarray, risk: np.ndarray, points: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """`curve_points` of an exact curve already computed."""
     grid = np.linspace(0, 1, points + 1)[1:]
     pick = np.unique(np.minimum(np.searchsorted(coverage, grid - 1e-12), len(coverage) - 1))
     return coverage[pick], risk[pick]
 
 
-def selective_report(score: SelectiveScore, val_logits: Mapping[str, np.ndarray], val_labels: np.ndarray,
+def selective_report(score: SelectiveScore, val_logits: Mapping[str, np.ndarray],
                      test_logits: Mapping[str, Mapping[str, np.ndarray]], test_labels: Mapping[str, np.ndarray],
                      coverages: Sequence[float] = OFFICIAL_COVERAGES) -> dict:
     """One score on every test split: the official table (thresholds from the validation confidences),
@@ -176,10 +183,11 @@ def selective_report(score: SelectiveScore, val_logits: Mapping[str, np.ndarray]
     for split, logits in test_logits.items():
         prediction, confidence = score.predict(logits)
         correct = prediction == np.asarray(test_labels[split])
-        coverage, risk = curve_points(confidence, correct)
+        exact = risk_coverage_curve(confidence, correct)  # once: its area and the plotted points
+        coverage, risk = thin_curve(*exact)
         report[split] = {
             "accuracy": float(correct.mean()),
-            "aurc": aurc(confidence, correct),
+            "aurc": curve_area(*exact),
             "targets": [vars(result) for result in evaluate_coverages(val_confidence, confidence, correct, coverages)],
             "curve": {"coverage": coverage.tolist(), "risk": risk.tolist()},
         }
