@@ -9,8 +9,8 @@ from scratch import committed_params  # noqa: F401  (tests import it from here)
 
 # Under pytest-xdist (`-n 2`, the README's test command) every worker gets its share of the cores for
 # torch's threads, and so do the stages its DVC runs start (they inherit the variable). torch's default
-# is one thread per core in every process, and two workers on 2 cores then ran a training test 25 times
-# slower than alone (66 s against 2.7 s, test_train.py). Set before any test module imports torch.
+# is one thread per core in every process, which oversubscribes the cores: `python bench/test_threads.py`
+# measures both ways side by side (2.15x on a 2-core Xeon). Set before any test module imports torch.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1)
                                                      // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
