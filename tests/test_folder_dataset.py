@@ -18,8 +18,8 @@ from PIL import Image
 from pipeline_checks import ALL_STAGES, MODELS, SMALL_RUN, evaluation_of
 from scratch import ScratchProject
 
-from masktune.data.views import PLAIN
-from masktune.datasets import open_prepared
+from masktune.data.prepared import open_prepared
+from masktune.data.views import PLAIN, DatasetViews
 from masktune.datasets.folder import group_names, read_csv_index, read_image_folder, to_records, view_preset
 from masktune.errors import UserError
 from masktune.eval.report import NO_GROUPS_NOTE
@@ -222,7 +222,8 @@ def test_prepared_attributes_are_json(tmp_path, csv_index):
     assert result.returncode == 0, result.stderr
     with h5py.File(tmp_path / "prepared.h5", "r") as f:
         assert json.loads(f.attrs["test_splits"]) == ["test"]
-        assert json.loads(f.attrs["views"]) == {"transforms": "none", "image_size": 224, "normalisation": "none"}
+        assert f.attrs["views"] == PLAIN.to_json() and DatasetViews.from_json(f.attrs["views"]) == PLAIN
+        assert (f.attrs["average"], f.attrs["metrics"]) == ("accuracy", "groups")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,9 +19,10 @@ from fixtures_datasets import CIFAR10_LABEL_NAMES, make_cats_vs_dogs, make_cifar
 from PIL import Image
 
 from masktune.config import schema
+from masktune.data.prepared import open_prepared
 from masktune.data.samples import SampleSet
 from masktune.data.splits import AugmentedPixelSplit, PixelSplit, open_split
-from masktune.datasets import DATASETS, cats_vs_dogs, cifar10, open_prepared, svhn
+from masktune.datasets import DATASETS, cats_vs_dogs, cifar10, svhn
 from masktune.errors import UserError
 from masktune.models import build_model
 from masktune.models.checkpoint import load_checkpoint
@@ -290,8 +291,8 @@ def test_prepare_stage_writes_the_splits(dataset, tmp_path, cifar_dir, svhn_dir,
     result = _prepare(tmp_path, dataset, dir=folder, **extra)
     assert result.returncode == 0, result.stderr
     prepared, spec = open_prepared(tmp_path / "prepared.h5")
-    assert spec is DATASETS[dataset] and not prepared.groups_known
-    assert prepared.class_names == spec.class_names
+    assert spec.views == DATASETS[dataset].views and spec.test_splits == ("test",) and not spec.groups_known
+    assert prepared.class_names == spec.class_names == DATASETS[dataset].class_names
     sizes = {"cifar10": (48, 12, 10), "svhn": (24, 6, 12), "cats_vs_dogs": (26, 6, 8)}[dataset]
     assert tuple(prepared.length(s) for s in ("train", "val", "test")) == sizes
     assert f"val: {sizes[1]} images" in result.stdout

@@ -3,7 +3,6 @@ the masked pixels set to 0 (under `crop` and `stretch`), splits are deterministi
 workers, and both storages serve the same items."""
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -14,7 +13,7 @@ from fixtures_datasets import make_waterbirds
 from masktune.data.masks import write_masks
 from masktune.data.prepared import EncodedImages, PreparedFile, write_prepared
 from masktune.data.samples import SampleSet
-from masktune.data.splits import PixelSplit, mask_source, masking_view_size, open_split, to_input
+from masktune.data.splits import EncodedSplit, PixelSplit, mask_source, masking_view_size, open_split, to_input
 from masktune.datasets import DATASETS
 from masktune.datasets.waterbirds import GROUP_NAMES, read_waterbirds
 
@@ -51,8 +50,7 @@ def test_finetune_input_is_the_raw_image_with_its_masked_pixels_zeroed(prepared,
     quadrant = np.zeros((224, 224), dtype=bool)
     quadrant[:112, :112] = True
     source = mask_source(prepared, VIEWS, _masks(tmp_path / "masks.h5", prepared, quadrant), alignment)
-    raw_views = dataclasses.replace(VIEWS, train=transforms.PILToTensor)  # the pixels the transform gets
-    split = open_split(prepared, "train", raw_views, "train", masks=source)
+    split = EncodedSplit(prepared, "train", transforms.PILToTensor(), 0, masks=source)  # the pixels a transform gets
     originals = EncodedImages(prepared.path, "train")
     sizes = set()
     for i in range(len(split)):

@@ -1,6 +1,8 @@
 """The views: sizes and coordinate maps against torchvision itself, mask mapping, train transforms."""
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 
@@ -9,10 +11,27 @@ import pytest
 import torch
 from PIL import Image
 
-from masktune.data.views import CenterCrop, Geometry, Lighting, Resize, mask_to_raw
+from masktune.data.views import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PLAIN,
+    CenterCrop,
+    DatasetViews,
+    Geometry,
+    Lighting,
+    Resize,
+    TrainTransform,
+    mask_to_raw,
+)
 from masktune.datasets import DATASETS
+from masktune.datasets.folder import view_preset
 
 VIEWS = {name: spec.views for name, spec in DATASETS.items() if not spec.views.is_plain}
+# Every view a prepared file can record: each registered dataset's, and the folder presets'.
+ALL_VIEWS = {**{name: spec.views for name, spec in DATASETS.items()},
+             **{f"folder_{t}_{size}_{norm}": view_preset(t, size, norm)
+                for t, size, norm in [("none", 224, "imagenet"), ("resize", 32, "none"), ("imagenet", 64, "imagenet"),
+                                      ("imagenet", 224, "none")]}}
 
 cv2 = pytest.importorskip("cv2")
 transforms = pytest.importorskip("torchvision.transforms")
@@ -249,3 +268,85 @@ def test_views_import_without_torchvision():
             "assert m[20:198].all() and not m[:20].any(); "
             "assert 'torchvision' not in sys.modules, 'torchvision imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Views as data: the JSON `prepare` records in the prepared file, read back by every later stage
+
+
+def _outputs(views: DatasetViews, kind: str, image: Image.Image, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return views.transform(kind)(image)
+
+
+@pytest.mark.parametrize("name", ALL_VIEWS)
+def test_views_round_trip_through_json_to_the_same_transforms(name):
+    views = ALL_VIEWS[name]
+    back = DatasetViews.from_json(views.to_json())
+    assert back == views and hash(back) == hash(views) and back.to_json() == views.to_json()
+    image = _photo(70, 90, seed=5)
+    for kind in ("train", "eval", "masking"):
+        assert repr(back.transform(kind)) == repr(views.transform(kind))
+        for seed in (0, 1):  # the random train transforms draw the same numbers from the same seed
+            assert torch.equal(_outputs(back, kind, image, seed), _outputs(views, kind, image, seed)), (kind, seed)
+    if views.train is not None:  # so the comparison above is of random outputs, not of constants
+        assert not torch.equal(_outputs(back, "train", image, 0), _outputs(back, "train", image, 1))
+
+
+def test_waterbirds_views_are_recorded_as_this_json():
+    geometry = [["Resize", [256, 256]], ["CenterCrop", [224, 224]]]
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    assert json.loads(VIEWS["waterbirds"].to_json()) == {
+        "masking": geometry, "evaluation": geometry, "mean": mean, "std": std,
+        "train": {"name": "crop_flip", "options": {"ratio": [0.75, 4 / 3], "mean": mean, "std": std, "size": 224}}}
+    assert PLAIN.to_json() == '{"evaluation": [], "masking": [], "mean": null, "std": null, "train": null}'
+    assert DatasetViews.from_json(PLAIN.to_json()) == PLAIN and DatasetViews.from_json(PLAIN.to_json()).is_plain
+
+
+@pytest.mark.parametrize("name,size", [("waterbirds", (375, 500)), ("celeba", (218, 178)), ("in9l", (300, 401))])
+def test_train_transform_is_the_official_compose(name, size):
+    """The named train transforms against the official transform_train, written out here (Waterbirds,
+    CelebA: src/methods/<dataset>_train.py; IN-9L: src/methods/in9l_train.py, with its PCA lighting)."""
+    ratio = {"waterbirds": (3 / 4, 4 / 3), "celeba": (1.0, 4 / 3)}.get(name)
+    if name == "in9l":
+        official = [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+                    transforms.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1), transforms.ToTensor(),
+                    Lighting(0.05), transforms.Normalize([0.4717, 0.4499, 0.3837], [0.2600, 0.2516, 0.2575])]
+    else:
+        official = [transforms.RandomResizedCrop((224, 224), scale=(0.7, 1.0), ratio=ratio),
+                    transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+                    transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    image, compose = _photo(*size, seed=4), transforms.Compose(official)
+    for seed in (0, 3):
+        torch.manual_seed(seed)
+        expected = compose(image)
+        assert torch.equal(_outputs(VIEWS[name], "train", image, seed), expected), seed
+
+
+def test_train_transforms_are_named_and_checked_where_written():
+    spec = TrainTransform("crop_flip", [("size", 64), ("ratio", [1, 2])])
+    assert spec == TrainTransform("crop_flip", {"ratio": (1, 2), "size": 64})  # pairs or mapping, sorted, frozen
+    assert spec.options == (("ratio", (1, 2)), ("size", 64))
+    with pytest.raises(ValueError, match="train transform must be one of crop_flip, flip_affine, pad_crop, in9l"):
+        TrainTransform("random_erase")
+    with pytest.raises(ValueError, match="train transform 'crop_flip': got an unexpected keyword argument 'scale'"):
+        TrainTransform("crop_flip", {"ratio": (1, 2), "scale": (0.5, 1)})
+    with pytest.raises(ValueError, match="train transform 'in9l': missing a required argument: 'std'"):
+        TrainTransform("in9l", {"mean": (0.5, 0.5, 0.5)})
+    with pytest.raises(TypeError, match="options must be JSON numbers"):
+        TrainTransform("pad_crop", {"x": {"a": 1}})
+    with pytest.raises(TypeError, match="train must be a TrainTransform"):
+        DatasetViews(Geometry(), Geometry(), train=transforms.ToTensor)
+
+
+@pytest.mark.parametrize("text,message", [
+    ('{"transforms": "none", "image_size": 224, "normalisation": "none"}',  # a folder's, before views were JSON
+     "views must be an object with keys masking, evaluation, mean, std, train, got"),
+    ("Resize(256)", "views are not JSON"),
+    (PLAIN.to_json().replace('"masking": []', '"masking": [["Pad", 4]]'), "unknown geometric op 'Pad'"),
+    (PLAIN.to_json().replace('"masking": []', '"masking": [["Resize", "x"]]'), "Resize size must be an int"),
+    (PLAIN.to_json().replace('"train": null', '"train": {"name": "pad_crop"}'), "views.train must be an object"),
+])
+def test_views_from_other_text_is_a_value_error(text, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        DatasetViews.from_json(text)

@@ -14,14 +14,17 @@ sample's index in the file it came from), and the images in one of two forms:
   official code decodes its JPEG files.
 
 Which form a split has is this module's and `masktune.data.splits`' business only: everything else
-reads splits through `splits.open_split`. File attributes: `dataset`, `num_classes`, `class_names`, `group_names`, `groups_known`
-(and, for a folder of the user's images, its `test_splits` and `views`).
+reads splits through `splits.open_split`. File attributes: `dataset`, `num_classes`, `class_names`, `group_names`,
+`groups_known`, `test_splits`, `average`, `metrics` and `views` (`DatasetViews.to_json`): everything a later stage
+needs to know of the dataset (`DatasetInfo`, `open_prepared`), so that no later stage imports a dataset module
+and editing one dataset's module reruns no other dataset's later stages.
 """
 from __future__ import annotations
 
 import io
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -30,11 +33,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from masktune.data.samples import ImageRecords, SampleSet
+from masktune.data.views import DatasetViews
 from masktune.errors import UserError
 from masktune.io.files import atomic_output
 from masktune.io.hdf5 import CHUNK_BYTES, STREAM_CACHE_BYTES, h5_output, open_h5, read_attrs, read_rows, write_array
 
 VECTOR_FIELDS = ("labels", "attributes", "groups", "source_index")
+METRICS = ("groups", "background_challenge")  # what `evaluate` reports: group accuracies, and IN-9L's BG-gap
 WRITE_BATCH = 256  # images read and appended at a time while preparing
 
 
@@ -214,6 +219,68 @@ class PreparedFile:
         if not np.array_equal(groups, samples.groups):
             raise UserError(f"{self.path}: {split}/groups is not attributes * num_classes + labels")
         return samples
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What every stage after `prepare` knows of the dataset in a prepared file, read from the file alone
+    (`open_prepared`): its classes and groups, the test splits `evaluate` reports, the accuracy its
+    literature calls average (a key of `masktune.eval.metrics.group_metrics`), the metrics beyond the group
+    accuracies (`METRICS`) and how its images are viewed."""
+
+    name: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    group_names: dict[int, str]
+    groups_known: bool
+    test_splits: tuple[str, ...]
+    average: str
+    metrics: str
+    views: DatasetViews
+
+    @classmethod
+    def read(cls, prepared: PreparedFile) -> DatasetInfo:
+        """The info `prepare` recorded; one line (rerun `dvc repro`) for a file written before it did."""
+        views = _views(prepared)  # first: the attribute an older prepare lacks, or wrote in another format
+        return cls(prepared.dataset, prepared.num_classes, prepared.class_names, prepared.group_names,
+                   prepared.groups_known, _test_splits(prepared), str(prepared._attr("average")),
+                   _metrics(prepared), views)
+
+
+def _older_format(prepared: PreparedFile, name: str, reason: str) -> UserError:
+    return UserError(f"{prepared.path}: '{name}' is not in this version's format ({reason}; written by an older "
+                     "prepare): rerun `dvc repro`")
+
+
+def _views(prepared: PreparedFile) -> DatasetViews:
+    try:
+        return DatasetViews.from_json(str(prepared._attr("views")))
+    except ValueError as error:
+        raise _older_format(prepared, "views", str(error).splitlines()[0]) from None
+
+
+def _test_splits(prepared: PreparedFile) -> tuple[str, ...]:
+    try:
+        splits = json.loads(str(prepared._attr("test_splits")))
+    except json.JSONDecodeError as error:
+        raise _older_format(prepared, "test_splits", f"not JSON: {error}") from None
+    if not isinstance(splits, list) or not all(isinstance(split, str) for split in splits):
+        raise _older_format(prepared, "test_splits", f"not a list of split names: {splits!r}")
+    return tuple(splits)
+
+
+def _metrics(prepared: PreparedFile) -> str:
+    metrics = str(prepared._attr("metrics"))
+    if metrics not in METRICS:
+        raise _older_format(prepared, "metrics", f"one of {', '.join(METRICS)} expected, got {metrics!r}")
+    return metrics
+
+
+def open_prepared(path: str | Path) -> tuple[PreparedFile, DatasetInfo]:
+    """A prepared file and what it records of its dataset (views, test splits, metrics): all a later
+    stage needs, without importing `masktune.datasets` (whose registry imports every dataset's module)."""
+    prepared = PreparedFile(path)
+    return prepared, DatasetInfo.read(prepared)
 
 
 class EncodedImages:

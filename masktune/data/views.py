@@ -16,12 +16,19 @@ Coordinates are continuous with pixel *edges* at integers: raw pixel (y, x) cove
 pixel centre v + 0.5 at input (v + 0.5) * in / out, so a resize is the linear map v = u * out / in, and
 a crop at `top` is v = u - top: every view here is v = u * scale + offset per axis.
 
+The random train transform is named (`TrainTransform`: a key of `TRAIN_TRANSFORMS` and its options), not
+a function, so that a dataset's views are data: `prepare` writes them into the prepared file as JSON
+(`DatasetViews.to_json`) and every later stage reads them there (`masktune.data.prepared.open_prepared`),
+importing no dataset module (editing one dataset's module reruns no other dataset's later stages).
+
 torchvision is imported lazily, inside the functions that build transforms: the geometry, `affine` and
 `mask_to_raw` need only numpy, so stages that never build a transform do not pay its import.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -156,6 +163,23 @@ class Geometry:
             height, width = op.output_size(height, width)
         return scale_y, offset_y, scale_x, offset_x
 
+    def as_json_value(self) -> list:
+        """[[op name, size], ...]: the ops in order, as `DatasetViews.to_json` records them."""
+        return [[type(op).__name__, op.size] for op in self.ops]
+
+    @classmethod
+    def from_json_value(cls, value) -> Geometry:
+        """The geometry `as_json_value` gave; ValueError for an unknown op or a malformed list."""
+        if not isinstance(value, list) or not all(isinstance(op, list) and len(op) == 2 for op in value):
+            raise ValueError(f"a geometry must be a list of [op, size] pairs, got {value!r}")
+        unknown = [name for name, _ in value if name not in GEOMETRIC_OPS]
+        if unknown:
+            raise ValueError(f"unknown geometric op {unknown[0]!r} (known: {', '.join(GEOMETRIC_OPS)})")
+        return cls(tuple(GEOMETRIC_OPS[name](size) for name, size in value))
+
+
+GEOMETRIC_OPS = {"Resize": Resize, "CenterCrop": CenterCrop}  # the ops a Geometry holds, by name
+
 
 def _crop_indices(raw: int, view: int, scale: float, offset: float) -> tuple[np.ndarray, np.ndarray]:
     """View index of each raw pixel centre along one axis, and whether it falls inside the view."""
@@ -277,20 +301,104 @@ def pad_crop_train():
     return transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.ToTensor()])
 
 
+def in9l_train(mean, std):
+    """Official src/methods/in9l_train.py, transform_train (TRAIN_TRANSFORMS_IMAGENET + Normalize): a random
+    resized crop, flip, colour jitter and ImageNet PCA lighting, normalised with IN-9's `mean` and `std`."""
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.RandomResizedCrop(224),
+        transforms.RandomHorizontalFlip(),
+        transforms.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1),
+        transforms.ToTensor(),
+        Lighting(0.05, IMAGENET_PCA_EIGVAL, IMAGENET_PCA_EIGVEC),
+        transforms.Normalize(mean, std),
+    ])
+
+
+# The random train transforms by name: a view records a name and its options, not a function, so that the
+# prepared file can hold it (`DatasetViews.to_json`) and later stages need no dataset module to build it.
+TRAIN_TRANSFORMS: dict[str, Callable] = {"crop_flip": crop_flip_train, "flip_affine": flip_affine_train,
+                                         "pad_crop": pad_crop_train, "in9l": in9l_train}
+
+
+def _frozen(value, where: str):
+    """A JSON value as a hashable one (lists to tuples), so that a view read back equals the one written."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(item, where) for item in value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"{where}: options must be JSON numbers, strings, null or lists of them, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrainTransform:
+    """A random train transform by name (a key of `TRAIN_TRANSFORMS`) and its factory's keyword options,
+    given as a mapping or (key, value) pairs and kept as sorted pairs: hashable, comparable, serialisable.
+    The options are checked against the factory's signature here, so a wrong one fails where it is
+    written, not at the first training epoch."""
+
+    name: str
+    options: tuple = ()
+
+    def __post_init__(self):
+        if self.name not in TRAIN_TRANSFORMS:
+            raise ValueError(f"train transform must be one of {', '.join(TRAIN_TRANSFORMS)}, got {self.name!r}")
+        pairs = self.options.items() if isinstance(self.options, Mapping) else self.options
+        where = f"train transform {self.name!r}"
+        object.__setattr__(self, "options", tuple(sorted((str(k), _frozen(v, where)) for k, v in pairs)))
+        try:
+            inspect.signature(TRAIN_TRANSFORMS[self.name]).bind(**dict(self.options))
+        except TypeError as error:
+            raise ValueError(f"{where}: {error}") from None
+
+    def build(self):
+        """The torchvision transform (a new one each call: its randomness is torch's global generator)."""
+        return TRAIN_TRANSFORMS[self.name](**dict(self.options))
+
+    def as_json_value(self) -> dict:
+        return {"name": self.name, "options": dict(self.options)}
+
+    @classmethod
+    def from_json_value(cls, value: Mapping) -> TrainTransform:
+        _check_keys(value, ("name", "options"), "views.train")
+        return cls(value["name"], value["options"])
+
+
 VIEW_KINDS = ("train", "eval", "masking")
+_VIEW_KEYS = ("masking", "evaluation", "mean", "std", "train")
+
+
+def _check_keys(value, keys: tuple[str, ...], where: str) -> None:
+    """A JSON object with exactly `keys`: anything else is a file from another version, not a view."""
+    if not isinstance(value, Mapping) or set(value) != set(keys):
+        found = sorted(value) if isinstance(value, Mapping) else type(value).__name__
+        raise ValueError(f"{where} must be an object with keys {', '.join(keys)}, got {found}")
+
+
+def _channels(values) -> tuple[float, ...] | None:
+    """mean or std as a tuple of floats (None kept), whether given as a tuple or read back as a JSON list."""
+    return None if values is None else tuple(float(v) for v in values)
 
 
 @dataclass(frozen=True)
 class DatasetViews:
-    """How a dataset's images are seen: the masking and evaluation geometry, the normalisation, and a
-    factory of the (random) train transform. `PLAIN` is the view of small pixel datasets (biased MNIST):
-    the stored pixels as they are, `ToTensor()` only, as the official MNIST transforms."""
+    """How a dataset's images are seen: the masking and evaluation geometry, the normalisation, and the
+    named (random) train transform. `PLAIN` is the view of small pixel datasets (biased MNIST): the
+    stored pixels as they are, `ToTensor()` only, as the official MNIST transforms. Written into the
+    prepared file as JSON (`to_json`), so later stages read it there and import no dataset module."""
 
     masking: Geometry
     evaluation: Geometry
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
-    train: Callable[[], object] | None = None
+    train: TrainTransform | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "mean", _channels(self.mean))
+        object.__setattr__(self, "std", _channels(self.std))
+        if self.train is not None and not isinstance(self.train, TrainTransform):
+            raise TypeError(f"train must be a TrainTransform (named, serialisable), got {self.train!r}")
 
     @property
     def is_plain(self) -> bool:
@@ -306,10 +414,31 @@ class DatasetViews:
         if kind not in VIEW_KINDS:
             raise ValueError(f"view kind must be one of {VIEW_KINDS}, got {kind!r}")
         if kind == "train" and self.train is not None:
-            return self.train()
+            return self.train.build()
         geometry = self.masking if kind == "masking" else self.evaluation
         normalise = [] if self.mean is None else [transforms.Normalize(self.mean, self.std)]
         return transforms.Compose([*geometry.transforms(), transforms.ToTensor(), *normalise])
+
+    def to_json(self) -> str:
+        """The views as one JSON object (keys sorted: the same views give the same text, and file)."""
+        return json.dumps({"masking": self.masking.as_json_value(), "evaluation": self.evaluation.as_json_value(),
+                           "mean": self.mean, "std": self.std,
+                           "train": None if self.train is None else self.train.as_json_value()}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> DatasetViews:
+        """The views `to_json` wrote; ValueError for any other text (e.g. a file of an older version)."""
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"views are not JSON ({error})") from None
+        _check_keys(value, _VIEW_KEYS, "views")
+        try:
+            train = None if value["train"] is None else TrainTransform.from_json_value(value["train"])
+            return cls(Geometry.from_json_value(value["masking"]), Geometry.from_json_value(value["evaluation"]),
+                       value["mean"], value["std"], train)
+        except TypeError as error:
+            raise ValueError(f"views: {error}") from None
 
 
 PLAIN = DatasetViews(masking=Geometry(), evaluation=Geometry())

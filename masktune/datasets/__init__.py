@@ -5,12 +5,13 @@ Each module (`biased_mnist`, `cmnist`, `mnist` (plain, 10 classes), `waterbirds`
 sources, its group names and what `evaluate` reports beyond group accuracies, in one `DatasetSpec`
 (`masktune.datasets.spec`). Adding a dataset: a module with a `SPEC`, one line below, its name in
 `masktune.config.schema.DATASET_NAMES` (with its `prepare.<name>` params) and its recipe in params.yaml.
+
+Stages after `prepare` need not import this package: `prepare` writes what they need to know of the dataset into the
+prepared file (`DatasetSpec.file_attributes`), and they read it there (`masktune.data.prepared.open_prepared`),
+so that editing one dataset's module reruns no other dataset's later stages.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-from masktune.data.prepared import PreparedFile
 from masktune.datasets import biased_mnist, cats_vs_dogs, celeba, cifar10, cmnist, folder, in9l, mnist, svhn, waterbirds
 from masktune.datasets.spec import DatasetSpec
 from masktune.errors import UserError
@@ -25,10 +26,3 @@ def get_dataset(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise UserError(f"params.yaml: dataset must be one of {', '.join(DATASETS)}, got {name!r}")
     return DATASETS[name]
-
-
-def open_prepared(path: str | Path) -> tuple[PreparedFile, DatasetSpec]:
-    """A prepared file and the spec of the dataset it holds (its views, test splits, metrics): for a
-    folder of the user's images, as `prepare` recorded them in the file."""
-    prepared = PreparedFile(path)
-    return prepared, get_dataset(prepared.dataset).for_file(prepared.attrs)

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from masktune.config.stages import PrepareConfig
 from masktune.data.prepared import IMAGE_ERRORS, unreadable_image
 from masktune.data.samples import SampleSet
-from masktune.data.views import DatasetViews, Geometry, flip_affine_train
+from masktune.data.views import DatasetViews, Geometry, TrainTransform
 from masktune.datasets.official_val import official_validation
 from masktune.datasets.spec import DatasetSpec
 from masktune.errors import UserError
@@ -165,7 +165,7 @@ def _prepare(config: PrepareConfig) -> dict[str, SampleSet]:
 
 # Official src/methods/catsvsdogs_train.py L17-25: the 64 x 64 images, ToTensor only to evaluate and to mask,
 # CIFAR-10's flips and affine shifts to train.
-VIEWS = DatasetViews(masking=Geometry(), evaluation=Geometry(), train=flip_affine_train)
+VIEWS = DatasetViews(masking=Geometry(), evaluation=Geometry(), train=TrainTransform("flip_affine"))
 
 SPEC = DatasetSpec(name="cats_vs_dogs", num_classes=2, group_names=lambda options: dict(enumerate(CLASS_NAMES)),
                    test_splits=("test",), prepare=_prepare, views=VIEWS, class_names=CLASS_NAMES, groups_known=False)

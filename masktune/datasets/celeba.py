@@ -22,12 +22,19 @@ from __future__ import annotations
 import contextlib
 import csv
 from collections.abc import Iterator, Mapping
-from functools import partial
 from pathlib import Path
 
 from masktune.config.stages import PrepareConfig
 from masktune.data.samples import ImageRecords
-from masktune.data.views import IMAGENET_MEAN, IMAGENET_STD, CenterCrop, DatasetViews, Geometry, Resize, crop_flip_train
+from masktune.data.views import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CenterCrop,
+    DatasetViews,
+    Geometry,
+    Resize,
+    TrainTransform,
+)
 from masktune.datasets.download import Source, drive_url
 from masktune.datasets.readers import (
     check_listed_files,
@@ -211,6 +218,8 @@ SPEC = DatasetSpec(
     views=DatasetViews(
         masking=Geometry((CenterCrop(178), Resize((224, 224)))),
         evaluation=Geometry((CenterCrop(178), Resize((224, 224)))),
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, train=partial(crop_flip_train, (1.0, 1.3333333333333333)),
+        mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        train=TrainTransform("crop_flip", {"ratio": (1.0, 1.3333333333333333), "mean": IMAGENET_MEAN,
+                                           "std": IMAGENET_STD, "size": 224}),
     ),
 )

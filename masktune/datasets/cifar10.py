@@ -24,7 +24,7 @@ import numpy as np
 
 from masktune.config.stages import PrepareConfig
 from masktune.data.samples import SampleSet
-from masktune.data.views import DatasetViews, Geometry, flip_affine_train
+from masktune.data.views import DatasetViews, Geometry, TrainTransform
 from masktune.datasets.download import Source
 from masktune.datasets.official_val import official_validation
 from masktune.datasets.spec import DatasetSpec, dataset_folder
@@ -155,7 +155,7 @@ def _prepare(config: PrepareConfig) -> dict[str, SampleSet]:
 
 
 # Official src/methods/cifar10_train.py L17-26: ToTensor only to evaluate and to mask, flips + affine to train.
-VIEWS = DatasetViews(masking=Geometry(), evaluation=Geometry(), train=flip_affine_train)
+VIEWS = DatasetViews(masking=Geometry(), evaluation=Geometry(), train=TrainTransform("flip_affine"))
 
 SPEC = DatasetSpec(name="cifar10", num_classes=10, group_names=lambda options: dict(enumerate(CLASS_NAMES)),
                    test_splits=("test",), prepare=_prepare, views=VIEWS, sources=SOURCES, class_names=CLASS_NAMES,

@@ -32,8 +32,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +48,7 @@ from masktune.data.views import (
     DatasetViews,
     Geometry,
     Resize,
-    crop_flip_train,
+    TrainTransform,
 )
 from masktune.datasets.readers import (
     IMAGE_EXTENSIONS,
@@ -292,9 +291,9 @@ def view_preset(transforms: str, image_size_: int, normalisation: str) -> Datase
         return DatasetViews(geometry, geometry, mean, std)
     resized = int(image_size_ * 256 / 224)
     geometry = Geometry((Resize((resized, resized)), CenterCrop((image_size_, image_size_))))
-    return DatasetViews(geometry, geometry, mean, std,
-                        train=partial(crop_flip_train, (0.75, 1.3333333333333333), mean=mean, std=std,
-                                      size=image_size_))
+    train = TrainTransform("crop_flip", {"ratio": (0.75, 1.3333333333333333), "mean": mean, "std": std,
+                                         "size": image_size_})
+    return DatasetViews(geometry, geometry, mean, std, train=train)
 
 
 def _views(options: Mapping) -> DatasetViews:
@@ -321,20 +320,15 @@ def _prepare(config: PrepareConfig) -> dict[str, SampleSet | ImageRecords]:
 
 
 def _describe(config: PrepareConfig) -> dict:
-    """What the later stages need to know of this folder: classes, groups, test splits, views."""
+    """What the later stages need to know of this folder, in the format of every dataset's file
+    attributes (`DatasetSpec.file_attributes`): its classes, groups, test splits, and the views its
+    preset gives (the spec's own are a placeholder: a folder's views exist only once its params do)."""
     data = read_folder_dataset(config.options)
-    options = config.options
     return {"num_classes": len(data.class_names()), "class_names": json.dumps(data.class_names()),
             "group_names": json.dumps(group_names(data)), "groups_known": data.attributes is not None,
             "test_splits": json.dumps([s for s in data.paths if s not in FIXED_SPLITS]),
-            "views": json.dumps({k: options[k] for k in ("transforms", "image_size", "normalisation")})}
-
-
-def _resolve(spec: DatasetSpec, attrs: Mapping) -> DatasetSpec:
-    """The spec of one prepared folder: its classes, test splits and views, as `prepare` recorded them."""
-    return replace(spec, num_classes=int(attrs["num_classes"]), test_splits=tuple(json.loads(attrs["test_splits"])),
-                   views=_views(json.loads(attrs["views"])), groups_known=bool(attrs["groups_known"]))
+            "views": _views(config.options).to_json()}
 
 
 SPEC = DatasetSpec(name="folder", num_classes=0, group_names=lambda options: {}, test_splits=(), prepare=_prepare,
-                   views=PLAIN, describe=_describe, resolve=_resolve)
+                   views=PLAIN, describe=_describe)

@@ -29,15 +29,7 @@ from pathlib import Path
 
 from masktune.config.stages import PrepareConfig
 from masktune.data.samples import ImageRecords
-from masktune.data.views import (
-    IMAGENET_PCA_EIGVAL,
-    IMAGENET_PCA_EIGVEC,
-    CenterCrop,
-    DatasetViews,
-    Geometry,
-    Lighting,
-    Resize,
-)
+from masktune.data.views import CenterCrop, DatasetViews, Geometry, Resize, TrainTransform
 from masktune.datasets.download import Source
 from masktune.datasets.readers import IMAGE_EXTENSIONS, require_dir
 from masktune.datasets.spec import DatasetSpec, dataset_folder, first_images
@@ -113,20 +105,6 @@ STD = (0.2600, 0.2516, 0.2575)
 TEST_VARIANTS = ("original", "mixed_same", "mixed_rand", "only_fg")  # the paper's Table 3 columns
 
 
-def _train_transform():
-    # Official src/methods/in9l_train.py, transform_train (TRAIN_TRANSFORMS_IMAGENET + Normalize).
-    from torchvision import transforms
-
-    return transforms.Compose([
-        transforms.RandomResizedCrop(224),
-        transforms.RandomHorizontalFlip(),
-        transforms.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1),
-        transforms.ToTensor(),
-        Lighting(0.05, IMAGENET_PCA_EIGVAL, IMAGENET_PCA_EIGVEC),
-        transforms.Normalize(MEAN, STD),
-    ])
-
-
 def _prepare(config: PrepareConfig) -> dict[str, ImageRecords]:
     """`prepare.in9l.dir` holds `in9l/` (train, val) and `bg_challenge/` (the test variants), as the
     two official archives unpack."""
@@ -156,6 +134,8 @@ SPEC = DatasetSpec(
     views=DatasetViews(
         masking=Geometry((Resize((224, 224)),)),
         evaluation=Geometry((Resize(256), CenterCrop(224))),
-        mean=MEAN, std=STD, train=_train_transform,
+        # Official src/methods/in9l_train.py, transform_train (TRAIN_TRANSFORMS_IMAGENET + Normalize):
+        # masktune.data.views.in9l_train.
+        mean=MEAN, std=STD, train=TrainTransform("in9l", {"mean": MEAN, "std": STD}),
     ),
 )

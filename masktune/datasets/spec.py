@@ -4,7 +4,9 @@ registered by name in `masktune.datasets.DATASETS` (as DomainBed's and SpuCo's r
 A spec holds everything the stages need to know about a dataset: how `prepare` builds its splits from
 the validated `prepare.<name>` params, its group names, its test splits, how its images are viewed
 (`views`: the masking, evaluation and train transforms; `views.PLAIN` for small pixel datasets), where
-its official copy is downloaded from, and what `evaluate` reports beyond the group accuracies.
+its official copy is downloaded from, and what `evaluate` reports beyond the group accuracies. `prepare`
+records all that later stages need of it in the prepared file (`file_attributes`), where they read it
+(`masktune.data.prepared.DatasetInfo`).
 """
 from __future__ import annotations
 
@@ -14,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from masktune.config.stages import PrepareConfig
+from masktune.data.prepared import METRICS
 from masktune.data.samples import ImageRecords, SampleSet
 from masktune.data.views import DatasetViews
 from masktune.datasets.download import Source, resolve_dataset_folder
-
-METRICS = ("groups", "background_challenge")
 
 
 @dataclass(frozen=True)
@@ -39,27 +40,24 @@ class DatasetSpec:
     # `evaluate` reports per-class accuracy, the worst class and the mean class accuracy under those names.
     groups_known: bool = True
     # Datasets defined by their data (the `folder` dataset): what `prepare` records of them beside the
-    # splits (prepare config -> file attributes), and the spec of one prepared file (spec, attributes ->
-    # spec with its classes, test splits and views).
+    # splits (prepare config -> file attributes, overriding the spec's own: classes, test splits, views).
     describe: Callable[[PrepareConfig], dict] | None = None
-    resolve: Callable[[DatasetSpec, Mapping], DatasetSpec] | None = None
 
     def __post_init__(self):
         if self.metrics not in METRICS:
             raise ValueError(f"metrics must be one of {METRICS}, got {self.metrics!r}")
 
     def file_attributes(self, config: PrepareConfig) -> dict:
-        """The attributes `prepare` writes into the prepared file: dataset name, classes, groups."""
+        """The attributes `prepare` writes into the prepared file: all that later stages know of the
+        dataset (masktune.data.prepared.DatasetInfo), so that none of them imports this package."""
         attrs = {"num_classes": self.num_classes, "groups_known": self.groups_known,
                  "class_names": json.dumps(self.class_names or [str(c) for c in range(self.num_classes)]),
-                 "group_names": json.dumps(self.group_names(config.options))}
+                 "group_names": json.dumps(self.group_names(config.options)),
+                 "test_splits": json.dumps(list(self.test_splits)), "average": self.average,
+                 "metrics": self.metrics, "views": self.views.to_json()}
         if self.describe is not None:
             attrs.update(self.describe(config))
         return {"dataset": self.name, **attrs}
-
-    def for_file(self, attrs: Mapping) -> DatasetSpec:
-        """This spec as the prepared file with these attributes holds it (itself, but for `folder`)."""
-        return self if self.resolve is None else self.resolve(self, attrs)
 
 
 def dataset_folder(config: PrepareConfig, sources: Sequence[Source], marker: str | Sequence[str]) -> Path:

@@ -21,7 +21,7 @@ import numpy as np
 
 from masktune.config.stages import PrepareConfig
 from masktune.data.samples import SampleSet
-from masktune.data.views import DatasetViews, Geometry, pad_crop_train
+from masktune.data.views import DatasetViews, Geometry, TrainTransform
 from masktune.datasets.cifar10 import splits_from_options
 from masktune.datasets.download import Source
 from masktune.datasets.spec import DatasetSpec, dataset_folder
@@ -82,7 +82,7 @@ def _prepare(config: PrepareConfig) -> dict[str, SampleSet]:
 
 
 # Official src/methods/svhn_train.py L17-25: ToTensor only to evaluate and to mask, a padded random crop to train.
-VIEWS = DatasetViews(masking=Geometry(), evaluation=Geometry(), train=pad_crop_train)
+VIEWS = DatasetViews(masking=Geometry(), evaluation=Geometry(), train=TrainTransform("pad_crop"))
 
 SPEC = DatasetSpec(name="svhn", num_classes=10, group_names=lambda options: dict(enumerate(CLASS_NAMES)),
                    test_splits=("test",), prepare=_prepare, views=VIEWS, sources=SOURCES, class_names=CLASS_NAMES,

@@ -19,12 +19,19 @@ harmlessly from the official 2 * label + bias).
 """
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 from masktune.config.stages import PrepareConfig
 from masktune.data.samples import ImageRecords
-from masktune.data.views import IMAGENET_MEAN, IMAGENET_STD, CenterCrop, DatasetViews, Geometry, Resize, crop_flip_train
+from masktune.data.views import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CenterCrop,
+    DatasetViews,
+    Geometry,
+    Resize,
+    TrainTransform,
+)
 from masktune.datasets.download import Source
 from masktune.datasets.readers import (
     check_listed_files,
@@ -118,6 +125,8 @@ SPEC = DatasetSpec(
     views=DatasetViews(
         masking=Geometry((Resize((256, 256)), CenterCrop((224, 224)))),
         evaluation=Geometry((Resize((256, 256)), CenterCrop((224, 224)))),
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, train=partial(crop_flip_train, (0.75, 1.3333333333333333)),
+        mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        train=TrainTransform("crop_flip", {"ratio": (0.75, 1.3333333333333333), "mean": IMAGENET_MEAN,
+                                           "std": IMAGENET_STD, "size": 224}),
     ),
 )
