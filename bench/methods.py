@@ -3,17 +3,15 @@ MNIST or C-MNIST, or biased MNIST written out as a folder of PNGs by scripts/exp
 read as `dataset: folder`), over seeds, through the real pipeline (the README's results tables).
 
 One scratch copy of the project with the committed params; one `dvc exp run` per seed with every
-training and sampling seed set to it (`train_erm.seed`, `finetune.seed`, `randmask.seed`, `jtt.seed`,
-`dfr.seed`, `exmap.seed`, `clusterfix.seed`); `prepare` runs once (biased MNIST's validation draw is
+training and sampling seed set to it (SEED_KEYS); `prepare` runs once (biased MNIST's validation draw is
 `prepare.biased_mnist.seed`, C-MNIST's colours `prepare.cmnist.seed`). Model selection is each
-method's own (ERM and JTT: best average validation accuracy; MaskTune and RandMask: the one-epoch
-finetune; DFR and ExMap: C by worst-group accuracy of their groups on validation halves; ClusterFix:
-best average validation accuracy), and no
-method uses group labels except DFR with the true groups (the supervised reference, ✓/✓) and JTT
-with `--set jtt.selection=worst_group`. Prints each run, then mean and sample standard deviation per
-model, split and measure (average = pooled accuracy, unbiased = mean of the group accuracies, worst
-group), ClusterFix's pseudo-label purity against the true groups (a diagnostic), the wall time of
-each run, and, as its last line, one JSON object with every figure.
+method's own (ERM: best average validation accuracy; MaskTune and RandMask: the one-epoch finetune; the
+(groups, trainer) pairs: their `selection`; DFR and ExMap: C by the worst of their groups on validation
+halves), and no method uses group labels except those on the true groups (the supervised references,
+GroupDRO and DFR, ✓/✓); each row says its use. Prints each run, then mean and sample standard deviation
+per model, split and measure (average = pooled accuracy, unbiased = mean of the group accuracies, worst
+group), each groups file's purity against the true groups (a diagnostic), the wall time of each run,
+and, as its last line, one JSON object with every figure.
 
     python bench/methods.py --mnist-dir ../shared/data/mnist --seeds 0 1 2
     python bench/methods.py --dataset cmnist --set train_erm.arch=small_cnn --seeds 0 1 2
@@ -33,7 +31,7 @@ from common import machine
 from scratch import ScratchProject
 
 SEED_KEYS = ("train_erm.seed", "finetune.seed", "randmask.seed", "jtt.seed", "dfr.seed", "exmap.seed",
-             "clusterfix.seed")
+             "clusterfix.seed", "upsample.seed", "cluster_reweight.seed", "groupdro.seed")
 MEASURES = {"average": "accuracy", "unbiased": "unbiased_accuracy", "worst_group": "worst_group_accuracy"}
 
 
@@ -67,8 +65,8 @@ def main() -> None:
             if args.keep:
                 args.keep.mkdir(parents=True, exist_ok=True)
                 (args.keep / f"seed{seed}.json").write_text(details_file.read_text())
-                for extra in ("jtt/error_set.json", "exmap/pseudo_groups.json", "exmap/dfr.json",
-                              "clusterfix/pseudo_labels.json"):
+                for extra in ("exmap/pseudo_groups.json", *(f"groups/{p.name}" for p in
+                                                             sorted((project.path / "metrics/groups").glob("*.json")))):
                     source = project.path / "metrics" / extra
                     if source.is_file():
                         (args.keep / f"seed{seed}_{extra.replace('/', '_')}").write_text(source.read_text())
@@ -76,21 +74,20 @@ def main() -> None:
                 if figure.is_file():
                     (args.keep / f"seed{seed}_exmap_embedding.png").write_bytes(figure.read_bytes())
             details = json.loads(details_file.read_text())["methods"]
-            purity_file = project.path / "metrics/clusterfix/pseudo_labels.json"
-            purity = ({split: report["purity"] for split, report in json.loads(purity_file.read_text()).items()
-                       if isinstance(report, dict) and "purity" in report} if purity_file.is_file() else {})
+            purity = {p.stem: {split: json.loads(p.read_text())[split]["purity"] for split in ("train", "val")}
+                      for p in sorted((project.path / "metrics/groups").glob("*.json"))}
             runs.append({"seed": seed, "seconds": seconds, "stage_seconds": stages,
                          "results": {name: {split: {measure: m[key] for measure, key in MEASURES.items()}
                                             for split, m in method["results"].items() if "accuracy" in m}
                                      for name, method in details.items()},
                          "group_labels": {name: method["group_labels"] for name, method in details.items()},
-                         "clusterfix_purity": purity})
+                         "groups_purity": purity})
             print(f"seed {seed}: {seconds:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in stages.items())})")
             for name, splits in runs[-1]["results"].items():
                 print(f"  {name:14}" + "".join(f"{split} {m['average']:.2%} / {m['unbiased']:.2%} / "
                                                f"{m['worst_group']:.2%}   " for split, m in splits.items()), flush=True)
-            if purity:
-                print("  ClusterFix pseudo-label purity: " + ", ".join(f"{k} {v:.2%}" for k, v in purity.items()))
+            for name, splits in purity.items():
+                print(f"  {name} purity against the true groups: " + ", ".join(f"{k} {v:.2%}" for k, v in splits.items()))
 
     print(f"\nmean ± sample std over seeds {args.seeds} (average / unbiased / worst group)")
     summary = {}
@@ -104,13 +101,12 @@ def main() -> None:
                 summary[name][f"{split}/{measure}"] = {"mean": mean, "std": std, "values": values}
                 cells.append(f"{split} {measure} {mean:.2%} ± {std:.2%}")
         print(f"{name} ({summary[name]['group_labels']}): " + "; ".join(cells))
-    purities = [run["clusterfix_purity"] for run in runs if run["clusterfix_purity"]]
-    if purities:
-        summary["clusterfix_purity"] = {split: {"mean": statistics.mean(p[split] for p in purities),
-                                                "std": statistics.stdev(p[split] for p in purities)
-                                                if len(purities) > 1 else 0.0} for split in purities[0]}
-        print("ClusterFix pseudo-label purity (diagnostic, true groups): " + "; ".join(
-            f"{split} {v['mean']:.2%} ± {v['std']:.2%}" for split, v in summary["clusterfix_purity"].items()))
+    for name in runs[0]["groups_purity"]:
+        values = {split: [run["groups_purity"][name][split] for run in runs] for split in ("train", "val")}
+        summary[f"purity/{name}"] = {split: {"mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}
+                                     for split, v in values.items()}
+        print(f"{name} purity (diagnostic, true groups): " + "; ".join(
+            f"{split} {v['mean']:.2%} ± {v['std']:.2%}" for split, v in summary[f"purity/{name}"].items()))
     print("wall time per run: " + ", ".join(f"{run['seconds']:.0f} s" for run in runs))
     print(json.dumps({"machine": machine(), "dataset": args.dataset, "seeds": args.seeds, "set": args.set, "runs": runs, "summary": summary}))
 

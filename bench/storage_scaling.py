@@ -19,7 +19,6 @@ measured on the first 2,000 images.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -33,6 +32,9 @@ import numpy as np
 import torch
 import yaml
 from common import ROOT, emit_json, machine, print_table
+
+sys.path.insert(0, str(ROOT / "tests"))
+from fixtures_datasets import prepared_attributes
 
 from masktune.data.masks import apply_masks, read_packed_masks, unpack_masks
 from masktune.data.samples import SampleSet
@@ -74,8 +76,7 @@ def write_prepared(path: Path, n: int, pool: np.ndarray) -> None:
     """A prepared file with one `train` split of n images, written in chunks (as `prepare` lays it out)."""
     rng = np.random.default_rng(n)
     labels, attributes = np.arange(n) % POOL % 2, rng.integers(0, 2, n)
-    names = json.dumps({0: "class0_attr0", 1: "class1_attr0", 2: "class0_attr1", 3: "class1_attr1"})
-    with h5_output(path, {"dataset": "biased_mnist", "num_classes": 2, "group_names": names}) as f:
+    with h5_output(path, prepared_attributes("biased_mnist")) as f:
         group = f.create_group("train")
         images = create_rows(group, "images", n, (SIZE, SIZE, 3), np.uint8)
         step = 2048

@@ -1,40 +1,38 @@
-"""Stage `clusterfix_clusters@<method>`: ClusterFix's pseudo-labels.
+"""Stage `clusterfix_clusters@<name>`: ClusterFix's pseudo-labels, as a groups file.
 
 Per class, spherical (cosine) k-means of the training features into `clusterfix.clusters_per_class`
 clusters, seeded; validation and test images go to the nearest training centroid of their class
-(masktune/methods/clusterfix.py `pseudo_labels`). Writes the cluster id of every row of every split
-(HDF5, class c's clusters numbered c*k .. c*k + k - 1) and a diagnostic of how the clusters match
-the true groups (label x spurious attribute): uses the true groups, reported only, never used.
+(masktune/group_inference/clusterfix.py `pseudo_labels`). Writes the groups file (train and val: cluster
+j of class c is group c * k + j) and its diagnostic against the true groups (label x spurious attribute),
+with the test split's: reported only, never used.
 """
 from __future__ import annotations
 
 import argparse
 
 from masktune.config.stages import load_stage_config
-from masktune.datasets import open_prepared
+from masktune.data.prepared import open_prepared
 from masktune.errors import run_stage
-from masktune.io.files import write_json
-from masktune.io.hdf5 import read_arrays, read_attrs, write_arrays
-from masktune.methods import get_method
-from masktune.methods.clusterfix import pseudo_labels, resolve_seed
-from masktune.methods.exmap import purity
+from masktune.eval.clusters import purity, write_groups_with_report
+from masktune.group_inference.clusterfix import clusterfix_groups, pseudo_labels
+from masktune.io.hdf5 import read_arrays, read_attrs
+from masktune.train.loop import resolve_seed
 
 
 @run_stage
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--method", required=True, help="the ClusterFix entry of the registry: clusterfix")
+    parser.add_argument("--name", required=True, help="the ClusterFix entry of methods.clusterfix: clusterfix")
     parser.add_argument("--data", required=True, help="prepared dataset (HDF5)")
     parser.add_argument("--features", required=True, help="the features of clusterfix_features (HDF5)")
-    parser.add_argument("--out", required=True, help="HDF5 file: cluster id per row, one array per split")
-    parser.add_argument("--metrics", required=True, help="JSON: purity of the clusters against the true groups")
+    parser.add_argument("--out", required=True, help="the groups file (HDF5)")
+    parser.add_argument("--metrics", required=True, help="JSON: the clusters against the true groups")
     args = parser.parse_args()
 
-    method = get_method(args.method)
-    config = load_stage_config(f"clusterfix_clusters@{method.name}")
-    seed = resolve_seed(config.seed)
-    prepared, spec = open_prepared(args.data)
-    splits = ("train", "val", *spec.test_splits)
+    config = load_stage_config(f"clusterfix_clusters@{args.name}")
+    seed = resolve_seed(config.seed, "clusterfix.seed")
+    prepared, info = open_prepared(args.data)
+    splits = ("train", "val", *info.test_splits)
     labels, groups = {}, {}
     for split in splits:
         labels[split], groups[split] = prepared.vectors(split, "labels", "groups")
@@ -42,17 +40,11 @@ def main() -> None:
     k = config.clusters_per_class
     print(f"ClusterFix: {k} clusters per class of {len(labels['train']):,} training features (spherical k-means)")
     pseudo = pseudo_labels(features, labels, k, prepared.num_classes, seed)
-    write_arrays(args.out, pseudo.ids, {"clusters_per_class": k, "num_classes": prepared.num_classes, "seed": seed})
-
-    names = prepared.group_names
-    report = {"backbone": str(read_attrs(args.features).get("backbone", "")), "clusters_per_class": k, "seed": seed}
-    for split in splits:
-        report[split] = purity(pseudo.ids[split], groups[split], names)
-    write_json(args.metrics, report)
-    for split in splits:
-        print(f"{split}: purity {report[split]['purity']:.2%}, ARI {report[split]['adjusted_rand_index']:.3f}; "
-              "true groups found: " + ", ".join(f"{g} {share:.0%}"
-                                                for g, share in report[split]["true_group_found"].items()))
+    backbone = str(read_attrs(args.features).get("backbone", ""))
+    extra = {"backbone": backbone, "clusters_per_class": k, "seed": seed,
+             **{split: purity(pseudo.ids[split], groups[split], prepared.group_names) for split in info.test_splits}}
+    write_groups_with_report(clusterfix_groups(pseudo, labels, prepared.class_names, f"{backbone} features, k {k}"),
+                             args.out, args.metrics, prepared, extra)
 
 
 if __name__ == "__main__":

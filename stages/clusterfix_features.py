@@ -1,6 +1,6 @@
-"""Stage `clusterfix_features@<method>`: the features ClusterFix clusters, for every split.
+"""Stage `clusterfix_features@<name>`: the features ClusterFix clusters, for every split.
 
-L2-normalised penultimate features of a frozen network (masktune/methods/clusterfix.py
+L2-normalised penultimate features of a frozen network (masktune/group_inference/clusterfix.py
 `feature_network`): the ERM model's own (`clusterfix.backbone: erm`, the MNIST-family recipes) or
 torchvision's ImageNet ResNet-18 (`resnet18`: Waterbirds as the official code, CelebA and IN-9L
 here), each split through its evaluation view, in order. One HDF5 array per split (N, D).
@@ -10,26 +10,24 @@ from __future__ import annotations
 import argparse
 
 from masktune.config.stages import load_stage_config
+from masktune.data.prepared import open_prepared
 from masktune.data.splits import open_split
-from masktune.datasets import open_prepared
 from masktune.distributed import is_main_process, start_workers
 from masktune.errors import run_stage
+from masktune.group_inference.clusterfix import feature_network, split_features
 from masktune.io.hdf5 import write_arrays
-from masktune.methods import get_method
-from masktune.methods.clusterfix import feature_network, split_features
 
 
 @run_stage
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--method", required=True, help="the ClusterFix entry of the registry: clusterfix")
+    parser.add_argument("--name", required=True, help="the ClusterFix entry of methods.clusterfix: clusterfix")
     parser.add_argument("--data", required=True, help="prepared dataset (HDF5)")
     parser.add_argument("--model", required=True, help="the ERM checkpoint (the backbone when clusterfix.backbone: erm)")
     parser.add_argument("--out", required=True, help="HDF5 file: one (N, D) feature array per split")
     args = parser.parse_args()
 
-    method = get_method(args.method)
-    config = load_stage_config(f"clusterfix_features@{method.name}")
+    config = load_stage_config(f"clusterfix_features@{args.name}")
     device = start_workers(config)
     prepared, spec = open_prepared(args.data)
     network = feature_network(config.backbone, args.model, config.weights_path, prepared.num_classes, device)

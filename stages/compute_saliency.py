@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from masktune.config.stages import load_stage_config
-from masktune.datasets import open_prepared
+from masktune.data.prepared import open_prepared
 from masktune.distributed import start_workers
 from masktune.errors import run_stage
 from masktune.models.checkpoint import load_checkpoint

@@ -6,7 +6,7 @@ attribute; the classes where none is known: a folder without one), the worst-gro
 average weighted by the training group proportions (what DFR and later papers report as "average"
 on Waterbirds); for IN-9L also the Background Challenge accuracies by variant and the BG-Gap. Each
 method's model is the checkpoint its stages keep (ERM: the best-validation checkpoint, as the
-official `test()`); its group-label use is the one the checkpoint records, else the registry's.
+official `test()`); its title and group-label use are what the checkpoint records.
 
 Writes the headline (`--metrics`: average and worst-group accuracy per method and test split, the
 DVC metrics), the comparison table (`--comparison`), and in `--details` the full results and the
@@ -20,23 +20,30 @@ from pathlib import Path
 import numpy as np
 
 from masktune.config.stages import load_stage_config
+from masktune.data.prepared import open_prepared
 from masktune.data.splits import open_split
-from masktune.datasets import open_prepared
 from masktune.distributed import select_device
 from masktune.errors import UserError, run_stage
 from masktune.eval.figures import write_group_csv
 from masktune.eval.metrics import background_challenge_metrics, group_metrics
-from masktune.eval.report import NO_GROUPS_NOTE, comparison_markdown, headline, write_comparison, write_methods_csv
+from masktune.eval.report import (
+    NO_GROUPS_NOTE,
+    comparison_markdown,
+    headline,
+    method_title,
+    write_comparison,
+    write_methods_csv,
+)
+from masktune.eval.selection import GroupLabels
 from masktune.io.files import atomic_directory, write_json
-from masktune.methods import GroupLabels, Method, reported_models
+from masktune.methods import reported_models
 from masktune.models.checkpoint import load_checkpoint
 from masktune.train.loop import predict
 
 
-def _group_labels(state: dict, method: Method) -> GroupLabels:
-    """The checkpoint's record where its method's use depends on params (JTT's selection), else the
-    registry's (ERM never uses group labels)."""
-    return GroupLabels(**state["group_labels"]) if "group_labels" in state else method.group_labels
+def _group_labels(state: dict) -> GroupLabels:
+    """The checkpoint's record (every method's stage writes it); ERM's checkpoints have none: ✗/✗."""
+    return GroupLabels(**state.get("group_labels", {"training": False, "model_selection": False}))
 
 
 @run_stage
@@ -56,9 +63,10 @@ def main() -> None:
         raise UserError("params.yaml: `methods` lists no method to evaluate")
     device = select_device()
     models, info = {}, {}
-    for name, (method, title, path) in entries.items():
+    for name, path in entries.items():
         models[name], state = load_checkpoint(path, device)
-        info[name] = {"title": title, "checkpoint": str(path), "group_labels": str(_group_labels(state, method))}
+        info[name] = {"title": method_title(name, state), "checkpoint": str(path),
+                      "group_labels": str(_group_labels(state))}
     (train_groups,) = prepared.vectors("train", "groups")
     train_counts = {int(g): int(n) for g, n in zip(*np.unique(train_groups, return_counts=True))}
     results: dict = {name: {} for name in models}

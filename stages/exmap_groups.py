@@ -14,20 +14,20 @@ import argparse
 import numpy as np
 
 from masktune.config.stages import load_stage_config
-from masktune.datasets import open_prepared
+from masktune.data.prepared import PreparedFile
 from masktune.errors import UserError, run_stage
+from masktune.eval.clusters import purity
 from masktune.eval.figures import save_embedding_figure
+from masktune.group_inference.clustering import umap_2d
+from masktune.group_inference.exmap import normalise, pseudo_groups
 from masktune.io.files import write_json
 from masktune.io.hdf5 import read_arrays, read_attrs, write_arrays
-from masktune.methods import get_method
-from masktune.methods.clustering import umap_2d
-from masktune.methods.exmap import normalise, pseudo_groups, purity
 
 
 @run_stage
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--method", required=True, help="the ExMap entry of the registry: exmap")
+    parser.add_argument("--name", required=True, help="the ExMap entry of methods.exmap: exmap")
     parser.add_argument("--data", required=True, help="prepared dataset (HDF5)")
     parser.add_argument("--heatmaps", required=True, help="the validation heatmaps (HDF5)")
     parser.add_argument("--out", required=True, help="HDF5 file: pseudo-group ids per validation row")
@@ -35,9 +35,8 @@ def main() -> None:
     parser.add_argument("--figure", required=True, help="PNG: 2-D embedding of the heatmaps")
     args = parser.parse_args()
 
-    method = get_method(args.method)
-    config = load_stage_config(f"exmap_groups@{method.name}")
-    prepared, _ = open_prepared(args.data)
+    config = load_stage_config(f"exmap_groups@{args.name}")
+    prepared = PreparedFile(args.data)
     labels, true_groups = prepared.vectors("val", "labels", "groups")
     heatmaps = read_arrays(args.heatmaps, {"heatmaps": (len(labels), None)})["heatmaps"]
     k = None if config.clusters == "auto" else config.clusters
@@ -46,7 +45,7 @@ def main() -> None:
                         "(auto is spectral clustering's eigengap rule)")
     print(f"ExMap: clustering {len(labels):,} heatmaps ({config.clustering}, k {config.clusters})")
     groups, chosen = pseudo_groups(heatmaps, labels, method=config.clustering, k=k, seed=config.seed)
-    write_arrays(args.out, groups, {"method": method.name, "clustering": config.clustering,
+    write_arrays(args.out, groups, {"method": args.name, "clustering": config.clustering,
                                     "clusters": str(config.clusters)})
 
     names = prepared.group_names

@@ -13,12 +13,12 @@ import argparse
 
 from masktune.config.stages import load_stage_config
 from masktune.data.masks import masks_method
+from masktune.data.prepared import open_prepared
 from masktune.data.splits import mask_source, open_split
-from masktune.datasets import open_prepared
 from masktune.distributed import is_main_process, start_workers
 from masktune.errors import UserError, run_stage
+from masktune.eval.selection import GroupLabels
 from masktune.io.files import write_json
-from masktune.methods import get_method
 from masktune.models.checkpoint import load_checkpoint, save_checkpoint
 from masktune.models.precision import MixedPrecision
 from masktune.train.loop import accuracy, restore_optimizer, seed_everything, train_epoch
@@ -35,11 +35,10 @@ def main() -> None:
     parser.add_argument("--metrics", required=True, help="JSON: finetune loss and accuracies")
     args = parser.parse_args()
 
-    method = get_method(args.method)
-    config = load_stage_config(f"finetune@{method.name}")
+    config = load_stage_config(f"finetune@{args.method}")
     made_by = masks_method(args.masks)
-    if made_by != method.name:
-        raise UserError(f"{args.masks}: masks of {made_by}, not of {method.name}")
+    if made_by != args.method:
+        raise UserError(f"{args.masks}: masks of {made_by}, not of {args.method}")
     device = start_workers(config)
     generator = seed_everything(config.seed)
     prepared, spec = open_prepared(args.data)
@@ -56,8 +55,9 @@ def main() -> None:
     if not is_main_process():
         return
     save_checkpoint(args.out, model, optimizer, arch=state["arch"], num_classes=state["num_classes"],
-                    epoch=config.epochs - 1, val_accuracy=val_accuracy, **method.checkpoint_info())
-    report = {"method": method.name, "lr": optimizer.param_groups[0]["lr"],
+                    epoch=config.epochs - 1, val_accuracy=val_accuracy, method=args.method,
+                    group_labels=GroupLabels(training=False, model_selection=False).as_dict())
+    report = {"method": args.method, "lr": optimizer.param_groups[0]["lr"],
               "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
               "val_accuracy": val_accuracy}
     write_json(args.metrics, report)

@@ -18,10 +18,11 @@ import argparse
 from pathlib import Path
 
 from masktune.config.stages import load_stage_config
+from masktune.data.prepared import open_prepared
 from masktune.data.splits import open_split
-from masktune.datasets import open_prepared
 from masktune.distributed import select_device
 from masktune.errors import run_stage
+from masktune.eval.report import MASKING_TITLES
 from masktune.eval.selective import (
     ERM_MODEL,
     control_checkpoint,
@@ -33,7 +34,7 @@ from masktune.eval.selective import (
     write_curve_csv,
 )
 from masktune.io.files import atomic_directory, write_json
-from masktune.methods import get_method, listed_methods
+from masktune.methods import model_file
 from masktune.models.checkpoint import load_checkpoint
 from masktune.train.loop import predict_logits
 
@@ -49,10 +50,10 @@ def main() -> None:
 
     config = load_stage_config("selective")
     prepared, spec = open_prepared(args.data)
-    fine_tuned = [method for method in listed_methods(config.methods) if method.fine_tunes_erm]
-    scores = selective_scores([(method.name, method.title) for method in fine_tuned], config.control_seed_offsets)
-    checkpoints = {ERM_MODEL: get_method(ERM_MODEL).model_file(args.models),
-                   **{method.name: method.model_file(args.models) for method in fine_tuned},
+    fine_tuned = config.methods["masking"]  # the models that fine-tune ERM's, scored with it by the product
+    scores = selective_scores([(name, MASKING_TITLES[name]) for name in fine_tuned], config.control_seed_offsets)
+    checkpoints = {ERM_MODEL: model_file(args.models, ERM_MODEL),
+                   **{name: model_file(args.models, name) for name in fine_tuned},
                    **{control_model_name(offset): control_checkpoint(args.models, offset)
                       for offset in config.control_seed_offsets}}
     device = select_device()

@@ -3,7 +3,7 @@
 The official code masks with the best checkpoint and fine-tunes from the last one
 (src/methods/base_method.py, `masktune()`), so both are outputs. Hyperparameters left null in
 `train_erm` come from `recipes.<dataset>.train_erm` (the official recipe of the dataset); the
-training itself, its model selection and schedules are `masktune.train.erm.train_erm`.
+training itself, its model selection and schedules are `masktune.train.network.train_erm`.
 
 Runs as `distributed.nproc_per_node` x `distributed.nnodes` DDP workers when asked (masktune.distributed).
 Survives preemption: each finished epoch's state goes to `models/erm_best.pt.partial/`, and a rerun
@@ -16,7 +16,7 @@ import argparse
 from masktune.config.stages import load_stage_config
 from masktune.distributed import start_workers
 from masktune.errors import run_stage
-from masktune.train.erm import train_erm
+from masktune.train.network import train_erm
 
 
 @run_stage

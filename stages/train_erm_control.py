@@ -1,6 +1,6 @@
 """Stage `train_erm_control@<k>`: a second ERM model, for selective classification's two-ERM control.
 
-The same network, recipe and params as `train_erm` (`masktune.train.erm.train_erm`), with seed
+The same network, recipe and params as `train_erm` (`masktune.train.network.train_erm`), with seed
 `train_erm.seed + k` (k one of `selective.control_seed_offsets`, at least 1: a seed sweep over
 `train_erm.seed` therefore never trains a control equal to its ERM). The `selective` stage scores the
 product of the two ERM models' softmaxes exactly as MaskTune's official score multiplies ERM's and the
@@ -14,7 +14,7 @@ import dataclasses
 from masktune.config.stages import load_stage_config
 from masktune.distributed import start_workers
 from masktune.errors import run_stage
-from masktune.train.erm import train_erm
+from masktune.train.network import train_erm
 
 
 @run_stage

@@ -22,10 +22,13 @@ import csv
 import gzip
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 from PIL import Image
 
+from masktune.config.stages import PrepareConfig
+from masktune.datasets import DATASETS
 from masktune.datasets.celeba import ATTRIBUTE_NAMES
 from masktune.datasets.in9l import CLASS_FOLDERS, VARIANTS
 
@@ -372,3 +375,13 @@ def make_cats_vs_dogs(root: Path, per_class: int = 20, seed: int = 0) -> Path:
             pixels[height // 4:3 * height // 4, width // 4:3 * width // 4] = colour
             save_jpeg(root / f"{name}.{i}.jpg", pixels, grey=i % 9 == 8)
     return root
+
+
+def prepared_attributes(name: str, **options) -> dict:
+    """The attributes `prepare` writes into a prepared file of dataset `name` (its views, test splits,
+    group names, ...), for a file a test or benchmark writes itself: the committed `prepare.<name>`
+    params with `options` over them."""
+    from scratch import committed_params
+
+    config = PrepareConfig(name, MappingProxyType({**committed_params()["prepare"][name], **options}), False, None)
+    return DATASETS[name].file_attributes(config)

@@ -11,15 +11,30 @@ import pytest
 from scratch import committed_params
 
 from masktune.eval.figures import gallery_file_name
+from masktune.eval.selection import group_labels_used
 from masktune.methods import reported_models
 
-MODELS = reported_models({kind: tuple(names) for kind, names in committed_params()["methods"].items()}, "models")
+METHODS = committed_params()["methods"]
+MODELS = reported_models(METHODS, "models")
+MASKING = ["materialize_masked_dataset@randmask", "materialize_masked_dataset@masktune", "finetune@randmask",
+           "finetune@masktune"]
+GROUPS = ["label_groups@true_groups", "label_groups@classes", "jtt_identify@jtt", "exmap_heatmaps@exmap",
+          "exmap_groups@exmap", "exmap_extend@exmap", "clusterfix_features@clusterfix", "clusterfix_clusters@clusterfix"]
+PAIRS = [f"{kind}@{name}" for kind in ("robust_train", "last_layer") for name in METHODS[kind]]
+REPORTS = ["evaluate", "selective"]  # both read every checkpoint in models/
+# the default pipeline, in the order `dvc repro` runs it
+ALL_STAGES = ["prepare", "train_erm", "compute_saliency", *MASKING, *GROUPS, *PAIRS, *REPORTS]
+# no group inference and no pair (an empty mapping replaces the default's in `scratch.merge`)
+NO_GROUP_METHODS = {"labels": [], "jtt": [], "exmap": [], "clusterfix": [], "robust_train": {}, "last_layer": {}}
 
-ALL_STAGES = ["prepare", "train_erm", "compute_saliency", "materialize_masked_dataset@randmask",
-              "materialize_masked_dataset@masktune", "finetune@randmask", "finetune@masktune", "jtt_identify@jtt",
-              "jtt_retrain@jtt", "dfr@dfr_classes", "dfr@dfr_groups", "exmap_heatmaps@exmap", "exmap_groups@exmap",
-              "exmap_dfr@exmap", "clusterfix_features@clusterfix", "clusterfix_clusters@clusterfix",
-              "clusterfix_train@clusterfix", "evaluate", "selective"]
+
+def expected_group_labels(name: str) -> str:
+    """The ✗/✓ the report must show for model `name` of the committed `methods`: the true groups' pairs
+    train with group labels, and select with them by the rule of their `selection` (DFR: its groups)."""
+    pair = {**METHODS["robust_train"], **METHODS["last_layer"]}.get(name)
+    if pair is None:
+        return "✗/✗"  # ERM and the masking methods
+    return str(group_labels_used(pair["groups"] == "true_groups", pair.get("selection", "worst_pseudo_group")))
 SMALL_MODEL = {"arch": "tiny_cnn", "pretrained": False, "epochs": 1, "batch_size": 16, "workers": 0}
 # tiny_cnn for one epoch and small batches everywhere (the official recipes are what runs without
 # these); 2 ClusterFix clusters per class (the fixtures' smallest class has 3 training images).
@@ -27,8 +42,11 @@ SMALL_RUN = {
     "train_erm": SMALL_MODEL,
     "saliency": {"batch_size": 16, "workers": 0},
     "finetune": {"batch_size": 16, "workers": 0},
-    "jtt": {"identification_epochs": 1, "epochs": 1, "batch_size": 16, "workers": 0},
-    "clusterfix": {"clusters_per_class": 2, "epochs": 1, "batch_size": 16, "workers": 0},
+    "jtt": {"identification_epochs": 1, "batch_size": 16, "workers": 0},
+    "upsample": {"epochs": 1, "batch_size": 16, "workers": 0},
+    "clusterfix": {"clusters_per_class": 2, "workers": 0},
+    "cluster_reweight": {"epochs": 1, "batch_size": 16, "workers": 0},
+    "groupdro": {"epochs": 1, "batch_size": 16, "workers": 0},
     "eval_batch_size": 16,
     "evaluate": {"workers": 0},
     "selective": {"control_seed_offsets": []},  # the control's training: tests/test_selective_e2e.py
@@ -36,12 +54,12 @@ SMALL_RUN = {
 
 
 def evaluation_of(project) -> dict:
-    """Every model's full results; the contract: each listed method ran and was evaluated (ExMap as
-    G-ExMap and L-ExMap), and the pseudo-groups, ExMap's figure and ClusterFix's clusters were written."""
+    """Every model's full results; the contract: each listed method ran and was evaluated with its
+    group-label use, and the pseudo-groups, ExMap's figure and ClusterFix's clusters were written."""
     details = json.loads((project.path / "metrics/evaluate/details.json").read_text())["methods"]
     assert list(details) == list(MODELS)
     for name, method in details.items():
-        assert method["group_labels"] == str(MODELS[name][0].group_labels)
+        assert method["group_labels"] == expected_group_labels(name), name
     pseudo = json.loads((project.path / "metrics/exmap/pseudo_groups.json").read_text())
     assert pseudo["global"]["pseudo_groups"] >= 2 and 0 < pseudo["local"]["purity"] <= 1
     assert (project.path / "metrics/exmap/embedding.png").read_bytes()[:4] == b"\x89PNG"
@@ -51,7 +69,7 @@ def evaluation_of(project) -> dict:
         gallery = sorted((project.path / f"metrics/masks/{name}").iterdir())
         assert [p.name for p in gallery] == [gallery_file_name(c, n) for c, n in enumerate(classes)]
         assert all(p.read_bytes()[:4] == b"\x89PNG" for p in gallery)
-    clusters = json.loads((project.path / "metrics/clusterfix/pseudo_labels.json").read_text())
+    clusters = json.loads((project.path / "metrics/groups/clusterfix.json").read_text())
     assert clusters["clusters_per_class"] == 2
     with h5py.File(project.path / "data/clusterfix/features.h5", "r") as f:
         if clusters["backbone"] == "resnet18":

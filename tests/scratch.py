@@ -30,9 +30,10 @@ def committed_params() -> dict:
 
 
 def merge(base: dict, overrides: dict) -> dict:
-    """`overrides` (nested dicts) merged into `base`, in place."""
+    """`overrides` (nested dicts) merged into `base`, in place; an empty dict replaces (`robust_train: {}`:
+    no pair)."""
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
+        if isinstance(value, dict) and value and isinstance(base.get(key), dict):
             merge(base[key], value)
         else:
             base[key] = value

@@ -1,8 +1,12 @@
-"""The architecture holds: every stage's dvc.yaml deps cover the code it runs, no import cycle, and the
-subpackages depend on each other in one direction only.
+"""The architecture holds: every stage's dvc.yaml deps are exactly the code it runs (a missing one keeps
+stale outputs, an extra one reruns a stage after an unrelated edit), no import cycle, and the subpackages
+depend on each other in one direction only.
 
 Imports are read from the source (`ast`), those inside functions included: a function-level import
-still runs the imported module's code, so it is a dependency for DVC and for cycles alike.
+still runs the imported module's code, so it is a dependency for DVC and for cycles alike. A stage that
+picks its method's module by name (`robust_train@<name>` imports `masktune/robust_train/<trainer>.py`)
+declares it with a templated dep (`masktune/robust_train/${item.trainer}.py`): that module's closure is
+the stage's too, checked for every entry of the committed params.
 """
 from __future__ import annotations
 
@@ -12,12 +16,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, committed_params
+
+from masktune.config.files import _render
 
 PACKAGES = ("masktune", "stages")
 # masktune's subpackages, each importing only from those before it (masktune/__init__.py says why).
-LAYERS = ("errors", "config", "io", "distributed", "data", "datasets", "models", "train", "saliency", "masking", "eval",
-          "methods")
+LAYERS = ("errors", "config", "io", "distributed", "data", "groups", "datasets", "models", "train", "saliency", "masking",
+          "eval",
+          "group_inference", "robust_train", "last_layer", "methods")
 
 
 def project_modules(root: Path = ROOT) -> dict[str, Path]:
@@ -79,15 +86,71 @@ def stage_entries(dvc: dict) -> dict[str, dict]:
     return {stage: spec.get("do", spec) for stage, spec in dvc["stages"].items()}
 
 
-def uncovered_modules(dvc: dict, modules: dict[str, Path], root: Path = ROOT) -> dict[str, list[str]]:
-    """Per stage, the files its code imports (transitively) that its dvc.yaml deps do not cover."""
+def stage_instances(dvc: dict, params: dict) -> dict[str, tuple[str, dict]]:
+    """{DVC's stage name (`robust_train@jtt`): (the stage's script, its entry with `${...}` rendered)} for
+    the committed params, as DVC expands `foreach` over a list or a mapping; templated deps are kept
+    beside as `dynamic` (a module the stage picks by name)."""
+    instances = {}
+    for stage, spec in dvc["stages"].items():
+        if "foreach" not in spec:
+            instances[stage] = (stage, {**spec, "cmd": _render(spec["cmd"], params, {}), "dynamic": []})
+            continue
+        over = _lookup(params, spec["foreach"][2:-1])  # foreach: ${methods.<kind>}
+        for key in (over if isinstance(over, dict) else over or []):
+            context = {"key": key, "item": over[key]} if isinstance(over, dict) else {"item": key}
+            entry = spec["do"]
+            deps = [_render(str(d), params, context) for d in entry["deps"]]
+            dynamic = [_render(str(d), params, context) for d in entry["deps"] if "${" in str(d)]
+            instances[f"{stage}@{key}"] = (stage, {**entry, "cmd": _render(entry["cmd"], params, context),
+                                                   "deps": deps, "dynamic": dynamic})
+    return instances
+
+
+def _lookup(values: dict, dotted: str):
+    for part in dotted.split("."):
+        values = values.get(part) if isinstance(values, dict) else None
+    return values
+
+
+def code_files(deps: list[str], root: Path = ROOT) -> set[str]:
+    """The Python files of the project a list of deps names (a folder: every .py file under it)."""
+    files = set()
+    for dep in (d.rstrip("/") for d in deps):
+        if not dep.startswith(PACKAGES):
+            continue
+        path = root / dep
+        files |= ({str(p.relative_to(root)) for p in path.rglob("*.py")} if path.is_dir() else {dep})
+    return files
+
+
+def imported_files(script: str, dynamic: list[str], modules: dict[str, Path], graph: dict[str, set[str]],
+                   root: Path = ROOT) -> set[str]:
+    """The files the stage's script imports, transitively, and the modules it picks by name."""
+    roots = [f"stages.{script}", *(d.removesuffix(".py").replace("/", ".") for d in dynamic if d.endswith(".py"))]
+    return {str(modules[m].relative_to(root)) for start in roots for m in closure(graph, start)}
+
+
+def dep_mismatches(dvc: dict, params: dict, modules: dict[str, Path], root: Path = ROOT) -> dict[str, dict]:
+    """Per stage instance, the files its code imports that its deps miss, and the files its deps name
+    that its code does not import."""
     graph = import_graph(modules)
-    missing = {}
-    for stage, spec in stage_entries(dvc).items():
-        deps = [d.rstrip("/") for d in spec["deps"]]
-        files = sorted(str(modules[m].relative_to(root)) for m in closure(graph, f"stages.{stage}"))
-        missing[stage] = [f for f in files if not any(f == d or f.startswith(d + "/") for d in deps)]
-    return missing
+    found = {}
+    for name, (script, entry) in stage_instances(dvc, params).items():
+        needed = imported_files(script, entry["dynamic"], modules, graph, root)
+        declared = code_files(entry["deps"], root)
+        found[name] = {"missing": sorted(needed - declared), "extra": sorted(declared - needed)}
+    return found
+
+
+def exact_deps(needed: set[str], root: Path = ROOT) -> list[str]:
+    """The shortest dep list naming exactly `needed`: a folder where every .py file under it is needed."""
+    deps, covered = [], set()
+    for folder in sorted({str(Path(f).parent) for f in needed}, key=lambda f: f.count("/")):
+        files = {str(p.relative_to(root)) for p in (root / folder).rglob("*.py")}
+        if folder not in PACKAGES and files <= needed and not any(folder.startswith(d + "/") for d in deps):
+            deps.append(folder)
+            covered |= files
+    return sorted(deps + [f for f in needed if f not in covered])
 
 
 def cycles(graph: dict[str, set[str]]) -> list[set[str]]:
@@ -106,15 +169,40 @@ def test_every_stage_runs_its_script_and_depends_on_it():
         assert f"stages/{stage}.py" in spec["deps"], stage
 
 
-def test_dvc_deps_cover_every_module_each_stage_imports():
-    missing = uncovered_modules(yaml.safe_load((ROOT / "dvc.yaml").read_text()), project_modules())
-    assert missing == {stage: [] for stage in missing}, "add these files or their folders to the stage's deps"
+def test_dvc_deps_are_exactly_the_code_each_stage_imports():
+    """Neither missing (stale outputs) nor extra (reruns after an unrelated edit), for every stage DVC
+    expands from the committed params; on failure, the exact list to declare is printed."""
+    dvc, modules = yaml.safe_load((ROOT / "dvc.yaml").read_text()), project_modules()
+    found = dep_mismatches(dvc, committed_params(), modules)
+    wrong = {stage: problems for stage, problems in found.items() if problems["missing"] or problems["extra"]}
+    if wrong:
+        graph = import_graph(modules)
+        instances = stage_instances(dvc, committed_params())
+        hint = {stage: exact_deps(imported_files(instances[stage][0], instances[stage][1]["dynamic"], modules, graph))
+                for stage in wrong}
+        pytest.fail(f"deps differ from imports: {wrong}\nexact code deps: {hint}")
 
 
-def test_the_deps_check_fails_when_a_dep_is_removed():
+def test_the_deps_check_sees_a_missing_and_an_extra_dep():
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    dvc["stages"]["compute_saliency"]["deps"].remove("masktune/distributed.py")  # select_device lives there
-    assert uncovered_modules(dvc, project_modules())["compute_saliency"] == ["masktune/distributed.py"]
+    deps = dvc["stages"]["compute_saliency"]["deps"]
+    deps.remove("masktune/distributed.py")  # select_device lives there
+    deps.append("masktune/datasets")        # no stage after prepare imports a dataset module
+    found = dep_mismatches(dvc, committed_params(), project_modules())["compute_saliency"]
+    assert found["missing"] == ["masktune/distributed.py"]
+    assert "masktune/datasets/celeba.py" in found["extra"] and all(f.startswith("masktune/datasets/")
+                                                                   for f in found["extra"])
+
+
+def test_a_pair_stage_imports_its_own_trainer_only():
+    """robust_train@<name> picks its trainer's module by name: that one is a dep, the other trainers are not."""
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    instances = stage_instances(dvc, committed_params())
+    for name, (script, entry) in instances.items():
+        if script == "robust_train":
+            trainer = committed_params()["methods"]["robust_train"][name.partition("@")[2]]["trainer"]
+            assert [d for d in entry["deps"] if d.startswith("masktune/robust_train/")
+                    and not d.endswith(("__init__.py", "base.py"))] == [f"masktune/robust_train/{trainer}.py"]
 
 
 def test_no_import_cycle_even_through_function_level_imports():

@@ -1,6 +1,6 @@
 """ClusterFix's pieces on hand-checked cases: the cluster weights and their momentum, spherical k-means
 against scikit-learn, nearest-centroid assignment, the per-class pseudo-labels and heads, and the
-official defect kept behind `clusterfix.val_losses_into_train_buffer`."""
+official defect kept behind `cluster_reweight.val_losses_into_train_buffer`."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,16 +10,9 @@ import torch
 from masktune.data.samples import SampleSet
 from masktune.data.splits import PixelSplit
 from masktune.errors import UserError
-from masktune.methods.clusterfix import (
-    ClusterFix,
-    ClusterFixTraining,
-    ClusterWeights,
-    PseudoHeads,
-    PseudoLabels,
-    nearest_centroid,
-    pseudo_labels,
-    spherical_kmeans,
-)
+from masktune.group_inference.clusterfix import nearest_centroid, pseudo_labels, spherical_kmeans
+from masktune.robust_train.cluster_reweight import ClusterReweight, ClusterWeights, PseudoHeads
+from masktune.train.loop import train_epoch
 
 
 @pytest.mark.parametrize("incremental", [True, False], ids=["incremental", "official_recompute"])
@@ -140,12 +133,13 @@ def test_validation_losses_enter_the_training_buffer_only_with_the_official_defe
     torch.manual_seed(0)
     train, val = _split(8, 0), _split(3, 1)
     ids = {"train": np.array([0, 2, 1, 3, 0, 2, 1, 3]), "val": np.array([1, 2, 0])}
-    pseudo = PseudoLabels(k=2, num_classes=2, ids=ids)
     model, heads = _Net(), PseudoHeads(3, 2, 2)
     optimizer = torch.optim.SGD([*model.parameters(), *heads.parameters()], lr=0.0)  # nothing changes
     weights = ClusterWeights(ids["train"], 4, 0.3)
-    training = ClusterFixTraining(heads, weights, pseudo, beta=0.5, val=val if leak else None, eval_batch_size=2)
-    stats = training.epoch(model, optimizer, train, 4, torch.Generator().manual_seed(0), torch.device("cpu"), "t")
+    objective = ClusterReweight(heads, weights, {split: cluster % 2 for split, cluster in ids.items()}, beta=0.5,
+                                val=val if leak else None, eval_batch_size=2)
+    stats = train_epoch(model, optimizer, train, 4, torch.Generator().manual_seed(0), torch.device("cpu"), "t",
+                        objective=objective)
     assert stats["loss"] == pytest.approx(stats["target_loss"] + 0.5 * stats["pseudo_loss"])
 
     def pseudo_losses(split, cluster_ids):
@@ -161,9 +155,3 @@ def test_validation_losses_enter_the_training_buffer_only_with_the_official_defe
     if leak:
         expected[:3] = val_losses  # the official update_val writes at the validation rows' indices
     assert weights.losses.tolist() == pytest.approx(expected.tolist(), rel=1e-6)
-
-
-def test_official_selection_rules_are_marked_as_using_group_labels():
-    assert str(ClusterFix.group_labels_for("average")) == "✗/✗"
-    assert str(ClusterFix.group_labels_for("unbiased")) == "✗/✓"
-    assert str(ClusterFix.group_labels_for("worst_group")) == "✗/✓"

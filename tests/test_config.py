@@ -15,9 +15,12 @@ from masktune.config import schema
 from masktune.config.stages import STAGE_CONFIGS, load_stage_config
 from masktune.datasets import DATASETS, folder
 from masktune.errors import UserError
-from masktune.methods import METHODS
+from masktune.eval.report import MASKING_TITLES
+from masktune.group_inference.labels import KINDS as LABEL_GROUPS
+from masktune.last_layer import LAST_LAYER_TRAINERS
 from masktune.models import MODELS
 from masktune.models.precision import PRECISIONS
+from masktune.robust_train import TRAINERS
 
 
 def _write(tmp_path, values: dict, dvc_text: str | None = None):
@@ -41,7 +44,9 @@ def _set(values: dict, key: str, value) -> dict:
 
 
 def test_every_stage_resolves_the_committed_defaults_with_the_recipe(tmp_path):
-    stages = [stage.replace("@*", "@1") for stage in STAGE_CONFIGS]  # a foreach over seeds: train_erm_control@1
+    methods = committed_params()["methods"]
+    stages = [stage for stage in STAGE_CONFIGS if not stage.endswith("@*")] + ["train_erm_control@1"]  # a seed
+    stages += [f"{kind}@{name}" for kind in schema.PAIR_KINDS for name in methods[kind]]  # one per pair
     configs = {stage: _load(tmp_path, stage, committed_params()) for stage in stages}
     for stage, config in configs.items():  # every field resolved to a value of its declared type
         for field in dataclasses.fields(config):
@@ -62,18 +67,22 @@ def test_every_stage_resolves_the_committed_defaults_with_the_recipe(tmp_path):
     assert configs["prepare"].options["mnist_dir"] is None and configs["prepare"].options["val_size"] == 12000
     assert configs["materialize_masked_dataset@randmask"].cutout_sides == (2, 14)
     assert configs["materialize_masked_dataset@masktune"].threshold_std == 2.0
-    identify, retrain = configs["jtt_identify@jtt"], configs["jtt_retrain@jtt"]  # recipes.biased_mnist.jtt
-    assert (identify.arch, identify.momentum, identify.lr, retrain.lr, retrain.selection) == \
-        ("small_cnn", 0.9, 0.01, 0.01, "average")
-    assert dict(configs["evaluate"].methods) == {"erm": ("erm",), "masking": ("randmask", "masktune"),
-                                                 "jtt": ("jtt",), "dfr": ("dfr_classes", "dfr_groups"),
-                                                 "exmap": ("exmap",), "clusterfix": ("clusterfix",)}
-    assert configs["dfr@dfr_groups"] == configs["exmap_dfr@exmap"]  # one DFR for the baselines and ExMap
-    assert configs["dfr@dfr_groups"].c_grid == (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
+    identify, retrain = configs["jtt_identify@jtt"], configs["robust_train@jtt"]  # recipes.biased_mnist.jtt, .upsample
+    assert (identify.arch, identify.momentum, identify.lr, identify.epochs, retrain.lr, retrain.upweight) == \
+        ("small_cnn", 0.9, 0.01, 2, 0.01, 100)
+    assert (retrain.groups, retrain.trainer, retrain.selection) == ("jtt", "upsample", "average")
+    assert type(configs["robust_train@groupdro_true_groups"]).__name__ == "GroupDroConfig"  # by the pair's trainer
+    dro = configs["robust_train@groupdro_true_groups"]
+    assert (dro.step_size, dro.adjustment, dro.reweight_groups, dro.lr, dro.selection) == \
+        (0.01, 0.0, True, 0.01, "worst_group")
+    assert dict(configs["evaluate"].methods)["labels"] == ("true_groups", "classes")
+    assert (configs["last_layer@dfr_groups"].groups, configs["last_layer@exmap_global"].groups) == \
+        ("true_groups", "exmap_global")  # one DFR for the baselines and ExMap
+    assert configs["last_layer@dfr_groups"].c_grid == (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
     heatmaps, groups = configs["exmap_heatmaps@exmap"], configs["exmap_groups@exmap"]  # recipes.biased_mnist.exmap
     assert (heatmaps.heatmaps, heatmaps.gamma, heatmaps.heatmap_size, groups.clustering, groups.clusters) == \
         ("lrp", 4.0, 0, "spectral", "auto")
-    features, cfix = configs["clusterfix_features@clusterfix"], configs["clusterfix_train@clusterfix"]
+    features, cfix = configs["clusterfix_features@clusterfix"], configs["robust_train@clusterfix"]
     assert (features.backbone, configs["clusterfix_clusters@clusterfix"].clusters_per_class) == ("erm", 8)
     assert (cfix.arch, cfix.optimizer, cfix.lr, cfix.beta, cfix.weight_momentum, cfix.selection, cfix.statistics,
             cfix.val_losses_into_train_buffer) == ("small_cnn", "sgd", 0.01, 0.01, 0.3, "average", "incremental", False)
@@ -85,7 +94,7 @@ def test_overrides_and_the_dataset_switch_follow_the_naming_rule(tmp_path):
     values = _set(_set(committed_params(), "dataset", "celeba"), "train_erm.epochs", 3)
     erm = _load(tmp_path, "train_erm", values)
     assert (erm.arch, erm.lr, erm.epochs, erm.batch_size, erm.eval_batch_size) == ("resnet50", 0.0001, 3, 512, 512)
-    cfix = _load(tmp_path, "clusterfix_train@clusterfix", values)  # ClusterFix's official CelebA recipe
+    cfix = _load(tmp_path, "robust_train@clusterfix", values)  # ClusterFix's official CelebA recipe
     assert (cfix.optimizer, cfix.lr, cfix.weight_decay, cfix.batch_size, cfix.epochs, cfix.beta, cfix.lr_schedule) == \
         ("adam", 0.0001, 0.01, 256, 100, 0.5, "cosine")
     assert _load(tmp_path, "prepare", values).options["target"] == "Blond_Hair"
@@ -102,8 +111,21 @@ def test_overrides_and_the_dataset_switch_follow_the_naming_rule(tmp_path):
     ("methods.masking", ["masktune", "gradcam"],
      "methods.masking must be a list of distinct names from 'randmask', 'masktune', got"),
     ("methods.jtt", ["jtt", "jtt"], "methods.jtt must be a list of distinct names from 'jtt', got"),
-    ("jtt.selection", "test", "jtt.selection must be one of 'average', 'worst_group', 'unbiased', got 'test'"),
-    ("recipes.celeba.jtt.upweight", -1, "recipes.celeba.jtt.upweight must be an integer >= 0, got -1"),
+    ("methods.robust_train.jtt.selection", "test", ("methods.robust_train.jtt.selection must be one of 'average', "
+                                                    "'worst_class', 'worst_pseudo_group', 'worst_group', 'unbiased', "
+                                                    "got 'test'")),
+    ("methods.robust_train.jtt.trainer", "dfr", ("methods.robust_train.jtt.trainer must be one of 'upsample', "
+                                                 "'cluster_reweight', 'groupdro', got 'dfr'")),
+    ("methods.last_layer.x", {"groups": "classes"}, ("methods.last_layer.x must be a mapping with exactly the keys "
+                                                     "groups, trainer, got")),
+    ("methods.robust_train.jtt.groups", "exmap_globl", (r"methods.robust_train.jtt.groups is 'exmap_globl', which no "
+                                                        r"listed group inference writes \(written: true_groups, "
+                                                        r"classes, jtt, exmap_global, exmap_local, clusterfix;")),
+    ("methods.robust_train.masktune", {"groups": "jtt", "trainer": "groupdro", "selection": "average"},
+     "methods.robust_train.masktune: the name 'masktune' is already a model of `methods`"),
+    ("methods.robust_train.My-Pair", {}, ("methods.robust_train must be a mapping whose names are lower-case "
+                                          "identifiers, got 'My-Pair'")),
+    ("recipes.celeba.upsample.upweight", -1, "recipes.celeba.upsample.upweight must be an integer >= 0, got -1"),
     ("randmask.cutout_sides", [14, 2], r"randmask.cutout_sides must be a list of 2 integers in \[1, 10000\], in asc"),
     ("recipes.celeba.train_erm.epochs", None, ("recipes.celeba.train_erm.epochs must be an integer >= 1 "
                                                r"\(a recipe value may not be null\), got None")),
@@ -145,8 +167,10 @@ def test_registries_are_keyed_by_the_schema_names():
     assert set(schema.PREPARE) == set(DATASETS)
     assert schema.FOLDER_TRANSFORMS == folder.VIEW_PRESETS
     assert schema.FOLDER_NORMALISATIONS == tuple(folder.NORMALISATIONS)
-    assert {name: method.kind for name, method in METHODS.items()} == {
-        name: kind for kind, names in schema.METHOD_KINDS.items() for name in names}
+    assert set(schema.METHOD_KINDS["masking"]) == set(MASKING_TITLES)
+    assert schema.METHOD_KINDS["labels"] == tuple(LABEL_GROUPS)
+    assert schema.TRAINERS == TRAINERS and schema.LAST_LAYER_TRAINERS == LAST_LAYER_TRAINERS
+    assert set(STAGE_CONFIGS["robust_train@*"]) == set(TRAINERS)
 
 
 def test_a_foreach_stage_reads_its_own_methods_params_only(tmp_path):
@@ -168,3 +192,17 @@ def test_stage_with_a_bad_param_exits_2_with_one_line_and_writes_nothing(tmp_pat
     assert result.returncode == 2
     assert result.stderr.strip() == "error: params.yaml: finetune.lr must be a number > 0.0 or null, got 'abc'"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dvc.yaml", "params.yaml"]
+
+
+def test_a_pair_stage_reads_its_pair_and_its_trainer_section_only(tmp_path):
+    """`robust_train@<name>` declares `methods.robust_train.${key}` and `${item.trainer}` (its trainer's
+    section): another trainer's params do not reach it, and a new pair is a params edit, no code."""
+    values = _set(committed_params(), "methods.robust_train.groupdro_clusterfix",
+                  {"groups": "clusterfix", "trainer": "groupdro", "selection": "worst_pseudo_group"})
+    pair = _load(tmp_path, "robust_train@groupdro_clusterfix", values)
+    assert (pair.groups, pair.trainer, pair.selection, pair.step_size) == ("clusterfix", "groupdro",
+                                                                          "worst_pseudo_group", 0.01)
+    assert _load(tmp_path, "robust_train@groupdro_clusterfix", _set(values, "upsample.upweight", 7)) == pair
+    dvc_text = (ROOT / "dvc.yaml").read_text().replace("        - ${item.trainer}\n", "        - upsample\n", 1)
+    with pytest.raises(UserError, match="stage 'robust_train@groupdro_clusterfix' reads param 'groupdro.step_size'"):
+        _load(tmp_path, "robust_train@groupdro_clusterfix", values, dvc_text)

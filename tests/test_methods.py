@@ -1,4 +1,5 @@
-"""The methods registry and JTT's pieces, on small cases computed by hand."""
+"""The methods' shared pieces on small cases computed by hand: JTT's error set and upsampling, model
+selection and its group-label use, the report's names and table."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,11 +8,11 @@ import torch
 
 from masktune.data.samples import SampleSet
 from masktune.data.splits import PixelSplit, ResampledSplit
-from masktune.errors import UserError
-from masktune.eval.report import comparison_markdown, headline
-from masktune.methods import METHODS, GroupLabels, get_method, listed_methods
-from masktune.methods.jtt import JTT, error_set, upsampled_rows
-from masktune.methods.selection import selection_score
+from masktune.eval.report import comparison_markdown, headline, method_title
+from masktune.eval.selection import GroupLabels, group_labels_used, selection_score
+from masktune.group_inference.jtt import error_set
+from masktune.methods import reported_models
+from masktune.robust_train.upsample import upsampled_rows
 
 
 def test_error_set_is_the_misclassified_training_examples():
@@ -57,13 +58,29 @@ def test_an_upsampled_epoch_shows_each_error_image_upweight_times():
 def test_selection_reads_group_labels_only_for_group_scores():
     val = _split()  # groups (2 * attribute + label): [0, 3, 1, 2, 1]
     predictions = np.array([0, 1, 1, 1, 0])  # wrong on rows 3 and 4
-    assert selection_score(val, "average")(predictions) == {"accuracy": 0.6}
-    assert selection_score(val, "worst_group")(predictions) == {"accuracy": 0.6, "worst_group_accuracy": 0.0}
-    assert str(JTT.group_labels_for("average")) == "✗/✗"
+
+    def score(selection, **groups):
+        return selection_score(val.labels, selection, **groups)(predictions)
+
+    assert score("average") == {"accuracy": 0.6}
+    assert score("worst_group", true_groups=val.groups) == {"accuracy": 0.6, "worst_group_accuracy": 0.0}
     # group accuracies: g0 1, g1 0.5 (rows 2 and 4), g2 0, g3 1 -> unweighted mean 0.625
-    assert selection_score(val, "unbiased")(predictions) == {"accuracy": 0.6, "unbiased_accuracy": 0.625}
-    assert str(JTT.group_labels_for("worst_group")) == "✗/✓"
-    assert str(JTT.group_labels_for("unbiased")) == "✗/✓"
+    assert score("unbiased", true_groups=val.groups) == {"accuracy": 0.6, "unbiased_accuracy": 0.625}
+    # classes: 0 (rows 0, 3) 0.5, 1 (rows 1, 2, 4) 2/3
+    assert score("worst_class") == {"accuracy": 0.6, "worst_class_accuracy": 0.5}
+    pseudo = np.array([0, 0, 1, 1, 1])  # the method's own groups: rows 2-4 have 1 of 3 right
+    assert score("worst_pseudo_group", pseudo_groups=pseudo) == {"accuracy": 0.6,
+                                                                 "worst_pseudo_group_accuracy": pytest.approx(1 / 3)}
+    with pytest.raises(ValueError, match="unknown selection 'best'"):
+        selection_score(val.labels, "best")
+
+
+@pytest.mark.parametrize("selection,inferred,true", [("average", "✗/✗", "✓/✗"), ("worst_class", "✗/✗", "✓/✗"),
+                                                     ("worst_pseudo_group", "✗/✗", "✓/✓"),
+                                                     ("worst_group", "✗/✓", "✓/✓"), ("unbiased", "✗/✓", "✓/✓")])
+def test_group_label_use_follows_the_groups_file_and_the_selection(selection, inferred, true):
+    assert str(group_labels_used(False, selection)) == inferred  # inferred groups (JTT's, ExMap's, ...)
+    assert str(group_labels_used(True, selection)) == true       # the true groups
 
 
 def test_a_training_pass_records_each_prediction_before_its_step():
@@ -84,15 +101,17 @@ def test_a_training_pass_records_each_prediction_before_its_step():
     assert stats["accuracy"] == (recorded == data.labels).mean()
 
 
-def test_the_registry_lists_methods_in_the_params_order():
-    assert [m.name for m in listed_methods({"erm": ("erm",), "masking": ("masktune",), "jtt": ("jtt",)})] == \
-        ["erm", "masktune", "jtt"]
-    assert get_method("erm").model_file("models").as_posix() == "models/erm_best.pt"
-    assert get_method("jtt").model_file("models").as_posix() == "models/jtt.pt"
-    # none by default, but the supervised reference of ExMap's comparison
-    assert [name for name, method in METHODS.items() if str(method.group_labels) != "✗/✗"] == ["dfr_groups"]
-    with pytest.raises(UserError, match="unknown method 'dfr'"):
-        get_method("dfr")
+def test_the_report_lists_the_models_of_the_params_in_order_and_names_them_from_their_checkpoints():
+    methods = {"erm": ("erm",), "masking": ("masktune",), "jtt": ("jtt",),
+               "robust_train": {"jtt": {}, "groupdro_exmap": {}}, "last_layer": {"dfr_groups": {}}}
+    assert {name: path.as_posix() for name, path in reported_models(methods, "models").items()} == {
+        "erm": "models/erm_best.pt", "masktune": "models/masktune.pt", "jtt": "models/jtt.pt",
+        "groupdro_exmap": "models/groupdro_exmap.pt", "dfr_groups": "models/dfr_groups.pt"}
+    assert method_title("erm", {}) == "ERM"
+    assert method_title("masktune", {"method": "masktune"}) == "MaskTune (Asgari et al., 2022)"
+    assert method_title("jtt", {"groups": "jtt", "trainer": "upsample"}) == "JTT (Liu et al., 2021)"  # a paper's pair
+    assert method_title("x", {"groups": "exmap_global", "trainer": "groupdro"}) == "GroupDRO with G-ExMap's groups"
+    assert method_title("y", {"groups": "my_groups", "trainer": "dfr"}) == "DFR with my_groups"  # any other file
     assert GroupLabels(training=True, model_selection=False).as_dict() == {"training": True, "model_selection": False}
 
 

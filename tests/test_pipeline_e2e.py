@@ -2,16 +2,20 @@
 MNIST when it is beside the project, else its synthetic twin (the same IDX format).
 
 Checks what a researcher relies on: one `dvc repro` runs every method of the `methods` param (ERM,
-RandMask, MaskTune, JTT, DFR with classes and with true groups, G-ExMap, L-ExMap and ClusterFix) and
-compares them; the same params rerun to the same bytes; a change to one method's params reruns that
-method's stages and evaluate only (`jtt.upweight`, `randmask.seed`, `exmap.*`, `dfr.*`, `clusterfix.*`);
-`-S finetune.lr=...` reruns both finetunes; `-S lr=...` reruns train_erm and everything after it
-but not prepare or JTT; `dvc metrics diff` shows the change; removing a method from `methods` drops
-its stages; a second `dvc repro` runs nothing; a bad param stops `dvc repro` with one clear line,
-before any work when it belongs to a later stage.
+RandMask, MaskTune, the group inference and every (groups, trainer) pair: JTT, ClusterFix, GroupDRO
+with true and inferred groups, the DFR models, G-ExMap, L-ExMap) and compares them; the same params
+rerun to the same bytes; a change to one method's params reruns that method's stages and the reports
+only (`upsample.*`, `randmask.seed`, `cluster_reweight.*`, `exmap.*`, `clusterfix.*`, `dfr.*`), and a
+groups file's consumers; `-S finetune.lr=...` reruns both finetunes; `-S lr=...` reruns train_erm and
+everything after it but not prepare, JTT or the pairs on groups that do not come from ERM; `dvc metrics
+diff` shows the change; a pair is added or removed with one `-S`; editing one method's module reruns its
+stages only, and editing another dataset's module nothing after `prepare`; a second `dvc repro` runs
+nothing; a bad param stops `dvc repro` with one clear line, before any work when it belongs to a later
+stage.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 
@@ -19,21 +23,27 @@ import pytest
 import yaml
 from conftest import MNIST_DIR
 from fixtures_datasets import make_mnist
+from pipeline_checks import ALL_STAGES, MASKING, METHODS, PAIRS, REPORTS, expected_group_labels
 from scratch import RUNNING_STAGE, ScratchProject
 
 pytestmark = pytest.mark.slow
 
-MASKING = ["materialize_masked_dataset@randmask", "materialize_masked_dataset@masktune", "finetune@randmask",
-           "finetune@masktune"]
-JTT = ["jtt_identify@jtt", "jtt_retrain@jtt"]
-DFR = ["dfr@dfr_classes", "dfr@dfr_groups"]
-EXMAP = ["exmap_heatmaps@exmap", "exmap_groups@exmap", "exmap_dfr@exmap"]
-CLUSTERFIX = ["clusterfix_features@clusterfix", "clusterfix_clusters@clusterfix", "clusterfix_train@clusterfix"]
-REPORTS = ["evaluate", "selective"]  # both read every checkpoint in models/
-ALL_STAGES = ["prepare", "train_erm", "compute_saliency", *MASKING, *JTT, *DFR, *EXMAP, *CLUSTERFIX, *REPORTS]
-METHODS = ["erm", "randmask", "masktune", "jtt", "dfr_classes", "dfr_groups", "exmap_global", "exmap_local",
-           "clusterfix"]
-SUPERVISED = {"dfr_groups"}  # the supervised reference: true validation groups (✓/✓)
+MODELS = ["erm", *METHODS["masking"], *METHODS["robust_train"], *METHODS["last_layer"]]
+EXMAP = ["exmap_heatmaps@exmap", "exmap_groups@exmap", "exmap_extend@exmap"]
+CLUSTERFIX = ["clusterfix_features@clusterfix", "clusterfix_clusters@clusterfix"]
+LAST_LAYER = [pair for pair in PAIRS if pair.startswith("last_layer@")]
+
+
+def _consumers(*groups: str) -> list[str]:
+    """The pairs that read one of these groups files."""
+    return [f"{kind}@{name}" for kind in ("robust_train", "last_layer") for name, pair in METHODS[kind].items()
+            if pair["groups"] in groups]
+
+
+def _ran(project, *args: str) -> tuple[list[str], list[str]]:
+    """(stages run before the reports, sorted; the reports) of one dvc command."""
+    ran = project.stages_run(*args)
+    return sorted(ran[:-2]), ran[-2:]
 
 
 @pytest.fixture(scope="module")
@@ -47,15 +57,15 @@ def project(tmp_path_factory):
         mnist_dir = make_mnist(tmp_path_factory.mktemp("mnist"))
     small = {"prepare": {"biased_mnist": {"mnist_dir": str(mnist_dir), "train_limit": 3000, "test_limit": 1000,
                                           "val_size": 600}},
-             "train_erm": {"epochs": 1}, "jtt": {"epochs": 2}, "clusterfix": {"epochs": 1},
-             "selective": {"control_seed_offsets": []}}  # the control's training: tests/test_selective_e2e.py
+             "train_erm": {"epochs": 1}, "upsample": {"epochs": 2}, "cluster_reweight": {"epochs": 1},
+             "groupdro": {"epochs": 1}, "selective": {"control_seed_offsets": []}}  # the control: test_selective_e2e
     return ScratchProject(tmp_path_factory.mktemp("scratch") / "project", small)
 
 
 def test_pipeline_reruns_exactly_what_a_change_affects(project):
     assert project.stages_run("repro") == ALL_STAGES
     headline = json.loads((project.path / "metrics/evaluate.json").read_text())
-    assert list(headline) == METHODS
+    assert list(headline) == MODELS
     for model in headline.values():  # the headline: three numbers per test split, nothing else
         assert set(model) == {"test_original", "test_biased"}
         assert all(set(m) == {"average", "unbiased", "worst_group"} and 0 <= m["worst_group"] <= m["average"] <= 1
@@ -65,9 +75,12 @@ def test_pipeline_reruns_exactly_what_a_change_affects(project):
     for name, method in details.items():
         assert set(method["results"]) == {"test_original", "test_biased", "val"}
         assert method["results"]["test_biased"]["accuracy"] == headline[name]["test_biased"]["average"]
-        assert method["group_labels"] == ("✓/✓" if name in SUPERVISED else "✗/✗")
+        assert method["group_labels"] == expected_group_labels(name)
+    assert [name for name in MODELS if expected_group_labels(name) == "✓/✓"] == ["groupdro_true_groups", "dfr_groups"]
     table = (project.path / "metrics/comparison.md").read_text()
-    assert table.count("| ✗/✗ |") == len(METHODS) - 1 and table.count("| ✓/✓ |") == 1
+    assert table.count("| ✗/✗ |") == len(MODELS) - 2 and table.count("| ✓/✓ |") == 2
+    assert "| GroupDRO, true groups (supervised reference) | ✓/✓ |" in table
+    assert "| GroupDRO with G-ExMap's groups | ✗/✗ |" in table
     for name in ("randmask", "masktune"):  # the gallery: one PNG per class
         gallery = sorted((project.path / f"metrics/masks/{name}").iterdir())
         assert [p.name for p in gallery] == ["00_digits_0-4.png", "01_digits_5-9.png"]
@@ -78,49 +91,89 @@ def test_pipeline_reruns_exactly_what_a_change_affects(project):
     assert project.stages_run("repro", "--force", "--no-run-cache") == ALL_STAGES
     assert project.run("git", "status", "--porcelain").stdout == ""
 
-    # One method's params rerun that method's stages and the reports only: three methods' params in one run
-    # (each run costs DVC's start and the reports), the union of their stages and nothing else.
-    errors = json.loads((project.path / "metrics/jtt/error_set.json").read_text())["error_set_size"]
-    ran = project.stages_run("exp", "run", "-S", "jtt.upweight=3", "-S", "randmask.seed=1", "-S", "clusterfix.beta=0.5")
-    assert sorted(ran[:-2]) == sorted(["materialize_masked_dataset@randmask", "finetune@randmask", "jtt_retrain@jtt",
-                                       "clusterfix_train@clusterfix"]) and ran[-2:] == REPORTS
-    live = json.loads((project.path / "metrics/jtt/train/metrics.json").read_text())
+    # A trainer's params rerun the pairs of that trainer, a masking method's its stages, and the reports:
+    # three in one run (each run costs DVC's start and the reports), the union of their stages.
+    errors = json.loads((project.path / "metrics/groups/jtt.json").read_text())["error_set_size"]
+    ran, reports = _ran(project, "exp", "run", "-S", "upsample.upweight=3", "-S", "randmask.seed=1",
+                        "-S", "cluster_reweight.beta=0.5")
+    upsample = [f"robust_train@{n}" for n, p in METHODS["robust_train"].items() if p["trainer"] == "upsample"]
+    assert ran == sorted(["materialize_masked_dataset@randmask", "finetune@randmask", "robust_train@clusterfix",
+                          *upsample]) and reports == REPORTS
+    live = json.loads((project.path / "metrics/robust_train/jtt/metrics.json").read_text())
     assert live["upsampled_size"] == 2400 + 3 * errors  # the error set appended 3 times (official)
 
-    # ExMap's params rerun ExMap's stages from the one that reads them, ClusterFix's ClusterFix's (both in
-    # one run); DFR's, every DFR and ExMap's last.
-    assert project.stages_run("exp", "run", "-S", "exmap.clusters=3", "-S", "clusterfix.clusters_per_class=3") == [
-        "exmap_groups@exmap", "exmap_dfr@exmap", *CLUSTERFIX[1:], *REPORTS]
-    clusters = json.loads((project.path / "metrics/clusterfix/pseudo_labels.json").read_text())
-    assert clusters["clusters_per_class"] == 3 and len(clusters["train"]["clusters"]) == 6
-    assert 0 < clusters["train"]["purity"] <= 1
+    # ExMap's params rerun ExMap's stages from the one that reads them, ClusterFix's ClusterFix's, and the
+    # pairs on their groups (both in one run); DFR's, every last-layer pair.
+    ran, reports = _ran(project, "exp", "run", "-S", "exmap.clusters=3", "-S", "clusterfix.clusters_per_class=3")
+    assert ran == sorted([*EXMAP[1:], *CLUSTERFIX[1:], *_consumers("exmap_global", "exmap_local", "clusterfix")])
+    clusters = json.loads((project.path / "metrics/groups/clusterfix.json").read_text())
+    assert clusters["clusters_per_class"] == 3 and clusters["groups"] == 6 and 0 < clusters["train"]["purity"] <= 1
     assert json.loads((project.path / "metrics/exmap/pseudo_groups.json").read_text())["clusters_chosen"] == {
         "y0": 3, "y1": 3, "all": 3}
-    ran = project.stages_run("exp", "run", "-S", "exmap.heatmaps=xgradcam", "-S", "dfr.refits=3")
-    assert sorted(ran[:-2]) == sorted([*DFR, *EXMAP]) and ran[-2:] == REPORTS
+    ran, reports = _ran(project, "exp", "run", "-S", "exmap.heatmaps=xgradcam", "-S", "dfr.refits=3")
+    assert ran == sorted({*EXMAP, *LAST_LAYER, *_consumers("exmap_global", "exmap_local")}) and reports == REPORTS
 
     assert project.stages_run("exp", "run", "-S", "finetune.lr=0.005") == [
         "finetune@randmask", "finetune@masktune", *REPORTS]
     assert json.loads((project.path / "metrics/finetune/masktune.json").read_text())["lr"] == 0.005
 
+    # ERM's learning rate: everything that reads ERM's model, and the pairs on groups made from it
+    # (ExMap's heatmaps, ClusterFix's features: the ERM model's on MNIST); not JTT (from its own start)
     before = json.loads((project.path / "metrics/evaluate.json").read_text())
-    assert project.stages_run("exp", "run", "-S", "lr=0.02") == ["train_erm", "compute_saliency", *MASKING, *DFR,
-                                                                  *EXMAP, *CLUSTERFIX, *REPORTS]
+    ran, reports = _ran(project, "exp", "run", "-S", "lr=0.02")
+    from_erm = {"train_erm", "compute_saliency", *MASKING, *EXMAP, *CLUSTERFIX, *LAST_LAYER,
+                *_consumers("exmap_global", "exmap_local", "clusterfix")}
+    assert ran == sorted(from_erm) and reports == REPORTS
     diff = json.loads(project.dvc("metrics", "diff", "--all", "--json").stdout)["metrics/evaluate.json"]
-    assert set(diff) == {f"{m}.{s}.{k}" for m in METHODS for s in ("test_original", "test_biased")
+    assert set(diff) == {f"{m}.{s}.{k}" for m in MODELS for s in ("test_original", "test_biased")
                          for k in ("average", "unbiased", "worst_group")}  # the headline only, every method side by side
-    assert json.loads((project.path / "metrics/evaluate.json").read_text())["jtt"] == before["jtt"]  # not from ERM
-    # ClusterFix trains from scratch too, but clusters the ERM model's features (its biased_mnist recipe)
+    after = json.loads((project.path / "metrics/evaluate.json").read_text())
+    assert all(after[name] == before[name] for name in ("jtt", "groupdro_true_groups", "groupdro_jtt"))  # not from ERM
     params_diff = json.loads(project.dvc("params", "diff", "--json").stdout)["params.yaml"]
     assert (params_diff["lr"]["old"], params_diff["lr"]["new"]) == (None, 0.02)  # null: recipes.biased_mnist.lr
     assert json.loads((project.path / "metrics/train_erm/metrics.json").read_text())["recipe"]["lr"] == 0.02
 
-    # Dropping a method from the list drops its stages from the pipeline and its row from the report.
-    assert project.stages_run("exp", "run", "-S", "methods.jtt=[]") == REPORTS
-    assert list(json.loads((project.path / "metrics/evaluate.json").read_text())) == [m for m in METHODS if m != "jtt"]
-    assert "jtt_retrain" not in project.dvc("stage", "list").stdout
+    # A pair in or out is one -S: its stage joins or leaves the pipeline, its row the report.
+    added = "+methods.robust_train.groupdro_clusterfix={groups: clusterfix, trainer: groupdro, selection: average}"
+    assert project.stages_run("exp", "run", "-S", added) == ["robust_train@groupdro_clusterfix", *REPORTS]
+    assert "GroupDRO with ClusterFix's clusters" in (project.path / "metrics/comparison.md").read_text()
+    assert project.stages_run("exp", "run", "-S", "~methods.robust_train.jtt") == REPORTS
+    assert "jtt" not in json.loads((project.path / "metrics/evaluate.json").read_text())
+    assert "robust_train@jtt" not in project.dvc("stage", "list").stdout
 
     assert project.stages_run("repro") == []
+
+
+@contextlib.contextmanager
+def _edited(project, module: str):
+    """`module` of the scratch project with one more line, as a contributor's edit, restored after."""
+    path = project.path / module
+    original = path.read_text()
+    path.write_text(original + "\n# an edit\n")
+    try:
+        yield
+    finally:
+        path.write_text(original)
+
+
+def test_editing_one_module_reruns_only_the_stages_that_import_it(project):
+    """Precise deps: another dataset's module reruns `prepare` only, whose output is unchanged, so nothing
+    after it; a group inference's module its own stages; a trainer's module the pairs that use it."""
+    def stale() -> list[str]:
+        return sorted(json.loads(project.dvc("status", "--json").stdout))
+
+    project.stages_run("repro")  # up to date (a no-op after the test above)
+    project.commit("current")
+    groupdro = [f"robust_train@{n}" for n, p in yaml.safe_load((project.path / "params.yaml").read_text())[
+        "methods"]["robust_train"].items() if p["trainer"] == "groupdro"]
+    with _edited(project, "masktune/group_inference/clusterfix.py"):
+        assert stale() == sorted(CLUSTERFIX)
+    with _edited(project, "masktune/robust_train/groupdro.py"):
+        assert stale() == sorted(groupdro)
+    with _edited(project, "masktune/datasets/celeba.py"):
+        assert stale() == ["prepare"]
+        assert project.stages_run("repro") == ["prepare"]  # the same prepared file: nothing after it reruns
+    assert project.stages_run("repro") == ["prepare"]
 
 
 def _repro_with_params(project, edit) -> subprocess.CompletedProcess:

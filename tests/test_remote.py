@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 from fixtures_datasets import make_mnist
-from pipeline_checks import SMALL_MODEL
+from pipeline_checks import NO_GROUP_METHODS, SMALL_MODEL
 from scratch import RUNNING_STAGE, ScratchProject
 
 STAGES = ["prepare", "train_erm", "train_erm_control@1", "compute_saliency", "evaluate", "selective"]
@@ -37,7 +37,7 @@ def _small_params(mnist_dir: Path) -> dict:
     """ERM only (every other method's list empty) and its selective-classification control, 600 synthetic
     digits, tiny_cnn for one epoch."""
     return {"prepare": {"biased_mnist": {"mnist_dir": str(mnist_dir), "val_size": 100}},
-            "methods": {"erm": ["erm"], "masking": [], "jtt": [], "dfr": [], "exmap": [], "clusterfix": []},
+            "methods": {"erm": ["erm"], "masking": [], **NO_GROUP_METHODS},
             "train_erm": dict(SMALL_MODEL), "saliency": {"batch_size": 64, "workers": 0},
             "eval_batch_size": 256, "evaluate": {"workers": 0}}
 

@@ -1,8 +1,8 @@
 """Training that survives preemption, in process: `fit` stopped after an epoch and called again with
 the same journal key ends exactly as an uninterrupted run (checkpoints and every logged number), for
-plain ERM (with a learning-rate schedule) and for ClusterFix, whose heads and cluster weights change
-from epoch to epoch beside the network. The same with real kills, as the stage runs:
-tests/test_distributed.py."""
+plain ERM (with a learning-rate schedule), for ClusterFix, whose heads and cluster weights change
+from epoch to epoch beside the network, and for GroupDRO, whose group weights and group-balanced draws
+do. The same with real kills, as the stage runs: tests/test_distributed.py."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,10 +13,12 @@ import torch
 
 from masktune.data.samples import SampleSet
 from masktune.data.splits import PixelSplit
-from masktune.methods.clusterfix import ClusterFixTraining, ClusterWeights, PseudoHeads, PseudoLabels
 from masktune.models import SmallCNN
+from masktune.robust_train.cluster_reweight import ClusterReweight, ClusterWeights, PseudoHeads
+from masktune.robust_train.groupdro import GroupDRO
+from masktune.train import fit as fit_module
 from masktune.train.fit import fit, live_folder
-from masktune.train.loop import make_optimizer, seed_everything, train_epoch
+from masktune.train.loop import make_optimizer, seed_everything
 
 CPU = torch.device("cpu")
 EPOCHS = 3
@@ -34,35 +36,39 @@ def _split(n: int, seed: int) -> PixelSplit:
     return PixelSplit.from_samples(SampleSet(images, labels, np.zeros(n, dtype=np.int64), np.arange(n)))
 
 
-def _run(folder: Path, method: str, stop_before: int | None = None) -> None:
+def _run(folder: Path, method: str, monkeypatch, stop_before: int | None = None) -> None:
     """Train EPOCHS epochs into `folder` (best.pt, last.pt, live/); raise Preempted before epoch
     `stop_before` (1-based) when given. Everything is rebuilt from the seed, as a rerun of the stage."""
     generator = seed_everything(0)
     train, val = _split(96, 0), _split(32, 1)
     model = SmallCNN(2)
+    groups = train.labels * 2 + np.arange(96) % 2
     extra: dict = {}
     if method == "clusterfix":
-        ids = {"train": train.labels * 2 + np.arange(96) % 2, "val": val.labels * 2}
         heads = PseudoHeads(model.classifier.in_features, 2, 2)
         optimizer = torch.optim.SGD([*model.parameters(), *heads.parameters()], lr=0.05, momentum=0.9)
-        training = ClusterFixTraining(heads, ClusterWeights(ids["train"], 4, 0.3), PseudoLabels(2, 2, ids), beta=0.5)
-        epoch_fn, extra = training.epoch, {"epoch_state": training}
+        extra = {"objective": ClusterReweight(heads, ClusterWeights(groups, 4, 0.3),
+                                              {"train": np.arange(96) % 2, "val": np.zeros(32, int)}, beta=0.5)}
+    elif method == "groupdro":
+        optimizer = make_optimizer(model, 0.05, 0.9, 1e-4)
+        extra = {"objective": GroupDRO(groups, step_size=0.5, adjustment=1.0, reweight_groups=True)}
     else:
         optimizer = make_optimizer(model, 0.05, 0.9, 1e-4)
         extra = {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=EPOCHS)}
-        epoch_fn = train_epoch
+    train_epoch = fit_module.train_epoch
 
     def epoch(*args, **kwargs):
         number = int(kwargs["desc"].split(" epoch ")[1].split("/")[0])  # fit's "<name> epoch k/EPOCHS"
         if stop_before is not None and number >= stop_before:
             raise Preempted
-        return epoch_fn(*args, **kwargs)
+        return train_epoch(*args, **kwargs)
 
-    with live_folder(folder / "live") as live:
-        fit(model, optimizer, train, val, epochs=EPOCHS, batch_size=16, eval_batch_size=32, generator=generator,
-            device=CPU, live=live, best_path=folder / "best.pt", last_path=folder / "last.pt",
-            checkpoint_info={"arch": "small_cnn", "num_classes": 2}, epoch_fn=epoch, resume={"key": method},
-            **extra)
+    with monkeypatch.context() as patch:
+        patch.setattr(fit_module, "train_epoch", epoch)
+        with live_folder(folder / "live") as live:
+            fit(model, optimizer, train, val, epochs=EPOCHS, batch_size=16, eval_batch_size=32, generator=generator,
+                device=CPU, live=live, best_path=folder / "best.pt", last_path=folder / "last.pt",
+                checkpoint_info={"arch": "small_cnn", "num_classes": 2}, resume={"key": method}, **extra)
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -70,14 +76,14 @@ def _files(folder: Path) -> dict[str, bytes]:
             if p.is_file() and ".partial" not in p.parts[-2]}
 
 
-@pytest.mark.parametrize("method", ["erm", "clusterfix"])
-def test_a_preempted_fit_resumes_to_the_uninterrupted_result(tmp_path, method, capsys):
-    _run(tmp_path / "whole", method)
+@pytest.mark.parametrize("method", ["erm", "clusterfix", "groupdro"])
+def test_a_preempted_fit_resumes_to_the_uninterrupted_result(tmp_path, method, capsys, monkeypatch):
+    _run(tmp_path / "whole", method, monkeypatch)
     for stop_before in (2, 3):  # killed after epoch 1, then again after epoch 2
         with pytest.raises(Preempted):
-            _run(tmp_path / "cut", method, stop_before=stop_before)
+            _run(tmp_path / "cut", method, monkeypatch, stop_before=stop_before)
     assert (tmp_path / "cut/best.pt.partial/epoch.pt").is_file()
-    _run(tmp_path / "cut", method)
+    _run(tmp_path / "cut", method, monkeypatch)
     assert "resuming after epoch 2" in capsys.readouterr().out
     whole = _files(tmp_path / "whole")
     assert {"best.pt", "last.pt", "live/metrics.json", "live/plots/metrics/train/loss.tsv"} <= set(whole)

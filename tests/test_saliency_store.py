@@ -1,7 +1,6 @@
 """compute_saliency streams, resumes after a kill -9 to the same content, and never leaves a half file."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,12 +13,13 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT, committed_params
+from fixtures_datasets import prepared_attributes
 
 from masktune.config.stages import SaliencyConfig
 from masktune.data.prepared import PreparedFile, write_prepared
 from masktune.data.splits import open_split, to_input
 from masktune.data.views import PLAIN
-from masktune.datasets.biased_mnist import GROUP_NAMES, build_biased_split
+from masktune.datasets.biased_mnist import build_biased_split
 from masktune.io.journal import ResumeJournal
 from masktune.models import SmallCNN
 from masktune.models.checkpoint import save_checkpoint
@@ -39,8 +39,7 @@ def workdir(tmp_path_factory, digits):
     folder = tmp_path_factory.mktemp("saliency")
     images, labels = digits["train"]
     train = build_biased_split(images[:N_IMAGES], labels[:N_IMAGES], 0.01, 4, (255, 0, 0))
-    write_prepared(folder / "prepared.h5", {"train": train},
-                   {"dataset": "biased_mnist", "num_classes": 2, "group_names": json.dumps(GROUP_NAMES)})
+    write_prepared(folder / "prepared.h5", {"train": train}, prepared_attributes("biased_mnist"))
     torch.manual_seed(0)
     model = SmallCNN(2)
     save_checkpoint(folder / "model.pt", model, make_optimizer(model, 0.01, 0.9, 1e-4), arch="small_cnn",

@@ -21,7 +21,7 @@ import pytest
 import torch
 from conftest import MNIST_DIR
 from fixtures_datasets import make_cifar10, make_mnist
-from pipeline_checks import SMALL_RUN
+from pipeline_checks import NO_GROUP_METHODS, SMALL_RUN
 from scratch import ScratchProject, merge
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,7 @@ def project(tmp_path_factory):
     small = {"dataset": "mnist",
              "prepare": {"mnist": {"mnist_dir": str(mnist_dir), "train_limit": 3000, "test_limit": 1000,
                                    "val_size": 600}},
-             "methods": {"erm": ["erm"], "masking": ["masktune"], "jtt": [], "dfr": [], "exmap": [], "clusterfix": []},
+             "methods": {"erm": ["erm"], "masking": ["masktune"], **NO_GROUP_METHODS},
              "train_erm": {"epochs": 1}}
     return ScratchProject(tmp_path_factory.mktemp("scratch") / "project", small)
 
@@ -112,7 +112,7 @@ def test_the_mode_on_a_cifar10_fixture(tmp_path):
     """CIFAR-10 pickles (48 train, 12 val, 10 test images), tiny_cnn for one epoch, ERM and MaskTune."""
     params = merge(copy.deepcopy(SMALL_RUN), {
         "dataset": "cifar10", "prepare": {"cifar10": {"dir": str(make_cifar10(tmp_path / "cifar10"))}},
-        "methods": {"erm": ["erm"], "masking": ["masktune"], "jtt": [], "dfr": [], "exmap": [], "clusterfix": []},
+        "methods": {"erm": ["erm"], "masking": ["masktune"], **NO_GROUP_METHODS},
         "selective": {"control_seed_offsets": [1]}})
     project = ScratchProject(tmp_path / "project", params)
     assert project.stages_run("repro") == STAGES

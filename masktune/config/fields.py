@@ -7,6 +7,7 @@ one-line `UserError` such as `params.yaml: train_erm.epochs must be an integer >
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,4 +217,40 @@ class AutoInt(Field):
             return value
         if isinstance(value, bool) or not isinstance(value, int) or value < self.minimum:
             raise self._fail(key, value)
+        return value
+
+
+NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Pairs(Field):
+    """Methods as (groups, trainer) pairs: {name: {groups: <a groups file>, trainer: <one of trainers>,
+    selection: <one of selections>}} (no `selection` where `selections` is empty: DFR tunes on the groups).
+    Names are lower-case identifiers (they name stages, checkpoints and files). Which groups files exist
+    is checked against the listed group inference by `schema.validate`."""
+    trainers: tuple[str, ...] = ()
+    selections: tuple[str, ...] = ()
+
+    def keys(self) -> tuple[str, ...]:
+        return ("groups", "trainer", "selection") if self.selections else ("groups", "trainer")
+
+    def _describe(self) -> str:
+        entry = "{groups: <groups file>, trainer: " + "|".join(self.trainers)
+        entry += (", selection: " + "|".join(self.selections) if self.selections else "") + "}"
+        return "a mapping of method names (lower-case identifiers) to " + entry
+
+    def _check(self, key, value):
+        if not isinstance(value, dict):
+            raise self._fail(key, value)
+        for name, pair in value.items():
+            where = f"{key}.{name}"
+            if not isinstance(name, str) or not NAME.match(name):
+                raise invalid(key, "a mapping whose names are lower-case identifiers", name)
+            if not isinstance(pair, dict) or set(pair) != set(self.keys()):
+                raise invalid(where, "a mapping with exactly the keys " + ", ".join(self.keys()), pair)
+            Text().check(f"{where}.groups", pair["groups"])
+            Choice(options=self.trainers).check(f"{where}.trainer", pair["trainer"])
+            if self.selections:
+                Choice(options=self.selections).check(f"{where}.selection", pair["selection"])
         return value

@@ -30,34 +30,43 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def _render(entry: str, values: dict, item: str | None = None) -> str:
+def _lookup(values: Any, dotted: str) -> Any:
+    node = values
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _render(entry: str, values: dict, context: dict) -> str:
     """DVC's `${key}` templating in a params entry (`recipes.${dataset}.lr`), from params.yaml, and a
-    foreach stage's `${item}`."""
+    foreach stage's `${item}`, `${item.<field>}` (a dict item: a (groups, trainer) pair) and `${key}`."""
     def value(match: re.Match) -> str:
-        if match[1] == "item" and item is not None:
-            return item
-        node: Any = values
-        for part in match[1].split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        return str(node)
+        head = match[1].split(".")[0]
+        return str(_lookup(context, match[1]) if head in context else _lookup(values, match[1]))
     return _TEMPLATE.sub(value, entry)
 
 
 def declared_params(stage: str, dvc_file: str | Path, values: dict | None = None) -> list[str]:
     """The param keys dvc.yaml lists for `stage` (from params.yaml, the default params file), with
     `${...}` templates rendered from `values` (params.yaml) as DVC renders them. A foreach stage is
-    named as DVC names it, `<stage>@<item>`; its `do:` entry is read with `${item}` = item."""
-    dvc_file = Path(dvc_file)
+    named as DVC names it, `<stage>@<item>` (or `<stage>@<key>` over a mapping); its `do:` entry is read
+    with `${item}` = item (or `${key}` = key and `${item}` = the mapping's value there)."""
+    dvc_file, values = Path(dvc_file), values or {}
     stages = read_yaml(dvc_file).get("stages", {})
     name, _, item = stage.partition("@")
     entry = stages.get(name)
     if entry is None or bool(item) != ("foreach" in entry):
         raise UserError(f"{dvc_file}: no stage named '{stage}'")
-    entry = entry["do"] if item else entry
+    context: dict = {}
+    if item:
+        source = _TEMPLATE.fullmatch(str(entry["foreach"]))
+        over = _lookup(values, source[1]) if source else None
+        context = {"key": item, "item": over[item]} if isinstance(over, dict) and item in over else {"item": item}
+        entry = entry["do"]
     declared: list[str] = []
     for param in entry.get("params", []) or []:
         if isinstance(param, str):
             declared.append(param)
         elif isinstance(param, dict):  # {other_params_file: [keys]}: only params.yaml is ours
             declared.extend(k for keys in param.values() for k in (keys or []))
-    return [_render(param, values or {}, item or None) for param in declared]
+    return [_render(param, values, context) for param in declared]

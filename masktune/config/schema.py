@@ -27,6 +27,7 @@ from masktune.config.fields import (
     NameList,
     Number,
     NumberList,
+    Pairs,
     Text,
     invalid,
 )
@@ -36,22 +37,40 @@ DATASET_NAMES = ("biased_mnist", "waterbirds", "celeba", "in9l", "cmnist", "fold
                  "cats_vs_dogs")
 ARCH_NAMES = ("small_cnn", "resnet18", "resnet50", "tiny_cnn", "resnet18_cifar", "resnet32")
 PRECISIONS = ("float32", "bfloat16", "float16")
-# The methods one `dvc repro` can compare, by kind: the kind is the list under `methods` a method is
-# named in, and decides its stages in dvc.yaml (one `foreach` per kind). `masktune.methods.METHODS`
-# holds their code; tests/test_config.py checks that the two agree.
+# The methods one `dvc repro` can compare (params.yaml `methods`). Lists of fixed names: ERM, the masking
+# methods, and the group inference to run (each writes groups files, masktune/groups.py; a kind's
+# list is a `foreach` in dvc.yaml). Mappings of (groups, trainer) pairs: the robust trainers
+# (masktune/robust_train/, one `robust_train@<name>` stage each) and the last-layer trainers
+# (masktune/last_layer/, `last_layer@<name>`). tests/test_config.py checks these names against the
+# registries of the code.
 METHOD_KINDS = {
     "erm": ("erm",),                      # the ERM model of train_erm: no stage of its own
     "masking": ("randmask", "masktune"),  # materialize_masked_dataset@<name>, finetune@<name>
-    "jtt": ("jtt",),                      # jtt_identify@<name>, jtt_retrain@<name>
-    "dfr": ("dfr_classes", "dfr_groups"),  # dfr@<name>
-    "exmap": ("exmap",),                  # exmap_heatmaps@<name>, exmap_groups@<name>, exmap_dfr@<name>
-    "clusterfix": ("clusterfix",),        # clusterfix_features@<name>, clusterfix_clusters@<name>, clusterfix_train@<name>
+    "labels": ("true_groups", "classes"),  # label_groups@<name>: data/groups/<name>.h5
+    "jtt": ("jtt",),                      # jtt_identify@<name>: data/groups/<name>.h5
+    "exmap": ("exmap",),                  # exmap_heatmaps, exmap_groups, exmap_extend@<name>: <name>_global, _local
+    "clusterfix": ("clusterfix",),        # clusterfix_features, clusterfix_clusters@<name>: data/groups/<name>.h5
 }
+TRAINERS = ("upsample", "cluster_reweight", "groupdro")   # masktune/robust_train/<trainer>.py
+LAST_LAYER_TRAINERS = ("dfr",)                             # masktune/last_layer/<trainer>.py
+PAIR_KINDS = ("robust_train", "last_layer")
+PAIRS_PREFIXES = tuple(f"methods.{kind}." for kind in PAIR_KINDS)
+# model selection on validation (masktune/eval/selection.py): average | worst class (✗) | the method's own
+# worst group (✗ unless its groups are the true ones) | worst true group | unbiased (mean of the true groups) (✓)
+SELECTIONS = ("average", "worst_class", "worst_pseudo_group", "worst_group", "unbiased")
+
+
+def group_files(methods: Mapping) -> dict[str, str]:
+    """{groups file name: the group inference that writes it} of the listed group inference."""
+    files = {name: "labels" for name in methods.get("labels", ())}
+    files |= {name: "jtt" for name in methods.get("jtt", ())}
+    files |= {f"{name}_{scope}": "exmap" for name in methods.get("exmap", ()) for scope in ("global", "local")}
+    return files | {name: "clusterfix" for name in methods.get("clusterfix", ())}
+
+
 HEATMAPS = ("lrp", "xgradcam")                 # ExMap: its LRP heatmaps (official) | MaskTune's XGradCAM maps
 CLUSTERINGS = ("spectral", "umap_kmeans")      # ExMap: spectral + eigengap | UMAP 2-D + k-means
 ERROR_SET_PASSES = ("training", "eval")        # JTT: the official training-pass predictions | an eval pass
-# model selection: val average (no group labels) | worst group | unbiased (mean of the group accuracies)
-SELECTIONS = ("average", "worst_group", "unbiased")
 FEATURE_BACKBONES = ("erm", "resnet18")        # ClusterFix's features: the ERM model's | ImageNet ResNet-18
 OPTIMIZERS = ("sgd", "adam")                   # ClusterFix: the ERM recipe's SGD | the official Adam; ERM likewise
 WEIGHT_STATISTICS = ("incremental", "recompute")  # ClusterFix's cluster losses: O(batch) | the official O(N K)
@@ -151,6 +170,8 @@ SCHEMA: dict[str, Field] = {
     "saliency.workers": Int(0, MAX_WORKERS, recipe=True),
     "saliency.resume_every": Int(1),
     **{f"methods.{kind}": NameList(options=names) for kind, names in METHOD_KINDS.items()},
+    "methods.robust_train": Pairs(trainers=TRAINERS, selections=SELECTIONS),
+    "methods.last_layer": Pairs(trainers=LAST_LAYER_TRAINERS),
     "masktune.threshold_std": Number(0.0),
     "randmask.cutout_sides": IntList(length=2, minimum=1, maximum=10_000, ascending=True),
     "randmask.seed": Int(0),
@@ -162,12 +183,9 @@ SCHEMA: dict[str, Field] = {
     "finetune.seed": Int(0),
     "jtt.identification_epochs": Int(0, recipe=True),
     "jtt.error_set_pass": Choice(options=ERROR_SET_PASSES),
-    "jtt.upweight": Int(0, recipe=True),
-    "jtt.epochs": Int(1, recipe=True),
     "jtt.lr": Number(0.0, exclusive_minimum=True, recipe=True),
     "jtt.weight_decay": Number(0.0, recipe=True),
     "jtt.batch_size": Int(1, recipe=True),
-    "jtt.selection": Choice(options=SELECTIONS),
     "jtt.workers": Int(0, MAX_WORKERS),
     "jtt.seed": Int(0),
     "dfr.c_grid": NumberList(),
@@ -186,19 +204,36 @@ SCHEMA: dict[str, Field] = {
     "clusterfix.backbone": Choice(options=FEATURE_BACKBONES, recipe=True),
     "clusterfix.weights_path": FilePath(nullable=True),
     "clusterfix.clusters_per_class": Int(1, recipe=True),
-    "clusterfix.beta": Number(0.0, recipe=True),
-    "clusterfix.momentum": Number(0.0, 1.0),
-    "clusterfix.optimizer": Choice(options=OPTIMIZERS, recipe=True),
-    "clusterfix.lr": Number(0.0, exclusive_minimum=True, recipe=True),
-    "clusterfix.weight_decay": Number(0.0, recipe=True),
-    "clusterfix.batch_size": Int(1, recipe=True),
-    "clusterfix.epochs": Int(1, recipe=True),
-    "clusterfix.lr_schedule": Choice(options=LR_SCHEDULES, recipe=True),
-    "clusterfix.selection": Choice(options=SELECTIONS),
-    "clusterfix.statistics": Choice(options=WEIGHT_STATISTICS),
-    "clusterfix.val_losses_into_train_buffer": Bool(),
     "clusterfix.workers": Int(0, MAX_WORKERS),
     "clusterfix.seed": Int(0, nullable=True),
+    "upsample.upweight": Int(0, recipe=True),
+    "upsample.epochs": Int(1, recipe=True),
+    "upsample.lr": Number(0.0, exclusive_minimum=True, recipe=True),
+    "upsample.weight_decay": Number(0.0, recipe=True),
+    "upsample.batch_size": Int(1, recipe=True),
+    "upsample.workers": Int(0, MAX_WORKERS),
+    "upsample.seed": Int(0),
+    "cluster_reweight.beta": Number(0.0, recipe=True),
+    "cluster_reweight.momentum": Number(0.0, 1.0),
+    "cluster_reweight.optimizer": Choice(options=OPTIMIZERS, recipe=True),
+    "cluster_reweight.lr": Number(0.0, exclusive_minimum=True, recipe=True),
+    "cluster_reweight.weight_decay": Number(0.0, recipe=True),
+    "cluster_reweight.batch_size": Int(1, recipe=True),
+    "cluster_reweight.epochs": Int(1, recipe=True),
+    "cluster_reweight.lr_schedule": Choice(options=LR_SCHEDULES, recipe=True),
+    "cluster_reweight.statistics": Choice(options=WEIGHT_STATISTICS),
+    "cluster_reweight.val_losses_into_train_buffer": Bool(),
+    "cluster_reweight.workers": Int(0, MAX_WORKERS),
+    "cluster_reweight.seed": Int(0, nullable=True),
+    "groupdro.step_size": Number(0.0, exclusive_minimum=True),
+    "groupdro.adjustment": Number(0.0, recipe=True),
+    "groupdro.reweight_groups": Bool(),
+    "groupdro.lr": Number(0.0, exclusive_minimum=True, recipe=True),
+    "groupdro.weight_decay": Number(0.0, recipe=True),
+    "groupdro.batch_size": Int(1, recipe=True),
+    "groupdro.epochs": Int(1, recipe=True),
+    "groupdro.workers": Int(0, MAX_WORKERS),
+    "groupdro.seed": Int(0),
     "mask_examples_per_group": Int(1, 16),
     "evaluate.workers": Int(0, MAX_WORKERS),
     "selective.control_seed_offsets": IntSet(minimum=1),
@@ -220,7 +255,7 @@ def lookup(values: Mapping, key: str) -> Any:
 def _leaves(node: Mapping, prefix: str = "") -> Iterator[str]:
     for name, value in node.items():
         key = f"{prefix}{name}"
-        if isinstance(value, Mapping) and value:
+        if isinstance(value, Mapping) and value and key not in SCHEMA:  # a mapping-valued param is one leaf
             yield from _leaves(value, key + ".")
         else:
             yield key
@@ -228,6 +263,21 @@ def _leaves(node: Mapping, prefix: str = "") -> Iterator[str]:
 
 def _known_keys() -> list[str]:
     return list(SCHEMA) + [f"recipes.{name}.{key}" for name in DATASET_NAMES for key in RECIPE_KEYS]
+
+
+def _check_pairs(methods: Mapping) -> None:
+    """Every pair reads a groups file the listed group inference writes, and no two models share a name."""
+    files = group_files(methods)
+    names = [*methods["erm"], *methods["masking"]]
+    for kind in PAIR_KINDS:
+        for name, pair in methods[kind].items():
+            if pair["groups"] not in files:
+                raise UserError(f"{SOURCE}: methods.{kind}.{name}.groups is {pair['groups']!r}, which no listed group "
+                                f"inference writes (written: {', '.join(files) or 'none'}; e.g. list exmap in "
+                                "methods.exmap for exmap_global and exmap_local)")
+            if name in names:
+                raise UserError(f"{SOURCE}: methods.{kind}.{name}: the name {name!r} is already a model of `methods`")
+            names.append(name)
 
 
 def validate(values: Mapping) -> None:
@@ -245,6 +295,7 @@ def validate(values: Mapping) -> None:
             if value is None:
                 raise invalid(full, SCHEMA[key].expected() + " (a recipe value may not be null)", value)
             SCHEMA[key].check(full, value)
+    _check_pairs(values["methods"])
     known = _known_keys()
     for key in _leaves(values):
         if key not in known:

@@ -107,8 +107,10 @@ class FinetuneConfig(_DataParallelTraining):
 
 
 @dataclass(frozen=True)
-class _JttTraining(_Network, _DataParallelTraining):
-    """What both JTT models train with: the network of train_erm, JTT's recipe."""
+class JttIdentifyConfig(_Network, _DataParallelTraining):
+    """JTT's identification model: ERM for T epochs with JTT's recipe, then the error set."""
+    epochs: int = _key("jtt.identification_epochs")
+    error_set_pass: str = _key("jtt.error_set_pass")
     lr: float = _key("jtt.lr")
     weight_decay: float = _key("jtt.weight_decay")
     batch_size: int = _key("jtt.batch_size")
@@ -117,33 +119,14 @@ class _JttTraining(_Network, _DataParallelTraining):
 
 
 @dataclass(frozen=True)
-class JttIdentifyConfig(_JttTraining):
-    """JTT's identification model: ERM for T epochs, then the error set."""
-    epochs: int = _key("jtt.identification_epochs")
-    error_set_pass: str = _key("jtt.error_set_pass")
-
-
-@dataclass(frozen=True)
-class JttRetrainConfig(_JttTraining):
-    """JTT's final model: ERM again, from the same start, with the error set upsampled."""
-    epochs: int = _key("jtt.epochs")
-    upweight: int = _key("jtt.upweight")
-    selection: str = _key("jtt.selection")
-
-
-@dataclass(frozen=True)
-class DfrConfig:
-    """DFR's last-layer retraining on the validation set (dfr@<name>, and ExMap's exmap_dfr@<name>)."""
-    eval_batch_size: int = _key("eval_batch_size")
-    c_grid: tuple[float, ...] = _key("dfr.c_grid")
-    tune_splits: int = _key("dfr.tune_splits")
-    refits: int = _key("dfr.refits")
-    seed: int = _key("dfr.seed")
-    workers: int = _key("dfr.workers")
+class LabelGroupsConfig:
+    """The true groups or the classes as a groups file: no param of its own (the prepared file has them)."""
 
 
 @dataclass(frozen=True)
 class ExMapHeatmapsConfig(_Distributed):
+    """ExMap's heatmaps: of the validation images (exmap_heatmaps), and of the training images, streamed
+    into their pseudo-groups (exmap_extend)."""
     heatmaps: str = _key("exmap.heatmaps")
     gamma: float = _key("exmap.gamma")
     heatmap_size: int = _key("exmap.heatmap_size")
@@ -173,21 +156,69 @@ class ClusterFixClustersConfig:
 
 
 @dataclass(frozen=True)
-class ClusterFixTrainConfig(_Network):
-    """ClusterFix's model: the network of train_erm, trained from the same start with ClusterFix's loss."""
-    beta: float = _key("clusterfix.beta")
-    weight_momentum: float = _key("clusterfix.momentum")
-    optimizer: str = _key("clusterfix.optimizer")
-    lr: float = _key("clusterfix.lr")
-    weight_decay: float = _key("clusterfix.weight_decay")
-    batch_size: int = _key("clusterfix.batch_size")
-    epochs: int = _key("clusterfix.epochs")
-    lr_schedule: str = _key("clusterfix.lr_schedule")
-    selection: str = _key("clusterfix.selection")
-    statistics: str = _key("clusterfix.statistics")
-    val_losses_into_train_buffer: bool = _key("clusterfix.val_losses_into_train_buffer")
-    workers: int = _key("clusterfix.workers")
-    seed: int | None = _key("clusterfix.seed")
+class _RobustTraining(_Network, _DataParallelTraining):
+    """A (groups, trainer) pair of `methods.robust_train` (`${name}`: the pair's name) and its model
+    selection, trained with the trainer's recipe on train_erm's network from ERM's start."""
+    groups: str = _key("methods.robust_train.${name}.groups")
+    trainer: str = _key("methods.robust_train.${name}.trainer")
+    selection: str = _key("methods.robust_train.${name}.selection")
+
+
+@dataclass(frozen=True)
+class UpsampleConfig(_RobustTraining):
+    """JTT's retraining: the minority groups' rows appended λ_up times."""
+    upweight: int = _key("upsample.upweight")
+    epochs: int = _key("upsample.epochs")
+    lr: float = _key("upsample.lr")
+    weight_decay: float = _key("upsample.weight_decay")
+    batch_size: int = _key("upsample.batch_size")
+    workers: int = _key("upsample.workers")
+    seed: int = _key("upsample.seed")
+
+
+@dataclass(frozen=True)
+class ClusterReweightConfig(_RobustTraining):
+    """ClusterFix's training: cluster re-weighting and pseudo-label heads."""
+    beta: float = _key("cluster_reweight.beta")
+    weight_momentum: float = _key("cluster_reweight.momentum")
+    optimizer: str = _key("cluster_reweight.optimizer")
+    lr: float = _key("cluster_reweight.lr")
+    weight_decay: float = _key("cluster_reweight.weight_decay")
+    batch_size: int = _key("cluster_reweight.batch_size")
+    epochs: int = _key("cluster_reweight.epochs")
+    lr_schedule: str = _key("cluster_reweight.lr_schedule")
+    statistics: str = _key("cluster_reweight.statistics")
+    val_losses_into_train_buffer: bool = _key("cluster_reweight.val_losses_into_train_buffer")
+    workers: int = _key("cluster_reweight.workers")
+    seed: int | None = _key("cluster_reweight.seed")
+
+
+@dataclass(frozen=True)
+class GroupDroConfig(_RobustTraining):
+    """GroupDRO: online group weights (step size, adjustment), group-balanced sampling, its recipe."""
+    step_size: float = _key("groupdro.step_size")
+    adjustment: float = _key("groupdro.adjustment")
+    reweight_groups: bool = _key("groupdro.reweight_groups")
+    lr: float = _key("groupdro.lr")
+    weight_decay: float = _key("groupdro.weight_decay")
+    batch_size: int = _key("groupdro.batch_size")
+    epochs: int = _key("groupdro.epochs")
+    workers: int = _key("groupdro.workers")
+    seed: int = _key("groupdro.seed")
+
+
+@dataclass(frozen=True)
+class DfrConfig:
+    """DFR on a (groups, dfr) pair of `methods.last_layer`: the last layer of the best ERM model
+    retrained on the validation set, balanced over the pair's groups."""
+    groups: str = _key("methods.last_layer.${name}.groups")
+    trainer: str = _key("methods.last_layer.${name}.trainer")
+    eval_batch_size: int = _key("eval_batch_size")
+    c_grid: tuple[float, ...] = _key("dfr.c_grid")
+    tune_splits: int = _key("dfr.tune_splits")
+    refits: int = _key("dfr.refits")
+    seed: int = _key("dfr.seed")
+    workers: int = _key("dfr.workers")
 
 
 @dataclass(frozen=True)
@@ -208,32 +239,39 @@ class SelectiveConfig:
 
 
 MASK_CONFIGS = {"masktune": MaskTuneMaskConfig, "randmask": RandMaskMaskConfig}
-# Keyed by the stage names DVC gives (`<stage>@<item>` for a foreach stage).
+TRAINER_CONFIGS = {"upsample": UpsampleConfig, "cluster_reweight": ClusterReweightConfig, "groupdro": GroupDroConfig}
+LAST_LAYER_CONFIGS = {"dfr": DfrConfig}
+# Keyed by the stage names DVC gives (`<stage>@<item>` for a foreach stage); `<stage>@*` for a foreach over
+# numbers (the control's seed offsets) or over pairs, whose config is the trainer's.
 STAGE_CONFIGS = {
     "prepare": PrepareConfig,
     "train_erm": TrainErmConfig,
     "compute_saliency": SaliencyConfig,
     **{f"materialize_masked_dataset@{name}": MASK_CONFIGS[name] for name in schema.METHOD_KINDS["masking"]},
     **{f"finetune@{name}": FinetuneConfig for name in schema.METHOD_KINDS["masking"]},
+    **{f"label_groups@{name}": LabelGroupsConfig for name in schema.METHOD_KINDS["labels"]},
     **{f"jtt_identify@{name}": JttIdentifyConfig for name in schema.METHOD_KINDS["jtt"]},
-    **{f"jtt_retrain@{name}": JttRetrainConfig for name in schema.METHOD_KINDS["jtt"]},
-    **{f"dfr@{name}": DfrConfig for name in schema.METHOD_KINDS["dfr"]},
     **{f"exmap_heatmaps@{name}": ExMapHeatmapsConfig for name in schema.METHOD_KINDS["exmap"]},
     **{f"exmap_groups@{name}": ExMapGroupsConfig for name in schema.METHOD_KINDS["exmap"]},
-    **{f"exmap_dfr@{name}": DfrConfig for name in schema.METHOD_KINDS["exmap"]},
+    **{f"exmap_extend@{name}": ExMapHeatmapsConfig for name in schema.METHOD_KINDS["exmap"]},
     **{f"clusterfix_features@{name}": ClusterFixFeaturesConfig for name in schema.METHOD_KINDS["clusterfix"]},
     **{f"clusterfix_clusters@{name}": ClusterFixClustersConfig for name in schema.METHOD_KINDS["clusterfix"]},
-    **{f"clusterfix_train@{name}": ClusterFixTrainConfig for name in schema.METHOD_KINDS["clusterfix"]},
+    "robust_train@*": TRAINER_CONFIGS,     # by the pair's trainer
+    "last_layer@*": LAST_LAYER_CONFIGS,
     "evaluate": EvaluateConfig,
     "train_erm_control@*": TrainErmConfig,  # one per selective.control_seed_offsets entry: ERM's, seed + offset
     "selective": SelectiveConfig,
 }
 
 
-def _config_class(stage: str):
-    """The config of `stage`: by its name, or for a foreach over numbers (`train_erm_control@1`) by `<stage>@*`."""
-    name, at, _ = stage.partition("@")
+def _config_class(stage: str, values: dict):
+    """The config of `stage`: by its name; for a foreach over numbers (`train_erm_control@1`) by `<stage>@*`;
+    for a pair (`robust_train@jtt`), its trainer's."""
+    name, at, item = stage.partition("@")
     config = STAGE_CONFIGS.get(stage) or (STAGE_CONFIGS.get(f"{name}@*") if at else None)
+    if isinstance(config, dict):
+        pair = values.get("methods", {}).get(name, {}).get(item)
+        config = config.get(pair.get("trainer")) if isinstance(pair, dict) else None
     if config is None:
         raise UserError(f"no stage config named '{stage}' (known: {', '.join(STAGE_CONFIGS)})")
     return config
@@ -244,6 +282,7 @@ class _Resolver:
 
     def __init__(self, stage: str, values: dict, declared: list[str]):
         self.stage, self.values, self.declared = stage, values, declared
+        self.item = stage.partition("@")[2]
 
     def read(self, key: str) -> Any:
         if not any(key == d or key.startswith(d + ".") for d in self.declared):
@@ -254,6 +293,9 @@ class _Resolver:
     def resolve(self, key: str) -> Any:
         if "${dataset}" in key:
             key = key.replace("${dataset}", self.read("dataset"))
+        key = key.replace("${name}", self.item)
+        if key.startswith(schema.PAIRS_PREFIXES):  # a field of one (groups, trainer) pair, checked as a whole
+            return self.read(key)
         if key in schema.SCHEMA:
             value = self.read(key)
             if value is None and schema.SCHEMA[key].recipe:
@@ -267,8 +309,8 @@ class _Resolver:
 
 def load_stage_config(stage: str, params_file: str | Path = "params.yaml", dvc_file: str | Path = "dvc.yaml"):
     """The typed config of `stage`, after validating every param of params.yaml."""
-    config = _config_class(stage)
     values = read_yaml(params_file)
     schema.validate(values)
+    config = _config_class(stage, values)
     resolver = _Resolver(stage, values, declared_params(stage, dvc_file, values))
     return config(**{f.name: resolver.resolve(f.metadata["key"]) for f in dataclasses.fields(config)})

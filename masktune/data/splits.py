@@ -135,6 +135,10 @@ class Split(Dataset):
                         workers: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
         raise NotImplementedError
 
+    def source_rows(self, index: np.ndarray) -> np.ndarray:
+        """The rows of the prepared split behind the items `index` (themselves, but for a resampled split)."""
+        return index
+
 
 class PixelSplit(Split):
     """uint8 pixel arrays (N, H, W, C), read whole on first use (training, prediction) or streamed
@@ -260,6 +264,9 @@ class ResampledSplit(Split):
     def __getitem__(self, i: int):
         image, label, group, _ = self.base[int(self.rows[i])]
         return image, label, group, i
+
+    def source_rows(self, index: np.ndarray) -> np.ndarray:
+        return self.base.source_rows(self.rows[index])
 
     def batches(self, batch_size, device, generator=None, world=None):
         if type(self.base) is PixelSplit:  # the fast path: index the pixels in memory (not augmented)

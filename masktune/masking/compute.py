@@ -37,3 +37,15 @@ def write_random_masks(out: str | Path, rows: int, size: tuple[int, int], sides:
     step = _chunk_rows(*size)
     chunks = ((first, box_masks(boxes[first:first + step], *size)) for first in range(0, rows, step))
     return write_masks(out, rows, size, chunks, attrs)
+
+
+def write_method_masks(method: str, config, saliency: str | Path, out: str | Path, rows: int,
+                       size: tuple[int, int], attrs: dict) -> np.ndarray:
+    """The masks of masking method `method` (its stage's config): MaskTune's saliency threshold
+    (Asgari et al., NeurIPS 2022, src/utils/masking.py) or the paper's RandMask baseline (one Cutout
+    square per image, src/utils/cutout.py). Returns each image's masked pixel fraction."""
+    if method == "masktune":
+        return write_saliency_masks(saliency, out, rows, size, config.threshold_std, attrs)
+    if method == "randmask":
+        return write_random_masks(out, rows, size, config.cutout_sides, config.seed, attrs)
+    raise ValueError(f"unknown masking method {method!r}")

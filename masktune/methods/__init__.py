@@ -1,48 +1,28 @@
-"""The methods one `dvc repro` compares, in one registry.
-
-A method is one small class in its own module (as DomainBed's `algorithms.py`), registered here by
-name, plus its stage entries in dvc.yaml; `masktune.config.schema.METHOD_KINDS` names its kind, the
-list under `methods` in params.yaml that runs it. Each declares whether it uses group labels for
-training and for model selection (the literature's ✗/✓). The checkpoints the methods' own stages
-write record it again (`group_labels`: JTT's depends on `jtt.selection`), and the report reads it
-from there; ERM's checkpoints carry no record, and the report takes the registry's.
+"""The models one `dvc repro` compares, read from the `methods` param: ERM (train_erm's best
+checkpoint), each masking method's fine-tuned model (`methods.masking`: MaskTune, RandMask), and each
+(groups, trainer) pair (`methods.robust_train`, `methods.last_layer`: JTT, ClusterFix, GroupDRO, DFR,
+ExMap, and any combination). Only names and files: what a model is (its title, its group-label use) is
+recorded in its checkpoint by the stage that trained it, so the reports (`evaluate`, `selective`) import
+no method's code, and editing one method reruns its own stages only.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
 
-from masktune.errors import UserError
-from masktune.methods.base import GroupLabels, Method
-from masktune.methods.clusterfix import ClusterFix
-from masktune.methods.dfr import DFR
-from masktune.methods.erm import ERM
-from masktune.methods.exmap import ExMap
-from masktune.methods.jtt import JTT
-from masktune.methods.masking import MaskTune, RandMask
-
-METHODS: dict[str, Method] = {method.name: method for method in (
-    ERM(), RandMask(), MaskTune(), JTT(),
-    DFR("dfr_classes", "DFR, class labels as groups", group_source="classes"),
-    DFR("dfr_groups", "DFR, true validation groups (supervised reference)", group_source="groups"),
-    ExMap(), ClusterFix())}
+ERM_MODEL = "erm"
+TRAINED = ("masking", "robust_train", "last_layer")  # the kinds of `methods` whose entries are models
 
 
-def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise UserError(f"unknown method '{name}' (known: {', '.join(METHODS)})")
-    return METHODS[name]
+def model_file(models_dir: str | Path, name: str) -> Path:
+    """The checkpoint the reports read for model `name` (ERM: its best-validation checkpoint)."""
+    return Path(models_dir) / ("erm_best.pt" if name == ERM_MODEL else f"{name}.pt")
 
 
-def reported_models(methods: Mapping[str, tuple[str, ...]], models_dir: str | Path) -> dict[str, tuple[Method, str, Path]]:
-    """{model name: (its method, title, checkpoint)} of every model the listed methods produce, in order."""
-    return {name: (method, title, path) for method in listed_methods(methods)
-            for name, (title, path) in method.reported_models(models_dir).items()}
-
-
-def listed_methods(methods: Mapping[str, tuple[str, ...]]) -> list[Method]:
-    """The methods of the `methods` param, kind by kind in its order (the report's order)."""
-    return [get_method(name) for names in methods.values() for name in names]
-
-
-__all__ = ["METHODS", "GroupLabels", "Method", "get_method", "listed_methods", "reported_models"]
+def reported_models(methods: Mapping, models_dir: str | Path) -> dict[str, Path]:
+    """{model name: checkpoint} of every model the `methods` param lists, in report order: ERM, the
+    masking methods, the robust trainers, the last-layer trainers."""
+    names = [ERM_MODEL] if ERM_MODEL in methods.get("erm", ()) else []
+    for kind in TRAINED:
+        names += list(methods.get(kind, ()))
+    return {name: model_file(models_dir, name) for name in names}

@@ -42,6 +42,7 @@ from masktune.io.journal import EpochJournal, file_identity
 from masktune.models.checkpoint import checkpoint_bytes
 from masktune.models.precision import MixedPrecision
 from masktune.train.loop import predict, train_epoch, validation_accuracy
+from masktune.train.objective import ERM, Objective
 
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Split, val: Split, *, epochs: int,
@@ -49,26 +50,24 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Split, val: S
         best_path: str | Path, last_path: str | Path | None = None, checkpoint_info: dict,
         score: Callable[[np.ndarray], dict[str, float]] | None = None, select_by: str = "accuracy",
         name: str = "ERM", scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-        epoch_fn: Callable[..., dict[str, float]] = train_epoch, resume: Mapping | None = None,
-        amp: MixedPrecision | None = None, epoch_state=None) -> dict:
+        objective: Objective = ERM, resume: Mapping | None = None, amp: MixedPrecision | None = None) -> dict:
     """Train `epochs` epochs; save the best checkpoint (and the last); return the best epoch (1-based)
     and its validation scores. `checkpoint_info` (arch, num_classes, ...) goes into every checkpoint.
     `scheduler`, when given, steps after each epoch's training pass (each epoch's learning rate is logged
-    as `train/lr`). `epoch_fn` is one training pass with `train_epoch`'s signature (a method's own loss:
-    ClusterFix); every number it returns is logged as `train/<name>`. `resume`: the fingerprint under
-    which an epoch journal is kept and resumed (None: no journal); `epoch_state`: what else `epoch_fn`
-    changes from epoch to epoch (an object with `state_dict` / `load_state_dict`: ClusterFix's heads
-    and cluster weights), journaled with the rest. `amp`: the precision of the training passes
-    (None: float32). Only rank 0 writes files."""
+    as `train/lr`). `objective`: each batch's loss (ERM's, or a method's: GroupDRO, ClusterFix); every
+    number the training pass returns is logged as `train/<name>`, and the objective's state (ClusterFix's
+    heads and cluster weights, GroupDRO's group weights) is journaled with the rest. `resume`: the
+    fingerprint under which an epoch journal is kept and resumed (None: no journal). `amp`: the
+    precision of the training passes (None: float32). Only rank 0 writes files."""
     world = current_world()
     score = score or validation_accuracy(val)
     amp = amp or MixedPrecision("float32", device)
-    state = TrainingState(model, optimizer, scheduler, generator, amp, epoch_state)
+    state = TrainingState(model, optimizer, scheduler, generator, amp, objective)
     journal = _open_journal(best_path, resume, world)
     start = state.restore(journal, live, best_path, last_path, world, name)
     for epoch in range(start, epochs):
-        stats = epoch_fn(model, optimizer, train, batch_size, generator, device,
-                         desc=f"{name} epoch {epoch + 1}/{epochs}", amp=amp)
+        stats = train_epoch(model, optimizer, train, batch_size, generator, device,
+                            desc=f"{name} epoch {epoch + 1}/{epochs}", amp=amp, objective=objective)
         logged = {}
         if scheduler is not None:
             logged["train/lr"] = optimizer.param_groups[0]["lr"]  # this epoch's
@@ -116,9 +115,9 @@ class TrainingState:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler | None, generator: torch.Generator,
-                 amp: MixedPrecision, epoch_state=None):
+                 amp: MixedPrecision, objective: Objective = ERM):
         self.model, self.optimizer, self.scheduler, self.generator = model, optimizer, scheduler, generator
-        self.amp, self.epoch_state = amp, epoch_state
+        self.amp, self.objective = amp, objective
         self.best_score, self.best = -math.inf, {}
         self.best_checkpoint: bytes | None = None
         self.last_checkpoint: bytes | None = None
@@ -129,7 +128,7 @@ class TrainingState:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
                 "grad_scaler": self.amp.state_dict(),
-                "epoch_state": None if self.epoch_state is None else self.epoch_state.state_dict(),
+                "epoch_state": self.objective.state_dict(),
                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
@@ -149,8 +148,7 @@ class TrainingState:
         if self.scheduler is not None:
             self.scheduler.load_state_dict(saved["scheduler"])
         self.amp.load_state_dict(saved["grad_scaler"])
-        if self.epoch_state is not None:
-            self.epoch_state.load_state_dict(saved["epoch_state"])
+        self.objective.load_state_dict(saved["epoch_state"])
         self.generator.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])
         if saved["cuda_rng"] is not None and torch.cuda.is_available():

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -30,6 +29,7 @@ from masktune.distributed import (
     sync_buffers,
 )
 from masktune.models.precision import MixedPrecision
+from masktune.train.objective import ERM, Objective
 
 
 def progress(iterable, desc: str, total: int | None = None) -> tqdm:
@@ -50,15 +50,30 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float,
+def resolve_seed(seed: int | None, param: str) -> int:
+    """`seed`, or a fresh one drawn from the OS when it is None (ClusterFix's official code seeds
+    nothing): the stage records the seed it used, so an unseeded run can still be repeated."""
+    if seed is not None:
+        return seed
+    import secrets
+
+    drawn = secrets.randbelow(2 ** 31)
+    print(f"{param} is null: drew seed {drawn} (recorded in the stage's metrics)")
+    return drawn
+
+
+def make_optimizer(parameters: nn.Module | Iterable[nn.Parameter], lr: float, momentum: float, weight_decay: float,
                    kind: str = "sgd") -> torch.optim.Optimizer:
-    """SGD (momentum, no Nesterov), or Adam with torch's default betas and eps, `momentum` unused: the official
-    `prepare_optimizer` (aliasgharkhani/Masktune src/methods/base_method.py L129-143; Adam: Cats vs Dogs)."""
+    """SGD (momentum, no Nesterov), or Adam with torch's default betas and eps and L2 weight decay (not
+    AdamW), `momentum` unused, over a model's parameters or a list of them: the official
+    `prepare_optimizer` (aliasgharkhani/Masktune src/methods/base_method.py L129-143; Adam: Cats vs Dogs,
+    and ClusterFix's run.py L85)."""
+    parameters = parameters.parameters() if isinstance(parameters, nn.Module) else parameters
     if kind == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
     if kind != "sgd":
         raise ValueError(f"unknown optimizer {kind!r}")
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, epochs: int, milestone_every: int = 1,
@@ -105,43 +120,51 @@ def restore_optimizer(model: nn.Module, checkpoint: dict, lr: float | None = Non
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split, batch_size: int,
                 generator: torch.Generator, device: torch.device, desc: str,
-                predictions: np.ndarray | None = None, amp: MixedPrecision | None = None) -> dict[str, float]:
-    """One shuffled pass over `data`; returns the mean loss (weighted by batch size, so it is the mean
-    over samples) and the accuracy over the epoch. With `predictions` (an array of len(data)), each
-    sample's predicted class is written there as the pass computes it, before the step on its batch
-    (what JTT's official code logs to form its error set).
+                predictions: np.ndarray | None = None, amp: MixedPrecision | None = None,
+                objective: Objective = ERM) -> dict[str, float]:
+    """One pass over `data` (shuffled by `generator`, or as the objective's `epoch_data` draws it), each
+    batch stepped on `objective.batch_loss` (ERM's mean cross-entropy by default); returns the mean loss
+    (weighted by batch size, so it is the mean over samples), the accuracy and the objective's other
+    logged numbers over the epoch. With `predictions` (an array of len(data)), each sample's predicted
+    class is written there as the pass computes it, before the step on its batch (what JTT's official
+    code logs to form its error set).
 
     Under torchrun each rank trains on its part of every global batch of `batch_size` through DDP
     (masktune.distributed says how that equals one process); the returned numbers are over all ranks.
     `amp`: the run's precision (autocast, float16 gradient scaling); None: float32."""
     amp = amp or MixedPrecision("float32", device)
     world = current_world()
+    if world.distributed and not objective.data_parallel:
+        raise ValueError(f"{type(objective).__name__} trains as one process")
+    if amp.precision not in objective.precisions:
+        raise ValueError(f"{type(objective).__name__} trains in {', '.join(objective.precisions)} only")
     network = data_parallel(model, world)
     model.train()
-    total_loss, correct, n = 0.0, 0, len(data)
+    data, generator = objective.epoch_data(data, generator)
+    totals: dict[str, float] = {"loss": 0.0, "accuracy": 0.0}
+    n = len(data)
     seen: list[tuple[np.ndarray, np.ndarray]] = []
     bar = progress(data.batches(batch_size, device, generator, world), desc, total=-(-n // batch_size))
     for step, (inputs, index) in enumerate(bar):
         whole = min(batch_size, n - step * batch_size)
         own = len(shard_batch(np.arange(whole), world))  # 0: a stand-in batch that only keeps DDP in step
         targets = torch.from_numpy(np.asarray(data.labels)[index]).to(device)
-        with amp.autocast():
-            logits = network(inputs)
-        loss = F.cross_entropy(logits.float(), targets)
+        logits, loss, logged = objective.batch_loss(network, model, inputs, targets, data.source_rows(index), amp)
         optimizer.zero_grad(set_to_none=True)
         amp.backward_and_step(loss * batch_share(own, whole, world) if world.distributed else loss, optimizer)
         if own:
-            total_loss += loss.item() * len(index)
+            for key, value in (("loss", loss), *logged.items()):
+                totals[key] = totals.get(key, 0.0) + value.item() * len(index)
             predicted = logits.argmax(1)
-            correct += (predicted == targets).sum().item()
+            totals["accuracy"] += (predicted == targets).sum().item()
             if predictions is not None:
                 seen.append((index, predicted.cpu().numpy()))
         bar.set_postfix(loss=f"{loss.item():.4f}")
     sync_buffers(model, world)
+    objective.end_epoch(model, device)
     if predictions is not None:
         _record_predictions(predictions, seen, world)
-    total_loss, correct = all_sum([total_loss, float(correct)], world)
-    return {"loss": total_loss / n, "accuracy": correct / n}
+    return dict(zip(totals, (total / n for total in all_sum(list(totals.values()), world))))
 
 
 def _record_predictions(predictions: np.ndarray, seen: list[tuple[np.ndarray, np.ndarray]], world) -> None:
@@ -152,18 +175,20 @@ def _record_predictions(predictions: np.ndarray, seen: list[tuple[np.ndarray, np
 
 
 def map_rows(data: Split, batch_size: int, device: torch.device, desc: str,
-             compute: Callable[[torch.Tensor], dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
-    """`compute(inputs)` (named per-row results of a batch) over every row of `data`, in row order,
-    batches read in order. Under torchrun each rank computes a contiguous range of whole batches
-    (every batch holds the rows it holds in one process) and every rank gets all rows."""
+             compute: Callable[..., dict[str, torch.Tensor | np.ndarray]], with_rows: bool = False) -> dict[str, np.ndarray]:
+    """`compute(inputs)` (named per-row results of a batch; with `with_rows`, `compute(inputs, rows)`, the
+    rows of the split in the batch) over every row of `data`, in row order, batches read in order. Under
+    torchrun each rank computes a contiguous range of whole batches (every batch holds the rows it holds
+    in one process) and every rank gets all rows."""
     world = current_world()
     if world.distributed:
         start, stop = row_range(len(data), batch_size, world)
         data = ResampledSplit(data, np.arange(start, stop))
     parts: dict[str, list[np.ndarray]] = {}
-    for inputs, _ in progress(data.batches(batch_size, device), desc, total=-(-len(data) // batch_size)):
-        for name, values in compute(inputs).items():
-            parts.setdefault(name, []).append(values.cpu().numpy())
+    for inputs, index in progress(data.batches(batch_size, device), desc, total=-(-len(data) // batch_size)):
+        results = compute(inputs, data.source_rows(index)) if with_rows else compute(inputs)
+        for name, values in results.items():
+            parts.setdefault(name, []).append(values.cpu().numpy() if isinstance(values, torch.Tensor) else values)
     mine = {name: np.concatenate(values) for name, values in parts.items()}
     if not world.distributed:
         return mine
@@ -187,6 +212,16 @@ def predict_logits(model: nn.Module, data: Split, batch_size: int, device: torch
     model.eval()
     rows = map_rows(data, batch_size, device, desc, lambda inputs: {"logits": model(inputs).float()})
     return rows.get("logits", np.zeros((0, 0), dtype=np.float32))
+
+
+def penultimate_features(model: nn.Module, data: Split, batch_size: int, device: torch.device,
+                         desc: str = "embeddings") -> np.ndarray:
+    """float32 (N, D): `model.features` of every row of `data`, in order (eval mode; under torchrun
+    the ranks share the rows, `map_rows`): what DFR retrains on and ClusterFix clusters."""
+    model.eval()
+    with torch.no_grad():
+        rows = map_rows(data, batch_size, device, desc, lambda inputs: {"features": model.features(inputs).float()})
+    return rows.get("features", np.empty((0, model.classifier.in_features), dtype=np.float32))
 
 
 def validation_accuracy(val: Split) -> Callable[[np.ndarray], dict[str, float]]:

@@ -1,6 +1,7 @@
 """ExMap (Chakraborty, Sletten, Kampffmeyer, CVPR 2024; official code rwchakra/exmap): explainability
 heatmaps of the ERM model on the validation set, clustered into pseudo-groups, which replace the true
-groups in DFR (masktune/methods/dfr.py). No group labels, for training or for selection.
+groups in DFR (masktune/last_layer/dfr.py) or in any other trainer. No group labels, for training or for
+selection.
 
 Three stages, each a function here:
 1. `exmap_heatmaps@<name>` (`write_heatmaps`): per validation image, in order, the LRP relevance of the
@@ -10,9 +11,14 @@ Three stages, each a function here:
    (official --downsize: Waterbirds 112, CelebA 20, none for C-MNIST; run_<dataset>.sh L25-29,
    lrp.py L88-92), flattened, stored in HDF5 batch by batch;
 2. `exmap_groups@<name>` (`pseudo_groups`): each heatmap divided by its max |value| (cluster.py L82-86),
-   clustered per class (L-ExMap) and all together (G-ExMap) (cluster.py L70-74; masktune/methods/
-   clustering.py), pseudo-group ids as create_groups.py forms them;
-3. `exmap_dfr@<name>`: DFR with each pseudo-grouping, one model per scope.
+   clustered per class (L-ExMap) and all together (G-ExMap) (cluster.py L70-74;
+   masktune/group_inference/clustering.py), pseudo-group ids as create_groups.py forms them;
+3. `exmap_extend@<name>` (`extend_to_train`): beyond the paper, which infers validation groups only (DFR
+   retrains on validation), the training images get pseudo-groups too, so that trainers that train on
+   the training set (GroupDRO, upsampling) can use ExMap's groups: each training image's heatmap, computed
+   as in 1 and normalised as in 2, takes the majority pseudo-group of its k nearest validation heatmaps of
+   its class (k = floor(ln N_c), N_c the class's validation images: the k of ExMap's own neighbour
+   graph). The two groups files, `<name>_global` and `<name>_local`, hold both splits.
 """
 from __future__ import annotations
 
@@ -26,13 +32,14 @@ from torch import nn
 
 from masktune.data.splits import Split
 from masktune.distributed import is_main_process
+from masktune.errors import UserError
+from masktune.group_inference.clustering import cluster, neighbours
+from masktune.groups import make_groups
 from masktune.io.hdf5 import h5_output, write_array
-from masktune.methods.base import Method
-from masktune.methods.clustering import cluster
 from masktune.saliency.xgradcam import xgradcam
 from masktune.train.loop import map_rows
 
-SCOPES = {"global": "G-ExMap + DFR", "local": "L-ExMap + DFR"}
+SCOPES = ("global", "local")  # G-ExMap: one clustering of all heatmaps; L-ExMap: one per class
 
 
 class _XGradCamExplainer:
@@ -126,40 +133,67 @@ def pseudo_groups(heatmaps: np.ndarray, labels: np.ndarray, *, method: str, k: i
     return {"global": global_groups(labels, everything), "local": local_groups(labels, per_class)}, chosen
 
 
-def purity(pseudo: np.ndarray, true_groups: np.ndarray, group_names: Mapping[int, str]) -> dict:
-    """How well pseudo-groups match the true groups (a diagnostic: uses true groups, never selects):
-    per pseudo-group its size, make-up and purity (share of its majority true group); overall purity
-    (size-weighted), adjusted Rand index, normalised mutual information; and per true group the share
-    of its examples that sit in a pseudo-group where it is the majority (is a minority group found?)."""
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-    clusters, majority_correct = {}, 0
-    found = dict.fromkeys(np.unique(true_groups).tolist(), 0)
-    for pid in np.unique(pseudo):
-        members = true_groups[pseudo == pid]
-        ids, counts = np.unique(members, return_counts=True)
-        major = int(ids[counts.argmax()])
-        majority_correct += int(counts.max())
-        found[major] += int(counts.max())
-        clusters[str(int(pid))] = {"size": len(members), "majority": group_names[major],
-                                   "purity": float(counts.max() / len(members)),
-                                   "make_up": {group_names[int(g)]: int(c) for g, c in zip(ids, counts)}}
-    sizes = {g: int((true_groups == g).sum()) for g in found}
-    return {"pseudo_groups": len(clusters), "purity": majority_correct / len(pseudo),
-            "adjusted_rand_index": float(adjusted_rand_score(true_groups, pseudo)),
-            "normalized_mutual_information": float(normalized_mutual_info_score(true_groups, pseudo)),
-            "true_group_found": {group_names[g]: found[g] / sizes[g] for g in found},
-            "clusters": clusters}
+def dense_groups(val_ids: np.ndarray, val_labels: np.ndarray, class_names: tuple[str, ...],
+                 scope: str) -> tuple[np.ndarray, list[str], list[int]]:
+    """The pseudo-groups of one scope numbered 0..G-1 in the order of their ids (which keeps DFR's draws
+    as they were: an empty id draws nothing), named `<class>_<scope>_cluster<j>` (j: the cluster within
+    the clustering of the class or of everything), with each group's class."""
+    present = np.unique(val_ids)
+    names, classes = [], []
+    for g in present:
+        label = int(val_labels[val_ids == g][0])
+        offset = int(val_ids[val_labels < label].max()) + 1 if (val_labels < label).any() else 0
+        names.append(f"{class_names[label]}_{scope}_cluster{int(g) - offset}")
+        classes.append(label)
+    return np.searchsorted(present, val_ids), names, classes
 
 
-class ExMap(Method):
-    name = "exmap"
-    kind = "exmap"
-    title = "ExMap (Chakraborty et al., 2024)"
+def extend_to_train(model: nn.Module, train: Split, val_heatmaps: np.ndarray, val_labels: np.ndarray,
+                    val_ids: Mapping[str, np.ndarray], *, heatmaps: str, gamma: float, size: int, batch_size: int,
+                    device: torch.device) -> dict[str, np.ndarray]:
+    """{scope: pseudo-group id of every training row}: each training image's normalised heatmap (computed as
+    the validation heatmaps were) takes the majority id of its k = floor(ln N_c) nearest validation
+    heatmaps of its class (scikit-learn's k-nearest-neighbour vote; ties to the lower id). Streamed: the
+    training heatmaps are never stored."""
+    from sklearn.neighbors import KNeighborsClassifier
 
-    def reported_models(self, models_dir: str | Path) -> dict[str, tuple[str, Path]]:
-        return {f"{self.name}_{scope}": (title, Path(models_dir) / f"{self.name}_{scope}.pt")
-                for scope, title in SCOPES.items()}
+    x = normalise(np.asarray(val_heatmaps, dtype=np.float32))
+    voters = {}
+    for label in np.unique(val_labels):
+        members = val_labels == label
+        k = min(neighbours(int(members.sum())), int(members.sum()))
+        for scope, ids in val_ids.items():
+            voters[scope, int(label)] = KNeighborsClassifier(n_neighbors=k).fit(x[members], ids[members])
+    labels, scope_names = np.asarray(train.labels), list(val_ids)
 
-    def retraining_groups(self, val: Split, pseudo: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        return {f"{self.name}_{scope}": np.asarray(pseudo[scope]) for scope in SCOPES}
+    def compute(inputs: torch.Tensor, rows: np.ndarray) -> dict[str, np.ndarray]:
+        maps, _ = explain(inputs)
+        flat = normalise(resize_maps(maps.float(), size).reshape(len(inputs), -1).detach().cpu().numpy())
+        out = {scope: np.zeros(len(rows), dtype=np.int64) for scope in val_ids}
+        for label in np.unique(labels[rows]):
+            if (scope_names[0], int(label)) not in voters:
+                raise UserError(f"ExMap: class {label} has training images but no validation image to vote")
+            members = labels[rows] == label
+            for scope in val_ids:
+                out[scope][members] = voters[scope, int(label)].predict(flat[members])
+        return out
+
+    with explainer(model, heatmaps, gamma) as explain:
+        return map_rows(train, batch_size, device, f"ExMap: training pseudo-groups ({heatmaps})", compute,
+                        with_rows=True)
+
+
+def exmap_groups(train_ids: Mapping[str, np.ndarray], val_ids: Mapping[str, np.ndarray],
+                 labels: Mapping[str, np.ndarray], class_names: tuple[str, ...], name: str, how: str) -> dict:
+    """{`<name>_<scope>`: Groups} of both scopes, dense ids on both splits."""
+    files = {}
+    for scope in val_ids:
+        present = np.unique(val_ids[scope])
+        val, names, classes = dense_groups(val_ids[scope], labels["val"], class_names, scope)
+        train = np.searchsorted(present, train_ids[scope])
+        description = (f"ExMap {'G' if scope == 'global' else 'L'}-ExMap pseudo-groups ({how}); training images: "
+                       "the majority pseudo-group of their nearest validation heatmaps of their class")
+        files[f"{name}_{scope}"] = make_groups({"train": train, "val": val}, labels, names, classes,
+                                               inference=f"{name}_{scope}", description=description,
+                                               uses_group_labels=False)
+    return files

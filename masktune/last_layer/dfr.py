@@ -1,8 +1,9 @@
-"""DFR, Deep Feature Reweighting (Kirichenko, Izmailov, Wilson, ICLR 2023): keep the ERM model's
-features, retrain its last layer on a group-balanced validation set. The last step of ExMap, which
-hands it pseudo-groups instead of the true ones, and the two reference points of ExMap's paper:
-DFR with class labels only (`dfr_classes`, no group labels) and DFR with the true validation groups
-(`dfr_groups`, the supervised reference). Stages `dfr@<name>` and `exmap_dfr@<name>`.
+"""DFR, Deep Feature Reweighting (Kirichenko, Izmailov, Wilson, ICLR 2023), as a last-layer trainer of any
+groups file: keep the ERM model's features, retrain its last layer on the validation set, balanced over the
+groups and tuned on them. ExMap's last step (with its pseudo-groups), and the two reference points of
+ExMap's paper: DFR with class labels only and DFR with the true validation groups (the supervised
+reference); any other groups file works the same way (ClusterFix's clusters, JTT's error set). Stage
+`last_layer@<name>`.
 
 Followed as ExMap's own DFR, `src/run_dfr.py` of rwchakra/exmap (file and line of each detail):
 - embeddings: the penultimate layer of the best-validation-accuracy ERM checkpoint (`model.fc =
@@ -11,7 +12,9 @@ Followed as ExMap's own DFR, `src/run_dfr.py` of rwchakra/exmap (file and line o
   (L23-24, L119; `penalty="l1"` is `l1_ratio=1` since scikit-learn 1.8);
 - C tuning (`dfr_on_validation_tune`, L81-132): 5 random half-splits of the validation set; fit on a
   group-balanced subsample of the second half, standardised by a scaler fit on that subsample, score
-  the worst group accuracy on the first half; C maximises the sum over splits (first C on ties);
+  the worst group accuracy on the first half; C maximises the sum over splits (first C on ties). The
+  groups are the groups file's: C is selected by the worst of the method's own groups (✓ only with the
+  true groups);
 - group balance (L99-104, L144-154): every group contributes min_g of its examples, min_g being the
   size of the smallest group with more than 5 examples; smaller groups contribute all of theirs
   (where no group has more than 5, the official code stops; here min_g is then the smallest group's
@@ -38,22 +41,11 @@ from torch import nn
 
 from masktune.data.splits import Split
 from masktune.errors import UserError
-from masktune.methods.base import GroupLabels, Method
 from masktune.models.checkpoint import load_checkpoint, save_checkpoint
-from masktune.train.loop import map_rows
+from masktune.train.loop import penultimate_features
 
 OFFICIAL_C_GRID = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)  # run_dfr.py L23
 MISSING_CLASS_RETRIES = 20                                # run_dfr.py L143
-
-
-def penultimate_features(model: nn.Module, data: Split, batch_size: int, device: torch.device,
-                         desc: str = "embeddings") -> np.ndarray:
-    """float32 (N, D): `model.features` of every row of `data`, in order (eval mode; under torchrun
-    the ranks share the rows, `map_rows`)."""
-    model.eval()
-    with torch.no_grad():
-        rows = map_rows(data, batch_size, device, desc, lambda inputs: {"features": model.features(inputs).float()})
-    return rows.get("features", np.empty((0, model.classifier.in_features), dtype=np.float32))
 
 
 def balanced_rows(groups: np.ndarray, rng: np.random.Generator, min_members: int = 5) -> np.ndarray:
@@ -197,36 +189,16 @@ def install_head(model: nn.Module, head: LinearHead, num_classes: int) -> nn.Mod
     return model
 
 
-def retrain_last_layers(method: Method, val: Split, model_path: str | Path, models_dir: str | Path, config,
-                        device: torch.device, num_classes: int,
-                        pseudo: Mapping[str, np.ndarray] | None = None) -> dict[str, dict]:
-    """Every DFR model of `method` (one per grouping it retrains with): the ERM checkpoint at
-    `model_path` with the averaged logistic regression as its classifier, saved under `models_dir`
-    as the method's reported model. `config`: a DfrConfig. Returns each model's DFR summary."""
+def retrain_last_layer(model_path: str | Path, val: Split, groups: np.ndarray, config, device: torch.device,
+                       out: str | Path, checkpoint_info: Mapping) -> dict:
+    """DFR with `groups` (one id per validation row: the groups file's): the ERM checkpoint at `model_path`
+    with the averaged logistic regression as its classifier, saved at `out` with `checkpoint_info`; returns
+    the DFR summary (C chosen, group sizes). `config`: a last-layer stage's config (`dfr.*`)."""
     model, state = load_checkpoint(model_path, device)
     features = penultimate_features(model, val, config.eval_batch_size, device, "DFR: validation embeddings")
-    models = method.reported_models(models_dir)
-    report = {}
-    for name, groups in method.retraining_groups(val, pseudo).items():
-        head, report[name] = fit_dfr(features, val.labels, np.asarray(groups, dtype=np.int64), c_grid=config.c_grid,
-                                     tune_splits=config.tune_splits, refits=config.refits, seed=config.seed)
-        install_head(model, head, num_classes)
-        save_checkpoint(models[name][1], model, None, arch=state["arch"], num_classes=state["num_classes"],
-                        epoch=state["epoch"], val_accuracy=float("nan"), **method.checkpoint_info())
-        print(f"{name}: C {report[name]['c']}, {report[name]['groups']} groups of sizes {report[name]['group_sizes']}")
+    head, report = fit_dfr(features, val.labels, np.asarray(groups, dtype=np.int64), c_grid=config.c_grid,
+                           tune_splits=config.tune_splits, refits=config.refits, seed=config.seed)
+    install_head(model, head, state["num_classes"])
+    save_checkpoint(out, model, None, arch=state["arch"], num_classes=state["num_classes"], epoch=state["epoch"],
+                    val_accuracy=float("nan"), **checkpoint_info)
     return report
-
-
-class DFR(Method):
-    """DFR on the validation set with the groups of `group_source`: "classes" (the class labels as
-    groups: no group labels) or "groups" (the true validation groups: the supervised reference)."""
-    kind = "dfr"
-
-    def __init__(self, name: str, title: str, group_source: str):
-        self.name, self.title, self.group_source = name, title, group_source
-        uses = group_source == "groups"
-        self.group_labels = GroupLabels(training=uses, model_selection=uses)
-
-    def retraining_groups(self, val: Split, pseudo: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """{model name: the groups DFR balances and selects C by}, for each model this method writes."""
-        return {self.name: val.groups if self.group_source == "groups" else val.labels}

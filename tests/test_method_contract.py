@@ -1,0 +1,119 @@
+"""One contract test over every registered group inference and every trainer (as DomainBed's
+test/test_models.py does over its algorithms): on a tiny biased MNIST, every group-inference stage writes
+groups files that honour the contract (masktune/groups.py), and every trainer, robust and last-layer,
+trains on every groups file and leaves a checkpoint the report reads with the right group-label use.
+
+The stages run in this process, as dvc.yaml's commands name them, in its order, for params that pair
+every trainer with every groups file: a new group inference, trainer or pair is tested here without a
+new test. (tests/test_pipeline_e2e.py runs the default pipeline through DVC itself.)
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shlex
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from conftest import ROOT, committed_params
+from fixtures_datasets import make_mnist
+from scratch import merge
+from test_architecture import stage_instances
+
+from masktune.config.schema import LAST_LAYER_TRAINERS, METHOD_KINDS, TRAINERS, group_files
+from masktune.groups import read_groups
+from masktune.models.checkpoint import load_checkpoint
+
+GROUP_INFERENCE = ("label_groups", "jtt_identify", "exmap_heatmaps", "exmap_groups", "exmap_extend",
+                   "clusterfix_features", "clusterfix_clusters")
+TINY = {"train_erm": {"arch": "small_cnn", "epochs": 1, "batch_size": 32, "workers": 0},
+        "jtt": {"identification_epochs": 1, "batch_size": 32, "workers": 0},
+        "exmap": {"batch_size": 64, "workers": 0},
+        "clusterfix": {"clusters_per_class": 2, "workers": 0},
+        "upsample": {"epochs": 1, "batch_size": 32, "upweight": 2, "workers": 0},
+        "cluster_reweight": {"epochs": 1, "batch_size": 32, "workers": 0},
+        "groupdro": {"epochs": 1, "batch_size": 32, "workers": 0},
+        "dfr": {"tune_splits": 2, "refits": 2, "workers": 0},
+        "eval_batch_size": 128, "evaluate": {"workers": 0},
+        "selective": {"control_seed_offsets": []}}
+
+
+def _every_pair(methods: dict) -> dict:
+    """Every trainer on every groups file the listed group inference writes."""
+    files = group_files(methods)
+    robust = {f"{trainer}_{groups}": {"groups": groups, "trainer": trainer, "selection": "worst_pseudo_group"}
+              for trainer in TRAINERS for groups in files}
+    last = {f"{trainer}_{groups}": {"groups": groups, "trainer": trainer} for trainer in LAST_LAYER_TRAINERS
+            for groups in files}
+    return {**methods, "masking": [], "robust_train": robust, "last_layer": last}
+
+
+def _run(command: str) -> None:
+    """A dvc.yaml command, `python -m stages.<name> ...`, in this process."""
+    words = shlex.split(command)
+    assert words[:2] == ["python", "-m"], command
+    module = importlib.import_module(words[2])
+    argv = sys.argv
+    sys.argv = [words[2], *words[3:]]
+    try:
+        module.main()
+    finally:
+        sys.argv = argv
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    path = tmp_path_factory.mktemp("contract")
+    mnist = make_mnist(tmp_path_factory.mktemp("mnist"), n_train=600, n_test=100)
+    params = merge(committed_params(), {**TINY, "prepare": {"biased_mnist": {
+        "mnist_dir": str(mnist), "train_limit": 500, "test_limit": 100, "val_size": 150}}})
+    params["methods"] = _every_pair(params["methods"])
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copy(ROOT / "dvc.yaml", path)
+    cwd = os.getcwd()
+    os.chdir(path)
+    try:
+        instances = stage_instances(yaml.safe_load((ROOT / "dvc.yaml").read_text()), params)
+        for script, entry in instances.values():
+            if script in ("prepare", "train_erm", *GROUP_INFERENCE, "robust_train", "last_layer", "evaluate"):
+                _run(" ".join(entry["cmd"].split()))
+        yield path, params, instances
+    finally:
+        os.chdir(cwd)
+
+
+def test_every_group_inference_writes_groups_files_that_honour_the_contract(project):
+    path, params, _ = project
+    files = group_files(params["methods"])
+    assert set(files.values()) == set(METHOD_KINDS) - {"erm", "masking"}  # every registered kind ran
+    labels = {}
+    with __import__("h5py").File(path / "data/prepared.h5", "r") as f:
+        for split in ("train", "val"):
+            labels[split] = f[f"{split}/labels"][()]
+    for name in files:
+        groups = read_groups(path / f"data/groups/{name}.h5", {s: len(v) for s, v in labels.items()})
+        for split in ("train", "val"):
+            assert np.array_equal(np.asarray(groups.classes)[groups.of(split)], labels[split]), name  # refine classes
+        assert len(set(groups.names)) == groups.count and groups.inference == name
+        assert groups.uses_group_labels == (name == "true_groups"), name
+        report = json.loads((path / f"metrics/groups/{name}.json").read_text())
+        assert report["groups"] == groups.count and 0 < report["train"]["purity"] <= 1
+
+
+def test_every_trainer_trains_on_every_groups_file_and_records_its_group_label_use(project):
+    path, params, instances = project
+    details = json.loads((path / "metrics/evaluate/details.json").read_text())["methods"]
+    pairs = {**params["methods"]["robust_train"], **params["methods"]["last_layer"]}
+    assert set(details) == {"erm", *pairs}
+    assert {pair["trainer"] for pair in pairs.values()} == {*TRAINERS, *LAST_LAYER_TRAINERS}
+    for name, pair in pairs.items():
+        _, state = load_checkpoint(path / f"models/{name}.pt", __import__("torch").device("cpu"))
+        assert (state["groups"], state["trainer"]) == (pair["groups"], pair["trainer"])
+        true = pair["groups"] == "true_groups"  # selected by the worst of its own groups: ✓ only for true ones
+        assert details[name]["group_labels"] == ("✓/✓" if true else "✗/✗"), name
+        assert 0 <= details[name]["results"]["test_biased"]["worst_group_accuracy"] <= 1
+    assert sum(1 for name in instances if name.startswith(("robust_train@", "last_layer@"))) == len(pairs)
