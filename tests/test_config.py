@@ -204,5 +204,5 @@ def test_a_pair_stage_reads_its_pair_and_its_trainer_section_only(tmp_path):
                                                                           "worst_pseudo_group", 0.01)
     assert _load(tmp_path, "robust_train@groupdro_clusterfix", _set(values, "upsample.upweight", 7)) == pair
     dvc_text = (ROOT / "dvc.yaml").read_text().replace("        - ${item.trainer}\n", "        - upsample\n", 1)
-    with pytest.raises(UserError, match="stage 'robust_train@groupdro_clusterfix' reads param 'groupdro.step_size'"):
+    with pytest.raises(UserError, match="stage 'robust_train@groupdro_clusterfix' reads param 'groupdro\\."):
         _load(tmp_path, "robust_train@groupdro_clusterfix", values, dvc_text)

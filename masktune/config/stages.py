@@ -158,22 +158,23 @@ class ClusterFixClustersConfig:
 @dataclass(frozen=True)
 class _RobustTraining(_Network, _DataParallelTraining):
     """A (groups, trainer) pair of `methods.robust_train` (`${name}`: the pair's name) and its model
-    selection, trained with the trainer's recipe on train_erm's network from ERM's start."""
+    selection, trained with its trainer's recipe (`${trainer}`: the trainer's section) on train_erm's
+    network from ERM's start."""
     groups: str = _key("methods.robust_train.${name}.groups")
     trainer: str = _key("methods.robust_train.${name}.trainer")
     selection: str = _key("methods.robust_train.${name}.selection")
+    lr: float = _key("${trainer}.lr")
+    weight_decay: float = _key("${trainer}.weight_decay")
+    batch_size: int = _key("${trainer}.batch_size")
+    epochs: int = _key("${trainer}.epochs")
+    workers: int = _key("${trainer}.workers")
+    seed: int | None = _key("${trainer}.seed")  # null (cluster_reweight only): drawn and recorded
 
 
 @dataclass(frozen=True)
 class UpsampleConfig(_RobustTraining):
-    """JTT's retraining: the minority groups' rows appended λ_up times."""
+    """JTT's retraining: the named minority's rows appended λ_up times (else the groups balanced)."""
     upweight: int = _key("upsample.upweight")
-    epochs: int = _key("upsample.epochs")
-    lr: float = _key("upsample.lr")
-    weight_decay: float = _key("upsample.weight_decay")
-    batch_size: int = _key("upsample.batch_size")
-    workers: int = _key("upsample.workers")
-    seed: int = _key("upsample.seed")
 
 
 @dataclass(frozen=True)
@@ -182,29 +183,17 @@ class ClusterReweightConfig(_RobustTraining):
     beta: float = _key("cluster_reweight.beta")
     weight_momentum: float = _key("cluster_reweight.momentum")
     optimizer: str = _key("cluster_reweight.optimizer")
-    lr: float = _key("cluster_reweight.lr")
-    weight_decay: float = _key("cluster_reweight.weight_decay")
-    batch_size: int = _key("cluster_reweight.batch_size")
-    epochs: int = _key("cluster_reweight.epochs")
     lr_schedule: str = _key("cluster_reweight.lr_schedule")
     statistics: str = _key("cluster_reweight.statistics")
     val_losses_into_train_buffer: bool = _key("cluster_reweight.val_losses_into_train_buffer")
-    workers: int = _key("cluster_reweight.workers")
-    seed: int | None = _key("cluster_reweight.seed")
 
 
 @dataclass(frozen=True)
 class GroupDroConfig(_RobustTraining):
-    """GroupDRO: online group weights (step size, adjustment), group-balanced sampling, its recipe."""
+    """GroupDRO: online group weights (step size, adjustment), group-balanced sampling."""
     step_size: float = _key("groupdro.step_size")
     adjustment: float = _key("groupdro.adjustment")
     reweight_groups: bool = _key("groupdro.reweight_groups")
-    lr: float = _key("groupdro.lr")
-    weight_decay: float = _key("groupdro.weight_decay")
-    batch_size: int = _key("groupdro.batch_size")
-    epochs: int = _key("groupdro.epochs")
-    workers: int = _key("groupdro.workers")
-    seed: int = _key("groupdro.seed")
 
 
 @dataclass(frozen=True)
@@ -294,6 +283,8 @@ class _Resolver:
         if "${dataset}" in key:
             key = key.replace("${dataset}", self.read("dataset"))
         key = key.replace("${name}", self.item)
+        if "${trainer}" in key:  # a pair's trainer section (robust_train@<name>)
+            key = key.replace("${trainer}", self.read(f"methods.robust_train.{self.item}.trainer"))
         if key.startswith(schema.PAIRS_PREFIXES):  # a field of one (groups, trainer) pair, checked as a whole
             return self.read(key)
         if key in schema.SCHEMA:
