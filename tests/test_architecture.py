@@ -233,3 +233,27 @@ def test_every_subpackage_is_in_a_layer():
     names = {p.name.removesuffix(".py") for p in (ROOT / "masktune").iterdir()
              if p.name != "__init__.py" and (p.suffix == ".py" or (p / "__init__.py").is_file())}
     assert names == set(LAYERS)
+
+
+# The method and dataset modules each stage may import: its own (a method is one module of its role's
+# package; `prepare` reads every dataset), and the modules it picks by name (its templated deps).
+OWN_MODULES = {"prepare": ("masktune/datasets/",), "label_groups": ("masktune/group_inference/labels.py",),
+               "jtt_identify": ("masktune/group_inference/jtt.py",),
+               **{stage: ("masktune/group_inference/exmap.py", "masktune/group_inference/clustering.py")
+                  for stage in ("exmap_heatmaps", "exmap_groups", "exmap_extend")},
+               **{stage: ("masktune/group_inference/clusterfix.py",)
+                  for stage in ("clusterfix_features", "clusterfix_clusters")}}
+METHOD_PACKAGES = ("masktune/datasets/", "masktune/group_inference/", "masktune/robust_train/", "masktune/last_layer/")
+SHARED = ("__init__.py", "base.py")  # a role's package and its contract, not a method
+
+
+def test_no_stage_imports_another_methods_or_datasets_module():
+    """Editing one method's module (or one dataset's) reruns its own stages only: the architecture keeps
+    every other stage's import closure away from it."""
+    dvc, modules = yaml.safe_load((ROOT / "dvc.yaml").read_text()), project_modules()
+    graph = import_graph(modules)
+    for name, (script, entry) in stage_instances(dvc, committed_params()).items():
+        allowed = OWN_MODULES.get(script, ()) + tuple(entry["dynamic"])
+        foreign = sorted(f for f in imported_files(script, entry["dynamic"], modules, graph)
+                         if f.startswith(METHOD_PACKAGES) and not f.endswith(SHARED) and not f.startswith(allowed))
+        assert foreign == [], f"{name} imports {foreign}"
