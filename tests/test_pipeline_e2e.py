@@ -173,7 +173,7 @@ def test_editing_one_module_reruns_only_the_stages_that_import_it(project):
     with _edited(project, "masktune/datasets/celeba.py"):
         assert stale() == ["prepare"]
         assert project.stages_run("repro") == ["prepare"]  # the same prepared file: nothing after it reruns
-    assert project.stages_run("repro") == ["prepare"]
+    assert set(project.stages_run("repro")) <= {"prepare"}  # back (or restored from the run cache), alone
 
 
 def _repro_with_params(project, edit) -> subprocess.CompletedProcess:
