@@ -2,8 +2,8 @@
 validation *average* accuracy: no group labels, and no test figure is read (the choice recorded in
 params.yaml's biased_mnist recipe comes from this sweep).
 
-One scratch copy of the project with the committed params and `methods.masking=[]` (only ERM and JTT
-run); one `dvc exp run -S jtt.identification_epochs=T -S jtt.upweight=L` per grid point, so
+One scratch copy of the project with the committed params and only ERM and JTT's pair in `methods`;
+one `dvc exp run -S jtt.identification_epochs=T -S upsample.upweight=L` per grid point, so
 `jtt_identify` reruns only when T changes. Prints JTT's validation average accuracy per (T, λ_up)
 (and, not used for the choice, the error set's size), the chosen point, and, last, one JSON line.
 
@@ -19,7 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import machine
-from scratch import ScratchProject
+from scratch import NO_GROUP_METHODS, ScratchProject
+
+JTT = {"groups": "jtt", "trainer": "upsample", "selection": "average"}
 
 
 def main() -> None:
@@ -34,14 +36,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="masktune-jtt-") as tmp:
         project = ScratchProject(Path(tmp) / "project",
                                  {"prepare": {"biased_mnist": {"mnist_dir": str(args.mnist_dir.resolve())}},
-                                  "methods": {"masking": []}, "jtt": {"seed": args.seed}})
+                                  "methods": {"masking": [], **NO_GROUP_METHODS, "jtt": ["jtt"],
+                                              "robust_train": {"jtt": JTT}},
+                                  "jtt": {"seed": args.seed}, "upsample": {"seed": args.seed}})
         print(f"{'T':>3}{'λ_up':>6}{'error set':>11}{'val average':>13}{'seconds':>9}")
         for epochs in args.epochs:
             for upweight in args.upweights:
                 seconds, _ = project.timed_stages("exp", "run", "-S", f"jtt.identification_epochs={epochs}",
-                                                  "-S", f"jtt.upweight={upweight}")
+                                                  "-S", f"upsample.upweight={upweight}")
                 details = json.loads((project.path / "metrics/evaluate/details.json").read_text())
-                error_set = json.loads((project.path / "metrics/jtt/error_set.json").read_text())["error_set_size"]
+                error_set = json.loads((project.path / "metrics/groups/jtt.json").read_text())["error_set_size"]
                 val = details["methods"]["jtt"]["results"]["val"]["accuracy"]
                 grid.append({"identification_epochs": epochs, "upweight": upweight, "error_set_size": error_set,
                              "val_average": val, "seconds": seconds})

@@ -118,8 +118,9 @@ def main() -> None:
 
         saliency = run_stage(folder, "stages.compute_saliency", "--data", "prepared.h5", "--model", "best.pt",
                              "--out", "saliency.h5")
-        masking = run_stage(folder, "stages.materialize_masked_dataset", "--data", "prepared.h5", "--saliency",
-                            "saliency.h5", "--out", "masks.h5", "--metrics", "mask.json")
+        masking = run_stage(folder, "stages.materialize_masked_dataset", "--method", "masktune", "--data",
+                            "prepared.h5", "--saliency", "saliency.h5", "--out", "masks.h5", "--metrics", "mask.json",
+                            "--gallery", "gallery")
         ours = saliency + masking
 
         print("official approach ...", flush=True)

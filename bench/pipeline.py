@@ -3,7 +3,7 @@
 In a scratch copy of the project (your workspace, cache and DVC config are left alone) it runs
 1. `dvc repro` on the default params (MNIST read from --mnist-dir), timing each stage;
 2. a second, no-op `dvc repro`;
-3. `dvc exp run -S jtt.upweight=...` (one method's param: only JTT's final model and evaluate rerun);
+3. `dvc exp run -S upsample.upweight=...` (one trainer's param: only its pairs and the reports rerun);
 then prints the accuracies of every method (ERM, RandMask, MaskTune, JTT) and the timings as a table,
 and as its last line one JSON object with the same figures.
 
@@ -54,8 +54,8 @@ def main() -> None:
         details = json.loads((path / "metrics/evaluate/details.json").read_text())["methods"]
         project.commit("default params")
         noop, _ = project.timed_stages("repro")
-        upweight = yaml.safe_load((path / "params.yaml").read_text())["recipes"]["biased_mnist"]["jtt"]["upweight"]
-        change = f"jtt.upweight={upweight + 1}"
+        upweight = yaml.safe_load((path / "params.yaml").read_text())["recipes"]["biased_mnist"]["upsample"]["upweight"]
+        change = f"upsample.upweight={upweight + 1}"
         jtt_total, jtt_stages = project.timed_stages("exp", "run", "-S", change)
 
     models = {name: method["results"] for name, method in details.items()}

@@ -87,9 +87,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import emit_json, machine, print_table
 from methods import SEED_KEYS
 from pipeline import mnist_overrides
-from scratch import RUNNING_STAGE, ScratchProject, merge
+from scratch import NO_GROUP_METHODS, RUNNING_STAGE, ScratchProject, merge
 
-METHODS = {"erm": ["erm"], "masking": ["masktune"], "jtt": [], "dfr": [], "exmap": [], "clusterfix": []}
+METHODS = {"erm": ["erm"], "masking": ["masktune"], **NO_GROUP_METHODS}
 EXPERIMENT_STAGES = ["train_erm", "compute_saliency", "materialize_masked_dataset@masktune", "finetune@masktune",
                      "evaluate", "selective"]
 HEADLINE = [f"{m}.{s}" for m in METHODS["erm"] + METHODS["masking"]

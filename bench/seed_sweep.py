@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from scratch import ScratchProject
+from scratch import NO_GROUP_METHODS, ScratchProject
 
 COLUMNS = [("erm", "test_original"), ("erm", "test_biased"), ("masktune", "test_original"),
            ("masktune", "test_biased")]
@@ -35,7 +35,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="masktune-sweep-") as tmp:
         project = ScratchProject(Path(tmp) / "project",  # ERM and MaskTune only
                                  {"prepare": {"biased_mnist": {"mnist_dir": str(args.mnist_dir.resolve())}},
-                                  "methods": {"masking": ["masktune"], "jtt": []}})
+                                  "methods": {"masking": ["masktune"], **NO_GROUP_METHODS}})
         project.dvc("repro", "prepare")
         project.commit("prepared data")
         for epochs in args.epochs:

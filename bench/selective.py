@@ -32,9 +32,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import machine
 from methods import SEED_KEYS
-from scratch import ScratchProject
+from scratch import NO_GROUP_METHODS, ScratchProject
 
-METHODS = {"erm": ["erm"], "masking": ["randmask", "masktune"], "jtt": [], "dfr": [], "exmap": [], "clusterfix": []}
+METHODS = {"erm": ["erm"], "masking": ["randmask", "masktune"], **NO_GROUP_METHODS}
 # 10,000 training digits for one epoch (the first 15,000 of the MNIST file, 5,000 of them drawn for
 # validation): about 95% test accuracy, so hundreds of errors are left to reject.
 DEFAULT_SETS = ["train_erm.epochs=1", "prepare.mnist.train_limit=15000", "prepare.mnist.val_size=5000"]

@@ -8,7 +8,7 @@ import json
 import h5py
 import numpy as np
 import pytest
-from scratch import committed_params
+from scratch import NO_GROUP_METHODS, committed_params  # noqa: F401  (tests import it from here)
 
 from masktune.eval.figures import gallery_file_name
 from masktune.eval.selection import group_labels_used
@@ -24,8 +24,6 @@ PAIRS = [f"{kind}@{name}" for kind in ("robust_train", "last_layer") for name in
 REPORTS = ["evaluate", "selective"]  # both read every checkpoint in models/
 # the default pipeline, in the order `dvc repro` runs it
 ALL_STAGES = ["prepare", "train_erm", "compute_saliency", *MASKING, *GROUPS, *PAIRS, *REPORTS]
-# no group inference and no pair (an empty mapping replaces the default's in `scratch.merge`)
-NO_GROUP_METHODS = {"labels": [], "jtt": [], "exmap": [], "clusterfix": [], "robust_train": {}, "last_layer": {}}
 
 
 def expected_group_labels(name: str) -> str:

@@ -29,11 +29,16 @@ def committed_params() -> dict:
     return yaml.safe_load(text)
 
 
+# No group inference and no (groups, trainer) pair: ERM and the masking methods only.
+NO_GROUP_METHODS = {"labels": [], "jtt": [], "exmap": [], "clusterfix": [], "robust_train": {}, "last_layer": {}}
+REPLACED = ("robust_train", "last_layer")  # mappings of pairs: an override lists the pairs, it does not add to them
+
+
 def merge(base: dict, overrides: dict) -> dict:
-    """`overrides` (nested dicts) merged into `base`, in place; an empty dict replaces (`robust_train: {}`:
-    no pair)."""
+    """`overrides` (nested dicts) merged into `base`, in place; the pairs of `methods` (REPLACED) are
+    replaced whole."""
     for key, value in overrides.items():
-        if isinstance(value, dict) and value and isinstance(base.get(key), dict):
+        if isinstance(value, dict) and key not in REPLACED and isinstance(base.get(key), dict):
             merge(base[key], value)
         else:
             base[key] = value
