@@ -84,7 +84,7 @@ def main() -> None:
                          "groups_purity": purity})
             print(f"seed {seed}: {seconds:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in stages.items())})")
             for name, splits in runs[-1]["results"].items():
-                print(f"  {name:14}" + "".join(f"{split} {m['average']:.2%} / {m['unbiased']:.2%} / "
+                print(f"  {name:22}" + "".join(f"{split} {m['average']:.2%} / {m['unbiased']:.2%} / "
                                                f"{m['worst_group']:.2%}   " for split, m in splits.items()), flush=True)
             for name, splits in purity.items():
                 print(f"  {name} purity against the true groups: " + ", ".join(f"{k} {v:.2%}" for k, v in splits.items()))
