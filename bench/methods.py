@@ -30,9 +30,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import machine
 from scratch import ScratchProject
 
+from masktune.summary import configurations, experiments, markdown, summarise, write_csv
+
 SEED_KEYS = ("train_erm.seed", "finetune.seed", "randmask.seed", "jtt.seed", "dfr.seed", "exmap.seed",
              "clusterfix.seed", "upsample.seed", "cluster_reweight.seed", "groupdro.seed")
 MEASURES = {"average": "accuracy", "unbiased": "unbiased_accuracy", "worst_group": "worst_group_accuracy"}
+
+
+def gap_table(runs: list[dict]) -> dict:
+    """Per selecting model and test split, over the seeds: the worst group under its own selection rule,
+    under the true worst group (the oracle, ✓), and the gap (mean ± sample std); printed as a table."""
+    table: dict = {}
+    for name in runs[0]["selection_gap"]:
+        for split in runs[0]["selection_gap"][name]:
+            pairs = [run["selection_gap"][name][split] for run in runs]
+            columns = {"own": [p[0] for p in pairs], "oracle": [p[1] for p in pairs],
+                       "gap": [p[0] - p[1] for p in pairs]}
+            table.setdefault(name, {})[split] = {
+                key: {"mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "values": v}
+                for key, v in columns.items()}
+    print("\nthe selection gap: worst group under each model's rule / under the true worst group (✓) / gap, "
+          "points, mean ± sample std")
+    for name, splits in table.items():
+        print(f"  {name:22} ({runs[0]['selection'][name]})  " + "   ".join(
+            f"{split} " + " / ".join(f"{100 * v[k]['mean']:.2f} ± {100 * v[k]['std']:.2f}" for k in ("own", "oracle", "gap"))
+            for split, v in splits.items()))
+    return table
 
 
 def main() -> None:
@@ -81,6 +104,12 @@ def main() -> None:
                                             for split, m in method["results"].items() if "accuracy" in m}
                                      for name, method in details.items()},
                          "group_labels": {name: method["group_labels"] for name, method in details.items()},
+                         "selection_gap": {name: {split: [method["results"][split]["worst_group_accuracy"],
+                                                          method["selection_gap"]["results"][split]["worst_group_accuracy"]]
+                                                  for split in method["selection_gap"]["results"] if split != "val"
+                                                  and "worst_group_accuracy" in method["results"][split]}
+                                           for name, method in details.items() if "selection_gap" in method},
+                         "selection": {name: method.get("selection") for name, method in details.items()},
                          "groups_purity": purity})
             print(f"seed {seed}: {seconds:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in stages.items())})")
             for name, splits in runs[-1]["results"].items():
@@ -88,19 +117,16 @@ def main() -> None:
                                                f"{m['worst_group']:.2%}   " for split, m in splits.items()), flush=True)
             for name, splits in purity.items():
                 print(f"  {name} purity against the true groups: " + ", ".join(f"{k} {v:.2%}" for k, v in splits.items()))
+        # every seed's experiment, summarised the DVC way (masktune.summary over `dvc exp show --json`)
+        show = json.loads(project.dvc("exp", "show", "--json").stdout)
+        rows = [row for group in configurations(experiments(show)) for row in summarise(group)]
 
-    print(f"\nmean ± sample std over seeds {args.seeds} (average / unbiased / worst group)")
-    summary = {}
-    for name in runs[0]["results"]:
-        summary[name] = {"group_labels": runs[0]["group_labels"][name]}
-        cells = []
-        for split in runs[0]["results"][name]:
-            for measure in MEASURES:
-                values = [run["results"][name][split][measure] for run in runs]
-                mean, std = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-                summary[name][f"{split}/{measure}"] = {"mean": mean, "std": std, "values": values}
-                cells.append(f"{split} {measure} {mean:.2%} ± {std:.2%}")
-        print(f"{name} ({summary[name]['group_labels']}): " + "; ".join(cells))
+    print(f"\nmean ± sample std over seeds {args.seeds} (python -m masktune.summary)\n")
+    print(markdown(rows))
+    if args.keep:
+        (args.keep / "summary.md").write_text(markdown(rows), encoding="utf-8")
+        write_csv(args.keep / "summary.csv", rows)
+    summary: dict = {"rows": rows, "selection_gap": gap_table(runs)}
     for name in runs[0]["groups_purity"]:
         values = {split: [run["groups_purity"][name][split] for run in runs] for split in ("train", "val")}
         summary[f"purity/{name}"] = {split: {"mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}

@@ -1,49 +1,32 @@
-"""Stage `evaluate`: every method listed in the `methods` param, on every test split and on validation.
-
-Per model (one per method, two for ExMap: G-ExMap and L-ExMap) and split: the plain accuracy (all predictions
-pooled: what the official MaskTune code reports), every class's and every group's accuracy (label x spurious
-attribute; the classes where none is known: a folder without one), the worst-group accuracy and the
-average weighted by the training group proportions (what DFR and later papers report as "average"
-on Waterbirds); for IN-9L also the Background Challenge accuracies by variant and the BG-Gap. Each
-method's model is the checkpoint its stages keep (ERM: the best-validation checkpoint, as the
-official `test()`); its title and group-label use are what the checkpoint records.
-
-Writes the headline (`--metrics`: average and worst-group accuracy per method and test split, the
-DVC metrics), the comparison table (`--comparison`), and in `--details` the full results and the
-CSVs behind the `dvc plots` bar charts (per method; per group).
+"""Stage `evaluate`: every model of the `methods` param on every test split and on validation
+(masktune/eval/compare.py): plain accuracy (all predictions pooled, what the official MaskTune code reports),
+every group's and class's accuracy, worst group, unbiased and train-weighted averages (IN-9L: the
+Background Challenge and its BG-Gap); each model's title and group-label use as its checkpoint records
+them; and for every model that selects, the one its training kept under the true groups' worst group
+(the selection gap). Writes the headline (`--metrics`, the DVC metrics), the comparison table and the
+gap (`--comparison`), the full results and the `dvc plots` CSVs (`--details`).
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from masktune.config.stages import load_stage_config
 from masktune.data.prepared import open_prepared
-from masktune.data.splits import open_split
 from masktune.distributed import select_device
 from masktune.errors import UserError, run_stage
+from masktune.eval.compare import evaluate_models, oracle_results
 from masktune.eval.figures import write_group_csv
-from masktune.eval.metrics import background_challenge_metrics, group_metrics
 from masktune.eval.report import (
-    NO_GROUPS_NOTE,
     comparison_markdown,
     headline,
-    method_title,
+    headline_lines,
+    selection_gap_markdown,
     write_comparison,
     write_methods_csv,
 )
-from masktune.eval.selection import GroupLabels
 from masktune.io.files import atomic_directory, write_json
-from masktune.methods import reported_models
-from masktune.models.checkpoint import load_checkpoint
-from masktune.train.loop import predict
-
-
-def _group_labels(state: dict) -> GroupLabels:
-    """The checkpoint's record (every method's stage writes it); ERM's checkpoints have none: ✗/✗."""
-    return GroupLabels(**state.get("group_labels", {"training": False, "model_selection": False}))
+from masktune.methods import oracle_models, reported_models
 
 
 @run_stage
@@ -52,53 +35,34 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="prepared dataset (HDF5)")
     parser.add_argument("--models", required=True, help="folder of the checkpoints of every method")
     parser.add_argument("--metrics", required=True, help="JSON: the headline, per method and test split")
-    parser.add_argument("--comparison", required=True, help="Markdown: method x split table")
+    parser.add_argument("--comparison", required=True, help="Markdown: method x split table, the selection gap")
     parser.add_argument("--details", required=True, help="folder: details.json, methods.csv, group_accuracy.csv")
     args = parser.parse_args()
 
     config = load_stage_config("evaluate")
-    prepared, spec = open_prepared(args.data)
-    entries = reported_models(config.methods, args.models)
-    if not entries:
+    prepared, info = open_prepared(args.data)
+    checkpoints = reported_models(config.methods, args.models)
+    if not checkpoints:
         raise UserError("params.yaml: `methods` lists no method to evaluate")
-    device = select_device()
-    models, info = {}, {}
-    for name, path in entries.items():
-        models[name], state = load_checkpoint(path, device)
-        info[name] = {"title": method_title(name, state), "checkpoint": str(path),
-                      "group_labels": str(_group_labels(state))}
-    (train_groups,) = prepared.vectors("train", "groups")
-    train_counts = {int(g): int(n) for g, n in zip(*np.unique(train_groups, return_counts=True))}
-    results: dict = {name: {} for name in models}
-    splits = spec.test_splits + ("val",)
-    for split in splits:
-        data = open_split(prepared, split, spec.views, "eval", config.workers)
-        for name, model in models.items():
-            predictions = predict(model, data, config.eval_batch_size, device, f"{name} on {split}")
-            results[name][split] = group_metrics(data.labels, data.groups, predictions, prepared.group_names,
-                                                 train_counts, prepared.class_names)
-    if spec.metrics == "background_challenge":
-        for name in models:
-            results[name]["background_challenge"] = background_challenge_metrics(
-                {split.removeprefix("test_"): results[name][split]["accuracy"] for split in spec.test_splits})
-
-    top = headline(results, spec.test_splits, spec.average, spec.groups_known)
+    device, sizes = select_device(), {"batch_size": config.eval_batch_size, "workers": config.workers}
+    results, described = evaluate_models(prepared, info, checkpoints, device=device, **sizes)
+    gaps = oracle_results(prepared, info, oracle_models(config.methods, args.models), described, results,
+                          device=device, **sizes)
+    top = headline(results, info.test_splits, info.average, info.groups_known)
     write_json(args.metrics, top)
-    write_comparison(args.comparison, comparison_markdown(prepared.dataset, results, info, splits, spec.average,
-                                                          spec.groups_known))
+    splits = (*info.test_splits, "val")
+    write_comparison(args.comparison, comparison_markdown(prepared.dataset, results, described, splits, info.average,
+                                                          info.groups_known)
+                     + selection_gap_markdown(gaps, results, described, info.test_splits, info.groups_known))
     with atomic_directory(args.details) as tmp_dir:
         write_json(Path(tmp_dir) / "details.json",
-                   {"dataset": prepared.dataset, "average": spec.average,
-                    "methods": {name: {**info[name], "results": results[name]} for name in models}})
+                   {"dataset": prepared.dataset, "average": info.average,
+                    "methods": {name: {**described[name], "results": results[name],
+                                       **({"selection_gap": gaps[name]} if name in gaps else {})} for name in results}})
         write_methods_csv(Path(tmp_dir) / "methods.csv", top,
-                          {name: f"{name} {info[name]['group_labels']}" for name in models})
+                          {name: f"{name} {described[name]['group_labels']}" for name in results})
         write_group_csv(Path(tmp_dir) / "group_accuracy.csv", results)
-    worst = "worst_group" if spec.groups_known else "worst_class"
-    for name, per_split in top.items():
-        print(f"{name} ({info[name]['group_labels']}): " + ", ".join(
-            f"{split} {m['average']:.2%} ({worst.replace('_', ' ')} {m[worst]:.2%})" for split, m in per_split.items()))
-    if not spec.groups_known:
-        print(NO_GROUPS_NOTE)
+    print("\n".join(headline_lines(top, described, info.groups_known)))
 
 
 if __name__ == "__main__":

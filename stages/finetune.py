@@ -17,11 +17,11 @@ from masktune.data.prepared import open_prepared
 from masktune.data.splits import mask_source, open_split
 from masktune.distributed import is_main_process, start_workers
 from masktune.errors import UserError, run_stage
-from masktune.eval.selection import GroupLabels
 from masktune.io.files import write_json
 from masktune.models.checkpoint import load_checkpoint, save_checkpoint
 from masktune.models.precision import MixedPrecision
 from masktune.train.loop import accuracy, restore_optimizer, seed_everything, train_epoch
+from masktune.train.selection import GroupLabels
 
 
 @run_stage

@@ -1,10 +1,12 @@
 """Stage `last_layer@<name>`: the (groups, trainer) pair `methods.last_layer.<name>` of params.yaml, DFR
 (masktune/last_layer/dfr.py cites the official lines): the last layer of the best ERM model retrained on
-the validation set, balanced over the pair's groups and its C tuned on them. With the classes
+the validation set, balanced over the pair's groups, its C chosen by the pair's `selection` (by default
+the worst of its own groups, ExMap's rule). With the classes
 (`dfr_classes`, ✗), the true groups (`dfr_groups`, ✓: the supervised reference of ExMap's comparison),
 ExMap's pseudo-groups (G-ExMap, L-ExMap) or any other groups file. The model is the ERM network with
 the averaged logistic regression as its classifier, a checkpoint `evaluate` reads; the summary holds
-the C chosen and the group sizes.
+the C chosen and the group sizes. Beside it, for the report only, the model whose C the true groups'
+worst group would pick (the selection gap, docs/methods.md).
 """
 from __future__ import annotations
 
@@ -15,10 +17,9 @@ from masktune.data.prepared import open_prepared
 from masktune.data.splits import open_split
 from masktune.distributed import select_device
 from masktune.errors import run_stage
-from masktune.eval.selection import group_labels_used
 from masktune.groups import read_groups
 from masktune.io.files import write_json
-from masktune.last_layer.dfr import retrain_last_layer
+from masktune.last_layer.dfr import dfr_pair
 
 
 @run_stage
@@ -30,20 +31,18 @@ def main() -> None:
     parser.add_argument("--groups", required=True, help="the pair's groups file (HDF5)")
     parser.add_argument("--out", required=True, help="the retrained checkpoint")
     parser.add_argument("--metrics", required=True, help="JSON: C chosen, group sizes")
+    parser.add_argument("--oracle", required=True, help="the model of the C the true worst group picks (the gap)")
     args = parser.parse_args()
 
     config = load_stage_config(f"last_layer@{args.name}")
     prepared, info = open_prepared(args.data)
     groups = read_groups(args.groups, {split: prepared.length(split) for split in ("train", "val")})
     val = open_split(prepared, "val", info.views, "eval", config.workers)
-    # DFR balances over the groups and tunes C on their worst: it trains and selects with them
-    labels = group_labels_used(groups.uses_group_labels, "worst_pseudo_group")
-    checkpoint_info = {"method": args.name, "groups": groups.inference, "trainer": config.trainer,
-                       "selection": "worst_pseudo_group", "group_labels": labels.as_dict()}
-    report = retrain_last_layer(args.model, val, groups.val, config, select_device(), args.out, checkpoint_info)
-    write_json(args.metrics, {"groups": groups.inference, **report})
-    print(f"{args.name} (DFR on {groups.inference}, group labels {labels}): C {report['c']}, {report['groups']} "
-          f"groups of sizes {report['group_sizes']}")
+    report = dfr_pair(args.name, args.model, val, groups, config, select_device(), args.out, args.oracle)
+    write_json(args.metrics, report)
+    print(f"{args.name} (DFR on {groups.inference}, C by {config.selection}, group labels {report['group_labels']}): "
+          f"C {report['c']} (the true worst group's: {report['oracle_c']}), {report['groups']} groups of sizes "
+          f"{report['group_sizes']}")
 
 
 if __name__ == "__main__":

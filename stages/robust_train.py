@@ -27,12 +27,13 @@ def main() -> None:
     parser.add_argument("--groups", required=True, help="the pair's groups file (HDF5)")
     parser.add_argument("--out", required=True, help="checkpoint of the selected epoch")
     parser.add_argument("--live", required=True, help="dvclive folder (metrics.json, plots/)")
+    parser.add_argument("--oracle", required=True, help="checkpoint of the best true worst group (the selection gap)")
     args = parser.parse_args()
 
     config = load_stage_config(f"robust_train@{args.name}")
     trainer = load_trainer(config.trainer)
     device = start_workers(config) if trainer.data_parallel else select_device()
-    train_robust(trainer, config, device, args.data, args.groups, args.out, args.live, args.name)
+    train_robust(trainer, config, device, args.data, args.groups, args.out, args.live, args.name, args.oracle)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Stage `train_erm`: train the model by ERM; keep the best-validation and the last checkpoint.
 
 The official code masks with the best checkpoint and fine-tunes from the last one
-(src/methods/base_method.py, `masktune()`), so both are outputs. Hyperparameters left null in
+(src/methods/base_method.py, `masktune()`), so both are outputs; so is, for the report only, the
+checkpoint the true groups' worst group would have picked (the selection gap, docs/methods.md). Hyperparameters left null in
 `train_erm` come from `recipes.<dataset>.train_erm` (the official recipe of the dataset); the
 training itself, its model selection and schedules are `masktune.train.network.train_erm`.
 
@@ -26,10 +27,11 @@ def main() -> None:
     parser.add_argument("--best", required=True, help="checkpoint of the best validation accuracy")
     parser.add_argument("--last", required=True, help="checkpoint after the last epoch")
     parser.add_argument("--live", required=True, help="dvclive folder (metrics.json, plots/)")
+    parser.add_argument("--oracle", required=True, help="checkpoint of the best true worst group (the selection gap)")
     args = parser.parse_args()
 
     config = load_stage_config("train_erm")
-    train_erm(config, start_workers(config), args.data, args.best, args.last, args.live, "train_erm")
+    train_erm(config, start_workers(config), args.data, args.best, args.last, args.live, "train_erm", args.oracle)
 
 
 if __name__ == "__main__":

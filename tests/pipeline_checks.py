@@ -11,8 +11,8 @@ import pytest
 from scratch import NO_GROUP_METHODS, committed_params  # noqa: F401  (tests import it from here)
 
 from masktune.eval.figures import gallery_file_name
-from masktune.eval.selection import group_labels_used
 from masktune.methods import reported_models
+from masktune.train.selection import group_labels_used
 
 METHODS = committed_params()["methods"]
 MODELS = reported_models(METHODS, "models")

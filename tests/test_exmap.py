@@ -205,11 +205,11 @@ def test_c_selection_by_hand():
     x, y, g = _spurious_validation_set()
     # C = 0.01 with an L1 penalty zeroes every coefficient: one class predicted, worst group 0;
     # the separable groups give 1.0 at the larger Cs, and ties go to the first C of the grid
-    c, scores = tune_c(x, y, g, (1.0, 0.1, 0.001), splits=3, rng=np.random.default_rng(0), seed=0)
+    c, scores = tune_c(x, y, g, (1.0, 0.1, 0.001), splits=3, rng=np.random.default_rng(0), seed=0)["groups"]
     assert scores[0.001] == 0.0
     assert scores[1.0] == 1.0 and scores[0.1] == 1.0
     assert c == 1.0
-    c, _ = tune_c(x, y, g, (0.001, 0.1, 1.0), splits=3, rng=np.random.default_rng(0), seed=0)
+    c, _ = tune_c(x, y, g, (0.001, 0.1, 1.0), splits=3, rng=np.random.default_rng(0), seed=0)["groups"]
     assert c == 0.1  # the first of the tied best
 
 
@@ -218,7 +218,7 @@ def test_dfr_with_groups_beats_dfr_with_classes_on_the_minority_groups():
     test_x, test_y, test_g = _spurious_validation_set(seed=1)
     worst = {}
     for name, groups in {"classes": y, "groups": g}.items():
-        head, info = fit_dfr(x, y, groups, c_grid=(1.0, 0.1, 0.01), tune_splits=3, refits=5, seed=0)
+        head, info = fit_dfr(x, y, groups, c_grid=(1.0, 0.1, 0.01), tune_splits=3, refits=5, seed=0)["groups"]
         correct = head.predict(test_x) == test_y
         worst[name] = min(correct[test_g == k].mean() for k in range(4))
         assert info["groups"] == len(np.unique(groups))
@@ -291,7 +291,7 @@ def test_dfr_over_three_classes_is_one_versus_rest():
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], 40)
     x = np.eye(3)[y] * 3 + 0.3 * rng.standard_normal((120, 3))
-    head, _ = fit_dfr(x, y, y, c_grid=(1.0, 0.1), tune_splits=2, refits=3, seed=0)
+    head, _ = fit_dfr(x, y, y, c_grid=(1.0, 0.1), tune_splits=2, refits=3, seed=0)["groups"]
     assert head.coef.shape == (3, 3) and head.intercept.shape == (3,)
     assert (head.predict(x) == y).mean() > 0.95
     weight, bias = head.logits_layer(3)  # folded into a linear layer, it predicts as the head
@@ -322,3 +322,21 @@ def test_training_images_take_the_pseudo_group_of_their_nearest_validation_heatm
     train_ids = extend_to_train(model, data, heatmaps, labels, val_ids, heatmaps="xgradcam", gamma=4.0, size=0,
                                 batch_size=7, device=torch.device("cpu"))
     assert train_ids["local"].tolist() == val_ids["local"].tolist()
+
+
+def test_c_is_selected_by_the_scoring_asked_and_each_scoring_keeps_its_own_head():
+    """Balanced over the classes (DFR with class labels), C scored by the class's worst (its rule) and by
+    the true groups' worst (the selection gap's reference): one tuning, and a scoring that picks the same
+    C gets the same head."""
+    x, y, g = _spurious_validation_set()
+    fitted = fit_dfr(x, y, y, c_grid=(1.0, 0.1, 0.001), tune_splits=3, refits=3, seed=0,
+                     score_groups={"classes": y, "true": g, "average": np.zeros_like(y)})
+    alone = fit_dfr(x, y, y, c_grid=(1.0, 0.1, 0.001), tune_splits=3, refits=3, seed=0)["groups"]
+    assert np.array_equal(fitted["classes"][0].coef, alone[0].coef)  # the default is the classes' own rule
+    tuned = tune_c(x, y, y, (1.0, 0.1, 0.001), 3, np.random.default_rng(0), 0,
+                   score_groups={"classes": y, "true": g, "average": np.zeros_like(y)})
+    for name in ("classes", "true", "average"):
+        assert fitted[name][1]["c"] == tuned[name][0]
+        same = [other for other in fitted if fitted[other][1]["c"] == fitted[name][1]["c"]]
+        assert all(np.array_equal(fitted[other][0].coef, fitted[name][0].coef) for other in same)
+    assert tuned["true"][1][0.001] == 0.0  # an all-zero model: one class, its worst group 0

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 
 from masktune.data.samples import SampleSet
 from masktune.data.splits import PixelSplit
-from masktune.eval.metrics import worst_group_accuracy
 from masktune.models.precision import MixedPrecision
 from masktune.robust_train.groupdro import GroupDRO
 from masktune.robust_train.upsample import balanced_rows
 from masktune.train.loop import make_optimizer, predict, train_epoch
+from masktune.train.selection import worst_group_accuracy
 
 CPU = torch.device("cpu")
 FLOAT32 = MixedPrecision("float32", CPU)

@@ -55,9 +55,11 @@ TRAINERS = ("upsample", "cluster_reweight", "groupdro")   # masktune/robust_trai
 LAST_LAYER_TRAINERS = ("dfr",)                             # masktune/last_layer/<trainer>.py
 PAIR_KINDS = ("robust_train", "last_layer")
 PAIRS_PREFIXES = tuple(f"methods.{kind}." for kind in PAIR_KINDS)
-# model selection on validation (masktune/eval/selection.py): average | worst class (✗) | the method's own
+# model selection on validation (masktune/train/selection.py): average | worst class (✗) | the method's own
 # worst group (✗ unless its groups are the true ones) | worst true group | unbiased (mean of the true groups) (✓)
 SELECTIONS = ("average", "worst_class", "worst_pseudo_group", "worst_group", "unbiased")
+# DFR's choice of C, by the worst of: one group (the accuracy), the classes, its groups (ExMap's rule), the true groups
+LAST_LAYER_SELECTIONS = ("average", "worst_class", "worst_pseudo_group", "worst_group")
 
 
 def group_files(methods: Mapping) -> dict[str, str]:
@@ -171,7 +173,7 @@ SCHEMA: dict[str, Field] = {
     "saliency.resume_every": Int(1),
     **{f"methods.{kind}": NameList(options=names) for kind, names in METHOD_KINDS.items()},
     "methods.robust_train": Pairs(trainers=TRAINERS, selections=SELECTIONS),
-    "methods.last_layer": Pairs(trainers=LAST_LAYER_TRAINERS),
+    "methods.last_layer": Pairs(trainers=LAST_LAYER_TRAINERS, selections=LAST_LAYER_SELECTIONS),
     "masktune.threshold_std": Number(0.0),
     "randmask.cutout_sides": IntList(length=2, minimum=1, maximum=10_000, ascending=True),
     "randmask.seed": Int(0),

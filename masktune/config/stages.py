@@ -202,6 +202,7 @@ class DfrConfig:
     retrained on the validation set, balanced over the pair's groups."""
     groups: str = _key("methods.last_layer.${name}.groups")
     trainer: str = _key("methods.last_layer.${name}.trainer")
+    selection: str = _key("methods.last_layer.${name}.selection")  # what scores C
     eval_batch_size: int = _key("eval_batch_size")
     c_grid: tuple[float, ...] = _key("dfr.c_grid")
     tune_splits: int = _key("dfr.tune_splits")

@@ -59,20 +59,6 @@ def group_metrics(labels: np.ndarray, groups: np.ndarray, predictions: np.ndarra
     return metrics
 
 
-def worst_group_accuracy(labels: np.ndarray, groups: np.ndarray, predictions: np.ndarray) -> float:
-    """The lowest accuracy over the groups present in the split (NaN for an empty split)."""
-    correct = np.asarray(labels) == np.asarray(predictions)
-    accuracies = [correct[groups == g].mean() for g in np.unique(groups)]
-    return float(min(accuracies)) if accuracies else float("nan")
-
-
-def unbiased_accuracy(labels: np.ndarray, groups: np.ndarray, predictions: np.ndarray) -> float:
-    """The unweighted mean of the accuracies of the groups present in the split (NaN for an empty split)."""
-    correct = np.asarray(labels) == np.asarray(predictions)
-    accuracies = [correct[groups == g].mean() for g in np.unique(groups)]
-    return float(np.mean(accuracies)) if accuracies else float("nan")
-
-
 def _train_weighted_average(accuracies: dict[int, float], train_group_counts: dict[int, int],
                             group_names: dict[int, str]) -> float:
     unknown = sorted(set(train_group_counts) - set(group_names))

@@ -97,6 +97,39 @@ def comparison_markdown(dataset: str, results: Mapping[str, Mapping], methods: M
     return "\n".join(lines) + "\n"
 
 
+def selection_gap_markdown(gaps: Mapping[str, Mapping], results: Mapping[str, Mapping], methods: Mapping[str, Mapping],
+                           test_splits: Sequence[str], groups_known: bool = True) -> str:
+    """The selection gap: per selecting model and test split, the worst group (class) under its own
+    selection rule, under the true groups' worst group on validation (most papers' rule, ✓), and the
+    difference. `gaps`: compare.oracle_results; `methods`: {name: {"title": ...}}."""
+    worst = "worst_group_accuracy" if groups_known else "worst_class_accuracy"
+    label = "worst group" if groups_known else "worst class"
+    header = ["method", "its selection"]
+    for split in test_splits:
+        header += [f"{split} {label}", f"{split} {label}, selected by the true worst group ✓", f"{split} gap"]
+    lines = ["", "## The selection gap", "",
+             (f"What each model's selection rule costs against selecting by the true groups' {label} on validation "
+              "(the rule of most papers' tables, which reads group labels: reported here, never used). Gap: its "
+              "figure minus the oracle's; 0 where both rules pick the same model."), "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, gap in gaps.items():
+        cells = [methods[name]["title"], gap["selection"]]
+        for split in test_splits:
+            own, oracle = results[name][split][worst], gap["results"][split][worst]
+            cells += [f"{own:.2%}", f"{oracle:.2%}", f"{100 * (own - oracle):+.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def headline_lines(top: Mapping[str, Mapping], methods: Mapping[str, Mapping], groups_known: bool = True) -> list[str]:
+    """One line per model for the console: its group-label use, and per test split its average and
+    worst group (class)."""
+    worst = "worst_group" if groups_known else "worst_class"
+    return [f"{name} ({methods[name]['group_labels']}): " + ", ".join(
+        f"{split} {m['average']:.2%} ({worst.replace('_', ' ')} {m[worst]:.2%})" for split, m in per_split.items())
+        for name, per_split in top.items()] + ([] if groups_known else [NO_GROUPS_NOTE])
+
+
 def write_comparison(path: str | Path, text: str) -> None:
     with atomic_output(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

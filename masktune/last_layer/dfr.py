@@ -41,8 +41,10 @@ from torch import nn
 
 from masktune.data.splits import Split
 from masktune.errors import UserError
+from masktune.groups import Groups
 from masktune.models.checkpoint import load_checkpoint, save_checkpoint
 from masktune.train.loop import penultimate_features
+from masktune.train.selection import ORACLE, group_labels_used
 
 OFFICIAL_C_GRID = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)  # run_dfr.py L23
 MISSING_CLASS_RETRIES = 20                                # run_dfr.py L143
@@ -93,10 +95,14 @@ def worst_group_score(correct: np.ndarray, groups: np.ndarray) -> float:
 
 
 def tune_c(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c_grid: Sequence[float], splits: int,
-           rng: np.random.Generator, seed: int, min_members: int = 5) -> tuple[float, dict[float, float]]:
-    """The C of the grid with the best summed worst-group accuracy over `splits` random half-splits
-    (fit on a balanced subsample of one half, score on the other); and every C's mean score."""
-    totals = dict.fromkeys(c_grid, 0.0)
+           rng: np.random.Generator, seed: int, min_members: int = 5,
+           score_groups: Mapping[str, np.ndarray] | None = None) -> dict[str, tuple[float, dict[float, float]]]:
+    """Per scoring (`score_groups`: name -> the groups whose worst accuracy scores a C; default: the
+    balancing `groups`, ExMap's rule), the C of the grid with the best summed worst-group accuracy over
+    `splits` random half-splits (fit on a subsample of one half balanced over `groups`, score on the
+    other; first C of the grid on ties), and every C's mean score. The fits are shared by the scorings."""
+    score_groups = score_groups or {"groups": groups}
+    totals = {name: dict.fromkeys(c_grid, 0.0) for name in score_groups}
     for _ in range(splits):
         order = rng.permutation(len(x))
         held_out, fit_half = order[:len(x) // 2], order[len(x) // 2:]
@@ -106,9 +112,10 @@ def tune_c(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c_grid: Sequence[fl
         for c in c_grid:
             model = _fit_logistic_regression(x_fit, y[rows], c, seed)
             correct = model.predict(x_held) == y[held_out]
-            totals[c] += worst_group_score(correct, groups[held_out])
-    best = max(c_grid, key=lambda c: (totals[c], -list(c_grid).index(c)))
-    return best, {c: total / splits for c, total in totals.items()}
+            for name, scoring in score_groups.items():
+                totals[name][c] += worst_group_score(correct, scoring[held_out])
+    return {name: (max(c_grid, key=lambda c: (total[c], -list(c_grid).index(c))),
+                   {c: value / splits for c, value in total.items()}) for name, total in totals.items()}
 
 
 @dataclass(frozen=True)
@@ -165,19 +172,30 @@ def fit_final(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float, refits
 
 
 def fit_dfr(x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, c_grid: Sequence[float], tune_splits: int,
-            refits: int, seed: int, min_members: int = 5) -> tuple[LinearHead, dict]:
-    """DFR on embeddings x (N, D) with labels y and (pseudo-)groups: C tuned, then the final model."""
+            refits: int, seed: int, min_members: int = 5,
+            score_groups: Mapping[str, np.ndarray] | None = None) -> dict[str, tuple[LinearHead, dict]]:
+    """DFR on embeddings x (N, D) with labels y, balanced over `groups`: C tuned by each scoring of
+    `score_groups` (default {"groups": groups}, ExMap's rule), then the final model of each C; per
+    scoring, (head, summary). Every scoring starts its final refits from the same random state, so two
+    that choose the same C give the same head."""
     if len(np.unique(y)) < 2:
         raise UserError("DFR: the validation set has a single class")
     rng = np.random.default_rng(seed)
+    sizes = np.bincount(groups)
+    fitted, heads = {}, {}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Liblinear failed to converge")
-        c, scores = tune_c(x, y, groups, c_grid, tune_splits, rng, seed, min_members)
-        head = fit_final(x, y, groups, c, refits, rng, seed, min_members)
-    sizes = np.bincount(groups)
-    return head, {"c": c, "tuning_worst_group_accuracy": {str(k): v for k, v in scores.items()},
-                  "groups": int((sizes > 0).sum()), "group_sizes": [int(n) for n in sizes if n > 0],
-                  "nonzero_features": int((np.abs(head.coef) > 0).any(axis=0).sum())}
+        tuned = tune_c(x, y, groups, c_grid, tune_splits, rng, seed, min_members, score_groups)
+        state = rng.bit_generator.state
+        for name, (c, scores) in tuned.items():
+            if c not in heads:
+                rng.bit_generator.state = state
+                heads[c] = fit_final(x, y, groups, c, refits, rng, seed, min_members)
+            fitted[name] = (heads[c], {"c": c, "tuning_worst_group_accuracy": {str(k): v for k, v in scores.items()},
+                                       "groups": int((sizes > 0).sum()),
+                                       "group_sizes": [int(n) for n in sizes if n > 0],
+                                       "nonzero_features": int((np.abs(heads[c].coef) > 0).any(axis=0).sum())})
+    return fitted
 
 
 def install_head(model: nn.Module, head: LinearHead, num_classes: int) -> nn.Module:
@@ -190,15 +208,37 @@ def install_head(model: nn.Module, head: LinearHead, num_classes: int) -> nn.Mod
 
 
 def retrain_last_layer(model_path: str | Path, val: Split, groups: np.ndarray, config, device: torch.device,
-                       out: str | Path, checkpoint_info: Mapping) -> dict:
-    """DFR with `groups` (one id per validation row: the groups file's): the ERM checkpoint at `model_path`
-    with the averaged logistic regression as its classifier, saved at `out` with `checkpoint_info`; returns
-    the DFR summary (C chosen, group sizes). `config`: a last-layer stage's config (`dfr.*`)."""
+                       outputs: Mapping[str | Path, tuple[np.ndarray, Mapping]]) -> dict[str, dict]:
+    """DFR balanced over `groups` (one id per validation row: the groups file's): for each output path,
+    (the groups whose worst accuracy selects C, what its checkpoint records), the ERM checkpoint at
+    `model_path` with the averaged logistic regression of that C as its classifier. Returns each output's
+    DFR summary (C chosen, group sizes). `config`: a last-layer stage's config (`dfr.*`)."""
     model, state = load_checkpoint(model_path, device)
     features = penultimate_features(model, val, config.eval_batch_size, device, "DFR: validation embeddings")
-    head, report = fit_dfr(features, val.labels, np.asarray(groups, dtype=np.int64), c_grid=config.c_grid,
-                           tune_splits=config.tune_splits, refits=config.refits, seed=config.seed)
-    install_head(model, head, state["num_classes"])
-    save_checkpoint(out, model, None, arch=state["arch"], num_classes=state["num_classes"], epoch=state["epoch"],
-                    val_accuracy=float("nan"), **checkpoint_info)
-    return report
+    fitted = fit_dfr(features, val.labels, np.asarray(groups, dtype=np.int64), c_grid=config.c_grid,
+                     tune_splits=config.tune_splits, refits=config.refits, seed=config.seed,
+                     score_groups={str(out): scoring for out, (scoring, _) in outputs.items()})
+    for out, (_, info) in outputs.items():
+        head, report = fitted[str(out)]
+        install_head(model, head, state["num_classes"])
+        save_checkpoint(out, model, None, arch=state["arch"], num_classes=state["num_classes"], epoch=state["epoch"],
+                        val_accuracy=float("nan"), c=report["c"], **info)
+    return {str(out): fitted[str(out)][1] for out in outputs}
+
+
+def dfr_pair(name: str, model_path: str | Path, val: Split, groups: Groups, config, device: torch.device,
+             out: str | Path, oracle: str | Path) -> dict:
+    """The last-layer pair `name`: DFR balanced over the groups file's validation groups, C chosen by the
+    pair's `selection`, saved at `out` recording the pair and its group-label use; at `oracle` the model
+    of the C the true groups' worst group picks (the selection gap, reported only). Returns the summary."""
+    scoring = {"average": np.zeros_like(val.labels), "worst_class": val.labels, "worst_pseudo_group": groups.val,
+               "worst_group": val.groups}
+    pair = {"method": name, "groups": groups.inference, "trainer": config.trainer}
+    outputs = {out: (scoring[config.selection], {**pair, "selection": config.selection, "group_labels": group_labels_used(
+                   groups.uses_group_labels, config.selection).as_dict()}),
+               oracle: (scoring[ORACLE], {**pair, "selection": ORACLE, "group_labels": group_labels_used(
+                   groups.uses_group_labels, ORACLE).as_dict()})}
+    report = retrain_last_layer(model_path, val, groups.val, config, device, outputs)
+    return {"groups": groups.inference, "selection": config.selection,
+            "group_labels": str(group_labels_used(groups.uses_group_labels, config.selection)),
+            **report[str(out)], "oracle_c": report[str(oracle)]["c"]}

@@ -26,3 +26,10 @@ def reported_models(methods: Mapping, models_dir: str | Path) -> dict[str, Path]
     for kind in TRAINED:
         names += list(methods.get(kind, ()))
     return {name: model_file(models_dir, name) for name in names}
+
+
+def oracle_models(methods: Mapping, models_dir: str | Path) -> dict[str, Path]:
+    """{model name: the checkpoint its training would have kept under the true groups' worst group}, for the
+    models that select (ERM's epoch, a robust pair's epoch, a last-layer pair's C): the selection gap."""
+    names = [name for name in reported_models(methods, models_dir) if name not in methods.get("masking", ())]
+    return {name: Path(models_dir) / "oracle" / f"{name}.pt" for name in names}

@@ -17,11 +17,11 @@ from torch import nn
 from masktune.data.prepared import PreparedFile
 from masktune.data.splits import ResampledSplit, Split
 from masktune.errors import UserError
-from masktune.eval.selection import SELECT_BY, group_labels_used, selection_score
 from masktune.groups import Groups, read_groups
 from masktune.train.loop import resolve_seed
 from masktune.train.network import finish_training, start_training
 from masktune.train.objective import ERM, Objective
+from masktune.train.selection import SELECT_BY, group_labels_used, selection_score
 
 
 class Trainer:
@@ -50,10 +50,11 @@ class Trainer:
 
 
 def train_robust(trainer: Trainer, config, device: torch.device, data: str | Path, groups_path: str | Path,
-                 out: str | Path, live_dir: str | Path, name: str) -> dict:
+                 out: str | Path, live_dir: str | Path, name: str, oracle: str | Path | None = None) -> dict:
     """Train the method `name` of the pair (the groups file at `groups_path`, `trainer`) with `config` (the
     trainer's recipe and the pair's `selection`); keep the best checkpoint by the selection, recording in
-    it what the model is and its group-label use; returns the best epoch's validation scores."""
+    it what the model is and its group-label use, and at `oracle` the one the true groups' worst group
+    would pick (the selection gap, reported only); returns the best epoch's validation scores."""
     prepared = PreparedFile(data)
     groups = read_groups(groups_path, {split: prepared.length(split) for split in ("train", "val")})
     seed = resolve_seed(config.seed, f"{trainer.name}.seed")
@@ -66,7 +67,8 @@ def train_robust(trainer: Trainer, config, device: torch.device, data: str | Pat
     if rows is not None:
         run.train = ResampledSplit(run.train, rows)
     labels = group_labels_used(groups.uses_group_labels, config.selection)
-    score = selection_score(run.val.labels, config.selection, true_groups=run.val.groups, pseudo_groups=groups.val)
+    score = selection_score(run.val.labels, config.selection, true_groups=run.val.groups, pseudo_groups=groups.val,
+                            oracle=oracle is not None)
     print(f"{name} ({trainer.name} on {groups.inference}): {trainer.describe(config, groups, rows)}; "
           f"selection by {config.selection} (group labels {labels})")
     info = {"method": name, "groups": groups.inference, "trainer": trainer.name, "selection": config.selection,
@@ -74,4 +76,5 @@ def train_robust(trainer: Trainer, config, device: torch.device, data: str | Pat
     return finish_training(run, stage=f"robust_train@{name}", best=out, live_dir=live_dir, checkpoint_info=info,
                            score=score, select_by=SELECT_BY[config.selection], name=name,
                            resume_inputs=(groups_path,), resume_extra={"seed": seed},
-                           summary={"seed": seed, "groups": groups.inference, **trainer.summary(config, groups, rows)})
+                           summary={"seed": seed, "groups": groups.inference, **trainer.summary(config, groups, rows)},
+                           oracle=oracle)

@@ -50,7 +50,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Split, val: S
         best_path: str | Path, last_path: str | Path | None = None, checkpoint_info: dict,
         score: Callable[[np.ndarray], dict[str, float]] | None = None, select_by: str = "accuracy",
         name: str = "ERM", scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-        objective: Objective = ERM, resume: Mapping | None = None, amp: MixedPrecision | None = None) -> dict:
+        objective: Objective = ERM, resume: Mapping | None = None, amp: MixedPrecision | None = None,
+        oracle_path: str | Path | None = None, oracle_by: str = "worst_group_accuracy") -> dict:
     """Train `epochs` epochs; save the best checkpoint (and the last); return the best epoch (1-based)
     and its validation scores. `checkpoint_info` (arch, num_classes, ...) goes into every checkpoint.
     `scheduler`, when given, steps after each epoch's training pass (each epoch's learning rate is logged
@@ -58,13 +59,16 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Split, val: S
     number the training pass returns is logged as `train/<name>`, and the objective's state (ClusterFix's
     heads and cluster weights, GroupDRO's group weights) is journaled with the rest. `resume`: the
     fingerprint under which an epoch journal is kept and resumed (None: no journal). `amp`: the
-    precision of the training passes (None: float32). Only rank 0 writes files."""
+    precision of the training passes (None: float32). `oracle_path`: where to keep, beside the chosen one,
+    the checkpoint of the best `oracle_by` score (the true groups' worst group: the reference of the
+    selection gap, reported only; `score` must compute it). Only rank 0 writes files."""
     world = current_world()
     score = score or validation_accuracy(val)
     amp = amp or MixedPrecision("float32", device)
     state = TrainingState(model, optimizer, scheduler, generator, amp, objective)
     journal = _open_journal(best_path, resume, world)
-    start = state.restore(journal, live, best_path, last_path, world, name)
+    start = state.restore(journal, live, {best_path: "best_checkpoint", last_path: "last_checkpoint",
+                                          oracle_path: "oracle_checkpoint"}, world, name)
     for epoch in range(start, epochs):
         stats = train_epoch(model, optimizer, train, batch_size, generator, device,
                             desc=f"{name} epoch {epoch + 1}/{epochs}", amp=amp, objective=objective)
@@ -78,11 +82,16 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Split, val: S
         _log(live, logged)
         checkpoint = {**checkpoint_info, "epoch": epoch, "val_accuracy": scores.get("accuracy", math.nan)}
         improved = scores[select_by] > state.best_score
-        data = checkpoint_bytes(model, optimizer, **checkpoint) if improved or last_path is not None else None
-        if improved:  # one serialisation serves the best and the last checkpoint of an epoch
+        oracle_improved = oracle_path is not None and scores[oracle_by] > state.oracle_score
+        data = (checkpoint_bytes(model, optimizer, **checkpoint)
+                if improved or oracle_improved or last_path is not None else None)
+        if improved:  # one serialisation serves the best, the oracle's and the last checkpoint of an epoch
             state.best_score, state.best = scores[select_by], {"epoch": epoch + 1, **scores}
             state.best_checkpoint = data
             _write(best_path, data, world)
+        if oracle_improved:
+            state.oracle_score, state.oracle_checkpoint = scores[oracle_by], data
+            _write(oracle_path, data, world)
         if last_path is not None:
             state.last_checkpoint = data
             _write(last_path, data, world)
@@ -121,6 +130,8 @@ class TrainingState:
         self.best_score, self.best = -math.inf, {}
         self.best_checkpoint: bytes | None = None
         self.last_checkpoint: bytes | None = None
+        self.oracle_score = -math.inf
+        self.oracle_checkpoint: bytes | None = None
         self.history: list[dict[str, float]] = []
 
     def snapshot(self, epochs_done: int) -> dict:
@@ -133,12 +144,14 @@ class TrainingState:
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
                 "best_score": self.best_score, "best": self.best, "best_checkpoint": self.best_checkpoint,
-                "last_checkpoint": self.last_checkpoint, "history": self.history}
+                "last_checkpoint": self.last_checkpoint, "oracle_score": self.oracle_score,
+                "oracle_checkpoint": self.oracle_checkpoint, "history": self.history}
 
-    def restore(self, journal: EpochJournal | None, live: Live, best_path: str | Path,
-                last_path: str | Path | None, world: World, name: str) -> int:
+    def restore(self, journal: EpochJournal | None, live: Live, checkpoints: Mapping[str | Path | None, str],
+                world: World, name: str) -> int:
         """Load the journal's state (rank 0 reads, every rank receives); rewrite the checkpoints DVC
-        removed and replay the logged numbers; return the number of epochs already done."""
+        removed (`checkpoints`: path -> which of them) and replay the logged numbers; return the number of
+        epochs already done."""
         saved = journal.load() if journal is not None and world.is_main else None
         saved = broadcast_object(saved, world) if journal is not None else None
         if saved is None:
@@ -156,14 +169,15 @@ class TrainingState:
         np.random.set_state(saved["numpy_rng"])
         random.setstate(saved["python_rng"])
         self.best_score, self.best = saved["best_score"], saved["best"]
-        self.best_checkpoint, self.last_checkpoint = saved["best_checkpoint"], saved["last_checkpoint"]
+        self.oracle_score = saved["oracle_score"]
+        for attribute in ("best_checkpoint", "last_checkpoint", "oracle_checkpoint"):
+            setattr(self, attribute, saved[attribute])
         self.history = saved["history"]
         for logged in self.history:
             _log(live, logged)
-        if self.best_checkpoint is not None:
-            _write(best_path, self.best_checkpoint, world)
-        if last_path is not None and self.last_checkpoint is not None:
-            _write(last_path, self.last_checkpoint, world)
+        for path, attribute in checkpoints.items():  # rewrite the checkpoints DVC removed
+            if path is not None and getattr(self, attribute) is not None:
+                _write(path, getattr(self, attribute), world)
         if world.is_main:
             print(f"{name}: resuming after epoch {saved['epochs_done']} ({journal.folder})")
         return saved["epochs_done"]

@@ -30,6 +30,7 @@ from masktune.models.pretrained import initial_model
 from masktune.train.fit import finish_journal, fit, live_folder, resume_key
 from masktune.train.loop import make_optimizer, make_scheduler, seed_everything
 from masktune.train.objective import ERM, Objective
+from masktune.train.selection import selection_score
 
 
 @dataclass
@@ -72,11 +73,12 @@ def finish_training(run: TrainingRun, *, stage: str, best: str | Path, live_dir:
                     last: str | Path | None = None, checkpoint_info: Mapping | None = None,
                     score: Callable[[np.ndarray], dict[str, float]] | None = None, select_by: str = "accuracy",
                     name: str = "ERM", resume_inputs: tuple = (), resume_extra: Mapping | None = None,
-                    summary: Mapping | None = None) -> dict:
+                    summary: Mapping | None = None, oracle: str | Path | None = None) -> dict:
     """`fit` the started run for `config.epochs` epochs, keeping the best checkpoint by `select_by` (and
-    the last one when `last` is given), logging to dvclive in `live_dir`; returns the best epoch's
-    validation scores. `stage` and `resume_inputs` (files read beside the prepared data) key the epoch
-    journal; `summary` goes into dvclive's summary with the best epoch and the objective's own."""
+    the last one when `last` is given; at `oracle`, the best by the true groups' worst group, the reference
+    of the selection gap: `score` must compute it), logging to dvclive in `live_dir`; returns the best
+    epoch's validation scores. `stage` and `resume_inputs` (files read beside the prepared data) key the
+    epoch journal; `summary` goes into dvclive's summary with the best epoch and the objective's own."""
     config, device = run.config, run.device
     scheduler = make_scheduler(run.optimizer, getattr(config, "lr_schedule", "constant"), config.epochs,
                                getattr(config, "lr_milestone_every", 1), getattr(config, "lr_gamma", 1.0))
@@ -87,7 +89,7 @@ def finish_training(run: TrainingRun, *, stage: str, best: str | Path, live_dir:
                           batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
                           generator=run.generator, device=device, live=live, best_path=best, last_path=last,
                           checkpoint_info=info, score=score, select_by=select_by, name=name, scheduler=scheduler,
-                          objective=run.objective, resume=resume, amp=run.amp)
+                          objective=run.objective, resume=resume, amp=run.amp, oracle_path=oracle)
         live.summary.update({**(summary or {}), **run.objective.summary()})
         live.summary["best"] = best_scores
     finish_journal(best, resume)
@@ -95,14 +97,18 @@ def finish_training(run: TrainingRun, *, stage: str, best: str | Path, live_dir:
 
 
 def train_erm(config, device: torch.device, data: str | Path, best: str | Path, last: str | Path,
-              live_dir: str | Path, stage: str) -> dict:
+              live_dir: str | Path, stage: str, oracle: str | Path | None = None) -> dict:
     """ERM from the recipe's start (stage `train_erm`, and `train_erm_control@<k>` with another seed):
-    the best-validation and the last checkpoint; returns the best epoch's validation scores."""
+    the checkpoint of the best average validation accuracy (the official rule, ✗), the last one, and at
+    `oracle` the one of the best true worst group (reported only: the selection gap); returns the best
+    epoch's validation scores."""
     run = start_training(config, device, data)
+    score = selection_score(run.val.labels, "average", true_groups=run.val.groups, oracle=oracle is not None)
     # A multistep checkpoint says so: the finetune continues at its decayed rate (loop.restore_optimizer).
     schedule_info = {"lr_schedule": "multistep"} if config.lr_schedule == "multistep" else {}
     recipe = {"arch": config.arch, "pretrained": config.pretrained, "lr": config.lr, "epochs": config.epochs,
               "batch_size": config.batch_size, "momentum": config.momentum, "weight_decay": config.weight_decay,
               "lr_schedule": config.lr_schedule, "seed": config.seed}
-    return finish_training(run, stage=stage, best=best, last=last, live_dir=live_dir, checkpoint_info=schedule_info,
-                           summary={"recipe": recipe})
+    return finish_training(run, stage=stage, best=best, last=last, live_dir=live_dir, score=score,
+                           checkpoint_info={**schedule_info, "selection": "average"}, summary={"recipe": recipe},
+                           oracle=oracle)

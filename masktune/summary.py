@@ -1,0 +1,185 @@
+"""Experiments summarised over seeds: `python -m masktune.summary [REV ...]`.
+
+Reads experiments the DVC way, `dvc exp show --json` (run, queued and finished, or the named revisions
+and their experiments), and groups them into configurations: experiments whose params are equal but for
+their seeds (every key named `seed`) are seeds of one configuration. Per configuration (its dataset and
+the params that set it apart), model, test split and measure of the headline (`metrics/evaluate.json`):
+mean, sample standard deviation and the number of seeds; each row says the model's group-label use
+(training / selection) and its selection rule, from the params. Writes `summary.md`, `summary.csv` (the
+`dvc plots` bar chart with error bars, `.dvc/plots/mean_std_bars.json`) and `summary.png` (the same chart
+as an image, for a machine without internet) into `--out`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from masktune.errors import UserError, run_stage
+from masktune.eval.report import method_title
+from masktune.io.files import atomic_directory
+from masktune.train.selection import group_labels_used
+
+HEADLINE = "metrics/evaluate.json"
+PAIRS = ("robust_train", "last_layer")
+
+
+def experiments(show: Sequence[Mapping]) -> list[dict]:
+    """{"name", "params", "headline"} of every experiment (and baseline) with a headline in the parsed
+    output of `dvc exp show --json`."""
+    found = []
+    for baseline in show:
+        runs = [baseline] + [run for group in baseline.get("experiments") or [] for run in group.get("revs", [])]
+        for run in runs:
+            data = run.get("data") or {}
+            headline = (data.get("metrics") or {}).get(HEADLINE, {}).get("data")
+            params = (data.get("params") or {}).get("params.yaml", {}).get("data")
+            if headline and params:
+                found.append({"name": run.get("name") or data.get("rev") or run.get("rev"), "params": params,
+                              "headline": headline})
+    return found
+
+
+def _without_seeds(node):
+    if isinstance(node, Mapping):
+        return {key: _without_seeds(value) for key, value in node.items() if key != "seed"}
+    return node
+
+
+def _leaves(node, prefix: str = "") -> dict[str, object]:
+    if not isinstance(node, Mapping):
+        return {prefix: node}
+    return {k: v for key, value in node.items() for k, v in _leaves(value, f"{prefix}{key}.").items()} if node \
+        else {prefix: node}
+
+
+def configurations(runs: Sequence[Mapping]) -> list[dict]:
+    """The runs grouped by their params without seeds, in order of first appearance; each with the params
+    that set it apart from the other configurations (`label`)."""
+    groups: dict[str, dict] = {}
+    for run in runs:
+        key = json.dumps(_without_seeds(run["params"]), sort_keys=True)
+        groups.setdefault(key, {"params": run["params"], "runs": []})["runs"].append(run)
+    leaves = [_leaves(_without_seeds(group["params"])) for group in groups.values()]
+    differing = sorted({k for leaf in leaves for k in leaf if len({json.dumps(x.get(k)) for x in leaves}) > 1})
+    for group, leaf in zip(groups.values(), leaves):
+        group["label"] = ", ".join(f"{k.rstrip('.')}={leaf.get(k)}" for k in differing if k != "dataset.")
+    return list(groups.values())
+
+
+def model_record(name: str, methods: Mapping) -> dict:
+    """Title, group-label use and selection rule of model `name`, from the `methods` param alone."""
+    pair = next((methods[kind][name] for kind in PAIRS if name in (methods.get(kind) or {})), None)
+    if pair is None:  # ERM (best average validation accuracy) and the masking methods (their one-epoch finetune)
+        return {"title": method_title(name, {"method": name}), "group_labels": "✗/✗",
+                "selection": "average" if name == "erm" else "none (the finetune)"}
+    selection = pair.get("selection", "worst_pseudo_group")
+    return {"title": method_title(name, pair), "selection": selection,
+            "group_labels": str(group_labels_used(pair["groups"] == "true_groups", selection))}
+
+
+def summarise(group: Mapping) -> list[dict]:
+    """Rows of one configuration: per model, test split and measure, mean, sample std and n over its seeds."""
+    runs, methods = group["runs"], group["params"]["methods"]
+    rows = []
+    for name in runs[0]["headline"]:
+        record = model_record(name, methods)
+        for split, measures in runs[0]["headline"][name].items():
+            for measure in measures:
+                values = [run["headline"][name][split][measure] for run in runs if name in run["headline"]]
+                rows.append({"configuration": group["label"], "dataset": group["params"]["dataset"], "model": name,
+                             **record, "split": split, "measure": measure, "mean": statistics.mean(values),
+                             "std": statistics.stdev(values) if len(values) > 1 else float("nan"),
+                             "n": len(values)})
+    return rows
+
+
+def markdown(rows: Sequence[Mapping]) -> str:
+    """One table per configuration: a row per model, a column per test split and measure, mean ± std (%)."""
+    lines = []
+    for configuration in dict.fromkeys((row["dataset"], row["configuration"]) for row in rows):
+        chosen = [row for row in rows if (row["dataset"], row["configuration"]) == configuration]
+        columns = list(dict.fromkeys((row["split"], row["measure"]) for row in chosen))
+        seeds = sorted({row["n"] for row in chosen})
+        lines += [f"### {configuration[0]}" + (f" ({configuration[1]})" if configuration[1] else ""), "",
+                  f"Mean ± sample standard deviation over {'/'.join(map(str, seeds))} seeds (%).", "",
+                  "| method | group labels (train / select) | selection | "
+                  + " | ".join(f"`{split}` {measure.replace('_', ' ')}" for split, measure in columns) + " |",
+                  "|" + "---|" * (3 + len(columns))]
+        for model in dict.fromkeys(row["model"] for row in chosen):
+            cells = {(row["split"], row["measure"]): row for row in chosen if row["model"] == model}
+            first = next(iter(cells.values()))
+            lines.append(f"| {first['title']} | {first['group_labels']} | {first['selection']} | " + " | ".join(
+                f"{100 * cells[c]['mean']:.2f} ± {100 * cells[c]['std']:.2f}" for c in columns) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, rows: Sequence[Mapping]) -> None:
+    """The bar chart's data: one row per configuration, model, split and measure."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["bar", "model", "mean", "lower", "upper", "n"])
+        for row in rows:
+            label = " | ".join(x for x in (row["dataset"], row["configuration"], row["split"], row["measure"]) if x)
+            std = 0.0 if row["std"] != row["std"] else row["std"]
+            writer.writerow([f"{label} | {row['model']} {row['group_labels']}", row["model"],
+                             f"{row['mean']:.6f}", f"{row['mean'] - std:.6f}", f"{row['mean'] + std:.6f}", row["n"]])
+
+
+def write_png(path: Path, rows: Sequence[Mapping]) -> None:
+    """The same chart as an image (matplotlib): horizontal bars with ± std whiskers, one per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['dataset']} {r['split']} {r['measure']} | {r['model']} {r['group_labels']}" for r in rows]
+    means = [100 * r["mean"] for r in rows]
+    errors = [0.0 if r["std"] != r["std"] else 100 * r["std"] for r in rows]
+    figure, axis = plt.subplots(figsize=(10, 0.22 * len(rows) + 1))
+    axis.barh(range(len(rows)), means, xerr=errors, capsize=2, color="#4c72b0")
+    axis.set_yticks(range(len(rows)), labels, fontsize=6)
+    axis.invert_yaxis()
+    axis.set_xlabel("accuracy (%), mean ± sample std over seeds")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(figure)
+
+
+def exp_show(revs: Sequence[str], all_commits: bool) -> list[dict]:
+    """`dvc exp show --json` of the named revisions (default: the workspace's baseline), queued runs included."""
+    command = [sys.executable, "-m", "dvc", "exp", "show", "--json", "--hide-failed"]
+    command += ["--all-commits"] if all_commits else [a for rev in revs for a in ("--rev", rev)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise UserError(f"dvc exp show failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+    return json.loads(result.stdout)
+
+
+@run_stage
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("revs", nargs="*", help="revisions whose experiments to read (default: the workspace's)")
+    parser.add_argument("--all-commits", action="store_true", help="the experiments of every commit")
+    parser.add_argument("--out", type=Path, default=Path("metrics/summary"), help="folder to write")
+    args = parser.parse_args()
+    runs = experiments(exp_show(args.revs, args.all_commits))
+    if not runs:
+        raise UserError(f"no experiment with {HEADLINE} found (run `dvc exp run` first)")
+    rows = [row for group in configurations(runs) for row in summarise(group)]
+    with atomic_directory(args.out) as tmp:
+        folder = Path(tmp)
+        (folder / "summary.md").write_text(markdown(rows), encoding="utf-8")
+        write_csv(folder / "summary.csv", rows)
+        write_png(folder / "summary.png", rows)
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

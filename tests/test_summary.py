@@ -1,0 +1,64 @@
+"""`python -m masktune.summary`: experiments read from `dvc exp show --json` grouped into configurations by
+their params without seeds, and each model's figures summarised over the seeds, by hand."""
+from __future__ import annotations
+
+import copy
+import csv
+
+import pytest
+from conftest import committed_params
+
+from masktune.summary import configurations, experiments, markdown, model_record, summarise, write_csv
+
+
+def _run(name: str, seed: int, lr, worst: dict[str, float]) -> dict:
+    params = copy.deepcopy(committed_params())
+    params["train_erm"]["seed"] = params["upsample"]["seed"] = seed
+    params["lr"] = lr
+    headline = {model: {"test": {"average": 0.9, "worst_group": value}} for model, value in worst.items()}
+    return {"rev": name, "name": name, "data": {"params": {"params.yaml": {"data": params}},
+                                                "metrics": {"metrics/evaluate.json": {"data": headline}}}}
+
+
+def _show() -> list[dict]:
+    """`dvc exp show --json`'s shape: a baseline with its experiments (one failed, no metrics)."""
+    runs = [_run("a", 0, None, {"erm": 0.1, "jtt": 0.2}), _run("b", 1, None, {"erm": 0.3, "jtt": 0.4}),
+            _run("c", 2, None, {"erm": 0.5, "jtt": 0.9}), _run("d", 0, 0.02, {"erm": 0.7, "jtt": 0.8})]
+    failed = {"rev": "e", "name": "e", "data": {"params": {}, "metrics": {}}}
+    return [{"rev": "workspace", "name": None, "data": {}, "experiments": None},
+            {"rev": "abc", "name": "main", "data": {}, "experiments": [{"revs": [r]} for r in [*runs, failed]]}]
+
+
+def test_seeds_of_one_configuration_are_summarised_and_other_params_set_configurations_apart():
+    runs = experiments(_show())
+    assert [run["name"] for run in runs] == ["a", "b", "c", "d"]
+    groups = configurations(runs)
+    assert [[run["name"] for run in group["runs"]] for group in groups] == [["a", "b", "c"], ["d"]]
+    assert [group["label"] for group in groups] == ["lr=None", "lr=0.02"]  # the params that differ, seeds aside
+    rows = {(row["configuration"], row["model"], row["measure"]): row for group in groups for row in summarise(group)}
+    jtt = rows["lr=None", "jtt", "worst_group"]
+    assert (jtt["mean"], jtt["std"], jtt["n"]) == (pytest.approx(0.5), pytest.approx(0.360555, abs=1e-6), 3)
+    assert rows["lr=0.02", "erm", "worst_group"]["n"] == 1
+    assert (jtt["title"], jtt["group_labels"], jtt["selection"]) == ("JTT (Liu et al., 2021)", "✗/✗", "average")
+    table = markdown([row for group in groups for row in summarise(group)])
+    assert "| JTT (Liu et al., 2021) | ✗/✗ | average | 90.00 ± 0.00 | 50.00 ± 36.06 |" in table
+    assert "### biased_mnist (lr=0.02)" in table and "over 3 seeds" in table
+
+
+def test_each_model_says_its_group_label_use_and_selection_from_the_params():
+    methods = committed_params()["methods"]
+    assert model_record("groupdro_true_groups", methods)["group_labels"] == "✓/✓"
+    assert model_record("dfr_groups", methods) | {} == {"title": "DFR, true validation groups (supervised reference)",
+                                                        "selection": "worst_pseudo_group", "group_labels": "✓/✓"}
+    assert model_record("masktune", methods)["group_labels"] == "✗/✗"
+    assert model_record("erm", methods)["selection"] == "average"
+
+
+def test_the_chart_data_has_a_bar_per_row_with_its_spread(tmp_path):
+    rows = summarise(configurations(experiments(_show()))[0])
+    write_csv(tmp_path / "s.csv", rows)
+    with open(tmp_path / "s.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    jtt = next(r for r in table if r["model"] == "jtt" and "worst_group" in r["bar"])
+    assert (float(jtt["mean"]), float(jtt["lower"]), float(jtt["upper"]), jtt["n"]) == (
+        pytest.approx(0.5), pytest.approx(0.5 - 0.360555, abs=1e-5), pytest.approx(0.5 + 0.360555, abs=1e-5), "3")
