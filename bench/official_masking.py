@@ -108,7 +108,7 @@ def main() -> None:
         print("set-up: prepare and one ERM epoch ...", flush=True)
         run_stage(folder, "stages.prepare", "--out", "prepared.h5")
         run_stage(folder, "stages.train_erm", "--data", "prepared.h5", "--best", "best.pt", "--last", "last.pt",
-                  "--live", "live")
+                  "--live", "live", "--oracle", "oracle.pt")
 
         train = PreparedFile(folder / "prepared.h5").samples("train")
         paths = [str(folder / "png" / f"{i:05d}.png") for i in range(len(train))]

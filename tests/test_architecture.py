@@ -24,7 +24,7 @@ PACKAGES = ("masktune", "stages")
 # masktune's subpackages, each importing only from those before it (masktune/__init__.py says why).
 LAYERS = ("errors", "config", "io", "distributed", "data", "groups", "datasets", "models", "train", "saliency", "masking",
           "eval",
-          "group_inference", "robust_train", "last_layer", "methods")
+          "group_inference", "robust_train", "last_layer", "methods", "summary")
 
 
 def project_modules(root: Path = ROOT) -> dict[str, Path]:

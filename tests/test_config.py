@@ -117,7 +117,7 @@ def test_overrides_and_the_dataset_switch_follow_the_naming_rule(tmp_path):
     ("methods.robust_train.jtt.trainer", "dfr", ("methods.robust_train.jtt.trainer must be one of 'upsample', "
                                                  "'cluster_reweight', 'groupdro', got 'dfr'")),
     ("methods.last_layer.x", {"groups": "classes"}, ("methods.last_layer.x must be a mapping with exactly the keys "
-                                                     "groups, trainer, got")),
+                                                     "groups, trainer, selection, got")),
     ("methods.robust_train.jtt.groups", "exmap_globl", (r"methods.robust_train.jtt.groups is 'exmap_globl', which no "
                                                         r"listed group inference writes \(written: true_groups, "
                                                         r"classes, jtt, exmap_global, exmap_local, clusterfix;")),
@@ -186,8 +186,8 @@ def test_a_foreach_stage_reads_its_own_methods_params_only(tmp_path):
 
 def test_stage_with_a_bad_param_exits_2_with_one_line_and_writes_nothing(tmp_path):
     _write(tmp_path, _set(committed_params(), "finetune.lr", "abc"))
-    result = subprocess.run([sys.executable, "-m", "stages.train_erm", "--data", "x.h5", "--best", "b.pt",
-                             "--last", "l.pt", "--live", "live"], cwd=tmp_path, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "stages.train_erm", "--data", "x.h5", "--best", "b.pt", "--last",
+                             "l.pt", "--live", "live", "--oracle", "o.pt"], cwd=tmp_path, capture_output=True,
                             text=True, check=False, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 2
     assert result.stderr.strip() == "error: params.yaml: finetune.lr must be a number > 0.0 or null, got 'abc'"

@@ -110,7 +110,7 @@ def _train_erm(project, out: str, nproc: int = 1, lr: float | None = None) -> li
     values["lr"] = lr
     (project.path / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
     return [sys.executable, "-m", "stages.train_erm", "--data", "data/prepared.h5", "--best", f"{out}/best.pt",
-            "--last", f"{out}/last.pt", "--live", f"{out}/live"]
+            "--last", f"{out}/last.pt", "--live", f"{out}/live", "--oracle", f"{out}/oracle.pt"]
 
 
 def _run(project, command: list[str]) -> subprocess.CompletedProcess:

@@ -47,8 +47,8 @@ def _every_pair(methods: dict) -> dict:
     files = group_files(methods)
     robust = {f"{trainer}_{groups}": {"groups": groups, "trainer": trainer, "selection": "worst_pseudo_group"}
               for trainer in TRAINERS for groups in files}
-    last = {f"{trainer}_{groups}": {"groups": groups, "trainer": trainer} for trainer in LAST_LAYER_TRAINERS
-            for groups in files}
+    last = {f"{trainer}_{groups}": {"groups": groups, "trainer": trainer, "selection": "worst_pseudo_group"}
+            for trainer in LAST_LAYER_TRAINERS for groups in files}
     return {**methods, "masking": [], "robust_train": robust, "last_layer": last}
 
 
@@ -112,7 +112,13 @@ def test_every_trainer_trains_on_every_groups_file_and_records_its_group_label_u
     assert {pair["trainer"] for pair in pairs.values()} == {*TRAINERS, *LAST_LAYER_TRAINERS}
     for name, pair in pairs.items():
         _, state = load_checkpoint(path / f"models/{name}.pt", __import__("torch").device("cpu"))
-        assert (state["groups"], state["trainer"]) == (pair["groups"], pair["trainer"])
+        assert (state["groups"], state["trainer"], state["selection"]) == (pair["groups"], pair["trainer"],
+                                                                          pair["selection"])
+        assert (path / f"models/oracle/{name}.pt").is_file()  # the model the true worst group picks: the gap
+        gap = details[name]["selection_gap"]
+        assert gap["oracle"] == "worst_group" and gap["selection"] == pair["selection"]
+        if gap["same_model"]:
+            assert gap["results"] == details[name]["results"]
         true = pair["groups"] == "true_groups"  # selected by the worst of its own groups: ✓ only for true ones
         assert details[name]["group_labels"] == ("✓/✓" if true else "✗/✗"), name
         assert 0 <= details[name]["results"]["test_biased"]["worst_group_accuracy"] <= 1
