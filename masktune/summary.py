@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from masktune.errors import UserError, run_stage
+from masktune.eval.figures import save_bar_chart
 from masktune.eval.report import method_title
 from masktune.io.files import atomic_directory
 from masktune.train.selection import group_labels_used
@@ -107,7 +108,8 @@ def markdown(rows: Sequence[Mapping]) -> str:
         columns = list(dict.fromkeys((row["split"], row["measure"]) for row in chosen))
         seeds = sorted({row["n"] for row in chosen})
         lines += [f"### {configuration[0]}" + (f" ({configuration[1]})" if configuration[1] else ""), "",
-                  f"Mean ± sample standard deviation over {'/'.join(map(str, seeds))} seeds (%).", "",
+                  f"Mean ± sample standard deviation over {'/'.join(map(str, seeds))} seed(s) (%; one seed: its figure).",
+                  "",
                   "| method | group labels (train / select) | selection | "
                   + " | ".join(f"`{split}` {measure.replace('_', ' ')}" for split, measure in columns) + " |",
                   "|" + "---|" * (3 + len(columns))]
@@ -115,9 +117,13 @@ def markdown(rows: Sequence[Mapping]) -> str:
             cells = {(row["split"], row["measure"]): row for row in chosen if row["model"] == model}
             first = next(iter(cells.values()))
             lines.append(f"| {first['title']} | {first['group_labels']} | {first['selection']} | " + " | ".join(
-                f"{100 * cells[c]['mean']:.2f} ± {100 * cells[c]['std']:.2f}" for c in columns) + " |")
+                _cell(cells[c]) for c in columns) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _cell(row: Mapping) -> str:
+    return f"{100 * row['mean']:.2f}" + (f" ± {100 * row['std']:.2f}" if row["n"] > 1 else "")
 
 
 def write_csv(path: Path, rows: Sequence[Mapping]) -> None:
@@ -133,23 +139,10 @@ def write_csv(path: Path, rows: Sequence[Mapping]) -> None:
 
 
 def write_png(path: Path, rows: Sequence[Mapping]) -> None:
-    """The same chart as an image (matplotlib): horizontal bars with ± std whiskers, one per row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [f"{r['dataset']} {r['split']} {r['measure']} | {r['model']} {r['group_labels']}" for r in rows]
-    means = [100 * r["mean"] for r in rows]
-    errors = [0.0 if r["std"] != r["std"] else 100 * r["std"] for r in rows]
-    figure, axis = plt.subplots(figsize=(10, 0.22 * len(rows) + 1))
-    axis.barh(range(len(rows)), means, xerr=errors, capsize=2, color="#4c72b0")
-    axis.set_yticks(range(len(rows)), labels, fontsize=6)
-    axis.invert_yaxis()
-    axis.set_xlabel("accuracy (%), mean ± sample std over seeds")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100, metadata={"Software": None})
-    plt.close(figure)
+    """The same chart as an image: horizontal bars with +- std whiskers, one per row."""
+    save_bar_chart(path, [f"{r['dataset']} {r['split']} {r['measure']} | {r['model']} {r['group_labels']}" for r in rows],
+                   [r["mean"] for r in rows], "experiments over seeds (python -m masktune.summary)",
+                   "accuracy, mean +- sample std over seeds", [0.0 if r["std"] != r["std"] else r["std"] for r in rows])
 
 
 def exp_show(revs: Sequence[str], all_commits: bool) -> list[dict]:

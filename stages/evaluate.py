@@ -16,14 +16,13 @@ from masktune.data.prepared import open_prepared
 from masktune.distributed import select_device
 from masktune.errors import UserError, run_stage
 from masktune.eval.compare import evaluate_models, oracle_results
-from masktune.eval.figures import write_group_csv
 from masktune.eval.report import (
     comparison_markdown,
     headline,
     headline_lines,
     selection_gap_markdown,
+    write_charts,
     write_comparison,
-    write_methods_csv,
 )
 from masktune.io.files import atomic_directory, write_json
 from masktune.methods import oracle_models, reported_models
@@ -59,9 +58,7 @@ def main() -> None:
                    {"dataset": prepared.dataset, "average": info.average,
                     "methods": {name: {**described[name], "results": results[name],
                                        **({"selection_gap": gaps[name]} if name in gaps else {})} for name in results}})
-        write_methods_csv(Path(tmp_dir) / "methods.csv", top,
-                          {name: f"{name} {described[name]['group_labels']}" for name in results})
-        write_group_csv(Path(tmp_dir) / "group_accuracy.csv", results)
+        write_charts(tmp_dir, top, {name: f"{name} {described[name]['group_labels']}" for name in results}, results)
     print("\n".join(headline_lines(top, described, info.groups_known)))
 
 

@@ -31,7 +31,7 @@ from masktune.eval.selective import (
     selective_markdown,
     selective_report,
     selective_scores,
-    write_curve_csv,
+    write_curves,
 )
 from masktune.io.files import atomic_directory, write_json
 from masktune.methods import model_file
@@ -76,7 +76,7 @@ def main() -> None:
                     "scores": {score.name: {"title": score.title, "role": score.role, "models": list(score.models),
                                             "results": reports[score.name]} for score in scores}})
         (Path(tmp_dir) / "table.md").write_text(selective_markdown(prepared.dataset, scores, reports))
-        write_curve_csv(Path(tmp_dir) / "risk_coverage.csv", reports)
+        write_curves(tmp_dir, reports)
     for score in scores:
         print(f"{score.name}: " + ", ".join(
             f"{split} AURC {100 * report['aurc']:.3f}, error at "

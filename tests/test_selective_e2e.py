@@ -57,8 +57,10 @@ def test_selective_classification_end_to_end(project):
     for score in headline.values():
         assert list(score) == ["test"]
         row = score["test"]
-        assert set(row) == {"aurc"} | {f"{k}_at_{c}" for c in targets for k in ("error", "coverage")}
-        assert 0 <= row["aurc"] <= 1 and all(0 < row[f"coverage_at_{c}"] <= 1 for c in targets)
+        assert set(row) == {"aurc"} and 0 <= row["aurc"] <= 1  # one headline number; the rest in the details
+    for score in _json(project, "metrics/selective/details.json")["scores"].values():
+        found = score["results"]["test"]["targets"]
+        assert [t["target_coverage"] for t in found] == list(targets) and all(0 < t["coverage"] <= 1 for t in found)
 
     # Wiring: each softmax response is the model `evaluate` measured, on the same split.
     evaluated = _json(project, "metrics/evaluate/details.json")["methods"]
@@ -89,8 +91,8 @@ def test_selective_classification_end_to_end(project):
 
     # Target coverages: selective only.
     assert project.stages_run("exp", "run", "-S", "selective.coverages=[50,100]") == ["selective"]
-    assert set(_json(project, "metrics/selective.json")["masktune"]["test"]) == {
-        "aurc", "error_at_50", "coverage_at_50", "error_at_100", "coverage_at_100"}
+    targets = _json(project, "metrics/selective/details.json")["scores"]["masktune"]["results"]["test"]["targets"]
+    assert [t["target_coverage"] for t in targets] == [50, 100]
     # No control: its stage leaves the pipeline and its rows the report (`evaluate` reruns too: it depends
     # on the models/ folder, which held the control's checkpoints, and reports the same numbers).
     before = _json(project, "metrics/evaluate.json")

@@ -42,7 +42,8 @@ def test_seeds_of_one_configuration_are_summarised_and_other_params_set_configur
     assert (jtt["title"], jtt["group_labels"], jtt["selection"]) == ("JTT (Liu et al., 2021)", "✗/✗", "average")
     table = markdown([row for group in groups for row in summarise(group)])
     assert "| JTT (Liu et al., 2021) | ✗/✗ | average | 90.00 ± 0.00 | 50.00 ± 36.06 |" in table
-    assert "### biased_mnist (lr=0.02)" in table and "over 3 seeds" in table
+    assert "### biased_mnist (lr=0.02)" in table and "over 3 seed(s)" in table
+    assert "| ERM | ✗/✗ | average | 90.00 | 70.00 |" in table  # one seed: its figures
 
 
 def test_each_model_says_its_group_label_use_and_selection_from_the_params():

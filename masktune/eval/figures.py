@@ -101,6 +101,41 @@ def save_embedding_figure(path: str | Path, xy: np.ndarray, colourings: dict[str
     plt.close(fig)
 
 
+def save_bar_chart(path: str | Path, labels: Sequence[str], values: Sequence[float], title: str, xlabel: str,
+                   errors: Sequence[float] | None = None) -> None:
+    """Horizontal bars (with +- `errors` whiskers when given), top to bottom in `labels`' order: the image
+    twin of a `dvc plots` bar chart, which renders without Vega (a machine without internet)."""
+    fig, ax = plt.subplots(figsize=(10, 0.22 * len(labels) + 1.2))
+    ax.barh(range(len(labels)), values, xerr=errors, capsize=2 if errors is not None else 0, color="#4c72b0")
+    ax.set_yticks(range(len(labels)), labels, fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def save_curves(path: str | Path, panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]],
+                title: str, xlabel: str, ylabel: str) -> None:
+    """One panel per key of `panels`, one step line per curve {name: (x, y)}: the image twin of the
+    risk-coverage `dvc plots` template."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (panel, curves) in zip(axes[0], panels.items()):
+        for name, (x, y) in curves.items():
+            ax.step(x, y, where="post", label=name, linewidth=1)
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.legend(fontsize=6)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
 def write_group_csv(path: str | Path, results: dict) -> None:
     """`model | split | group, accuracy` rows: the bar chart `dvc plots show` draws."""
     with open(path, "w", newline="") as f:

@@ -1,13 +1,13 @@
 """The comparison of methods: the headline `dvc exp show` and `dvc metrics diff` open on, the
 Markdown table, and the CSV behind the `dvc plots` bar chart.
 
-The headline holds, per method and test split, three numbers: "average" (the accuracy the dataset's
-literature calls average, `DatasetSpec.average`), "unbiased" (the unweighted mean of the group
-accuracies, BPA's and ClusterFix's) and "worst_group". On a dataset whose spurious attribute is not
-known (a folder of images without a `spurious` or `group` column) the groups are the classes, and the
-last two are named for what they are: "mean_class" and "worst_class". Everything else (pooled accuracy
-where the average is train-weighted, validation, each group and class, BG-Gap) is in the details file,
-so the metric columns stay few.
+The headline (the DVC metrics `dvc exp show` and `dvc metrics diff` list) holds, per method and test split,
+two numbers: "average" (the accuracy the dataset's literature calls average, `DatasetSpec.average`) and
+"worst_group"; on a dataset whose spurious attribute is not known (a folder of images without a
+`spurious` or `group` column) the groups are the classes, and the second is "worst_class". The table
+adds the unbiased (the unweighted mean of the group accuracies, BPA's and ClusterFix's; "mean_class");
+everything else (pooled accuracy where the average is train-weighted, validation, each group and class,
+BG-Gap, the selection gap) is in the details file, so the metric columns stay few.
 """
 from __future__ import annotations
 
@@ -61,11 +61,14 @@ def measures(average: str, groups_known: bool = True) -> dict[str, str]:
     return {"average": average, **(GROUP_MEASURES if groups_known else CLASS_MEASURES)}
 
 
+HEADLINE_MEASURES = ("average", "worst_group", "worst_class")
+
+
 def headline(results: Mapping[str, Mapping], test_splits: Sequence[str], average: str,
              groups_known: bool = True) -> dict:
-    """{method: {test split: {"average": ..., "unbiased": ..., "worst_group": ...}}} from the detailed
-    results (without known groups: "average", "mean_class", "worst_class")."""
-    keys = measures(average, groups_known)
+    """{method: {test split: {"average": ..., "worst_group": ...}}} from the detailed results (without
+    known groups: "average", "worst_class")."""
+    keys = {k: v for k, v in measures(average, groups_known).items() if k in HEADLINE_MEASURES}
     return {name: {split: {measure: splits[split][key] for measure, key in keys.items()} for split in test_splits}
             for name, splits in results.items()}
 
@@ -147,3 +150,19 @@ def write_methods_csv(path: str | Path, headline_metrics: Mapping[str, Mapping],
                 for name, splits in headline_metrics.items():
                     writer.writerow([f"{split} | {measure.replace('_', ' ')} | {labels[name]}",
                                      f"{splits[split][measure]:.6f}"])
+
+
+def write_charts(folder: str | Path, headline_metrics: Mapping[str, Mapping], labels: Mapping[str, str],
+                 results: Mapping[str, Mapping]) -> None:
+    """The `dvc plots` data in `folder`: methods.csv (a bar per method, split and measure), its image twin
+    methods.png (drawn without Vega: offline), and group_accuracy.csv (a bar per method, split and group)."""
+    from masktune.eval.figures import save_bar_chart, write_group_csv
+
+    folder = Path(folder)
+    write_methods_csv(folder / "methods.csv", headline_metrics, labels)
+    bars = [(f"{split} | {measure.replace('_', ' ')} | {labels[name]}", splits[split][measure])
+            for split in next(iter(headline_metrics.values()), {}) for measure in next(iter(
+                headline_metrics.values()))[split] for name, splits in headline_metrics.items()]
+    save_bar_chart(folder / "methods.png", [b[0] for b in bars], [b[1] for b in bars],
+                   "methods compared (metrics/evaluate.json)", "accuracy")
+    write_group_csv(folder / "group_accuracy.csv", results)

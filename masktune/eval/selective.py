@@ -199,18 +199,10 @@ def _percent(target: float) -> str:
 
 
 def selective_headline(reports: Mapping[str, Mapping]) -> dict:
-    """{score: {split: {"aurc", "error_at_<c>", "coverage_at_<c>" per target coverage c}}}: the DVC
-    metrics `dvc exp show` lists (the curves and thresholds stay in the details)."""
-    headline = {}
-    for name, splits in reports.items():
-        headline[name] = {}
-        for split, report in splits.items():
-            row = {"aurc": report["aurc"]}
-            for target in report["targets"]:
-                row[f"error_at_{_percent(target['target_coverage'])}"] = target["error"]
-                row[f"coverage_at_{_percent(target['target_coverage'])}"] = target["coverage"]
-            headline[name][split] = row
-    return headline
+    """{score: {split: {"aurc"}}}: the DVC metrics `dvc exp show` lists, one number per score and split (the
+    errors and coverages at each target, the curves and thresholds stay in the details and table.md)."""
+    return {name: {split: {"aurc": report["aurc"]} for split, report in splits.items()}
+            for name, splits in reports.items()}
 
 
 def selective_markdown(dataset: str, scores: Sequence[SelectiveScore], reports: Mapping[str, Mapping]) -> str:
@@ -232,10 +224,18 @@ def selective_markdown(dataset: str, scores: Sequence[SelectiveScore], reports: 
     return "\n".join(lines)
 
 
-def write_curve_csv(path: str | Path, reports: Mapping[str, Mapping]) -> None:
-    """`split, score, coverage, risk` rows: the risk-coverage lines `dvc plots show` draws (template
-    .dvc/plots/risk_coverage.json: one line per score, one panel per test split)."""
-    with open(path, "w", newline="") as f:
+def write_curves(folder: str | Path, reports: Mapping[str, Mapping]) -> None:
+    """risk_coverage.csv, `split, score, coverage, risk` rows: the risk-coverage lines `dvc plots show` draws
+    (template .dvc/plots/risk_coverage.json: one line per score, one panel per test split); and its image
+    twin risk_coverage.png, drawn without Vega (a machine without internet)."""
+    from masktune.eval.figures import save_curves
+
+    splits = list(dict.fromkeys(split for per_split in reports.values() for split in per_split))
+    save_curves(Path(folder) / "risk_coverage.png",
+                {split: {name: (per_split[split]["curve"]["coverage"], per_split[split]["curve"]["risk"])
+                         for name, per_split in reports.items() if split in per_split} for split in splits},
+                "risk-coverage curves (metrics/selective/)", "coverage", "selective risk")
+    with open(Path(folder) / "risk_coverage.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["split", "score", "coverage", "risk"])
         for name, splits in reports.items():
