@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -206,3 +207,45 @@ def test_a_pair_stage_reads_its_pair_and_its_trainer_section_only(tmp_path):
     dvc_text = (ROOT / "dvc.yaml").read_text().replace("        - ${item.trainer}\n", "        - upsample\n", 1)
     with pytest.raises(UserError, match="stage 'robust_train@groupdro_clusterfix' reads param 'groupdro\\."):
         _load(tmp_path, "robust_train@groupdro_clusterfix", values, dvc_text)
+
+
+def _flatten(mapping: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_every_recipe_resolves_to_its_pinned_values():
+    """params.yaml writes most recipes as differences from a base (YAML merge keys); the resolved values
+    are pinned in tests/data/recipes_resolved.json, so a rewrite of the file cannot move one silently.
+    A recipe changed on purpose: change the pinned value beside it, in the same commit."""
+    pinned = json.loads((ROOT / "tests" / "data" / "recipes_resolved.json").read_text())
+    recipes = yaml.safe_load((ROOT / "params.yaml").read_text())["recipes"]
+    resolved = {name: _flatten(recipe) for name, recipe in recipes.items()}
+    assert sorted(resolved) == sorted(pinned)
+    for name in pinned:
+        changed = {key: (pinned[name].get(key), resolved[name].get(key))
+                   for key in pinned[name].keys() | resolved[name].keys()
+                   if pinned[name].get(key, "missing") != resolved[name].get(key, "missing")}
+        assert not changed, f"recipes.{name} (pinned, now): {changed}"
+
+
+def test_no_two_recipes_share_a_section_so_an_override_edits_one_recipe():
+    """`dvc exp run -S recipes.in9l.train_erm.epochs=3` edits the mapping it finds under that path
+    (ruamel's round trip, as DVC loads the file): a plain alias (`train_erm: *waterbirds_train_erm`)
+    would be the base's own mapping and the edit would change waterbirds too. Every section of every
+    recipe must be its own mapping (a merge, `{<<: *waterbirds_train_erm}`)."""
+    from ruamel.yaml import YAML
+
+    recipes = YAML().load((ROOT / "params.yaml").read_text())["recipes"]
+    owners: dict[int, str] = {}
+    for name, recipe in recipes.items():
+        for section, mapping in recipe.items():
+            if isinstance(mapping, dict):
+                path = f"recipes.{name}.{section}"
+                assert id(mapping) not in owners, f"{path} is the same mapping as {owners[id(mapping)]}"
+                owners[id(mapping)] = path
