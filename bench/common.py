@@ -20,6 +20,27 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+# --quick: every bench's smallest run (a few hundred digits, one epoch, the fewest grid points that still
+# exercise each of its code paths), seconds to a minute or two, so that tests/test_benches.py can run
+# every bench in CI and a change that breaks one fails there. Its figures mean nothing.
+QUICK_HELP = "the smallest run (tiny data, one epoch, fewest points): checks the bench works; figures mean nothing"
+QUICK_SIZES = {"train_limit": 600, "test_limit": 200, "val_size": 150}  # prepare.<MNIST dataset>.*
+QUICK_TRAINING = {"train_erm": {"epochs": 1}, "upsample": {"epochs": 1}, "cluster_reweight": {"epochs": 1},
+                  "groupdro": {"epochs": 1}, "jtt": {"identification_epochs": 1},
+                  "dfr": {"refits": 2, "tune_splits": 2}}
+
+
+def add_quick_flag(parser) -> None:
+    parser.add_argument("--quick", action="store_true", help=QUICK_HELP)
+
+
+def quick_params(dataset: str = "biased_mnist") -> dict:
+    """The scratch project's params under --quick: a few hundred images (an MNIST dataset's first digits,
+    a folder's first images per split), one epoch."""
+    sizes = {"limit": 200} if dataset == "folder" else dict(QUICK_SIZES)
+    return {"prepare": {dataset: sizes}, **QUICK_TRAINING}
+
+
 def machine() -> dict:
     """Where a figure was measured (CPU model and cores, or the GPU), to print beside it."""
     cpu = platform.processor() or platform.machine()

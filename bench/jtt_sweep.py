@@ -8,6 +8,7 @@ one `dvc exp run -S jtt.identification_epochs=T -S upsample.upweight=L` per grid
 (and, not used for the choice, the error set's size), the chosen point, and, last, one JSON line.
 
     python bench/jtt_sweep.py --mnist-dir ../shared/data/mnist --epochs 1 2 --upweights 5 20 50 100
+    python bench/jtt_sweep.py --quick    # T 1 x λ_up 5, 20 on 600 digits (tests)
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from common import machine
-from scratch import NO_GROUP_METHODS, ScratchProject
+from common import add_quick_flag, machine, quick_params
+from scratch import NO_GROUP_METHODS, ScratchProject, merge
 
 JTT = {"groups": "jtt", "trainer": "upsample", "selection": "average"}
 
@@ -30,15 +31,18 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--upweights", type=int, nargs="+", default=[5, 20, 50, 100])
     parser.add_argument("--seed", type=int, default=0)
+    add_quick_flag(parser)
     args = parser.parse_args()
+    params = {"prepare": {"biased_mnist": {"mnist_dir": str(args.mnist_dir.resolve())}},
+              "methods": {"masking": [], **NO_GROUP_METHODS, "jtt": ["jtt"], "robust_train": {"jtt": JTT}},
+              "jtt": {"seed": args.seed}, "upsample": {"seed": args.seed}}
+    if args.quick:
+        merge(params, quick_params())
+        args.epochs, args.upweights = args.epochs[:1], args.upweights[:2]
 
     grid = []
     with tempfile.TemporaryDirectory(prefix="masktune-jtt-") as tmp:
-        project = ScratchProject(Path(tmp) / "project",
-                                 {"prepare": {"biased_mnist": {"mnist_dir": str(args.mnist_dir.resolve())}},
-                                  "methods": {"masking": [], **NO_GROUP_METHODS, "jtt": ["jtt"],
-                                              "robust_train": {"jtt": JTT}},
-                                  "jtt": {"seed": args.seed}, "upsample": {"seed": args.seed}})
+        project = ScratchProject(Path(tmp) / "project", params)
         print(f"{'T':>3}{'λ_up':>6}{'error set':>11}{'val average':>13}{'seconds':>9}")
         for epochs in args.epochs:
             for upweight in args.upweights:

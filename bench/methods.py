@@ -16,6 +16,7 @@ and, as its last line, one JSON object with every figure.
     python bench/methods.py --mnist-dir ../shared/data/mnist --seeds 0 1 2
     python bench/methods.py --dataset cmnist --set train_erm.arch=small_cnn --seeds 0 1 2
     python bench/methods.py --dataset folder --folder data/own/biased_mnist/index.csv --seeds 0 1 2
+    python bench/methods.py --quick    # 2 seeds of ERM, MaskTune, JTT and DFR on 600 digits (tests)
 """
 from __future__ import annotations
 
@@ -27,13 +28,18 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from common import machine
-from scratch import ScratchProject
+from common import add_quick_flag, machine, quick_params
+from scratch import ScratchProject, merge
 
 from masktune.summary import configurations, experiments, markdown, summarise, write_csv
 
 SEED_KEYS = ("train_erm.seed", "finetune.seed", "randmask.seed", "jtt.seed", "dfr.seed", "exmap.seed",
              "clusterfix.seed", "upsample.seed", "cluster_reweight.seed", "groupdro.seed")
+# --quick: a model of each kind that reports a selection gap (ERM, a robust pair, a last-layer pair) and
+# a groups file with a purity, on top of MaskTune.
+QUICK_METHODS = {"masking": ["masktune"], "labels": ["true_groups"], "jtt": ["jtt"], "exmap": [], "clusterfix": [],
+                 "robust_train": {"jtt": {"groups": "jtt", "trainer": "upsample", "selection": "average"}},
+                 "last_layer": {"dfr_groups": {"groups": "true_groups", "trainer": "dfr", "selection": "worst_pseudo_group"}}}
 MEASURES = {"average": "accuracy", "unbiased": "unbiased_accuracy", "worst_group": "worst_group_accuracy"}
 
 
@@ -69,6 +75,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="folder to copy each run's details.json into (seed<N>.json)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an extra `dvc exp run -S` for every run")
+    add_quick_flag(parser)
     args = parser.parse_args()
     if (args.dataset == "folder") != (args.folder is not None):
         parser.error("--folder goes with --dataset folder, and only with it")
@@ -77,10 +84,15 @@ def main() -> None:
         source = {layout: str(args.folder.resolve())}
     else:
         source = {"mnist_dir": str(args.mnist_dir.resolve())}
+    params = {"dataset": args.dataset, "prepare": {args.dataset: source}}
+    if args.quick:
+        params = merge(merge(params, quick_params(args.dataset)), {"methods": QUICK_METHODS,
+                                                                  "selective": {"control_seed_offsets": []}})
+        args.seeds = args.seeds[:2]
 
     runs = []
     with tempfile.TemporaryDirectory(prefix="masktune-methods-") as tmp:
-        project = ScratchProject(Path(tmp) / "project", {"dataset": args.dataset, "prepare": {args.dataset: source}})
+        project = ScratchProject(Path(tmp) / "project", params)
         for seed in args.seeds:
             sets = [f"{key}={seed}" for key in SEED_KEYS] + args.set
             seconds, stages = project.timed_stages("exp", "run", *(a for s in sets for a in ("-S", s)))

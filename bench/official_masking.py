@@ -15,6 +15,7 @@ The masked images of both are compared pixel by pixel at the end. Writing the in
 official data layout) is set-up and not timed.
 
     python bench/official_masking.py [--mnist-dir ../shared/data/mnist]
+    python bench/official_masking.py --quick    # the first 600 digits (tests)
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ import numpy as np
 import pytorch_grad_cam
 import torch
 import yaml
-from common import ROOT, emit_json, machine, print_table
+from common import QUICK_SIZES, ROOT, add_quick_flag, emit_json, machine, print_table
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -96,6 +97,7 @@ def run_stage(folder: Path, *args: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--mnist-dir", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
+    add_quick_flag(parser)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="masktune-official-") as tmp:
@@ -103,6 +105,8 @@ def main() -> None:
         params = yaml.safe_load((ROOT / "params.yaml").read_text())
         params["prepare"]["biased_mnist"]["mnist_dir"] = str(args.mnist_dir.resolve())
         params["train_erm"]["epochs"] = 1
+        if args.quick:
+            params["prepare"]["biased_mnist"].update(QUICK_SIZES)
         (folder / "params.yaml").write_text(yaml.safe_dump(params))
         shutil.copy(ROOT / "dvc.yaml", folder / "dvc.yaml")
         print("set-up: prepare and one ERM epoch ...", flush=True)

@@ -8,6 +8,7 @@ then prints the accuracies of every method (ERM, RandMask, MaskTune, JTT) and th
 and as its last line one JSON object with the same figures.
 
     python bench/pipeline.py --mnist-dir ../shared/data/mnist [--set train_erm.epochs=5 ...]
+    python bench/pipeline.py --quick    # ERM, MaskTune and JTT on 600 digits (tests)
 """
 from __future__ import annotations
 
@@ -22,9 +23,13 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from scratch import ScratchProject
+from common import add_quick_flag, quick_params
+from scratch import NO_GROUP_METHODS, ScratchProject, merge
 
 SPLITS = ("test_original", "test_biased", "val")
+# --quick: the stages the timings name (ERM, the masking, JTT's pair that the exp run reruns), no more.
+QUICK_METHODS = {"masking": ["masktune"], **NO_GROUP_METHODS, "jtt": ["jtt"],
+                 "robust_train": {"jtt": {"groups": "jtt", "trainer": "upsample", "selection": "average"}}}
 
 
 def mnist_overrides(pairs: list[str], mnist_dir: Path) -> dict:
@@ -45,11 +50,16 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="param override, as dvc exp run -S")
     parser.add_argument("--keep", type=Path, help="build the scratch project here and keep it")
+    add_quick_flag(parser)
     args = parser.parse_args()
+    params = mnist_overrides(args.set, args.mnist_dir)
+    if args.quick:
+        params = merge(merge(quick_params(), {"methods": QUICK_METHODS, "selective": {"control_seed_offsets": []}}),
+                       params)
 
     with tempfile.TemporaryDirectory(prefix="masktune-bench-") as tmp:
         path = args.keep or Path(tmp) / "project"
-        project = ScratchProject(path, mnist_overrides(args.set, args.mnist_dir))
+        project = ScratchProject(path, params)
         total, stages = project.timed_stages("repro")
         details = json.loads((path / "metrics/evaluate/details.json").read_text())["methods"]
         project.commit("default params")

@@ -64,6 +64,7 @@ Queue behaviour measured here (dvc 3.67.1, 2-core Intel Xeon shared with other j
   first on PATH (ScratchProject does it).
 
     python bench/queue_grid.py --mnist-dir ../shared/data/mnist [--seeds 0 1] [--lrs 0.01 0.02] [--jobs 2]
+    python bench/queue_grid.py --quick    # one grid point each way on 600 digits, one worker (tests)
         [--set train_erm.epochs=1 ...] [--poll 10] [--keep DIR] [--no-probe]
 """
 from __future__ import annotations
@@ -84,7 +85,7 @@ from itertools import product
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from common import emit_json, machine, print_table
+from common import add_quick_flag, emit_json, machine, print_table, quick_params
 from methods import SEED_KEYS
 from pipeline import mnist_overrides
 from scratch import NO_GROUP_METHODS, RUNNING_STAGE, ScratchProject, merge
@@ -216,14 +217,20 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=4 * 3600, help="seconds to wait for the queue")
     parser.add_argument("--keep", type=Path, help="build the scratch project here and keep it")
     parser.add_argument("--no-probe", action="store_true", help="skip the import-path probe experiment")
+    add_quick_flag(parser)
     args = parser.parse_args()
     overrides = args.set if args.set is not None else ["train_erm.epochs=1"]
+    params = merge({"methods": dict(METHODS), "selective": {"control_seed_offsets": []}},
+                   mnist_overrides(overrides, args.mnist_dir))
+    if args.quick:  # one grid point each way, one worker, the probe
+        params = merge(quick_params(), params)
+        args.seeds, args.lrs, args.jobs, args.poll = args.seeds[:1], args.lrs[:1], 1, 2
     grid = list(product(args.seeds, args.lrs))
     load = LoadSampler()
 
     with tempfile.TemporaryDirectory(prefix="masktune-queue-") as tmp:
         path = args.keep or Path(tmp) / "project"
-        project = ScratchProject(path, merge({"methods": dict(METHODS), "selective": {"control_seed_offsets": []}}, mnist_overrides(overrides, args.mnist_dir)))
+        project = ScratchProject(path, params)
         project.env["COLUMNS"] = "320"  # `dvc exp show`'s table: rich wraps it to the terminal's width otherwise
         prepare_seconds, _ = project.timed_stages("repro", "prepare")
         project.commit("prepared")

@@ -9,18 +9,20 @@ in float32 and in bfloat16 (autocast, for both inference and saliency). The rati
 (>= 0.7) is saliency / inference of the prepared model, same precision.
 
     python bench/saliency_throughput.py [--device cuda] [--seconds 3]
+    python bench/saliency_throughput.py --quick    # small batches, ResNet-50 at 64 x 64, one step per figure (tests)
 """
 from __future__ import annotations
 
 import argparse
 
 import torch
-from common import emit_json, machine, print_table, rate, saliency_bench
+from common import add_quick_flag, emit_json, machine, print_table, rate, saliency_bench
 
 from masktune.models.precision import PRECISIONS, precision_autocast
 from masktune.saliency.xgradcam import xgradcam
 
 MODELS = (("small_cnn", 28, 256), ("resnet50", 224, 16))
+QUICK_MODELS = (("small_cnn", 28, 32), ("resnet50", 64, 2))
 
 
 def measure(arch: str, size: int, batch: int, precision: str, device: torch.device, seconds: float) -> dict:
@@ -46,10 +48,12 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per figure")
     parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"], choices=list(PRECISIONS))
+    add_quick_flag(parser)
     args = parser.parse_args()
     device = torch.device(args.device)
-    rows = [measure(arch, size, batch, precision, device, args.seconds)
-            for arch, size, batch in MODELS for precision in args.precisions]
+    models, seconds = (QUICK_MODELS, 0.0) if args.quick else (MODELS, args.seconds)
+    rows = [measure(arch, size, batch, precision, device, seconds)
+            for arch, size, batch in models for precision in args.precisions]
     print_table(rows, f"images/s on {device.type} ({machine()})")
     emit_json({"benchmark": "saliency_throughput", "device": device.type, "machine": machine(), "rows": rows})
 

@@ -5,6 +5,7 @@ with `-S train_erm.epochs=E -S train_erm.seed=S -S finetune.seed=S`. Prints one 
 mean and spread per epoch count, then, as its last line, one JSON object with every figure.
 
     python bench/seed_sweep.py --mnist-dir ../shared/data/mnist --epochs 1 3 5 10 --seeds 0 1 2
+    python bench/seed_sweep.py --quick    # 1 epoch x 2 seeds on 600 digits (tests)
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from scratch import NO_GROUP_METHODS, ScratchProject
+from common import add_quick_flag, quick_params
+from scratch import NO_GROUP_METHODS, ScratchProject, merge
 
 COLUMNS = [("erm", "test_original"), ("erm", "test_biased"), ("masktune", "test_original"),
            ("masktune", "test_biased")]
@@ -27,15 +29,19 @@ def main() -> None:
     parser.add_argument("--mnist-dir", type=Path, default=Path("../shared/data/mnist"))
     parser.add_argument("--epochs", type=int, nargs="+", default=[1, 3, 5, 10])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_quick_flag(parser)
     args = parser.parse_args()
+    params = {"prepare": {"biased_mnist": {"mnist_dir": str(args.mnist_dir.resolve())}},
+              "methods": {"masking": ["masktune"], **NO_GROUP_METHODS}}  # ERM and MaskTune only
+    if args.quick:
+        merge(params, quick_params())
+        args.epochs, args.seeds = args.epochs[:1], args.seeds[:2]
 
     runs = []
     header = f"{'epochs':>6}{'seed':>6}" + "".join(f"{m + ' ' + s:>24}" for m, s in COLUMNS)
     print(header)
     with tempfile.TemporaryDirectory(prefix="masktune-sweep-") as tmp:
-        project = ScratchProject(Path(tmp) / "project",  # ERM and MaskTune only
-                                 {"prepare": {"biased_mnist": {"mnist_dir": str(args.mnist_dir.resolve())}},
-                                  "methods": {"masking": ["masktune"], **NO_GROUP_METHODS}})
+        project = ScratchProject(Path(tmp) / "project", params)
         project.dvc("repro", "prepare")
         project.commit("prepared data")
         for epochs in args.epochs:

@@ -19,6 +19,7 @@ two-ERM control seed by seed; then the wall time of each run and, as its last li
 with every figure.
 
     python bench/selective.py --mnist-dir ../shared/data/mnist --seeds 0 1 2
+    python bench/selective.py --quick    # 2 seeds on 600 digits (tests)
 """
 from __future__ import annotations
 
@@ -30,9 +31,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from common import machine
+from common import add_quick_flag, machine, quick_params
 from methods import SEED_KEYS
-from scratch import NO_GROUP_METHODS, ScratchProject
+from scratch import NO_GROUP_METHODS, ScratchProject, merge
 
 METHODS = {"erm": ["erm"], "masking": ["randmask", "masktune"], **NO_GROUP_METHODS}
 # 10,000 training digits for one epoch (the first 15,000 of the MNIST file, 5,000 of them drawn for
@@ -60,15 +61,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help=f"an extra `dvc exp run -S` for every run (defaults: {' '.join(DEFAULT_SETS)})")
+    add_quick_flag(parser)
     args = parser.parse_args()
+    params = {"dataset": "mnist", "methods": METHODS, "prepare": {"mnist": {"mnist_dir": str(args.mnist_dir.resolve())}}}
+    defaults = DEFAULT_SETS
+    if args.quick:  # the quick sizes instead of the default ones
+        merge(params, quick_params("mnist"))
+        defaults, args.seeds = [], args.seeds[:2]
 
     runs = []
     with tempfile.TemporaryDirectory(prefix="masktune-selective-") as tmp:
-        project = ScratchProject(Path(tmp) / "project", {
-            "dataset": "mnist", "methods": METHODS,
-            "prepare": {"mnist": {"mnist_dir": str(args.mnist_dir.resolve())}}})
+        project = ScratchProject(Path(tmp) / "project", params)
         for seed in args.seeds:
-            sets = [f"{key}={seed}" for key in SEED_KEYS] + DEFAULT_SETS + args.set
+            sets = [f"{key}={seed}" for key in SEED_KEYS] + defaults + args.set
             seconds, stages = project.timed_stages("exp", "run", *(a for s in sets for a in ("-S", s)))
             details = json.loads((project.path / "metrics/selective/details.json").read_text())
             scores = {name: {"title": score["title"], "role": score["role"], **score["results"]["test"]}
@@ -107,7 +112,7 @@ def main() -> None:
               + f"  (mean {comparison[measure]['mean_std'][0]:+.3f} ± {comparison[measure]['mean_std'][1]:.3f}; "
               f"MaskTune lower on {comparison[measure]['masktune_better_seeds']} of {len(runs)} seeds)")
     print("wall time per run: " + ", ".join(f"{run['seconds']:.0f} s" for run in runs))
-    print(json.dumps({"machine": machine(), "seeds": args.seeds, "set": DEFAULT_SETS + args.set, "runs": runs,
+    print(json.dumps({"machine": machine(), "seeds": args.seeds, "set": defaults + args.set, "runs": runs,
                       "summary": summary, "masktune_minus_control": comparison}))
 
 

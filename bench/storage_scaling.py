@@ -15,6 +15,7 @@ images; then the storage options behind the design (masktune/saliency/file.py, d
 measured on the first 2,000 images.
 
     python bench/storage_scaling.py [--sizes 10000 60000 200000] [--workdir /tmp/masktune-scaling]
+    python bench/storage_scaling.py --quick    # N = 300 and 600 in a temporary folder (tests)
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -31,7 +33,7 @@ import h5py
 import numpy as np
 import torch
 import yaml
-from common import ROOT, emit_json, machine, print_table
+from common import ROOT, add_quick_flag, emit_json, machine, print_table
 
 sys.path.insert(0, str(ROOT / "tests"))
 from fixtures_datasets import prepared_attributes
@@ -177,9 +179,10 @@ def measure_n(folder: Path, n: int, pool: np.ndarray) -> list[dict]:
     stages = {
         "compute_saliency": (python + ["stages.compute_saliency", "--data", "prepared.h5", "--model", "model.pt",
                                        "--out", "saliency.h5"], "saliency.h5"),
-        "materialize_masked_dataset": (python + ["stages.materialize_masked_dataset", "--data", "prepared.h5",
-                                                 "--saliency", "saliency.h5", "--out", "masks.h5",
-                                                 "--metrics", "mask.json"], "masks.h5"),
+        "materialize_masked_dataset": (python + ["stages.materialize_masked_dataset", "--method", "masktune",
+                                                 "--data", "prepared.h5", "--saliency", "saliency.h5",
+                                                 "--out", "masks.h5", "--metrics", "mask.json",
+                                                 "--gallery", "gallery"], "masks.h5"),
     }
     rows = []
     for stage, (command, output) in stages.items():
@@ -229,7 +232,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 60_000, 200_000])
     parser.add_argument("--batch-size", type=int, default=64, help="saliency.batch_size for 224 x 224 images")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/masktune-scaling"))
+    add_quick_flag(parser)
     args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.workdir = [300, 600], Path(tempfile.mkdtemp(prefix="masktune-scaling-"))
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     pool = synthetic_pool()

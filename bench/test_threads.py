@@ -7,18 +7,21 @@ gives each worker cores / workers). Prints both wall times and their ratio, then
 
     python bench/test_threads.py                      # the two heaviest non-end-to-end test files
     python bench/test_threads.py tests/test_train.py tests/test_saliency_store.py tests/test_resume.py
+    python bench/test_threads.py --quick                 # tests/test_splits.py (tests)
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 import time
 
-from common import ROOT, machine
+from common import ROOT, add_quick_flag, machine
 
 DEFAULT_FILES = ["tests/test_train.py", "tests/test_saliency_store.py"]
+QUICK_FILES = ["tests/test_splits.py"]
 
 
 def _timed_pytest(files: list[str], threads: int | None) -> float:
@@ -33,7 +36,11 @@ def _timed_pytest(files: list[str], threads: int | None) -> float:
 
 
 def main() -> None:
-    files = sys.argv[1:] or DEFAULT_FILES
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("files", nargs="*", help=f"test files (default: {' '.join(DEFAULT_FILES)})")
+    add_quick_flag(parser)
+    args = parser.parse_args()
+    files = args.files or (QUICK_FILES if args.quick else DEFAULT_FILES)
     cores = os.cpu_count() or 1
     every_core = _timed_pytest(files, cores)
     shared = _timed_pytest(files, None)

@@ -9,6 +9,7 @@ largest absolute difference of the maps and the fraction of mask pixels (mean + 
 differ, for float32 (the default: must equal the library to 1e-5) and bfloat16.
 
     python bench/xgradcam_vs_library.py [--device cuda] [--seconds 3]
+    python bench/xgradcam_vs_library.py --quick    # small batches, ResNet-50 at 64 x 64, one step per figure (tests)
 """
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ import argparse
 import numpy as np
 import pytorch_grad_cam
 import torch
-from common import emit_json, machine, print_table, rate, saliency_bench
+from common import add_quick_flag, emit_json, machine, print_table, rate, saliency_bench
 
 from masktune.masking.rules import saliency_masks
 from masktune.saliency.xgradcam import xgradcam
 
 MODELS = (("small_cnn", 28, 256), ("resnet50", 224, 16))
+QUICK_MODELS = (("small_cnn", 28, 32), ("resnet50", 64, 2))
 
 
 def measure(arch: str, size: int, batch: int, device: torch.device, seconds: float) -> list[dict]:
@@ -57,9 +59,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per figure")
+    add_quick_flag(parser)
     args = parser.parse_args()
     device = torch.device(args.device)
-    rows = [row for arch, size, batch in MODELS for row in measure(arch, size, batch, device, args.seconds)]
+    models, seconds = (QUICK_MODELS, 0.0) if args.quick else (MODELS, args.seconds)
+    rows = [row for arch, size, batch in models for row in measure(arch, size, batch, device, seconds)]
     print_table(rows, f"images/s on {device.type} ({machine()})")
     emit_json({"benchmark": "xgradcam_vs_library", "device": device.type, "machine": machine(), "rows": rows})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,3 +94,58 @@ def test_synthetic_twin_is_read_like_the_real_files(tmp_path):
     assert images.shape == (50, 28, 28) and images.dtype == np.uint8 and np.bincount(digits).tolist() == [5] * 10
     assert (images[digits == 3][:, 6:22, 10:12] == 255).all()  # digit 3: the stroke at column 4 + 2 * 3
     assert mnist["test"][0].shape == (20, 28, 28)
+
+
+def _torchvision_mnist(monkeypatch, calls: list) -> None:
+    """torchvision's MNIST, offline: writes the synthetic files where it would write the real ones
+    (`root/MNIST/raw`), and records each call."""
+    import torchvision.datasets
+
+    def fake(root, train, download):
+        calls.append((root, train))
+        make_mnist(Path(root) / "MNIST" / "raw", n_train=30, n_test=10)
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", fake)
+
+
+def test_no_folder_downloads_once_into_the_download_location(tmp_path, monkeypatch):
+    calls = []
+    _torchvision_mnist(monkeypatch, calls)
+    cache = tmp_path / "downloads" / "mnist"
+    first = mnist_idx.load_mnist(None, cache=cache)
+    assert len(calls) == 2 and first["train"][0].shape == (30, 28, 28)
+    assert sorted(p.name for p in (tmp_path / "downloads").iterdir()) == ["mnist"]  # no temporary folder left
+    second = mnist_idx.load_mnist(None, cache=cache)  # read from the location, no second download
+    assert len(calls) == 2 and np.array_equal(first["test"][0], second["test"][0])
+
+
+def test_a_failed_download_leaves_no_download_location(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    with pytest.raises(UserError, match="could not download MNIST"):
+        mnist_idx.load_mnist(None, "prepare.cmnist.mnist_dir", cache=tmp_path / "mnist")
+    assert list(tmp_path.iterdir()) == []  # the next run tries again
+
+
+def test_an_incomplete_download_location_is_named(tmp_path):
+    cache = make_mnist(tmp_path / "mnist", n_train=10, n_test=10)
+    (cache / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(UserError, match=r"mnist: an incomplete MNIST download location; delete it"):
+        mnist_idx.load_mnist(None, cache=cache)
+
+
+def test_prepare_reads_mnist_from_download_dir_when_mnist_dir_is_null(tmp_path, monkeypatch):
+    from masktune.config.stages import PrepareConfig
+    from masktune.datasets import DATASETS
+
+    calls = []
+    _torchvision_mnist(monkeypatch, calls)
+    make_mnist(tmp_path / "downloads" / "mnist", n_train=40, n_test=20)  # already downloaded there
+    options = {"mnist_dir": None, "val_size": 10, "seed": 0, "train_limit": None, "test_limit": None}
+    config = PrepareConfig(dataset="mnist", options=options, download=False, download_dir=tmp_path / "downloads")
+    splits = DATASETS["mnist"].prepare(config)
+    assert calls == [] and (len(splits["train"]), len(splits["val"]), len(splits["test"])) == (30, 10, 20)

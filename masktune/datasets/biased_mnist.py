@@ -23,7 +23,7 @@ from masktune.config.stages import PrepareConfig
 from masktune.data.samples import SampleSet
 from masktune.data.views import PLAIN
 from masktune.datasets.mnist_idx import load_mnist
-from masktune.datasets.spec import DatasetSpec
+from masktune.datasets.spec import DatasetSpec, download_location
 from masktune.errors import UserError
 
 DIGITS_TO_CLASS = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
@@ -90,8 +90,9 @@ def build_biased_mnist(mnist: dict[str, tuple[np.ndarray, np.ndarray]], *, confl
 
 def _prepare(config: PrepareConfig) -> dict[str, SampleSet]:
     options = config.options
+    mnist = load_mnist(options["mnist_dir"], cache=download_location(config, "mnist"))
     return build_biased_mnist(
-        load_mnist(options["mnist_dir"]), conflicting_ratio=options["bias_conflicting_ratio"],
+        mnist, conflicting_ratio=options["bias_conflicting_ratio"],
         square_size=options["square_size"], color=options["square_color"], placement=options["square_placement"],
         val_size=options["val_size"], seed=options["seed"], train_limit=options["train_limit"],
         test_limit=options["test_limit"])

@@ -26,7 +26,7 @@ from masktune.config.stages import PrepareConfig
 from masktune.data.samples import SampleSet
 from masktune.data.views import PLAIN
 from masktune.datasets.mnist_idx import load_mnist
-from masktune.datasets.spec import DatasetSpec
+from masktune.datasets.spec import DatasetSpec, download_location
 from masktune.errors import UserError
 
 RED, GREEN = 0, 1  # the channel of s = 0 and of s = 1 (official L180-181)
@@ -76,7 +76,8 @@ def build_cmnist(mnist: dict[str, tuple[np.ndarray, np.ndarray]], *, color_corre
 
 def _prepare(config: PrepareConfig) -> dict[str, SampleSet]:
     options = config.options
-    return build_cmnist(load_mnist(options["mnist_dir"], "prepare.cmnist.mnist_dir"), color_correlation=options["color_correlation"],
+    mnist = load_mnist(options["mnist_dir"], "prepare.cmnist.mnist_dir", download_location(config, "mnist"))
+    return build_cmnist(mnist, color_correlation=options["color_correlation"],
                         val_size=options["val_size"], seed=options["seed"], train_limit=options["train_limit"],
                         test_limit=options["test_limit"])
 

@@ -17,7 +17,7 @@ from masktune.data.samples import SampleSet
 from masktune.data.views import PLAIN
 from masktune.datasets.biased_mnist import split_validation
 from masktune.datasets.mnist_idx import load_mnist
-from masktune.datasets.spec import DatasetSpec
+from masktune.datasets.spec import DatasetSpec, download_location
 
 CLASS_NAMES = tuple(str(digit) for digit in range(10))
 
@@ -41,7 +41,8 @@ def build_mnist(mnist: dict[str, tuple[np.ndarray, np.ndarray]], *, val_size: in
 
 def _prepare(config: PrepareConfig) -> dict[str, SampleSet]:
     options = config.options
-    return build_mnist(load_mnist(options["mnist_dir"], "prepare.mnist.mnist_dir"), val_size=options["val_size"],
+    mnist = load_mnist(options["mnist_dir"], "prepare.mnist.mnist_dir", download_location(config, "mnist"))
+    return build_mnist(mnist, val_size=options["val_size"],
                        seed=options["seed"], train_limit=options["train_limit"], test_limit=options["test_limit"])
 
 

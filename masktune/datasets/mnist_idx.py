@@ -1,4 +1,5 @@
-"""MNIST in its standard IDX format: read from a local folder, or download with torchvision.
+"""MNIST in its standard IDX format: read from a local folder, or from the download location
+(`download_dir/mnist`), where torchvision downloads it the first time.
 
 The folder may hold the four files gzipped (`train-images-idx3-ubyte.gz`, ...) or raw, either at
 its top or under `MNIST/raw/` (torchvision's layout). Every way the files can be wrong (missing,
@@ -85,9 +86,35 @@ def download_mnist(into: Path, param: str = DEFAULT_PARAM) -> Path:
     return into / "MNIST" / "raw"
 
 
-def load_mnist(folder: Path | None, param: str = DEFAULT_PARAM) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Both splits, from `folder`, or downloaded to a temporary folder when `folder` is None. `param`:
-    the params key of the folder (`prepare.<dataset>.mnist_dir`), for the error messages."""
+def _complete(folder: Path) -> bool:
+    """Whether `folder` holds the four files where `_find` looks for them."""
+    return all(any((base / (stem + ext)).is_file() for base in (folder, folder / "MNIST" / "raw")
+                   for ext in (".gz", "")) for stems in FILES.values() for stem in stems)
+
+
+def cached_mnist(cache: Path, param: str = DEFAULT_PARAM) -> Path:
+    """The download location `cache`, holding the four files: downloaded there the first time, into a
+    temporary folder beside it renamed when complete, so that an interrupted download leaves nothing
+    that looks done."""
+    cache = Path(cache)
+    if _complete(cache):
+        return cache
+    if cache.exists():
+        raise UserError(f"{cache}: an incomplete MNIST download location; delete it to download again, or "
+                        f"{download_hint(param)}")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".mnist-download-", dir=cache.parent) as tmp:
+        download_mnist(Path(tmp), param).rename(cache)
+    return cache
+
+
+def load_mnist(folder: Path | None, param: str = DEFAULT_PARAM,
+               cache: Path | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Both splits, from `folder`; when `folder` is None, from the download location `cache`
+    (`cached_mnist`), or, without one, downloaded into a temporary folder. `param`: the params key of
+    the folder (`prepare.<dataset>.mnist_dir`), for the error messages."""
+    if folder is None and cache is not None:
+        folder = cached_mnist(cache, param)
     if folder is not None:
         return {split: load_mnist_split(folder, split, param) for split in FILES}
     with tempfile.TemporaryDirectory(prefix="mnist-download-") as tmp:

@@ -60,11 +60,16 @@ class DatasetSpec:
         return {"dataset": self.name, **attrs}
 
 
+def download_location(config: PrepareConfig, name: str) -> Path:
+    """Where downloads of `name` go: `download_dir/<name>` (null: ~/.cache/masktune/<name>)."""
+    return (config.download_dir or Path.home() / ".cache" / "masktune") / name
+
+
 def dataset_folder(config: PrepareConfig, sources: Sequence[Source], marker: str | Sequence[str]) -> Path:
     """`prepare.<dataset>.dir`, or the official copy downloaded into `download_dir/<dataset>` when
     `download` is true (masktune/datasets/download.py)."""
-    cache = config.download_dir or Path.home() / ".cache" / "masktune"
-    return resolve_dataset_folder(config.options["dir"], config.download, sources, cache / config.dataset, marker)
+    return resolve_dataset_folder(config.options["dir"], config.download, sources,
+                                  download_location(config, config.dataset), marker)
 
 
 def first_images(splits: Mapping[str, ImageRecords], config: PrepareConfig) -> dict[str, ImageRecords]:

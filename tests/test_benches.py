@@ -1,0 +1,143 @@
+"""Every script in bench/ runs in its quick mode (`--quick`: a few hundred digits, one epoch, the fewest
+grid points), so a change that breaks a bench fails here rather than on the day someone needs its
+figures. One test parametrised over the folder: a new bench is run without a new test, and must name
+its checks in CHECKS. The checks read the bench's last line (its figures as one JSON object) for what
+does not depend on speed or on the tiny data: structure, ranges, equalities the bench exists to show.
+The full-size figures stay out of CI (the benches' docstrings give their commands)."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import MNIST_DIR, ROOT
+from fixtures_datasets import make_mnist
+
+BENCHES = sorted(p.name for p in (ROOT / "bench").glob("*.py") if p.name != "common.py")
+DVC_BENCHES = {"jtt_sweep.py", "methods.py", "pipeline.py", "queue_grid.py", "seed_sweep.py", "selective.py"}
+
+
+def _fraction(value) -> bool:
+    return isinstance(value, float) and 0.0 <= value <= 1.0
+
+
+def _jtt_sweep(figures: dict) -> None:
+    assert [(p["identification_epochs"], p["upweight"]) for p in figures["grid"]] == [(1, 5), (1, 20)]
+    assert all(_fraction(p["val_average"]) and p["error_set_size"] >= 0 for p in figures["grid"])
+    assert figures["chosen"] == max(figures["grid"], key=lambda p: p["val_average"])
+
+
+def _methods(figures: dict) -> None:
+    assert [run["seed"] for run in figures["runs"]] == [0, 1]
+    models = {"erm", "masktune", "jtt", "dfr_groups"}
+    assert set(figures["runs"][0]["results"]) == models
+    rows = figures["summary"]["rows"]
+    assert rows and all(row["n"] == 2 for row in rows)  # every seed's experiment found and grouped
+    assert {row["model"] for row in rows} == models
+    for row in rows:  # mean and sample std of the two seeds' own figures
+        values = [run["results"][row["model"]][row["split"]][row["measure"]] for run in figures["runs"]]
+        assert row["mean"] == pytest.approx(sum(values) / 2)
+        assert row["std"] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2))
+    gap = figures["summary"]["selection_gap"]
+    assert set(gap) == {"erm", "jtt", "dfr_groups"}  # the models that select, each with its oracle twin
+    for splits in gap.values():
+        for columns in splits.values():
+            assert columns["gap"]["values"] == pytest.approx(
+                [own - oracle for own, oracle in zip(columns["own"]["values"], columns["oracle"]["values"])])
+    assert set(figures["summary"]) >= {"purity/jtt", "purity/true_groups"}
+    assert figures["summary"]["purity/true_groups"]["train"]["mean"] == 1.0  # the true groups against themselves
+
+
+def _official_masking(figures: dict) -> None:
+    assert figures["images"] == 450  # the first 600 digits, 150 of them drawn for validation
+    # The official approach (grad-cam + NumPy + OpenCV) and ours mask the same pixels, up to maps that
+    # tie the mean + 2 std threshold within float error.
+    assert figures["pixels_differing"] < 1e-3
+    assert figures["official_seconds"] > 0 and figures["ours_seconds"] > 0
+
+
+def _pipeline(figures: dict) -> None:
+    assert set(figures["accuracy"]) == {"erm", "masktune", "jtt"}
+    assert all(_fraction(v) for model in figures["accuracy"].values() for v in model.values())
+    # `-S upsample.upweight=...` reruns JTT's pair and the reports, nothing before them
+    reran = {key.removeprefix("jtt_exp_run_stage_") for key in figures["seconds"] if key.startswith("jtt_exp_run_stage_")}
+    assert reran == {"robust_train@jtt", "evaluate", "selective"}
+
+
+def _queue_grid(figures: dict) -> None:
+    assert figures["problems"] == [] and figures["identical"] == {"s0-lr0.01": True}
+    assert figures["queued"]["s0-lr0.01"]["status"] == "Success" and figures["queued"]["s0-lr0.01"]["restored"] == []
+
+
+def _saliency_throughput(figures: dict) -> None:
+    assert [(r["model"], r["precision"]) for r in figures["rows"]] == [
+        ("small_cnn", "float32"), ("small_cnn", "bfloat16"), ("resnet50", "float32"), ("resnet50", "bfloat16")]
+    assert all(r["saliency"] > 0 and r["ratio"] == pytest.approx(r["saliency"] / r["inference"]) for r in figures["rows"])
+
+
+def _seed_sweep(figures: dict) -> None:
+    assert [(r["epochs"], r["seed"]) for r in figures["runs"]] == [(1, 0), (1, 1)]
+    for key, spread in figures["summary"]["1"].items():
+        values = [r[key] for r in figures["runs"]]
+        assert (spread["min"], spread["max"]) == (min(values), max(values)) and _fraction(spread["mean"])
+
+
+def _selective(figures: dict) -> None:
+    assert [run["seed"] for run in figures["runs"]] == [0, 1]
+    assert {"masktune", "two_erm_control1"} <= set(figures["summary"])
+    comparison = figures["masktune_minus_control"]
+    assert comparison["aurc"]["differences"] == pytest.approx(
+        [100 * (run["scores"]["masktune"]["aurc"] - run["scores"]["two_erm_control1"]["aurc"]) for run in figures["runs"]])
+
+
+def _storage_scaling(figures: dict) -> None:
+    assert {(r["N"], r["stage"]) for r in figures["rows"]} == {
+        (n, stage) for n in (300, 600) for stage in ("compute_saliency", "materialize_masked_dataset")}
+    raw = {row["option"]: row["raw_bytes_per_image"] for row in figures["options"]}
+    assert raw == {  # 224 x 224 images, tiny_cnn's 7 x 7 target layer: the sizes behind the storage design
+        "feature-map cams float32 (chosen)": 7 * 7 * 4, "full-resolution maps float32": 224 * 224 * 4,
+        "full-resolution maps float16": 224 * 224 * 2, "bit-packed masks (chosen)": 224 * 224 / 8,
+        "masked image copies uint8": 224 * 224 * 3}
+    assert all(row["bytes_per_image"] > 0 for row in figures["rows"])
+
+
+def _test_threads(figures: dict) -> None:
+    assert figures["files"] == ["tests/test_splits.py"] and figures["ratio"] > 0
+
+
+def _xgradcam_vs_library(figures: dict) -> None:
+    float32 = [r for r in figures["rows"] if r["precision"] == "float32"]
+    assert [r["model"] for r in float32] == ["small_cnn", "resnet50"]
+    assert all(r["max_abs_diff"] <= 1e-5 for r in float32)  # our XGradCAM is the library's, in float32
+
+
+CHECKS = {"jtt_sweep.py": _jtt_sweep, "methods.py": _methods, "official_masking.py": _official_masking,
+          "pipeline.py": _pipeline, "queue_grid.py": _queue_grid, "saliency_throughput.py": _saliency_throughput,
+          "seed_sweep.py": _seed_sweep, "selective.py": _selective, "storage_scaling.py": _storage_scaling,
+          "test_threads.py": _test_threads, "xgradcam_vs_library.py": _xgradcam_vs_library}
+
+
+@pytest.fixture(scope="module")
+def bench_mnist(tmp_path_factory) -> Path:
+    """The real MNIST beside the project, else its synthetic twin (the quick runs read 800 digits)."""
+    if (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+        return MNIST_DIR
+    return make_mnist(tmp_path_factory.mktemp("mnist"), n_train=1000, n_test=300)
+
+
+def test_every_bench_has_its_checks():
+    assert sorted(CHECKS) == BENCHES
+
+
+@pytest.mark.parametrize("bench", [pytest.param(name, marks=pytest.mark.slow) if name in DVC_BENCHES else name
+                                   for name in BENCHES])
+def test_bench_runs_quickly_and_its_figures_hold(bench, bench_mnist):
+    script = ROOT / "bench" / bench
+    extra = ["--mnist-dir", str(bench_mnist)] if "--mnist-dir" in script.read_text() else []
+    result = subprocess.run([sys.executable, str(script), "--quick", *extra], cwd=ROOT, capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    CHECKS[bench](json.loads(result.stdout.strip().splitlines()[-1]))
