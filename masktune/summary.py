@@ -32,7 +32,8 @@ PAIRS = ("robust_train", "last_layer")
 
 def experiments(show: Sequence[Mapping]) -> list[dict]:
     """{"name", "params", "headline"} of every experiment (and baseline) with a headline in the parsed
-    output of `dvc exp show --json`."""
+    output of `dvc exp show --json`. The workspace counts only when it is not an experiment's copy: after
+    `dvc exp run` it holds the last experiment's params and metrics, which would otherwise count twice."""
     found = []
     for baseline in show:
         runs = [baseline] + [run for group in baseline.get("experiments") or [] for run in group.get("revs", [])]
@@ -42,8 +43,10 @@ def experiments(show: Sequence[Mapping]) -> list[dict]:
             params = (data.get("params") or {}).get("params.yaml", {}).get("data")
             if headline and params:
                 found.append({"name": run.get("name") or data.get("rev") or run.get("rev"), "params": params,
-                              "headline": headline})
-    return found
+                              "headline": headline, "workspace": run.get("rev") == "workspace"})
+    copies = [run for run in found if run["workspace"] and any(
+        other is not run and (other["params"], other["headline"]) == (run["params"], run["headline"]) for other in found)]
+    return [{key: value for key, value in run.items() if key != "workspace"} for run in found if run not in copies]
 
 
 def _without_seeds(node):

@@ -25,7 +25,8 @@ def _show() -> list[dict]:
     runs = [_run("a", 0, None, {"erm": 0.1, "jtt": 0.2}), _run("b", 1, None, {"erm": 0.3, "jtt": 0.4}),
             _run("c", 2, None, {"erm": 0.5, "jtt": 0.9}), _run("d", 0, 0.02, {"erm": 0.7, "jtt": 0.8})]
     failed = {"rev": "e", "name": "e", "data": {"params": {}, "metrics": {}}}
-    return [{"rev": "workspace", "name": None, "data": {}, "experiments": None},
+    workspace = copy.deepcopy(runs[-1]) | {"rev": "workspace", "name": None, "experiments": None}  # as after exp run
+    return [workspace,
             {"rev": "abc", "name": "main", "data": {}, "experiments": [{"revs": [r]} for r in [*runs, failed]]}]
 
 
