@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import tempfile
 import weakref
@@ -41,6 +42,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from masktune.errors import UserError
 
 NODE_RANK_ENV = "MASKTUNE_NODE_RANK"  # differs per node, unlike params.yaml (README "Scaling out")
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)
@@ -117,6 +120,7 @@ def launch_workers(settings) -> None:
     already a torchrun worker."""
     if "TORCHELASTIC_RUN_ID" in os.environ or settings.nproc_per_node * settings.nnodes == 1:
         return
+    check_workers_fit(settings.nproc_per_node)
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -145,6 +149,20 @@ def launch_workers(settings) -> None:
     sys.exit(0)
 
 
+def check_workers_fit(nproc_per_node: int) -> None:
+    """Refuse, before any work, more workers on this node than it has GPUs (on CUDA) or CPU cores: each
+    worker holds a model and its data loaders, and past the cores they only compete for them (64 workers
+    on 2 cores ran 145 s, then one was killed for memory)."""
+    if torch.cuda.is_available():
+        have, what = torch.cuda.device_count(), "GPU(s)"
+    else:
+        have, what = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1), \
+            "CPU core(s)"
+    if nproc_per_node > have:
+        raise UserError(f"distributed.nproc_per_node is {nproc_per_node}, but this node has {have} {what}: "
+                        f"set it to at most {have}")
+
+
 def _report_failure(error) -> int:
     """One line naming the worker that failed first; its exit status for the stage."""
     rank, failure = error.get_first_failure()
@@ -152,6 +170,12 @@ def _report_failure(error) -> int:
         return 2
     how = (f"was killed by {failure.signal_name()}" if failure.exitcode < 0
            else f"exited with status {failure.exitcode}")
+    if failure.exitcode == -signal.SIGKILL:  # the kernel's OOM killer sends SIGKILL
+        print(f"error: worker rank {rank} (pid {failure.pid}) was killed by SIGKILL, probably out of memory: "
+              "lower distributed.nproc_per_node (each worker holds the model and its data loaders) or the "
+              "stage's batch_size / workers; the other workers were stopped and no output was written",
+              file=sys.stderr)
+        return 1
     print(f"error: worker rank {rank} (pid {failure.pid}) {how}; the other workers were stopped and no "
           "output was written. `dvc repro` runs the stage again (training resumes from its last finished "
           "epoch when the inputs are unchanged)", file=sys.stderr)

@@ -31,22 +31,29 @@ PAIRS = ("robust_train", "last_layer")
 
 
 def experiments(show: Sequence[Mapping]) -> list[dict]:
-    """{"name", "params", "headline"} of every experiment (and baseline) with a headline in the parsed
-    output of `dvc exp show --json`. The workspace counts only when it is not an experiment's copy: after
-    `dvc exp run` it holds the last experiment's params and metrics, which would otherwise count twice."""
+    """{"name", "params", "headline", "repeats"} of every distinct run with a headline in the parsed output
+    of `dvc exp show --json`: the experiments, then the baselines (the workspace, the commits). Runs with
+    the same params, seeds included, are one run, counted once: after `dvc exp run` the workspace repeats
+    the last experiment, and a committed baseline repeats the experiment of its seeds; an experiment is
+    kept before a baseline, and `repeats` names the runs it stands for."""
     found = []
     for baseline in show:
-        runs = [baseline] + [run for group in baseline.get("experiments") or [] for run in group.get("revs", [])]
+        runs = [run for group in baseline.get("experiments") or [] for run in group.get("revs", [])] + [baseline]
         for run in runs:
             data = run.get("data") or {}
             headline = (data.get("metrics") or {}).get(HEADLINE, {}).get("data")
             params = (data.get("params") or {}).get("params.yaml", {}).get("data")
             if headline and params:
                 found.append({"name": run.get("name") or data.get("rev") or run.get("rev"), "params": params,
-                              "headline": headline, "workspace": run.get("rev") == "workspace"})
-    copies = [run for run in found if run["workspace"] and any(
-        other is not run and (other["params"], other["headline"]) == (run["params"], run["headline"]) for other in found)]
-    return [{key: value for key, value in run.items() if key != "workspace"} for run in found if run not in copies]
+                              "headline": headline, "baseline": run is baseline})
+    distinct: dict[str, dict] = {}
+    for run in sorted(found, key=lambda run: run["baseline"]):  # stable: experiments first, in order
+        key = json.dumps(run["params"], sort_keys=True)
+        if key in distinct:
+            distinct[key]["repeats"].append(run["name"])
+        else:
+            distinct[key] = {"name": run["name"], "params": run["params"], "headline": run["headline"], "repeats": []}
+    return list(distinct.values())
 
 
 def _without_seeds(node):
@@ -168,6 +175,10 @@ def main() -> None:
     runs = experiments(exp_show(args.revs, args.all_commits))
     if not runs:
         raise UserError(f"no experiment with {HEADLINE} found (run `dvc exp run` first)")
+    for run in runs:
+        if run["repeats"]:
+            print(f"{', '.join(map(str, run['repeats']))}: the params of {run['name']}, seeds included: counted once",
+                  file=sys.stderr)
     rows = [row for group in configurations(runs) for row in summarise(group)]
     with atomic_directory(args.out) as tmp:
         folder = Path(tmp)

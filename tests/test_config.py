@@ -249,3 +249,23 @@ def test_no_two_recipes_share_a_section_so_an_override_edits_one_recipe():
                 path = f"recipes.{name}.{section}"
                 assert id(mapping) not in owners, f"{path} is the same mapping as {owners[id(mapping)]}"
                 owners[id(mapping)] = path
+
+
+def test_a_stage_refuses_to_write_outputs_when_a_declared_param_changed_while_it_ran(tmp_path):
+    """The race of issue 27: `dvc exp run -S lr=0.05` refused while `train_erm` runs still leaves lr 0.05
+    in params.yaml, and DVC would record it for a model trained with 0.01. An undeclared key may change."""
+    from masktune.io.files import atomic_output, write_bytes_atomically
+
+    params, dvc_file = _write(tmp_path, _set(committed_params(), "lr", 0.01))
+    load_stage_config("train_erm", params, dvc_file)
+    write_bytes_atomically(tmp_path / "before.pt", b"ok")  # nothing changed yet
+    _write(tmp_path, _set(_set(committed_params(), "lr", 0.01), "finetune.lr", 0.5))  # not train_erm's
+    write_bytes_atomically(tmp_path / "unrelated.pt", b"ok")
+    _write(tmp_path, _set(committed_params(), "lr", 0.05))
+    refused = (r"params.yaml changed while stage 'train_erm' ran \(lr: 0.01 -> 0.05\): it refuses to write outputs "
+               r"made with the old values; `dvc repro` runs it again")
+    with pytest.raises(UserError, match=refused), atomic_output(tmp_path / "model.pt") as tmp:
+        tmp.write_bytes(b"trained with 0.01")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["before.pt", "dvc.yaml", "params.yaml", "unrelated.pt"]
+    _write(tmp_path, _set(committed_params(), "lr", 0.01))  # back to the values it started with
+    write_bytes_atomically(tmp_path / "model.pt", b"ok")

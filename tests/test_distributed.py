@@ -21,7 +21,9 @@ from conftest import MNIST_DIR
 from fixtures_datasets import make_mnist
 from scratch import PROJECT_ROOT, ScratchProject
 
+from masktune import distributed
 from masktune.distributed import World, batch_share, row_range, shard_batch
+from masktune.errors import UserError
 from masktune.io.journal import EpochJournal
 
 EPOCHS = 3
@@ -55,6 +57,26 @@ def test_scaled_rank_losses_average_to_the_global_mean_loss(whole):
         if len(part):
             averaged += batch_share(len(part), whole, World(rank, size)) * losses[part].mean() / size
     assert averaged == pytest.approx(losses.mean(), rel=1e-12)
+
+
+def test_more_workers_than_cores_are_refused_before_any_work(monkeypatch):
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: False)
+    settings = type("Settings", (), {"nproc_per_node": cores + 1, "nnodes": 1})()
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    with pytest.raises(UserError, match=rf"^distributed.nproc_per_node is {cores + 1}, but this node has {cores} "
+                                        rf"CPU core\(s\): set it to at most {cores}$"):
+        distributed.launch_workers(settings)  # refused before torchrun starts anything
+    distributed.check_workers_fit(cores)
+
+
+def test_a_worker_killed_by_sigkill_is_reported_as_probably_out_of_memory(capsys):
+    failure = type("Failure", (), {"exitcode": -signal.SIGKILL, "pid": 42, "signal_name": lambda self: "SIGKILL"})()
+    error = type("Error", (), {"get_first_failure": lambda self: (1, failure)})()
+    assert distributed._report_failure(error) == 1
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("error: worker rank 1 (pid 42) was killed by SIGKILL, probably out of memory: lower "
+                           "distributed.nproc_per_node") and "\n" not in line
 
 
 def test_epoch_journal_of_other_inputs_is_discarded(tmp_path):
@@ -211,7 +233,7 @@ def test_killed_worker_fails_the_stage_in_one_line_and_the_rerun_resumes(project
     assert process.returncode == 1
     assert "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith("error: worker rank 1 (pid ") and "was killed by SIGKILL" in last, stderr
+    assert last.startswith("error: worker rank 1 (pid ") and "was killed by SIGKILL, probably out of memory" in last, stderr
     assert not (project.path / "runs/killed_rank/live").exists()  # the metrics appear only when complete
 
     resumed = _run(project, command)

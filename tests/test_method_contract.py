@@ -115,6 +115,8 @@ def test_every_trainer_trains_on_every_groups_file_and_records_its_group_label_u
         assert (state["groups"], state["trainer"], state["selection"]) == (pair["groups"], pair["trainer"],
                                                                           pair["selection"])
         assert (path / f"models/oracle/{name}.pt").is_file()  # the model the true worst group picks: the gap
+        if pair["trainer"] in TRAINERS:  # a trained network records the resolved config it was trained with
+            assert state["config"]["epochs"] == 1 and state["config"]["arch"] == "small_cnn", state["config"]
         gap = details[name]["selection_gap"]
         assert gap["oracle"] == "worst_group" and gap["selection"] == pair["selection"]
         if gap["same_model"]:

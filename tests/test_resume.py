@@ -88,3 +88,34 @@ def test_a_preempted_fit_resumes_to_the_uninterrupted_result(tmp_path, method, c
     whole = _files(tmp_path / "whole")
     assert {"best.pt", "last.pt", "live/metrics.json", "live/plots/metrics/train/loss.tsv"} <= set(whole)
     assert _files(tmp_path / "cut") == whole
+
+
+class _Hostile:
+    """Unpickling this runs code (writes a marker file): what a weights-only load must refuse."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "executed"))
+
+
+@pytest.mark.parametrize("journal", ["hostile", "truncated"])
+def test_an_unreadable_or_hostile_journal_is_discarded_unexecuted_and_training_starts_over(
+        tmp_path, journal, capsys, monkeypatch):
+    _run(tmp_path / "whole", "erm", monkeypatch)
+    with pytest.raises(Preempted):
+        _run(tmp_path / "cut", "erm", monkeypatch, stop_before=2)
+    epoch_file = tmp_path / "cut/best.pt.partial/epoch.pt"
+    marker = tmp_path / "marker"
+    if journal == "hostile":
+        torch.save({"epochs_done": 1, "model": _Hostile(marker)}, epoch_file)
+    else:
+        epoch_file.write_bytes(epoch_file.read_bytes()[:1000])
+    capsys.readouterr()
+    _run(tmp_path / "cut", "erm", monkeypatch)
+    out = capsys.readouterr().out
+    assert not marker.exists()  # the pickled code never ran
+    assert f"{epoch_file}: unreadable resume journal" in out and "discarded, starting over" in out
+    assert "resuming" not in out
+    assert _files(tmp_path / "cut") == _files(tmp_path / "whole")  # started over: the uninterrupted result

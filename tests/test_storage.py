@@ -90,3 +90,58 @@ def test_leftovers_of_a_killed_writer_go_at_the_next_write(tmp_path):
     with atomic_directory(tmp_path / "live") as folder:
         (folder / "metrics.json").write_text("{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == [kept.name, "live", "out.bin"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_outputs_get_the_permissions_of_the_umask_as_a_plain_write_would(tmp_path, umask):
+    """mkstemp / mkdtemp create 0600 / 0700: without the fix every output of a shared machine or cache
+    would be unreadable to its other users."""
+    import os
+
+    previous = os.umask(umask)
+    try:
+        with atomic_output(tmp_path / "out.bin") as tmp:
+            tmp.write_bytes(b"x")
+        with atomic_directory(tmp_path / "folder") as folder:
+            (folder / "a.json").write_text("{}")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out.bin").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_leftovers_of_an_interrupted_stage_do_not_change_a_folder_dependency(tmp_path):
+    """A killed training leaves `models/<out>.partial/` (its resume journal) and perhaps a temporary file
+    in models/, which `evaluate` depends on as a folder: the project's .dvcignore keeps both out of the
+    folder's hash, so nothing reruns and dvc.lock does not change (issue 27: `nfiles: 7`)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", DVC_STUDIO_OFFLINE="true",
+               DVC_SITE_CACHE_DIR=str(tmp_path / "dvc-site"), GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    project = tmp_path / "project"
+    project.mkdir()
+
+    def run(*args: str) -> str:
+        return subprocess.run(list(args), cwd=project, env=env, capture_output=True, text=True, check=True).stdout
+
+    run("git", "init", "-q")
+    run(sys.executable, "-m", "dvc", "init", "-q")
+    shutil.copy(ROOT / ".dvcignore", project / ".dvcignore")
+    (project / "dvc.yaml").write_text(
+        "stages:\n"
+        "  train:\n    cmd: mkdir -p models && echo weights > models/erm.pt\n    outs: [models/erm.pt]\n"
+        "  evaluate:\n    cmd: ls models > report.txt\n    deps: [models]\n    outs: [report.txt]\n")
+    run(sys.executable, "-m", "dvc", "repro", "-q")
+    lock = (project / "dvc.lock").read_text()
+    (project / "models/erm.pt.partial").mkdir()
+    (project / "models/erm.pt.partial/epoch.pt").write_bytes(b"journal")
+    (project / "models/.erm.pt.k1l2e3d4.tmp").write_bytes(b"half")
+    assert run(sys.executable, "-m", "dvc", "status", "--json").strip() in ("{}", "")
+    assert "Running stage" not in run(sys.executable, "-m", "dvc", "repro")
+    assert (project / "dvc.lock").read_text() == lock

@@ -26,13 +26,14 @@ def _show() -> list[dict]:
             _run("c", 2, None, {"erm": 0.5, "jtt": 0.9}), _run("d", 0, 0.02, {"erm": 0.7, "jtt": 0.8})]
     failed = {"rev": "e", "name": "e", "data": {"params": {}, "metrics": {}}}
     workspace = copy.deepcopy(runs[-1]) | {"rev": "workspace", "name": None, "experiments": None}  # as after exp run
-    return [workspace,
-            {"rev": "abc", "name": "main", "data": {}, "experiments": [{"revs": [r]} for r in [*runs, failed]]}]
+    commit = copy.deepcopy(runs[0]) | {"rev": "abc", "name": "main"}  # a committed baseline: seed 0's run
+    return [workspace, commit | {"experiments": [{"revs": [r]} for r in [*runs, failed]]}]
 
 
 def test_seeds_of_one_configuration_are_summarised_and_other_params_set_configurations_apart():
     runs = experiments(_show())
-    assert [run["name"] for run in runs] == ["a", "b", "c", "d"]
+    assert [run["name"] for run in runs] == ["a", "b", "c", "d"]  # each seed once: the baselines repeat a and d
+    assert [run["repeats"] for run in runs] == [["main"], [], [], ["workspace"]]
     groups = configurations(runs)
     assert [[run["name"] for run in group["runs"]] for group in groups] == [["a", "b", "c"], ["d"]]
     assert [group["label"] for group in groups] == ["lr=None", "lr=0.02"]  # the params that differ, seeds aside

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from masktune.errors import UserError
+from masktune.io.files import before_commit
 
 _TEMPLATE = re.compile(r"\$\{([\w.]+)\}")
 
@@ -70,3 +71,40 @@ def declared_params(stage: str, dvc_file: str | Path, values: dict | None = None
         elif isinstance(param, dict):  # {other_params_file: [keys]}: only params.yaml is ours
             declared.extend(k for keys in param.values() for k in (keys or []))
     return [_render(param, values, context) for param in declared]
+
+
+def refuse_to_finish_if_params_change(stage: str, params_file: str | Path, declared: list[str], values: dict) -> None:
+    """Make every output write of this stage fail, with one line, once a param it declared (`declared`,
+    read as `values` when it started) has another value in `params_file`: DVC would otherwise record the
+    new value in dvc.lock for outputs made with the old one (an edit, or a `dvc exp run -S` refused
+    because the workspace is busy, both leave params.yaml changed) and report them up to date. The file is
+    re-read only when its size or modification time changed."""
+    path = Path(params_file).resolve()
+    started = {key: _lookup(values, key) for key in declared}
+    seen = [_stamp(path)]
+
+    def check() -> None:
+        stamp = _stamp(path)
+        if stamp in (seen[0], None):  # unchanged, or gone (nothing to compare with)
+            return
+        try:
+            now = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            now = None
+        if not isinstance(now, dict):
+            raise UserError(f"{path} became unreadable while stage '{stage}' ran: it refuses to write outputs")
+        changed = [key for key in declared if _lookup(now, key) != started[key]]
+        if changed:
+            shown = ", ".join(f"{key}: {started[key]!r} -> {_lookup(now, key)!r}" for key in changed[:3])
+            raise UserError(f"{path} changed while stage '{stage}' ran ({shown}{', ...' if len(changed) > 3 else ''}):"
+                            " it refuses to write outputs made with the old values; `dvc repro` runs it again")
+        seen[0] = stamp
+    before_commit(("params", stage, str(path)), check)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size

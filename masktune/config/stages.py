@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from masktune.config import schema
-from masktune.config.files import declared_params, read_yaml
+from masktune.config.files import declared_params, read_yaml, refuse_to_finish_if_params_change
 from masktune.errors import UserError
 
 
@@ -304,5 +304,8 @@ def load_stage_config(stage: str, params_file: str | Path = "params.yaml", dvc_f
     values = read_yaml(params_file)
     schema.validate(values)
     config = _config_class(stage, values)
-    resolver = _Resolver(stage, values, declared_params(stage, dvc_file, values))
-    return config(**{f.name: resolver.resolve(f.metadata["key"]) for f in dataclasses.fields(config)})
+    declared = declared_params(stage, dvc_file, values)
+    resolver = _Resolver(stage, values, declared)
+    resolved = config(**{f.name: resolver.resolve(f.metadata["key"]) for f in dataclasses.fields(config)})
+    refuse_to_finish_if_params_change(stage, params_file, declared, values)
+    return resolved

@@ -77,6 +77,25 @@ def unreadable_image(path: str | Path, error: Exception) -> UserError:
     return UserError(f"{path}: cannot read image (corrupted or truncated? {reason})")
 
 
+SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_rgb(image: Image.Image, path: object = None) -> Image.Image:
+    """`image` as 8-bit RGB. 16-bit greyscale (X-rays, microscopy) is scaled to 8 bits, value x 255 / 65535
+    rounded: Pillow's own `convert("RGB")` clips it to 255, turning a 16-bit ramp 99.6% white. (16-bit RGB
+    PNGs Pillow already opens as 8-bit RGB, each value's high byte: within one level.) 32-bit integer and
+    float images have no fixed range to scale from: refused in one line naming the file."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in SIXTEEN_BIT_GREY:
+        grey = np.rint(np.asarray(image, dtype=np.float64) * (255.0 / 65535.0)).astype(np.uint8)
+        return Image.fromarray(np.repeat(grey[..., None], 3, axis=2))
+    if image.mode in ("I", "F"):
+        raise UserError(f"{path or 'image'}: {'32-bit integer' if image.mode == 'I' else 'floating-point'} pixels "
+                        f"(mode {image.mode!r}) have no fixed range to scale to 8 bits: save it as 8- or 16-bit")
+    return image.convert("RGB")
+
+
 def _checked_size(data: bytes, path: Path) -> tuple[int, int]:
     """(height, width) of an encoded image, after decoding it (JPEG at 1/8 scale: an eighth of the
     work, and a truncated or corrupt file still fails), or a UserError naming the file."""
@@ -309,7 +328,7 @@ class EncodedImages:
         blob = self._file[f"{self.split}/encoded"][self.offsets[i]:self.offsets[i + 1]]
         try:
             with Image.open(io.BytesIO(blob.tobytes())) as image:
-                return image.convert("RGB")
+                return to_rgb(image, self.source_path(i))
         except (OSError, SyntaxError, ValueError) as error:
             raise UserError(f"{self.path}: image {i} of '{self.split}' ({self.source_path(i)}) cannot be "
                             f"decoded ({error}); rerun prepare") from None

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from masktune.data.prepared import IMAGE_ERRORS, unreadable_image
+from masktune.data.prepared import IMAGE_ERRORS, to_rgb, unreadable_image
 from masktune.data.samples import ImageRecords
 from masktune.errors import UserError
 
@@ -41,11 +41,11 @@ def _open_decoded(path: Path) -> Image.Image:
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image to uint8 (H, W, 3); grey, palette, RGBA (alpha dropped) and CMYK go to RGB."""
+    """Decode an image to uint8 (H, W, 3); grey, palette, RGBA (alpha dropped) and CMYK go to RGB, 16-bit
+    grey is scaled to 8 bits (`to_rgb`)."""
     path = Path(path)
     with _open_decoded(path) as image:
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
-        array = np.asarray(rgb, dtype=np.uint8)
+        array = np.asarray(to_rgb(image, path), dtype=np.uint8)
     if array.ndim != 3 or array.shape[2] != 3:
         raise UserError(f"{path}: cannot convert image mode {image.mode!r} to RGB")
     return array

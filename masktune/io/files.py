@@ -14,8 +14,24 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+
+# Checks run before any output is renamed into place (`before_commit`): a stage registers, e.g., that the
+# params it declared are still those in params.yaml, so that it refuses to finish rather than let DVC
+# record params it did not run with.
+_COMMIT_CHECKS: dict[object, Callable[[], None]] = {}
+
+
+def before_commit(key: object, check: Callable[[], None]) -> None:
+    """Run `check` before every atomic rename of this process (it raises to stop the write); a later
+    check under the same `key` replaces it."""
+    _COMMIT_CHECKS[key] = check
+
+
+def _run_commit_checks() -> None:
+    for check in list(_COMMIT_CHECKS.values()):
+        check()
 
 
 @contextlib.contextmanager
@@ -25,10 +41,12 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide the output from the machine's other users
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _run_commit_checks()
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -41,13 +59,22 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(path)
     tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp_path, 0o777 & ~_umask())  # as a plain mkdir would make it (mkdtemp: 0700)
     try:
         yield tmp_path
+        _run_commit_checks()
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp_path, path)
     finally:
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, then restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomically(path: str | Path, data: bytes) -> None:

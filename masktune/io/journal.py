@@ -123,6 +123,17 @@ class EpochJournal(JournalFolder):
         write_bytes_atomically(self.folder / "epoch.pt", buffer.getvalue())
 
     def load(self) -> dict | None:
-        """The saved state, or None when no epoch has finished under these inputs."""
+        """The saved state, or None when no epoch has finished under these inputs. Read weights-only
+        (tensors and plain Python values, never arbitrary objects: the folder is outside what DVC tracks,
+        so anyone who can write there could otherwise run code at the next `dvc repro`); a file that
+        does not load so is discarded with one line, and training starts over."""
         path = self.folder / "epoch.pt"
-        return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 (truncated, corrupt or hostile: any failure discards it)
+            reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+            print(f"{path}: unreadable resume journal ({reason}); discarded, starting over")
+            path.unlink()
+            return None

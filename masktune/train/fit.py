@@ -142,7 +142,7 @@ class TrainingState:
                 "epoch_state": self.objective.state_dict(),
                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+                "numpy_rng": _numpy_rng_state(), "python_rng": random.getstate(),
                 "best_score": self.best_score, "best": self.best, "best_checkpoint": self.best_checkpoint,
                 "last_checkpoint": self.last_checkpoint, "oracle_score": self.oracle_score,
                 "oracle_checkpoint": self.oracle_checkpoint, "history": self.history}
@@ -166,7 +166,7 @@ class TrainingState:
         torch.set_rng_state(saved["torch_rng"])
         if saved["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["cuda_rng"])
-        np.random.set_state(saved["numpy_rng"])
+        _set_numpy_rng_state(saved["numpy_rng"])
         random.setstate(saved["python_rng"])
         self.best_score, self.best = saved["best_score"], saved["best"]
         self.oracle_score = saved["oracle_score"]
@@ -181,6 +181,17 @@ class TrainingState:
         if world.is_main:
             print(f"{name}: resuming after epoch {saved['epochs_done']} ({journal.folder})")
         return saved["epochs_done"]
+
+
+def _numpy_rng_state() -> tuple:
+    """NumPy's global state with its key array as a tensor: the journal loads weights-only."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian
+
+
+def _set_numpy_rng_state(state: tuple) -> None:
+    name, keys, position, has_gauss, cached_gaussian = state
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
 
 
 def _open_journal(best_path: str | Path, resume: Mapping | None, world: World) -> EpochJournal | None:

@@ -15,6 +15,8 @@ the same data and params continues after the last finished epoch (masktune.train
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +85,10 @@ def finish_training(run: TrainingRun, *, stage: str, best: str | Path, live_dir:
     scheduler = make_scheduler(run.optimizer, getattr(config, "lr_schedule", "constant"), config.epochs,
                                getattr(config, "lr_milestone_every", 1), getattr(config, "lr_gamma", 1.0))
     resume = {**resume_key(stage, config, device, run.prepared.path, *resume_inputs), **(resume_extra or {})}
-    info = {"arch": config.arch, "num_classes": run.prepared.num_classes, **(checkpoint_info or {})}
+    # The resolved config it was trained with (recipe values filled in), for whoever loads the model.
+    trained_with = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    info = {"arch": config.arch, "num_classes": run.prepared.num_classes, **(checkpoint_info or {}),
+            "config": trained_with}
     with live_folder(live_dir) as live:
         best_scores = fit(run.model, run.optimizer, run.train, run.val, epochs=config.epochs,
                           batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
