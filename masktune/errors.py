@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import sys
 from collections.abc import Callable
 
@@ -24,6 +25,12 @@ class UserError(Exception):
     """A problem with the user's input (params, data files) that the message fully explains."""
 
 
+class DiskFullError(UserError):
+    """An output could not be written (full disk, quota, file size limit). The stage ends at once after
+    its line (`os._exit`): an HDF5 file that failed to flush would only fail again, and crash, when the
+    interpreter cleans up."""
+
+
 def run_stage(main: Callable[[], None]) -> Callable[[], None]:
     """Decorate a stage's `main` so that a `UserError` ends it with `error: <message>` and exit 2."""
 
@@ -32,6 +39,10 @@ def run_stage(main: Callable[[], None]) -> Callable[[], None]:
         keep_freed_memory()
         try:
             main()
+        except DiskFullError as error:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(2)
         except UserError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)

@@ -269,3 +269,73 @@ def test_own_csv_index_runs_every_method_with_its_groups(project, csv_index):
         test = evaluation[model]["test"]
         assert len(test["groups"]) == 6 and "dog, spurious=sand" in test["groups"]
         assert headline[model]["test"]["worst_group"] == min(test["groups"].values())
+
+
+def _folder_error(options: dict) -> str:
+    from masktune.datasets.folder import read_folder_dataset
+
+    with pytest.raises(UserError) as error:
+        read_folder_dataset({"dir": None, "csv": None, "allow_overlap": False, **options})
+    return str(error.value)
+
+
+def test_links_are_followed_only_within_their_class_folder_and_once(tmp_path):
+    """Issue 27's probe: `train/a/loop -> ..` listed class b's images under a (1640 images, rc 0)."""
+    folder = make_image_folder(tmp_path / "images", {"train": 4, "val": 1, "test": 1})  # the 4th in cat/more/
+    inside = folder / "train" / "cat" / "alias"
+    inside.symlink_to(folder / "train" / "cat" / "more")  # the class's own nested folder, a second time
+    message = _folder_error({"dir": folder})
+    assert message.endswith("reached a second time through a link: its images would be listed twice (or without "
+                            "end); remove the link")
+    inside.unlink()
+    loop = folder / "train" / "cat" / "loop"
+    loop.symlink_to("..")
+    message = _folder_error({"dir": folder})
+    assert message.startswith(f"{loop}: a link to {(folder / 'train').resolve()}, the split folder, another class's")
+    loop.unlink()
+    (folder / "train" / "cat" / "foxes").symlink_to(folder / "train" / "fox")
+    assert "another class's folder" in _folder_error({"dir": folder})
+    (folder / "train" / "cat" / "foxes").unlink()
+    (folder / "train" / "cat" / "more").rename(tmp_path / "elsewhere")  # a folder outside the dataset
+    (folder / "train" / "cat" / "inner").mkdir()
+    (folder / "train" / "cat" / "inner" / "up").symlink_to(tmp_path / "elsewhere")
+    from masktune.datasets.folder import read_folder_dataset
+
+    paths = read_folder_dataset({"dir": folder, "csv": None, "allow_overlap": False}).paths["train"]
+    assert "train/cat/inner/up/cat_003.png" in paths and len(paths) == 12  # followed as torchvision does
+
+
+def test_one_class_in_train_hidden_class_folders_and_equal_integer_labels_are_named(tmp_path, capsys):
+    folder = make_image_folder(tmp_path / "images", {"train": 1, "val": 1, "test": 1}, classes=("a", "b"))
+    (folder / "train" / "b").rename(folder / "train" / "...")
+    message = _folder_error({"dir": folder})
+    assert message == f"{folder}: 'train' has 1 class ('a'): a classifier needs at least 2"
+    assert f"{folder / 'train'}: skipped hidden folder(s) ..." in capsys.readouterr().out
+    index = make_csv_index(tmp_path / "csv")
+    index.write_text(index.read_text().replace(",bird,", ",01,").replace(",cat,", ",1,").replace(",dog,", ",2,"))
+    assert _folder_error({"csv": index}) == f"{index}: labels '01' and '1' are the same integer; write each class one way"
+
+
+def test_repeated_files_mislabelled_overlapping_or_duplicated_are_named(tmp_path, capsys):
+    from masktune.datasets.folder import read_folder_dataset
+
+    index = make_csv_index(tmp_path / "csv")
+    header, *rows = index.read_text().splitlines()
+    train = [row for row in rows if ",train," in row]
+    test = [row for row in rows if ",test," in row]
+    leaked = test[0].replace(",test,", ",train,")  # a test image also in train
+    index.write_text("\n".join([header, *rows, leaked]) + "\n")
+    message = _folder_error({"csv": index})
+    assert message.startswith(f"{index}: files listed in two splits: 1 in test and train (e.g. ") and message.endswith(
+        "remove them from one split, or set prepare.folder.allow_overlap: true")
+    read_folder_dataset({"dir": None, "csv": index, "allow_overlap": True})
+    assert "files listed in two splits (allowed by prepare.folder.allow_overlap): 1 in test and train" in \
+        capsys.readouterr().out
+    index.write_text("\n".join([header, *rows, train[0]]) + "\n")  # a duplicate row
+    read_folder_dataset({"dir": None, "csv": index, "allow_overlap": False})
+    assert "1 file(s) listed more than once within a split, each copy counted" in capsys.readouterr().out
+    path, label = train[0].split(",")[1], train[0].split(",")[2]
+    relabelled = train[0].replace(f",{label},", ",cat," if label != "cat" else ",dog,")
+    index.write_text("\n".join([header, *rows, relabelled]) + "\n")
+    message = _folder_error({"csv": index})
+    assert message.startswith(f"{index}: {(index.parent / path).resolve()} is listed as class ")

@@ -45,7 +45,7 @@ def workdir(tmp_path_factory, digits):
     save_checkpoint(folder / "model.pt", model, make_optimizer(model, 0.01, 0.9, 1e-4), arch="small_cnn",
                     num_classes=2, epoch=1, val_accuracy=0.5)
     params = committed_params()
-    params["saliency"].update(batch_size=8, resume_every=512, workers=0)  # many small shards
+    params["saliency"].update(batch_size=64, resume_every=512, workers=0)  # many small shards (39)
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     (folder / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
     return folder

@@ -145,3 +145,62 @@ def test_leftovers_of_an_interrupted_stage_do_not_change_a_folder_dependency(tmp
     assert run(sys.executable, "-m", "dvc", "status", "--json").strip() in ("{}", "")
     assert "Running stage" not in run(sys.executable, "-m", "dvc", "repro")
     assert (project / "dvc.lock").read_text() == lock
+
+
+WRITERS = {
+    "hdf5": "write_arrays(out, {'x': np.random.default_rng(0).random((1000, 1000))})",
+    "torch": "buffer = io.BytesIO(); torch.save({'w': torch.randn(1000, 1000)}, buffer); "
+             "write_bytes_atomically(out, buffer.getvalue())",
+    "json": "write_json(out, {'x': list(range(200000))})",
+}
+
+
+def _under_file_size_limit(command: list[str], cwd, kilobytes: int = 100):
+    import resource
+    import subprocess
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (kilobytes * 1024, kilobytes * 1024))
+
+    from conftest import ROOT
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, preexec_fn=limit, check=False,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_file_size_limit_ends_every_writer_in_one_line_leaving_nothing(tmp_path, writer):
+    """`ulimit -f` (EFBIG; ENOSPC takes the same path): exit 2, one line naming the output and the free
+    space, no temporary file; HDF5 crashed with a segfault in its clean-up before (issue 27)."""
+    import sys
+
+    script = ("import io, sys\nimport numpy as np\nimport torch\nfrom masktune.errors import run_stage\n"
+              "from masktune.io.files import write_bytes_atomically, write_json\n"
+              "from masktune.io.hdf5 import write_arrays\n"
+              f"@run_stage\ndef main():\n    out = sys.argv[1]\n    {WRITERS[writer]}\nmain()\n")
+    out = tmp_path / "out" / f"output.{writer}"
+    out.parent.mkdir()
+    result = _under_file_size_limit([sys.executable, "-c", script, str(out)], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [result.stderr.strip()]  # one line
+    assert result.stderr.startswith(f"error: {out}: cannot write it, the file size limit was reached (")
+    assert "GiB free on its file system); nothing was written" in result.stderr
+    assert list(out.parent.iterdir()) == []
+
+
+def test_prepare_under_a_file_size_limit_stops_in_one_line_leaving_nothing(tmp_path):
+    import sys
+
+    import yaml
+    from conftest import ROOT, committed_params
+    from fixtures_datasets import make_mnist
+
+    params = committed_params()
+    params["prepare"]["biased_mnist"].update(mnist_dir=str(make_mnist(tmp_path / "mnist")), val_size=100)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    (tmp_path / "data").mkdir()
+    result = _under_file_size_limit([sys.executable, "-m", "stages.prepare", "--out", "data/prepared.h5"], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: {'data/prepared.h5'}: cannot write it, the file size limit was reached")
+    assert "Traceback" not in result.stderr and list((tmp_path / "data").iterdir()) == []

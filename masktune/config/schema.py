@@ -137,6 +137,7 @@ PREPARE: dict[str, dict[str, Field]] = {
         "image_size": Int(8, 4096),
         "normalisation": Choice(options=FOLDER_NORMALISATIONS),
         "limit": Int(1, nullable=True),
+        "allow_overlap": Bool(),
     },
 }
 

@@ -84,9 +84,8 @@ def to_rgb(image: Image.Image, path: object = None) -> Image.Image:
     """`image` as 8-bit RGB. 16-bit greyscale (X-rays, microscopy) is scaled to 8 bits, value x 255 / 65535
     rounded: Pillow's own `convert("RGB")` clips it to 255, turning a 16-bit ramp 99.6% white. (16-bit RGB
     PNGs Pillow already opens as 8-bit RGB, each value's high byte: within one level.) 32-bit integer and
-    float images have no fixed range to scale from: refused in one line naming the file."""
-    if image.mode == "RGB":
-        return image
+    float images have no fixed range to scale from: refused in one line naming the file. Always a new,
+    loaded image (as `convert` returns), usable after `image`'s file is closed."""
     if image.mode in SIXTEEN_BIT_GREY:
         grey = np.rint(np.asarray(image, dtype=np.float64) * (255.0 / 65535.0)).astype(np.uint8)
         return Image.fromarray(np.repeat(grey[..., None], 3, axis=2))

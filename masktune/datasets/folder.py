@@ -116,7 +116,8 @@ def _is_int(value: str) -> bool:
 
 
 def _check_splits(data: FolderSplits) -> None:
-    """Each fixed split and at least one test split present and non-empty; no label unseen in train."""
+    """Each fixed split and at least one test split present and non-empty; at least two classes in train;
+    no label unseen in train; integer labels that are distinct integers."""
     for split in FIXED_SPLITS:
         if not data.paths.get(split):
             raise UserError(f"{data.where}: split {split!r} is empty (every dataset needs train, val and a test split)")
@@ -127,6 +128,16 @@ def _check_splits(data: FolderSplits) -> None:
         if not data.paths[split]:
             raise UserError(f"{data.where}: split {split!r} is empty")
     known = set(data.labels["train"])
+    if len(known) < 2:
+        raise UserError(f"{data.where}: 'train' has {len(known)} class ({', '.join(map(repr, sorted(known)))}): a "
+                        "classifier needs at least 2")
+    if data.integer_labels:
+        as_int: dict[int, str] = {}
+        for label in sorted({label for labels in data.labels.values() for label in labels}):
+            other = as_int.setdefault(int(label), label)
+            if other != label:
+                raise UserError(f"{data.where}: labels {other!r} and {label!r} are the same integer; write each "
+                                "class one way")
     for split, labels in data.labels.items():
         unseen = sorted(set(labels) - known)
         if unseen:
@@ -140,11 +151,28 @@ def _check_splits(data: FolderSplits) -> None:
 
 def _class_images(class_dir: Path) -> list[str]:
     """Image files under `class_dir`, relative to it, in torchvision's `make_dataset` order (the walk
-    sorted by folder path, each folder's files by name); hidden files (macOS `._x.jpg`) are skipped."""
+    sorted by folder path, each folder's files by name); hidden files (macOS `._x.jpg`) are skipped.
+    Links are followed, as torchvision follows them, but each folder once, and never into the split
+    folder, another class's folder or above them (a cycle): those would list images twice, under the
+    wrong class or without end, and are refused with one line naming the link."""
+    base, split, seen, walked = class_dir.resolve(), class_dir.parent.resolve(), set(), []
+    for folder, subfolders, files in os.walk(class_dir, followlinks=True):
+        real = Path(folder).resolve()
+        inside_class = real == base or base in real.parents
+        if not inside_class and (real == split or split in real.parents or real in split.parents):
+            raise UserError(f"{folder}: a link to {real}, the split folder, another class's folder or above them: "
+                            "its images would be listed under another class (or without end, a link cycle); "
+                            "remove the link")
+        if real in seen or real in base.parents:
+            raise UserError(f"{folder}: the folder {real} reached a second time through a link: its images would "
+                            "be listed twice (or without end); remove the link")
+        seen.add(real)
+        walked.append((folder, sorted(files)))
+        subfolders.sort()
     found = []
-    for folder, _, files in sorted(os.walk(class_dir, followlinks=True)):
+    for folder, files in sorted(walked):
         relative = Path(folder).relative_to(class_dir)
-        found += [(relative / name).as_posix() for name in sorted(files)
+        found += [(relative / name).as_posix() for name in files
                   if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)]
     return found
 
@@ -162,7 +190,12 @@ def read_image_folder(root: str | Path) -> FolderSplits:
                             "<dir>/<split>/<class>/<image> with splits train, val and test or test_<name>")
     paths, labels = {}, {}
     for split in [*FIXED_SPLITS, *(s for s in split_dirs if s not in FIXED_SPLITS)]:
-        classes = sorted(e.name for e in os.scandir(root / split) if e.is_dir() and not e.name.startswith("."))
+        folders = sorted(e.name for e in os.scandir(root / split) if e.is_dir())
+        hidden = [name for name in folders if name.startswith(".")]
+        if hidden:
+            print(f"{root / split}: skipped hidden folder(s) {', '.join(hidden)} (a class folder's name must not "
+                  "start with '.')")
+        classes = [name for name in folders if not name.startswith(".")]
         paths[split], labels[split] = [], []
         for name in classes:
             images = _class_images(root / split / name)
@@ -301,12 +334,48 @@ def _views(options: Mapping) -> DatasetViews:
 
 
 def read_folder_dataset(options: Mapping) -> FolderSplits:
-    """The layout the params name: exactly one of prepare.folder.dir and prepare.folder.csv."""
+    """The layout the params name: exactly one of prepare.folder.dir and prepare.folder.csv; its files
+    checked for repeats (`check_repeats`)."""
     folder, index = options["dir"], options["csv"]
     if (folder is None) == (index is None):
         raise UserError("params.yaml: set exactly one of prepare.folder.dir (an ImageFolder tree) and "
                         "prepare.folder.csv (a CSV index), e.g. `dvc exp run -S prepare.folder.dir=path/to/images`")
-    return read_image_folder(folder) if folder is not None else read_csv_index(index)
+    data = read_image_folder(folder) if folder is not None else read_csv_index(index)
+    check_repeats(data, options.get("allow_overlap", False))
+    return data
+
+
+def check_repeats(data: FolderSplits, allow_overlap: bool = False) -> None:
+    """One file (after links) listed more than once: under two classes, refused (one of them mislabels
+    it); in two splits, refused unless `allow_overlap` (a test image seen in training inflates its
+    accuracy); twice within a split, said in one line (each copy counts, as it would in torchvision)."""
+    listed: dict[str, list[tuple[str, str]]] = {}
+    for split, paths in data.paths.items():
+        for path, label in zip(paths, data.labels[split]):
+            listed.setdefault(os.path.realpath(data.root / path), []).append((split, label))
+    repeats = {real: uses for real, uses in listed.items() if len(uses) > 1}
+    for real, uses in repeats.items():
+        labels = sorted({label for _, label in uses})
+        if len(labels) > 1:
+            raise UserError(f"{data.where}: {real} is listed as class {labels[0]!r} and as {labels[1]!r}: give each "
+                            "file one class")
+    overlap: dict[tuple[str, ...], list[str]] = {}
+    within = []
+    for real, uses in repeats.items():
+        splits = tuple(sorted({split for split, _ in uses}))
+        if len(splits) > 1:
+            overlap.setdefault(splits, []).append(real)
+        if len(uses) > len(splits):
+            within.append(real)
+    if overlap:
+        pairs = "; ".join(f"{len(files)} in {' and '.join(splits)} (e.g. {files[0]})" for splits, files in overlap.items())
+        if not allow_overlap:
+            raise UserError(f"{data.where}: files listed in two splits: {pairs}; remove them from one split, or set "
+                            "prepare.folder.allow_overlap: true")
+        print(f"{data.where}: files listed in two splits (allowed by prepare.folder.allow_overlap): {pairs}")
+    if within:
+        print(f"{data.where}: {len(within)} file(s) listed more than once within a split, each copy counted "
+              f"(e.g. {within[0]})")
 
 
 def _prepare(config: PrepareConfig) -> dict[str, SampleSet | ImageRecords]:

@@ -9,6 +9,7 @@ output at a time, DVC locks the workspace while a stage runs).
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -16,6 +17,8 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+
+from masktune.errors import DiskFullError
 
 # Checks run before any output is renamed into place (`before_commit`): a stage registers, e.g., that the
 # params it declared are still those in params.yaml, so that it refuses to finish rather than let DVC
@@ -48,6 +51,9 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         _run_commit_checks()
         os.replace(tmp_path, path)
+    except OSError as error:
+        raise_if_disk_full(error, path)
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -66,8 +72,38 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp_path, path)
+    except OSError as error:
+        raise_if_disk_full(error, path)
+        raise
     finally:
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+DISK_FULL = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "the file size limit was reached",
+             errno.EDQUOT: "the disk quota is exhausted"}
+
+
+def disk_full_cause(error: BaseException) -> str | None:
+    """Why `error` is a full disk, a quota or a file size limit (None: it is something else)."""
+    if not isinstance(error, OSError):
+        return None
+    return DISK_FULL.get(error.errno) or next((why for code, why in DISK_FULL.items() if os.strerror(code) in str(error)),
+                                              None)
+
+
+def raise_if_disk_full(error: OSError, path: Path) -> None:
+    """A full disk, a quota or a file size limit (`ulimit -f`) while writing `path`, whichever writer met
+    it (HDF5 reports it in its message, Python and torch by errno): one line naming the output and the
+    free space, instead of a traceback. The temporary file is removed by the caller."""
+    cause = disk_full_cause(error)
+    if cause is None:
+        return
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**30:.2f} GiB free on its file system"
+    except OSError:
+        free = "free space unknown"
+    raise DiskFullError(f"{path}: cannot write it, {cause} ({free}); nothing was written: make room (or raise "
+                        "the limit) and rerun") from None
 
 
 def _umask() -> int:

@@ -6,6 +6,7 @@ sees no change on a rerun), and into a temporary file renamed into place when co
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import h5py
 import numpy as np
 
 from masktune.errors import UserError
-from masktune.io.files import atomic_output
+from masktune.io.files import atomic_output, disk_full_cause, raise_if_disk_full
 
 CHUNK_BYTES = 1 << 20  # ~1 MiB chunks: a batch read decompresses little more than it needs
 CHUNK_CACHE_BYTES = 64 << 20  # per open file: a batch spanning several chunks decompresses each once
@@ -38,19 +39,57 @@ def create_rows(group: h5py.Group, name: str, n: int, row_shape: tuple, dtype,
 
 
 def write_array(group: h5py.Group, name: str, array: np.ndarray) -> None:
+    """`array` as dataset `name`, its chunks flushed here: a write that fails (a full disk) raises now,
+    not later when h5py frees the dataset, where it could only be reported as an ignored exception."""
     if array.ndim > 1 and len(array) > 0:
-        create_rows(group, name, len(array), array.shape[1:], array.dtype)[...] = array
+        dataset = create_rows(group, name, len(array), array.shape[1:], array.dtype)
+        dataset[...] = array
     else:
-        group.create_dataset(name, data=array, track_times=False)
+        dataset = group.create_dataset(name, data=array, track_times=False)
+    dataset.flush()
 
 
 @contextlib.contextmanager
 def h5_output(path: str | Path, attrs: Mapping | None = None) -> Iterator[h5py.File]:
-    """An HDF5 file to fill incrementally, renamed into place only when the block completes."""
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
-        for key, value in (attrs or {}).items():
-            f.attrs[key] = value
-        yield f
+    """An HDF5 file to fill incrementally, renamed into place only when the block completes.
+
+    A full disk or a file size limit ends the block with one line (`DiskFullError`), whichever write met
+    it: HDF5 writes a dataset's chunks when the dataset object is freed, where h5py can only report the
+    failure as an ignored exception (caught here through `sys.unraisablehook`), or at the flush before
+    closing. The file is then left unclosed (HDF5 would only fail again, and crash at exit: the stage ends
+    at once, `run_stage`) and its temporary name removed."""
+    failed: list[OSError] = []
+    previous_hook = sys.unraisablehook
+
+    def keep_disk_full(unraisable) -> None:
+        if disk_full_cause(unraisable.exc_value):
+            failed.append(unraisable.exc_value)
+        else:
+            previous_hook(unraisable)
+
+    sys.unraisablehook = keep_disk_full
+    try:
+        with atomic_output(path) as tmp:
+            f = h5py.File(tmp, "w")
+            try:
+                for key, value in (attrs or {}).items():
+                    f.attrs[key] = value
+                yield f
+                if not failed:
+                    f.flush()
+                if failed:
+                    raise failed[0]
+            except OSError as error:
+                raise_if_disk_full(error, Path(path))
+                f.close()
+                raise
+            except BaseException:
+                if not failed:
+                    f.close()
+                raise
+            f.close()
+    finally:
+        sys.unraisablehook = previous_hook
 
 
 def write_arrays(path: str | Path, arrays: Mapping[str, np.ndarray], attrs: Mapping | None = None) -> None:
