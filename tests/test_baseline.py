@@ -17,7 +17,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-HEADLINE = ("metrics/evaluate.json", "metrics/comparison.md", "metrics/selective.json")
+HEADLINE = ("metrics/evaluate.json", "metrics/selective.json")
 
 
 @pytest.fixture(scope="module")

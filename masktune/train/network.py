@@ -71,6 +71,9 @@ def start_training(config, device: torch.device, data: str | Path, *, train_view
     return TrainingRun(config, device, prepared, info, train, val, model, objective, optimizer, generator, amp)
 
 
+LAUNCH_SETTINGS = ("nproc_per_node", "nnodes", "master_addr", "master_port", "workers")
+
+
 def finish_training(run: TrainingRun, *, stage: str, best: str | Path, live_dir: str | Path,
                     last: str | Path | None = None, checkpoint_info: Mapping | None = None,
                     score: Callable[[np.ndarray], dict[str, float]] | None = None, select_by: str = "accuracy",
@@ -85,8 +88,10 @@ def finish_training(run: TrainingRun, *, stage: str, best: str | Path, live_dir:
     scheduler = make_scheduler(run.optimizer, getattr(config, "lr_schedule", "constant"), config.epochs,
                                getattr(config, "lr_milestone_every", 1), getattr(config, "lr_gamma", 1.0))
     resume = {**resume_key(stage, config, device, run.prepared.path, *resume_inputs), **(resume_extra or {})}
-    # The resolved config it was trained with (recipe values filled in), for whoever loads the model.
-    trained_with = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    # The resolved config it was trained with (recipe values filled in), for whoever loads the model; how it
+    # was launched (workers, nodes, loader processes) is left out: the model is the same either way.
+    trained_with = {key: value for key, value in json.loads(json.dumps(dataclasses.asdict(config), default=str)).items()
+                    if key not in LAUNCH_SETTINGS}
     info = {"arch": config.arch, "num_classes": run.prepared.num_classes, **(checkpoint_info or {}),
             "config": trained_with}
     with live_folder(live_dir) as live:
