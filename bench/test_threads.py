@@ -1,7 +1,7 @@
 """Benchmark: the test suite's two xdist workers with torch's threads shared (tests/conftest.py) against
 torch's default of one thread per core in each worker, side by side in one run on one machine.
 
-Runs the same pytest selection twice with the README's `-n 2 --dist loadgroup`: once with OMP_NUM_THREADS
+Runs the same pytest selection twice with the README's `-n 2 --dist loadfile`: once with OMP_NUM_THREADS
 set to the number of cores (what every worker took before conftest shared them), then without it (conftest
 gives each worker cores / workers). Prints both wall times and their ratio, then one JSON line.
 
@@ -30,7 +30,7 @@ def _timed_pytest(files: list[str], threads: int | None) -> float:
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadgroup", "-m", "not slow", *files],
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadfile", "-m", "not slow", *files],
                    cwd=ROOT, env=env, check=True, capture_output=True)
     return time.perf_counter() - start
 

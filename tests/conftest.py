@@ -16,16 +16,6 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
                                                      // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-    """`--dist loadgroup` keeps a test file on one worker (its module fixtures are built once), except the
-    files that mark their tests `parallel_tests`: those (the benches, a minute or more each) are spread
-    one by one over the workers instead of queueing on one."""
-    for item in items:
-        if not item.get_closest_marker("xdist_group") and not item.get_closest_marker("parallel_tests"):
-            item.add_marker(pytest.mark.xdist_group(item.path.name))
 MNIST_DIR = Path(os.environ.get("MASKTUNE_MNIST_DIR", ROOT.parent / "shared" / "data" / "mnist"))
 
 

@@ -16,8 +16,6 @@ import pytest
 from conftest import MNIST_DIR, ROOT
 from fixtures_datasets import make_mnist
 
-pytestmark = pytest.mark.parallel_tests  # each bench is a minute or more: spread them over the workers
-
 BENCHES = sorted(p.name for p in (ROOT / "bench").glob("*.py") if p.name != "common.py")
 DVC_BENCHES = {"jtt_sweep.py", "methods.py", "pipeline.py", "queue_grid.py", "seed_sweep.py", "selective.py"}
 
