@@ -23,7 +23,9 @@ GROUPS = ["label_groups@true_groups", "label_groups@classes", "jtt_identify@jtt"
 PAIRS = [f"{kind}@{name}" for kind in ("robust_train", "last_layer") for name in METHODS[kind]]
 REPORTS = ["evaluate", "selective"]  # both read every checkpoint in models/
 # the default pipeline, in the order `dvc repro` runs it
-ALL_STAGES = ["prepare", "train_erm", "compute_saliency", *MASKING, *GROUPS, *PAIRS, *REPORTS]
+ALL_STAGES = ["prepare", "check_methods", "train_erm", "compute_saliency", *MASKING, *GROUPS, *PAIRS, *REPORTS]
+# what a change of `dataset` (or its data) reruns once the pipeline ran: all but check_methods (params `methods` only)
+DATA_STAGES = [stage for stage in ALL_STAGES if stage != "check_methods"]
 
 
 def expected_group_labels(name: str) -> str:

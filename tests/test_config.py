@@ -14,6 +14,7 @@ from conftest import ROOT, committed_params
 
 from masktune.config import schema
 from masktune.config.stages import STAGE_CONFIGS, load_stage_config
+from masktune.data import prepared
 from masktune.datasets import DATASETS, folder
 from masktune.errors import UserError
 from masktune.eval.report import MASKING_TITLES
@@ -167,6 +168,7 @@ def test_registries_are_keyed_by_the_schema_names():
     assert tuple(PRECISIONS) == schema.PRECISIONS
     assert set(schema.PREPARE) == set(DATASETS)
     assert schema.FOLDER_TRANSFORMS == folder.VIEW_PRESETS
+    assert schema.EXIF_ORIENTATIONS == prepared.EXIF_ORIENTATIONS
     assert schema.FOLDER_NORMALISATIONS == tuple(folder.NORMALISATIONS)
     assert set(schema.METHOD_KINDS["masking"]) == set(MASKING_TITLES)
     assert schema.METHOD_KINDS["labels"] == tuple(LABEL_GROUPS)

@@ -14,7 +14,7 @@ from masktune.data.samples import ImageRecords
 from masktune.datasets import celeba, in9l, waterbirds
 from masktune.datasets.celeba import read_celeba
 from masktune.datasets.in9l import read_in9l
-from masktune.datasets.readers import check_images, load_rgb
+from masktune.datasets.readers import check_images, image_size, load_rgb
 from masktune.datasets.waterbirds import read_waterbirds
 from masktune.errors import UserError
 from tests.fixtures_datasets import (
@@ -454,3 +454,30 @@ def test_sixteen_bit_grey_keeps_its_grey_levels_when_read_and_when_decoded_from_
     Image.fromarray(ramp.astype(np.int32)).save(tmp_path / "wide.tif")  # 32-bit integer: no range to scale from
     with raises(f"{tmp_path / 'wide.tif'}: 32-bit integer pixels (mode 'I')"):
         load_rgb(tmp_path / "wide.tif")
+
+
+def test_exif_orientation_is_ignored_by_default_and_applied_on_request(tmp_path):
+    """A photo stored sideways with EXIF Orientation 6 (the viewer turns it 90 degrees clockwise): by
+    default its pixels are read in stored order, as torchvision's ImageFolder reads them; with
+    `exif_orientation: apply` upright, the same pixels turned, both where `prepare` reads pixels and
+    where training decodes stored file bytes; `image_sizes` follow the orientation."""
+    from masktune.data.prepared import EncodedImages, write_prepared
+
+    stored = np.random.default_rng(0).integers(0, 256, size=(16, 24, 3), dtype=np.uint8)  # 16 rows, 24 columns
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "photo.jpg", quality=100, exif=exif)
+    as_stored = load_rgb(tmp_path / "photo.jpg")
+    upright = load_rgb(tmp_path / "photo.jpg", "apply")
+    assert as_stored.shape == (16, 24, 3) and upright.shape == (24, 16, 3)
+    assert np.array_equal(upright, np.rot90(as_stored, k=-1))  # clockwise
+    assert (image_size(tmp_path / "photo.jpg"), image_size(tmp_path / "photo.jpg", "apply")) == ((16, 24), (24, 16))
+    records = ImageRecords(tmp_path, ("photo.jpg",), np.array([0]), np.array([0]))
+    for orientation, expected in (("ignore", as_stored), ("apply", upright)):
+        path = tmp_path / f"{orientation}.h5"
+        write_prepared(path, {"train": records}, {"dataset": "folder", "exif_orientation": orientation})
+        images = EncodedImages(path, "train")
+        assert np.array_equal(np.asarray(images[0]), expected)
+        assert tuple(images.sizes[0]) == expected.shape[:2]
+    write_prepared(tmp_path / "older.h5", {"train": records}, {"dataset": "folder"})  # no attribute: ignore
+    assert np.array_equal(np.asarray(EncodedImages(tmp_path / "older.h5", "train")[0]), as_stored)

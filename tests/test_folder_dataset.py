@@ -15,7 +15,7 @@ import yaml
 from conftest import ROOT, committed_params
 from fixtures_datasets import CSV_COUNTS, FOLDER_CLASSES, FOLDER_COUNTS, make_csv_index, make_image_folder
 from PIL import Image
-from pipeline_checks import ALL_STAGES, MODELS, SMALL_RUN, evaluation_of
+from pipeline_checks import ALL_STAGES, DATA_STAGES, MODELS, SMALL_RUN, evaluation_of
 from scratch import ScratchProject
 
 from masktune.data.prepared import open_prepared
@@ -224,6 +224,7 @@ def test_prepared_attributes_are_json(tmp_path, csv_index):
         assert json.loads(f.attrs["test_splits"]) == ["test"]
         assert f.attrs["views"] == PLAIN.to_json() and DatasetViews.from_json(f.attrs["views"]) == PLAIN
         assert (f.attrs["average"], f.attrs["metrics"]) == ("accuracy", "groups")
+        assert f.attrs["exif_orientation"] == "ignore"  # the param's default, as torchvision reads images
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,7 +261,7 @@ def test_own_csv_index_runs_every_method_with_its_groups(project, csv_index):
     project.commit("image folder")
     assert project.stages_run("exp", "run", "-S", "prepare.folder.dir=null",
                               "-S", f"prepare.folder.csv={csv_index}",
-                              "-S", "prepare.folder.transforms=none") == ALL_STAGES
+                              "-S", "prepare.folder.transforms=none") == DATA_STAGES
     with h5py.File(project.path / "data/prepared.h5", "r") as f:
         assert f["train/images"].shape[1:] == (28, 28, 3)  # pixels, as biased MNIST
     evaluation = evaluation_of(project)

@@ -132,11 +132,13 @@ def test_pipeline_reruns_exactly_what_a_change_affects(project):
     assert (params_diff["lr"]["old"], params_diff["lr"]["new"]) == (None, 0.02)  # null: recipes.biased_mnist.lr
     assert json.loads((project.path / "metrics/train_erm/metrics.json").read_text())["recipe"]["lr"] == 0.02
 
-    # A pair in or out is one -S: its stage joins or leaves the pipeline, its row the report.
+    # A pair in or out is one -S: its stage joins or leaves the pipeline, its row the report (check_methods,
+    # which reads `methods`, reruns first; its stamp is unchanged, so no other method's stage reruns).
     added = "+methods.robust_train.groupdro_clusterfix={groups: clusterfix, trainer: groupdro, selection: average}"
-    assert project.stages_run("exp", "run", "-S", added) == ["robust_train@groupdro_clusterfix", *REPORTS]
+    assert project.stages_run("exp", "run", "-S", added) == ["check_methods", "robust_train@groupdro_clusterfix",
+                                                             *REPORTS]
     assert "GroupDRO with ClusterFix's clusters" in (project.path / "metrics/comparison.md").read_text()
-    assert project.stages_run("exp", "run", "-S", "~methods.robust_train.jtt") == REPORTS
+    assert project.stages_run("exp", "run", "-S", "~methods.robust_train.jtt") == ["check_methods", *REPORTS]
     assert "jtt" not in json.loads((project.path / "metrics/evaluate.json").read_text())
     assert "robust_train@jtt" not in project.dvc("stage", "list").stdout
 
@@ -199,6 +201,24 @@ def test_bad_param_of_a_later_stage_stops_the_first_stage_before_any_work(projec
     assert RUNNING_STAGE.findall(result.stdout) == ["train_erm"]
     assert "error: params.yaml: finetune.lr must be a number > 0.0 or null, got 'abc'" in result.stderr
     assert "epoch 1/" not in result.stdout  # no training happened
+    assert (project.path / "dvc.lock").read_text() == lock
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda values: values["methods"].update(masking=["masktune", "gradcam"]),
+     "methods.masking must be a list of distinct names from 'randmask', 'masktune', got ['masktune', 'gradcam']"),
+    (lambda values: values["methods"]["robust_train"]["jtt"].update(trainer="dfr"),
+     "methods.robust_train.jtt.trainer must be one of 'upsample', 'cluster_reweight', 'groupdro', got 'dfr'"),
+])
+def test_unknown_method_name_stops_repro_with_the_valid_names(project, edit, message):
+    """An unknown name in `methods` ends `dvc repro` with the valid names, from stage check_methods, which
+    every method's stage depends on, before DVC would say "Parameters 'gradcam' are missing"."""
+    lock = (project.path / "dvc.lock").read_text()
+    result = _repro_with_params(project, edit)
+    assert result.returncode != 0
+    assert RUNNING_STAGE.findall(result.stdout) == ["check_methods"]
+    assert f"error: params.yaml: {message}" in result.stderr
+    assert "are missing" not in result.stdout + result.stderr and "Traceback" not in result.stderr
     assert (project.path / "dvc.lock").read_text() == lock
 
 

@@ -26,7 +26,7 @@ from scratch import ScratchProject, merge
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["prepare", "train_erm", "train_erm_control@1", "compute_saliency", "materialize_masked_dataset@masktune",
+STAGES = ["prepare", "check_methods", "train_erm", "train_erm_control@1", "compute_saliency", "materialize_masked_dataset@masktune",
           "finetune@masktune", "evaluate", "selective"]
 SCORES = ["erm", "masktune", "masktune_alone", "erm_control1", "two_erm_control1"]
 

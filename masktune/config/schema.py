@@ -84,6 +84,7 @@ LR_SCHEDULES = ("constant", "cosine")          # ERM: none (MaskTune) | CosineAn
 ERM_LR_SCHEDULES = (*LR_SCHEDULES, "multistep")
 MAX_WORKERS = 64
 FOLDER_TRANSFORMS = ("none", "resize", "imagenet")  # a folder of the user's images: masktune/datasets/folder.py
+EXIF_ORIENTATIONS = ("ignore", "apply")  # as masktune.data.prepared.EXIF_ORIENTATIONS
 FOLDER_NORMALISATIONS = ("none", "imagenet")
 
 _IMAGE_FOLDER = {"dir": FilePath(nullable=True), "limit": Int(1, nullable=True)}
@@ -138,6 +139,7 @@ PREPARE: dict[str, dict[str, Field]] = {
         "normalisation": Choice(options=FOLDER_NORMALISATIONS),
         "limit": Int(1, nullable=True),
         "allow_overlap": Bool(),
+        "exif_orientation": Choice(options=EXIF_ORIENTATIONS),
     },
 }
 

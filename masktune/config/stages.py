@@ -212,6 +212,12 @@ class DfrConfig:
 
 
 @dataclass(frozen=True)
+class CheckMethodsConfig:
+    """Stage `check_methods`: reads nothing but the `methods` param, which loading it validates."""
+    methods: MappingProxyType = _key("methods")
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     eval_batch_size: int = _key("eval_batch_size")
     methods: MappingProxyType = _key("methods")  # kind -> names, in report order
@@ -235,6 +241,7 @@ LAST_LAYER_CONFIGS = {"dfr": DfrConfig}
 # numbers (the control's seed offsets) or over pairs, whose config is the trainer's.
 STAGE_CONFIGS = {
     "prepare": PrepareConfig,
+    "check_methods": CheckMethodsConfig,
     "train_erm": TrainErmConfig,
     "compute_saliency": SaliencyConfig,
     **{f"materialize_masked_dataset@{name}": MASK_CONFIGS[name] for name in schema.METHOD_KINDS["masking"]},

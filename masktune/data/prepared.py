@@ -29,7 +29,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from masktune.data.samples import ImageRecords, SampleSet
@@ -52,9 +52,10 @@ def write_prepared(path: str | Path, splits: Mapping[str, SampleSet | ImageRecor
     if all(isinstance(s, SampleSet) for s in splits.values()):
         _write_pixel_splits(path, splits, attrs)
     else:
+        exif_orientation = attrs.get("exif_orientation", "ignore")
         with h5_output(path, attrs) as f:
             for name, records in splits.items():
-                _write_image_split(f.create_group(name), records, desc=f"prepare {name}")
+                _write_image_split(f.create_group(name), records, f"prepare {name}", exif_orientation)
 
 
 def _write_pixel_splits(path: str | Path, splits: Mapping[str, SampleSet], attrs: Mapping) -> None:
@@ -78,6 +79,31 @@ def unreadable_image(path: str | Path, error: Exception) -> UserError:
 
 
 SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N")
+NO_FIXED_RANGE = ("I", "F")  # 32-bit integer and float pixels: refused by `to_rgb`
+
+# How a camera's EXIF Orientation tag is treated (`prepare.folder.exif_orientation`): `ignore` reads the
+# pixels in stored order, as torchvision's ImageFolder (PIL's `Image.open`) does, so the default trains on
+# what torchvision would; `apply` turns each image upright first, as a photo viewer shows it (Pillow's
+# `ImageOps.exif_transpose`). Recorded in the prepared file (attribute `exif_orientation`) and applied
+# wherever its images are decoded.
+EXIF_ORIENTATIONS = ("ignore", "apply")
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF values that rotate by 90 degrees: height and width swap
+ORIENTATION_TAG = 0x0112
+
+
+def oriented(image: Image.Image, exif_orientation: str) -> Image.Image:
+    """`image` as `exif_orientation` says (see EXIF_ORIENTATIONS); the image itself when nothing turns."""
+    if exif_orientation == "apply":
+        return ImageOps.exif_transpose(image)
+    return image
+
+
+def oriented_size(image: Image.Image, exif_orientation: str) -> tuple[int, int]:
+    """(height, width) as `oriented` would give it, from the header alone (nothing decoded)."""
+    width, height = image.size
+    if exif_orientation == "apply" and image.getexif().get(ORIENTATION_TAG) in TRANSPOSING_ORIENTATIONS:
+        return width, height
+    return height, width
 
 
 def to_rgb(image: Image.Image, path: object = None) -> Image.Image:
@@ -89,23 +115,24 @@ def to_rgb(image: Image.Image, path: object = None) -> Image.Image:
     if image.mode in SIXTEEN_BIT_GREY:
         grey = np.rint(np.asarray(image, dtype=np.float64) * (255.0 / 65535.0)).astype(np.uint8)
         return Image.fromarray(np.repeat(grey[..., None], 3, axis=2))
-    if image.mode in ("I", "F"):
+    if image.mode in NO_FIXED_RANGE:
         raise UserError(f"{path or 'image'}: {'32-bit integer' if image.mode == 'I' else 'floating-point'} pixels "
                         f"(mode {image.mode!r}) have no fixed range to scale to 8 bits: save it as 8- or 16-bit")
     return image.convert("RGB")
 
 
-def _checked_size(data: bytes, path: Path) -> tuple[int, int]:
-    """(height, width) of an encoded image, after decoding it (JPEG at 1/8 scale: an eighth of the
-    work, and a truncated or corrupt file still fails), or a UserError naming the file."""
+def _checked_size(data: bytes, path: Path, exif_orientation: str = "ignore") -> tuple[int, int]:
+    """(height, width) of an encoded image as it will be seen (`oriented_size`), after decoding it (JPEG
+    at 1/8 scale: an eighth of the work, and a truncated or corrupt file still fails), or a UserError
+    naming the file."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+            size = oriented_size(image, exif_orientation)
+            image.draft("RGB", (max(1, image.size[0] // 8), max(1, image.size[1] // 8)))
             image.load()
     except IMAGE_ERRORS as error:
         raise unreadable_image(path, error) from None
-    return height, width
+    return size
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -115,8 +142,9 @@ def _read_bytes(path: Path) -> bytes:
         raise UserError(f"{path}: cannot read image ({error.strerror or error})") from None
 
 
-def _write_image_split(group: h5py.Group, records: ImageRecords, desc: str) -> None:
-    """Append every image of `records` to `group` (see the module docstring), checking each decodes."""
+def _write_image_split(group: h5py.Group, records: ImageRecords, desc: str, exif_orientation: str = "ignore") -> None:
+    """Append every image of `records` to `group` (see the module docstring), checking each decodes;
+    `image_sizes` are the sizes as the images will be seen (`oriented_size`)."""
     n = len(records)
     encoded = group.create_dataset("encoded", shape=(0,), maxshape=(None,), dtype=np.uint8,
                                    chunks=(CHUNK_BYTES,), track_times=False)
@@ -126,7 +154,7 @@ def _write_image_split(group: h5py.Group, records: ImageRecords, desc: str) -> N
         index = range(first, min(first + WRITE_BATCH, n))
         blobs = [_read_bytes(records.path(i)) for i in index]
         for i, blob in zip(index, blobs):
-            sizes[i] = _checked_size(blob, records.path(i))
+            sizes[i] = _checked_size(blob, records.path(i), exif_orientation)
             offsets[i + 1] = offsets[i] + len(blob)
         encoded.resize((offsets[index[-1] + 1],))
         encoded[offsets[first]:] = np.frombuffer(b"".join(blobs), dtype=np.uint8)
@@ -312,6 +340,7 @@ class EncodedImages:
                 raise UserError(f"{self.path}: split '{split}' has no encoded images")
             self.offsets = f[f"{split}/offsets"][()]
             self.sizes = f[f"{split}/image_sizes"][()]
+            self.exif_orientation = str(f.attrs.get("exif_orientation", "ignore"))  # older files: ignore
         self._file: h5py.File | None = None
 
     def __len__(self) -> int:
@@ -327,7 +356,9 @@ class EncodedImages:
         blob = self._file[f"{self.split}/encoded"][self.offsets[i]:self.offsets[i + 1]]
         try:
             with Image.open(io.BytesIO(blob.tobytes())) as image:
-                return to_rgb(image, self.source_path(i))
+                image = oriented(image, self.exif_orientation)
+                # the file's path is read (one more HDF5 open) only for to_rgb's refusal message
+                return to_rgb(image, self.source_path(i) if image.mode in NO_FIXED_RANGE else None)
         except (OSError, SyntaxError, ValueError) as error:
             raise UserError(f"{self.path}: image {i} of '{self.split}' ({self.source_path(i)}) cannot be "
                             f"decoded ({error}); rerun prepare") from None

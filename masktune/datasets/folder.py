@@ -278,11 +278,11 @@ def group_names(data: FolderSplits) -> dict[int, str]:
             for a, value in enumerate(values) for c, name in enumerate(classes)}
 
 
-def decode_pixels(records: ImageRecords, desc: str) -> SampleSet:
+def decode_pixels(records: ImageRecords, desc: str, exif_orientation: str = "ignore") -> SampleSet:
     """Every image decoded to RGB uint8, all of one size (the `none` transforms feed them as they are)."""
     images, first = [], None
     for i in tqdm(range(len(records)), desc=desc, unit="image", disable=None, mininterval=1.0):
-        image = load_rgb(records.path(i))
+        image = load_rgb(records.path(i), exif_orientation)
         if first is None:
             first = (image.shape, records.paths[i])
         elif image.shape != first[0]:
@@ -293,11 +293,11 @@ def decode_pixels(records: ImageRecords, desc: str) -> SampleSet:
     return SampleSet(np.stack(images), records.labels, records.attributes, records.source_index, records.num_classes)
 
 
-def _check_one_size(records: ImageRecords) -> None:
+def _check_one_size(records: ImageRecords, exif_orientation: str = "ignore") -> None:
     """Without a resize, images of several sizes cannot form a batch: say so before any training."""
     sizes = {}
     for i in range(len(records)):
-        sizes.setdefault(image_size(records.path(i)), records.paths[i])
+        sizes.setdefault(image_size(records.path(i), exif_orientation), records.paths[i])
         if len(sizes) > 1:
             (a, first), (b, other) = sizes.items()
             raise UserError(f"{records.root / other}: image is {b[0]}x{b[1]}, but {first} is {a[0]}x{a[1]}: with "
@@ -380,11 +380,12 @@ def check_repeats(data: FolderSplits, allow_overlap: bool = False) -> None:
 
 def _prepare(config: PrepareConfig) -> dict[str, SampleSet | ImageRecords]:
     records = first_images(to_records(read_folder_dataset(config.options)), config)
+    exif_orientation = config.options.get("exif_orientation", "ignore")
     if _views(config.options) == PLAIN:
-        return {split: decode_pixels(r, f"prepare {split}") for split, r in records.items()}
+        return {split: decode_pixels(r, f"prepare {split}", exif_orientation) for split, r in records.items()}
     if config.options["transforms"] == "none":
         for r in records.values():
-            _check_one_size(r)
+            _check_one_size(r, exif_orientation)
     return records
 
 
@@ -396,7 +397,8 @@ def _describe(config: PrepareConfig) -> dict:
     return {"num_classes": len(data.class_names()), "class_names": json.dumps(data.class_names()),
             "group_names": json.dumps(group_names(data)), "groups_known": data.attributes is not None,
             "test_splits": json.dumps([s for s in data.paths if s not in FIXED_SPLITS]),
-            "views": _views(config.options).to_json()}
+            "views": _views(config.options).to_json(),
+            "exif_orientation": config.options.get("exif_orientation", "ignore")}
 
 
 SPEC = DatasetSpec(name="folder", num_classes=0, group_names=lambda options: {}, test_splits=(), prepare=_prepare,

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from masktune.data.prepared import IMAGE_ERRORS, to_rgb, unreadable_image
+from masktune.data.prepared import IMAGE_ERRORS, oriented, oriented_size, to_rgb, unreadable_image
 from masktune.data.samples import ImageRecords
 from masktune.errors import UserError
 
@@ -40,28 +40,28 @@ def _open_decoded(path: Path) -> Image.Image:
     return image
 
 
-def load_rgb(path: str | Path) -> np.ndarray:
+def load_rgb(path: str | Path, exif_orientation: str = "ignore") -> np.ndarray:
     """Decode an image to uint8 (H, W, 3); grey, palette, RGBA (alpha dropped) and CMYK go to RGB, 16-bit
-    grey is scaled to 8 bits (`to_rgb`)."""
+    grey is scaled to 8 bits (`to_rgb`); turned upright by its EXIF tag with `exif_orientation: apply`."""
     path = Path(path)
     with _open_decoded(path) as image:
-        array = np.asarray(to_rgb(image, path), dtype=np.uint8)
+        array = np.asarray(to_rgb(oriented(image, exif_orientation), path), dtype=np.uint8)
     if array.ndim != 3 or array.shape[2] != 3:
         raise UserError(f"{path}: cannot convert image mode {image.mode!r} to RGB")
     return array
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) of an image from its header (nothing decoded), or a UserError naming the file."""
+def image_size(path: str | Path, exif_orientation: str = "ignore") -> tuple[int, int]:
+    """(height, width) of an image from its header (nothing decoded), as `oriented` would turn it, or a
+    UserError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: image not found")
     try:
         with Image.open(path) as image:
-            width, height = image.size
+            return oriented_size(image, exif_orientation)
     except IMAGE_ERRORS as error:
         raise unreadable_image(path, error) from None
-    return height, width
 
 
 def check_images(records: ImageRecords) -> int:
