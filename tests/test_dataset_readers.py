@@ -481,3 +481,34 @@ def test_exif_orientation_is_ignored_by_default_and_applied_on_request(tmp_path)
         assert tuple(images.sizes[0]) == expected.shape[:2]
     write_prepared(tmp_path / "older.h5", {"train": records}, {"dataset": "folder"})  # no attribute: ignore
     assert np.array_equal(np.asarray(EncodedImages(tmp_path / "older.h5", "train")[0]), as_stored)
+
+
+def _png_rgb16(path: Path, pixels: np.ndarray) -> None:
+    """A 16-bit RGB PNG (bit depth 16, colour type 2), written by hand: Pillow cannot save one."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width, _ = pixels.shape
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)  # filter 0 per row
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+
+
+def test_sixteen_bit_rgb_keeps_its_levels_when_read_and_when_decoded_from_the_prepared_file(tmp_path):
+    """A 16-bit RGB ramp (every value 0..65535 once per channel, channels shuffled apart) within one 8-bit
+    level of value x 255 / 65535, read for pixels and decoded from the prepared file's bytes alike."""
+    from masktune.data.prepared import EncodedImages, write_prepared
+
+    rng = np.random.default_rng(0)
+    ramp = np.stack([rng.permutation(256 * 256) for _ in range(3)], axis=-1).reshape(256, 256, 3).astype(np.uint16)
+    _png_rgb16(tmp_path / "rgb16.png", ramp)
+    exact = ramp * (255 / 65535)
+    read = load_rgb(tmp_path / "rgb16.png")
+    assert np.abs(read - exact).max() <= 1.0 and all(len(np.unique(read[..., c])) == 256 for c in range(3))
+    records = ImageRecords(tmp_path, ("rgb16.png",), np.array([0]), np.array([0]))
+    write_prepared(tmp_path / "p.h5", {"train": records}, {"dataset": "folder"})
+    assert np.array_equal(np.asarray(EncodedImages(tmp_path / "p.h5", "train")[0]), read)
