@@ -26,6 +26,26 @@ REPORTS = ["evaluate", "selective"]  # both read every checkpoint in models/
 ALL_STAGES = ["prepare", "check_methods", "train_erm", "compute_saliency", *MASKING, *GROUPS, *PAIRS, *REPORTS]
 # what a change of `dataset` (or its data) reruns once the pipeline ran: all but check_methods (params `methods` only)
 DATA_STAGES = [stage for stage in ALL_STAGES if stage != "check_methods"]
+KIND_OF_STAGE = {"materialize_masked_dataset": "masking", "finetune": "masking", "label_groups": "labels",
+                 "jtt_identify": "jtt", "exmap_heatmaps": "exmap", "exmap_groups": "exmap", "exmap_extend": "exmap",
+                 "clusterfix_features": "clusterfix", "clusterfix_clusters": "clusterfix",
+                 "robust_train": "robust_train", "last_layer": "last_layer"}
+# The runs whose subject is a dataset, not the methods (every method runs on an image folder in
+# tests/test_folder_dataset.py, and every registered piece in tests/test_method_contract.py): ERM, both
+# masking methods, the two group inferences that read the images (ExMap's heatmaps, ClusterFix's
+# features), one trainer and one last layer on them. 17 stages instead of 31: CI time.
+FEW_METHODS = {"erm": ["erm"], "masking": ["randmask", "masktune"], "labels": [], "jtt": [], "exmap": ["exmap"],
+               "clusterfix": ["clusterfix"], "robust_train": {"clusterfix": METHODS["robust_train"]["clusterfix"]},
+               "last_layer": {"exmap_global": METHODS["last_layer"]["exmap_global"]}}
+FEW_MODELS = reported_models(FEW_METHODS, "models")
+
+
+def stages_of(methods: dict, stages: list[str]) -> list[str]:
+    """The stages of `stages` (in their order) that the `methods` param keeps."""
+    def kept(stage: str) -> bool:
+        name, _, item = stage.partition("@")
+        return not item or item in methods.get(KIND_OF_STAGE[name], ())
+    return [stage for stage in stages if kept(stage)]
 
 
 def expected_group_labels(name: str) -> str:
@@ -53,11 +73,11 @@ SMALL_RUN = {
 }
 
 
-def evaluation_of(project) -> dict:
+def evaluation_of(project, models: list[str] = MODELS) -> dict:
     """Every model's full results; the contract: each listed method ran and was evaluated with its
     group-label use, and the pseudo-groups, ExMap's figure and ClusterFix's clusters were written."""
     details = json.loads((project.path / "metrics/evaluate/details.json").read_text())["methods"]
-    assert list(details) == list(MODELS)
+    assert list(details) == list(models)
     for name, method in details.items():
         assert method["group_labels"] == expected_group_labels(name), name
     pseudo = json.loads((project.path / "metrics/exmap/pseudo_groups.json").read_text())

@@ -20,7 +20,16 @@ import pytest
 import yaml
 from conftest import ROOT, committed_params
 from fixtures_datasets import CELEBA_COUNTS, WATERBIRDS_COUNTS, make_celeba, make_in9l, make_waterbirds
-from pipeline_checks import ALL_STAGES, DATA_STAGES, MODELS, SMALL_RUN, evaluation_of, resnet18_weights
+from pipeline_checks import (
+    ALL_STAGES,
+    DATA_STAGES,
+    FEW_METHODS,
+    FEW_MODELS,
+    SMALL_RUN,
+    evaluation_of,
+    resnet18_weights,
+    stages_of,
+)
 from scratch import ScratchProject, merge
 
 # DFR (ExMap's last step and its baselines) balances groups by the smallest one with more than 5
@@ -40,13 +49,14 @@ def project(tmp_path_factory):
     params = merge(copy.deepcopy(SMALL_RUN), {
         "prepare": {"waterbirds": {"dir": str(data / "waterbirds")}, "celeba": {"dir": str(data / "celeba")},
                     "in9l": {"dir": str(data / "in9")}},
-        "clusterfix": {"weights_path": str(weights)}})  # the recipes' ResNet-18 features, from a local file
+        "clusterfix": {"weights_path": str(weights)},  # the recipes' ResNet-18 features, from a local file
+        "methods": FEW_METHODS})  # every method runs on an image folder in tests/test_folder_dataset.py
     return ScratchProject(tmp_path_factory.mktemp("scratch") / "project", params)
 
 
 @pytest.mark.slow
 def test_waterbirds_runs_end_to_end(project):
-    assert project.stages_run("exp", "run", "-S", "dataset=waterbirds") == ALL_STAGES
+    assert project.stages_run("exp", "run", "-S", "dataset=waterbirds") == stages_of(FEW_METHODS, ALL_STAGES)
     with h5py.File(project.path / "data/prepared.h5", "r") as f:
         assert f.attrs["dataset"] == "waterbirds"
         for split, counts in WATERBIRDS.items():  # groups = 2 * place + y, as built
@@ -54,20 +64,20 @@ def test_waterbirds_runs_end_to_end(project):
             assert len(f[f"{split}/offsets"]) == sum(counts) + 1
     with h5py.File(project.path / "data/masks/masktune.h5", "r") as f:
         assert f["masks"].shape == (sum(WATERBIRDS_COUNTS["train"]), 224 * 224 // 8)  # masking view 224 x 224
-    evaluation = evaluation_of(project)
-    for model in MODELS:
+    evaluation = evaluation_of(project, FEW_MODELS)
+    for model in FEW_MODELS:
         test = evaluation[model]["test"]
         assert set(test["groups"]) == {"landbird_land", "waterbird_land", "landbird_water", "waterbird_water"}
         assert test["worst_group_accuracy"] == min(test["groups"].values())
         assert 0 <= test["average_accuracy_train_weighted"] <= 1
     headline = json.loads((project.path / "metrics/evaluate.json").read_text())  # Waterbirds' "average"
-    assert headline["jtt"]["test"]["average"] == evaluation["jtt"]["test"]["average_accuracy_train_weighted"]
+    assert headline["clusterfix"]["test"]["average"] == evaluation["clusterfix"]["test"]["average_accuracy_train_weighted"]
 
 
 @pytest.mark.slow
 def test_celeba_runs_end_to_end(project):
-    assert project.stages_run("exp", "run", "-S", "dataset=celeba") == DATA_STAGES
-    evaluation = evaluation_of(project)
+    assert project.stages_run("exp", "run", "-S", "dataset=celeba") == stages_of(FEW_METHODS, DATA_STAGES)
+    evaluation = evaluation_of(project, FEW_MODELS)
     assert set(evaluation["erm"]["test"]["groups"]) <= {"not_blond_female", "blond_female", "not_blond_male",
                                                         "blond_male"}
     live = json.loads((project.path / "metrics/train_erm/metrics.json").read_text())
@@ -76,9 +86,9 @@ def test_celeba_runs_end_to_end(project):
 
 @pytest.mark.slow
 def test_in9l_runs_end_to_end_with_the_background_challenge(project):
-    assert project.stages_run("exp", "run", "-S", "dataset=in9l") == DATA_STAGES
-    evaluation = evaluation_of(project)
-    for model in MODELS:
+    assert project.stages_run("exp", "run", "-S", "dataset=in9l") == stages_of(FEW_METHODS, DATA_STAGES)
+    evaluation = evaluation_of(project, FEW_MODELS)
+    for model in FEW_MODELS:
         challenge = evaluation[model]["background_challenge"]
         assert set(challenge) == {"original", "mixed_same", "mixed_rand", "only_fg", "bg_gap"}
         assert challenge["bg_gap"] == pytest.approx(challenge["mixed_same"] - challenge["mixed_rand"])

@@ -62,6 +62,12 @@ def project(tmp_path_factory):
     return ScratchProject(tmp_path_factory.mktemp("scratch") / "project", small)
 
 
+RERUN = ["prepare", "train_erm", "compute_saliency", *MASKING[:3], "label_groups@true_groups", "jtt_identify@jtt",
+         "exmap_heatmaps@exmap", "exmap_groups@exmap", "exmap_extend@exmap", "clusterfix_features@clusterfix",
+         "clusterfix_clusters@clusterfix", "robust_train@jtt", "robust_train@clusterfix",
+         "robust_train@groupdro_true_groups", "last_layer@exmap_global", *REPORTS]
+
+
 def test_pipeline_reruns_exactly_what_a_change_affects(project):
     assert project.stages_run("repro") == ALL_STAGES
     headline = json.loads((project.path / "metrics/evaluate.json").read_text())
@@ -86,8 +92,10 @@ def test_pipeline_reruns_exactly_what_a_change_affects(project):
         assert all(p.read_bytes()[:4] == b"\x89PNG" for p in gallery)
     project.commit("baseline")
 
-    # Same params, same data: every output (checkpoints, HDF5, metrics, plots) is byte-identical.
-    assert project.stages_run("repro", "--force", "--no-run-cache") == ALL_STAGES
+    # Same params, same data: every output (checkpoints, HDF5, metrics, plots) is byte-identical, for one
+    # stage of every kind (each trainer, group inference and last layer once: the other pairs run the same
+    # code on other groups; 19 of the 31 stages, for CI time).
+    assert sorted(project.stages_run("repro", "--force", "--no-run-cache", "--single-item", *RERUN)) == sorted(RERUN)
     assert project.run("git", "status", "--porcelain").stdout == ""
 
     # A trainer's params rerun the pairs of that trainer, a masking method's its stages, and the reports:
@@ -207,8 +215,8 @@ def test_bad_param_of_a_later_stage_stops_the_first_stage_before_any_work(projec
 @pytest.mark.parametrize("edit, message", [
     (lambda values: values["methods"].update(masking=["masktune", "gradcam"]),
      "methods.masking must be a list of distinct names from 'randmask', 'masktune', got ['masktune', 'gradcam']"),
-    (lambda values: values["methods"]["robust_train"]["jtt"].update(trainer="dfr"),
-     "methods.robust_train.jtt.trainer must be one of 'upsample', 'cluster_reweight', 'groupdro', got 'dfr'"),
+    (lambda values: values["methods"]["robust_train"]["clusterfix"].update(trainer="dfr"),
+     "methods.robust_train.clusterfix.trainer must be one of 'upsample', 'cluster_reweight', 'groupdro', got 'dfr'"),
 ])
 def test_unknown_method_name_stops_repro_with_the_valid_names(project, edit, message):
     """An unknown name in `methods` ends `dvc repro` with the valid names, from stage check_methods, which
