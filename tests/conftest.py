@@ -15,12 +15,19 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1)
                                                      // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
-# The longest files first. Under `--dist loadfile` a free worker takes the next file in collection order,
-# so a long file collected late runs alone at the end: test_pipeline_e2e.py (about 15 minutes of one
-# worker) did, for 13 of the suite's 28 minutes (pytest --durations, a 2-core AMD EPYC). Files not listed
-# keep their order after these; within a file, its tests keep theirs (the sort is stable).
-LONGEST_FIRST = ("test_pipeline_e2e.py", "test_image_datasets_e2e.py", "test_benches.py", "test_folder_dataset.py",
+# The longest files first. Under `--dist loadfile` pytest-xdist gives each worker the next file of its
+# queue whenever it has two tests or fewer left; by default it orders that queue by the number of tests
+# per file, so test_pipeline_e2e.py (7 tests, about 13 minutes of one worker) started late and ran alone
+# at the end (13 of 28 minutes; pytest --durations, a 2-core AMD EPYC). Here the queue keeps this order:
+# worker seconds per file there, pipeline_e2e ~770, benches ~880, folder_dataset ~530,
+# image_datasets_e2e ~420, distributed ~150, selective_e2e ~80; files not listed follow in their order.
+LONGEST_FIRST = ("test_pipeline_e2e.py", "test_benches.py", "test_folder_dataset.py", "test_image_datasets_e2e.py",
                  "test_distributed.py", "test_selective_e2e.py")
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep the collection's order of files
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(items):
