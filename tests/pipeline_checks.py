@@ -8,7 +8,10 @@ import json
 import h5py
 import numpy as np
 import pytest
+import yaml
+from conftest import ROOT
 from scratch import NO_GROUP_METHODS, committed_params  # noqa: F401  (tests import it from here)
+from test_architecture import stage_instances
 
 from masktune.eval.figures import gallery_file_name
 from masktune.methods import reported_models
@@ -26,10 +29,6 @@ REPORTS = ["evaluate", "selective"]  # both read every checkpoint in models/
 ALL_STAGES = ["prepare", "check_methods", "train_erm", "compute_saliency", *MASKING, *GROUPS, *PAIRS, *REPORTS]
 # what a change of `dataset` (or its data) reruns once the pipeline ran: all but check_methods (params `methods` only)
 DATA_STAGES = [stage for stage in ALL_STAGES if stage != "check_methods"]
-KIND_OF_STAGE = {"materialize_masked_dataset": "masking", "finetune": "masking", "label_groups": "labels",
-                 "jtt_identify": "jtt", "exmap_heatmaps": "exmap", "exmap_groups": "exmap", "exmap_extend": "exmap",
-                 "clusterfix_features": "clusterfix", "clusterfix_clusters": "clusterfix",
-                 "robust_train": "robust_train", "last_layer": "last_layer"}
 # The runs whose subject is a dataset, not the methods (every method runs on an image folder in
 # tests/test_folder_dataset.py, and every registered piece in tests/test_method_contract.py): ERM, both
 # masking methods, the two group inferences that read the images (ExMap's heatmaps, ClusterFix's
@@ -41,11 +40,9 @@ FEW_MODELS = reported_models(FEW_METHODS, "models")
 
 
 def stages_of(methods: dict, stages: list[str]) -> list[str]:
-    """The stages of `stages` (in their order) that the `methods` param keeps."""
-    def kept(stage: str) -> bool:
-        name, _, item = stage.partition("@")
-        return not item or item in methods.get(KIND_OF_STAGE[name], ())
-    return [stage for stage in stages if kept(stage)]
+    """The stages of `stages` (in their order) that DVC expands from dvc.yaml when `methods` is the param."""
+    expanded = stage_instances(yaml.safe_load((ROOT / "dvc.yaml").read_text()), {**committed_params(), "methods": methods})
+    return [stage for stage in stages if stage in expanded]
 
 
 def expected_group_labels(name: str) -> str:

@@ -380,7 +380,7 @@ def check_repeats(data: FolderSplits, allow_overlap: bool = False) -> None:
 
 def _prepare(config: PrepareConfig) -> dict[str, SampleSet | ImageRecords]:
     records = first_images(to_records(read_folder_dataset(config.options)), config)
-    exif_orientation = config.options.get("exif_orientation", "ignore")
+    exif_orientation = config.options["exif_orientation"]
     if _views(config.options) == PLAIN:
         return {split: decode_pixels(r, f"prepare {split}", exif_orientation) for split, r in records.items()}
     if config.options["transforms"] == "none":
@@ -398,7 +398,7 @@ def _describe(config: PrepareConfig) -> dict:
             "group_names": json.dumps(group_names(data)), "groups_known": data.attributes is not None,
             "test_splits": json.dumps([s for s in data.paths if s not in FIXED_SPLITS]),
             "views": _views(config.options).to_json(),
-            "exif_orientation": config.options.get("exif_orientation", "ignore")}
+            "exif_orientation": config.options["exif_orientation"]}
 
 
 SPEC = DatasetSpec(name="folder", num_classes=0, group_names=lambda options: {}, test_splits=(), prepare=_prepare,
