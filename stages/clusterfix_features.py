@@ -1,9 +1,10 @@
 """Stage `clusterfix_features@<name>`: the features ClusterFix clusters, for every split.
 
 L2-normalised penultimate features of a frozen network (masktune/group_inference/clusterfix.py
-`feature_network`): the ERM model's own (`clusterfix.backbone: erm`, the MNIST-family recipes) or
-torchvision's ImageNet ResNet-18 (`resnet18`: Waterbirds as the official code, CelebA and IN-9L
-here), each split through its evaluation view, in order. One HDF5 array per split (N, D).
+`feature_network`): the ERM model's own (`clusterfix.backbone: erm`, the MNIST-family recipes), the
+self-supervised one of clusterfix_ssl (`ssl`), or torchvision's ImageNet ResNet-18 (`resnet18`: Waterbirds
+as the official code, CelebA and IN-9L here) or ResNet-50, each split through its evaluation view, in
+order. One HDF5 array per split (N, D).
 """
 from __future__ import annotations
 
@@ -24,13 +25,15 @@ def main() -> None:
     parser.add_argument("--name", required=True, help="the ClusterFix entry of methods.clusterfix: clusterfix")
     parser.add_argument("--data", required=True, help="prepared dataset (HDF5)")
     parser.add_argument("--model", required=True, help="the ERM checkpoint (the backbone when clusterfix.backbone: erm)")
+    parser.add_argument("--ssl", required=True, help="clusterfix_ssl's checkpoint (the backbone when clusterfix.backbone: ssl)")
     parser.add_argument("--out", required=True, help="HDF5 file: one (N, D) feature array per split")
     args = parser.parse_args()
 
     config = load_stage_config(f"clusterfix_features@{args.name}")
     device = start_workers(config)
     prepared, spec = open_prepared(args.data)
-    network = feature_network(config.backbone, args.model, config.weights_path, prepared.num_classes, device)
+    network = feature_network(config.backbone, {"erm": args.model, "ssl": args.ssl}, config.weights_path,
+                              prepared.num_classes, device)
     features = {}
     for split in ("train", "val", *spec.test_splits):
         data = open_split(prepared, split, spec.views, "eval", config.workers)

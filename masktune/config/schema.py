@@ -73,7 +73,9 @@ def group_files(methods: Mapping) -> dict[str, str]:
 HEATMAPS = ("lrp", "xgradcam")                 # ExMap: its LRP heatmaps (official) | MaskTune's XGradCAM maps
 CLUSTERINGS = ("spectral", "umap_kmeans")      # ExMap: spectral + eigengap | UMAP 2-D + k-means
 ERROR_SET_PASSES = ("training", "eval")        # JTT: the official training-pass predictions | an eval pass
-FEATURE_BACKBONES = ("erm", "resnet18")        # ClusterFix's features: the ERM model's | ImageNet ResNet-18
+# ClusterFix's features: the ERM model's | a self-supervised one trained here | an ImageNet network from a file
+FEATURE_BACKBONES = ("erm", "ssl", "resnet18", "resnet50")
+SSL_OBJECTIVES = ("simclr", "denoising")       # ClusterFix's self-supervised backbone (group_inference/ssl.py)
 OPTIMIZERS = ("sgd", "adam")                   # ClusterFix: the ERM recipe's SGD | the official Adam; ERM likewise
 WEIGHT_STATISTICS = ("incremental", "recompute")  # ClusterFix's cluster losses: O(batch) | the official O(N K)
 WATERBIRDS_TARGETS = ("Object", "Place")       # the bird (the usual task) | the background (BPA, ClusterFix)
@@ -211,6 +213,15 @@ SCHEMA: dict[str, Field] = {
     "clusterfix.clusters_per_class": Int(1, recipe=True),
     "clusterfix.workers": Int(0, MAX_WORKERS),
     "clusterfix.seed": Int(0, nullable=True),
+    "clusterfix.ssl_objective": Choice(options=SSL_OBJECTIVES, recipe=True),
+    "clusterfix.ssl_epochs": Int(1, recipe=True),
+    "clusterfix.ssl_lr": Number(0.0, exclusive_minimum=True, recipe=True),
+    "clusterfix.ssl_weight_decay": Number(0.0, recipe=True),
+    "clusterfix.ssl_batch_size": Int(2, recipe=True),
+    "clusterfix.ssl_temperature": Number(0.0, exclusive_minimum=True),
+    "clusterfix.ssl_colour_strength": Number(0.0),
+    "clusterfix.ssl_crop_scale": Number(0.0, 1.0, exclusive_minimum=True),
+    "clusterfix.ssl_mask_ratio": Number(0.0, 1.0),
     "upsample.upweight": Int(0, recipe=True),
     "upsample.epochs": Int(1, recipe=True),
     "upsample.lr": Number(0.0, exclusive_minimum=True, recipe=True),

@@ -144,9 +144,28 @@ class ExMapGroupsConfig:
 @dataclass(frozen=True)
 class ClusterFixFeaturesConfig(_Distributed):
     eval_batch_size: int = _key("eval_batch_size")
-    backbone: str = _key("clusterfix.backbone")  # erm | resnet18 (ImageNet)
+    backbone: str = _key("clusterfix.backbone")  # erm | ssl | resnet18 | resnet50 (ImageNet)
     weights_path: Path | None = _key("clusterfix.weights_path")
     workers: int = _key("clusterfix.workers")
+
+
+@dataclass(frozen=True)
+class ClusterFixSSLConfig(_Network):
+    """ClusterFix's self-supervised backbone (masktune/group_inference/ssl.py): train_erm's network from its
+    start, trained without labels by Adam when `backbone` is ssl (else nothing is trained)."""
+    optimizer = "adam"  # not a param: the usual optimiser of small-scale SimCLR runs, not tuned
+    backbone: str = _key("clusterfix.backbone")
+    objective: str = _key("clusterfix.ssl_objective")  # simclr | denoising
+    epochs: int = _key("clusterfix.ssl_epochs")
+    lr: float = _key("clusterfix.ssl_lr")
+    weight_decay: float = _key("clusterfix.ssl_weight_decay")
+    batch_size: int = _key("clusterfix.ssl_batch_size")
+    temperature: float = _key("clusterfix.ssl_temperature")
+    colour_strength: float = _key("clusterfix.ssl_colour_strength")
+    crop_scale: float = _key("clusterfix.ssl_crop_scale")
+    mask_ratio: float = _key("clusterfix.ssl_mask_ratio")
+    workers: int = _key("clusterfix.workers")
+    seed: int | None = _key("clusterfix.seed")
 
 
 @dataclass(frozen=True)
@@ -251,6 +270,7 @@ STAGE_CONFIGS = {
     **{f"exmap_heatmaps@{name}": ExMapHeatmapsConfig for name in schema.METHOD_KINDS["exmap"]},
     **{f"exmap_groups@{name}": ExMapGroupsConfig for name in schema.METHOD_KINDS["exmap"]},
     **{f"exmap_extend@{name}": ExMapHeatmapsConfig for name in schema.METHOD_KINDS["exmap"]},
+    **{f"clusterfix_ssl@{name}": ClusterFixSSLConfig for name in schema.METHOD_KINDS["clusterfix"]},
     **{f"clusterfix_features@{name}": ClusterFixFeaturesConfig for name in schema.METHOD_KINDS["clusterfix"]},
     **{f"clusterfix_clusters@{name}": ClusterFixClustersConfig for name in schema.METHOD_KINDS["clusterfix"]},
     "robust_train@*": TRAINER_CONFIGS,     # by the pair's trainer

@@ -291,6 +291,19 @@ def open_split(prepared: PreparedFile, split: str, views: DatasetViews, kind: st
     return EncodedSplit(prepared, split, views.transform(kind), workers, masks)
 
 
+def open_transformed_split(prepared: PreparedFile, split: str, views: DatasetViews, transform, workers: int) -> Split:
+    """Split `split` through the evaluation geometry and then `transform` (a random callable on PIL images
+    that returns a tensor: a self-supervised objective's views), run in `workers` DataLoader processes;
+    the evaluation view itself when `transform` is None."""
+    if transform is None:
+        return open_split(prepared, split, views, "eval", workers)
+    if prepared.stores_pixels(split):
+        return AugmentedPixelSplit(prepared, split, transform, workers)
+    from torchvision.transforms import Compose
+
+    return EncodedSplit(prepared, split, Compose([*views.evaluation.transforms(), transform]), workers)
+
+
 def masking_view_size(prepared: PreparedFile, views: DatasetViews) -> tuple[int, int]:
     """(height, width) of the training images as the saliency sees them: the masking view's output
     for the first raw image (its geometry gives every image of a dataset the same size)."""

@@ -38,17 +38,19 @@ KMEANS_TOL = 1e-4        # kmeans_pytorch's default tol: stop when the squared c
 KMEANS_MAX_ITER = 300    # kmeans_pytorch has no cap; scikit-learn's default
 
 
-def feature_network(backbone: str, erm_checkpoint: str | Path, weights_path: str | Path | None, num_classes: int,
-                    device: torch.device) -> nn.Module:
-    """The frozen network whose penultimate features ClusterFix clusters: the ERM model ("erm", the
-    MNIST-family setting), or torchvision's ImageNet ResNet-18 ("resnet18", 512-d global average pool:
-    the official Waterbirds backbone, and here CelebA's, whose official Barlow Twins ResNet-18 is not
-    published)."""
-    if backbone == "erm":
-        model, _ = load_checkpoint(erm_checkpoint, device)
+def feature_network(backbone: str, checkpoints: dict[str, str | Path], weights_path: str | Path | None,
+                    num_classes: int, device: torch.device) -> nn.Module:
+    """The frozen network whose penultimate features ClusterFix clusters: a checkpoint of this pipeline
+    (`checkpoints[backbone]`: "erm", the ERM model, the MNIST-family setting; "ssl", the self-supervised
+    backbone of stage clusterfix_ssl, ClusterFix's README's "self-supervised ... CNN"), or a torchvision
+    network with its ImageNet weights from `weights_path` ("resnet18", 512-d global average pool: the
+    official Waterbirds backbone, and here CelebA's, whose official Barlow Twins ResNet-18 is not
+    published; "resnet50")."""
+    if backbone in checkpoints:
+        model, _ = load_checkpoint(checkpoints[backbone], device)
         return model.eval()
     model = load_imagenet_weights(build_model(backbone, num_classes), backbone, weights_path,
-                                  param="clusterfix.weights_path", instead="set clusterfix.backbone: erm")
+                                  param="clusterfix.weights_path", instead="set clusterfix.backbone: erm or ssl")
     return model.to(device).eval()
 
 

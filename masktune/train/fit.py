@@ -5,7 +5,7 @@ As the official `train_erm` (src/methods/base_method.py): each epoch one shuffle
 validation predictions; the checkpoint of the best validation score is kept (strictly better, so the
 first of equal epochs), and the last one too when asked. What "best" means is the caller's: `score`
 turns the validation predictions into named numbers, logged each epoch, and `select_by` names the
-one that selects (ERM: plain accuracy, no group labels).
+one that selects (ERM: plain accuracy, no group labels; `LAST`: no validation pass, the last epoch).
 
 An optional learning-rate `scheduler` steps once after each epoch's training pass, before validation and
 the checkpoints, as ExMap's ERM (rwchakra/exmap src/run_erm.py L66-72: `scheduler.step()` after
@@ -44,6 +44,10 @@ from masktune.models.precision import MixedPrecision
 from masktune.train.loop import predict, train_epoch, validation_accuracy
 from masktune.train.objective import ERM, Objective
 
+# `select_by` of a run without validation (self-supervised backbones): every epoch's checkpoint replaces
+# the previous one, so the best is the last.
+LAST = "last"
+
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Split, val: Split, *, epochs: int,
         batch_size: int, eval_batch_size: int, generator: torch.Generator, device: torch.device, live: Live,
@@ -76,17 +80,17 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Split, val: S
         if scheduler is not None:
             logged["train/lr"] = optimizer.param_groups[0]["lr"]  # this epoch's
             scheduler.step()
-        scores = score(predict(model, val, eval_batch_size, device, "validate"))
+        scores = {} if select_by == LAST else score(predict(model, val, eval_batch_size, device, "validate"))
         logged |= {f"train/{key}": value for key, value in stats.items()}
         logged |= {f"val/{key}": value for key, value in scores.items()}
         _log(live, logged)
         checkpoint = {**checkpoint_info, "epoch": epoch, "val_accuracy": scores.get("accuracy", math.nan)}
-        improved = scores[select_by] > state.best_score
+        improved = select_by == LAST or scores[select_by] > state.best_score
         oracle_improved = oracle_path is not None and scores[oracle_by] > state.oracle_score
         data = (checkpoint_bytes(model, optimizer, **checkpoint)
                 if improved or oracle_improved or last_path is not None else None)
         if improved:  # one serialisation serves the best, the oracle's and the last checkpoint of an epoch
-            state.best_score, state.best = scores[select_by], {"epoch": epoch + 1, **scores}
+            state.best_score, state.best = scores.get(select_by, epoch), {"epoch": epoch + 1, **scores}
             state.best_checkpoint = data
             _write(best_path, data, world)
         if oracle_improved:
@@ -99,9 +103,9 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Split, val: S
         if journal is not None and world.is_main:
             journal.save(state.snapshot(epoch + 1))
         if world.is_main:
-            print(f"{name} epoch {epoch + 1}/{epochs}: train loss {stats['loss']:.4f}, train acc "
-                  f"{stats['accuracy']:.4f}, "
-                  + ", ".join(f"val {key.replace('_', ' ')} {value:.4f}" for key, value in scores.items()))
+            numbers = {f"train {key}": value for key, value in stats.items() if key in ("loss", "accuracy")}
+            numbers |= {f"val {key.replace('_', ' ')}": value for key, value in scores.items()}
+            print(f"{name} epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in numbers.items()))
     return state.best
 
 

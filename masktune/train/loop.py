@@ -124,10 +124,10 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split,
                 objective: Objective = ERM) -> dict[str, float]:
     """One pass over `data` (shuffled by `generator`, or as the objective's `epoch_data` draws it), each
     batch stepped on `objective.batch_loss` (ERM's mean cross-entropy by default); returns the mean loss
-    (weighted by batch size, so it is the mean over samples), the accuracy and the objective's other
-    logged numbers over the epoch. With `predictions` (an array of len(data)), each sample's predicted
-    class is written there as the pass computes it, before the step on its batch (what JTT's official
-    code logs to form its error set).
+    (weighted by batch size, so it is the mean over samples), the accuracy (where the objective
+    classifies) and the objective's other logged numbers over the epoch. With `predictions` (an array of
+    len(data)), each sample's predicted class is written there as the pass computes it, before the step
+    on its batch (what JTT's official code logs to form its error set).
 
     Under torchrun each rank trains on its part of every global batch of `batch_size` through DDP
     (masktune.distributed says how that equals one process); the returned numbers are over all ranks.
@@ -141,7 +141,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split,
     network = data_parallel(model, world)
     model.train()
     data, generator = objective.epoch_data(data, generator)
-    totals: dict[str, float] = {"loss": 0.0, "accuracy": 0.0}
+    totals: dict[str, float] = {"loss": 0.0, "accuracy": 0.0} if objective.classifies else {"loss": 0.0}
     n = len(data)
     seen: list[tuple[np.ndarray, np.ndarray]] = []
     bar = progress(data.batches(batch_size, device, generator, world), desc, total=-(-n // batch_size))
@@ -155,10 +155,11 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split,
         if own:
             for key, value in (("loss", loss), *logged.items()):
                 totals[key] = totals.get(key, 0.0) + value.item() * len(index)
-            predicted = logits.argmax(1)
-            totals["accuracy"] += (predicted == targets).sum().item()
-            if predictions is not None:
-                seen.append((index, predicted.cpu().numpy()))
+            if objective.classifies:
+                predicted = logits.argmax(1)
+                totals["accuracy"] += (predicted == targets).sum().item()
+                if predictions is not None:
+                    seen.append((index, predicted.cpu().numpy()))
         bar.set_postfix(loss=f"{loss.item():.4f}")
     sync_buffers(model, world)
     objective.end_epoch(model, device)

@@ -27,6 +27,9 @@ class Objective:
     # batch (GroupDRO's group weights, ClusterFix's cluster weights) runs as one process.
     data_parallel = True
     precisions = ("float32", "bfloat16", "float16")
+    # Whether `batch_loss` returns class logits (the epoch's training accuracy); a self-supervised
+    # objective (masktune/group_inference/ssl.py) returns None instead.
+    classifies = True
 
     def parameters(self) -> list[nn.Parameter]:
         """Trainable tensors beside the network's (ClusterFix's pseudo-label heads), optimised with it."""
@@ -39,7 +42,8 @@ class Objective:
     def batch_loss(self, network: nn.Module, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                    rows: np.ndarray, amp: MixedPrecision) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """(logits, the loss to step on, other numbers to log) of one batch; `network` is `model` as it
-        trains (under DDP, its wrapper), `rows` the training rows of the batch."""
+        trains (under DDP, its wrapper), `rows` the training rows of the batch. Logits are None where the
+        objective does not classify (`classifies`)."""
         with amp.autocast():
             logits = network(inputs)
         return logits, F.cross_entropy(logits.float(), targets), {}
