@@ -22,7 +22,8 @@ MODELS = reported_models(METHODS, "models")
 MASKING = ["materialize_masked_dataset@randmask", "materialize_masked_dataset@masktune", "finetune@randmask",
            "finetune@masktune"]
 GROUPS = ["label_groups@true_groups", "label_groups@classes", "jtt_identify@jtt", "exmap_heatmaps@exmap",
-          "exmap_groups@exmap", "exmap_extend@exmap", "clusterfix_features@clusterfix", "clusterfix_clusters@clusterfix"]
+          "exmap_groups@exmap", "exmap_extend@exmap", "clusterfix_ssl@clusterfix", "clusterfix_features@clusterfix",
+          "clusterfix_clusters@clusterfix"]
 PAIRS = [f"{kind}@{name}" for kind in ("robust_train", "last_layer") for name in METHODS[kind]]
 REPORTS = ["evaluate", "selective"]  # both read every checkpoint in models/
 # the default pipeline, in the order `dvc repro` runs it

@@ -242,7 +242,8 @@ OWN_MODULES = {"prepare": ("masktune/datasets/",), "label_groups": ("masktune/gr
                **{stage: ("masktune/group_inference/exmap.py", "masktune/group_inference/clustering.py")
                   for stage in ("exmap_heatmaps", "exmap_groups", "exmap_extend")},
                **{stage: ("masktune/group_inference/clusterfix.py",)
-                  for stage in ("clusterfix_features", "clusterfix_clusters")}}
+                  for stage in ("clusterfix_features", "clusterfix_clusters")},
+               "clusterfix_ssl": ("masktune/group_inference/ssl.py",)}
 METHOD_PACKAGES = ("masktune/datasets/", "masktune/group_inference/", "masktune/robust_train/", "masktune/last_layer/")
 SHARED = ("__init__.py", "base.py")  # a role's package and its contract, not a method
 

@@ -29,7 +29,7 @@ from masktune.groups import read_groups
 from masktune.models.checkpoint import load_checkpoint
 
 GROUP_INFERENCE = ("label_groups", "jtt_identify", "exmap_heatmaps", "exmap_groups", "exmap_extend",
-                   "clusterfix_features", "clusterfix_clusters")
+                   "clusterfix_ssl", "clusterfix_features", "clusterfix_clusters")
 TINY = {"train_erm": {"arch": "small_cnn", "epochs": 1, "batch_size": 32, "workers": 0},
         "jtt": {"identification_epochs": 1, "batch_size": 32, "workers": 0},
         "exmap": {"batch_size": 64, "workers": 0},

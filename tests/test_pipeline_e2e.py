@@ -8,7 +8,8 @@ rerun to the same bytes; a change to one method's params reruns that method's st
 only (`upsample.*`, `randmask.seed`, `cluster_reweight.*`, `exmap.*`, `clusterfix.*`, `dfr.*`), and a
 groups file's consumers; `-S finetune.lr=...` reruns both finetunes; `-S lr=...` reruns train_erm and
 everything after it but not prepare, JTT or the pairs on groups that do not come from ERM; `dvc metrics
-diff` shows the change; a pair is added or removed with one `-S`; editing one method's module reruns its
+diff` shows the change; a pair is added or removed with one `-S`; `-S clusterfix.backbone=ssl` trains
+ClusterFix's self-supervised backbone and reruns ClusterFix's stages and their consumers only; editing one method's module reruns its
 stages only, and editing another dataset's module nothing after `prepare`; a second `dvc repro` runs
 nothing; a bad param stops `dvc repro` with one clear line, before any work when it belongs to a later
 stage.
@@ -58,13 +59,14 @@ def project(tmp_path_factory):
     small = {"prepare": {"biased_mnist": {"mnist_dir": str(mnist_dir), "train_limit": 3000, "test_limit": 1000,
                                           "val_size": 600}},
              "train_erm": {"epochs": 1}, "upsample": {"epochs": 2}, "cluster_reweight": {"epochs": 1},
+             "clusterfix": {"ssl_epochs": 1},
              "groupdro": {"epochs": 1}, "selective": {"control_seed_offsets": []}}  # the control: test_selective_e2e
     return ScratchProject(tmp_path_factory.mktemp("scratch") / "project", small)
 
 
 RERUN = ["prepare", "train_erm", "compute_saliency", *MASKING[:3], "label_groups@true_groups", "jtt_identify@jtt",
-         "exmap_heatmaps@exmap", "exmap_groups@exmap", "exmap_extend@exmap", "clusterfix_features@clusterfix",
-         "clusterfix_clusters@clusterfix", "robust_train@jtt", "robust_train@clusterfix",
+         "exmap_heatmaps@exmap", "exmap_groups@exmap", "exmap_extend@exmap", "clusterfix_ssl@clusterfix",
+         "clusterfix_features@clusterfix", "clusterfix_clusters@clusterfix", "robust_train@jtt", "robust_train@clusterfix",
          "robust_train@groupdro_true_groups", "last_layer@exmap_global", *REPORTS]
 
 
@@ -94,7 +96,7 @@ def test_pipeline_reruns_exactly_what_a_change_affects(project):
 
     # Same params, same data: every output (checkpoints, HDF5, metrics, plots) is byte-identical, for one
     # stage of every kind (each trainer, group inference and last layer once: the other pairs run the same
-    # code on other groups; 19 of the 31 stages, for CI time).
+    # code on other groups; 20 of the 32 stages, for CI time).
     assert sorted(project.stages_run("repro", "--force", "--no-run-cache", "--single-item", *RERUN)) == sorted(RERUN)
     assert project.run("git", "status", "--porcelain").stdout == ""
 
@@ -149,6 +151,14 @@ def test_pipeline_reruns_exactly_what_a_change_affects(project):
     assert project.stages_run("exp", "run", "-S", "~methods.robust_train.jtt") == ["check_methods", *REPORTS]
     assert "jtt" not in json.loads((project.path / "metrics/evaluate.json").read_text())
     assert "robust_train@jtt" not in project.dvc("stage", "list").stdout
+
+    # ClusterFix on a self-supervised backbone: its training stage (until now a constant stub), ClusterFix's
+    # stages and the pairs on its clusters; nothing else (the ERM-feature variant is the default, above).
+    ran, reports = _ran(project, "exp", "run", "-S", "clusterfix.backbone=ssl")
+    assert ran == sorted(["clusterfix_ssl@clusterfix", *CLUSTERFIX, *_consumers("clusterfix"),
+                          "robust_train@groupdro_clusterfix"]) and reports == REPORTS
+    assert json.loads((project.path / "metrics/groups/clusterfix.json").read_text())["backbone"] == "ssl"
+    assert json.loads((project.path / "metrics/clusterfix_ssl/metrics.json").read_text())["recipe"]["epochs"] == 1
 
     assert project.stages_run("repro") == []
 

@@ -126,3 +126,25 @@ def test_weights_of_another_architecture(imagenet_state, tmp_path):
     assert "resnet18_weights.pth does not fit resnet50 (weights of another architecture?)" in message
     assert "missing: conv1.weight" not in message and "missing: layer1.0.conv3.weight" in message
     assert "layer1.0.conv1.weight is (64, 64, 3, 3) in the file, (64, 64, 1, 1) in the model" in message
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_clusterfix_clusters_any_imagenet_network_from_a_local_file(arch, tmp_path, hub_dir):
+    """`clusterfix.backbone: <arch>` with `clusterfix.weights_path`: the file's every tensor but the head,
+    or one line naming the param when the file is missing or of another network."""
+    from masktune.group_inference.clusterfix import feature_network
+
+    torch.manual_seed(1)
+    state = getattr(torchvision.models, arch)(num_classes=1000).state_dict()
+    path = tmp_path / f"my_{arch}.pth"
+    torch.save(state, path)
+    network = feature_network(arch, {"erm": "unused", "ssl": "unused"}, path, 2, torch.device("cpu"))
+    loaded = network.state_dict()
+    assert all(torch.equal(loaded[key], value) for key, value in state.items() if not key.startswith("fc."))
+    assert not network.training and network.features(torch.rand(1, 3, 64, 64)).shape == (1, state["fc.weight"].shape[1])
+    with pytest.raises(UserError, match=r"clusterfix.weights_path: .*missing.pth not found"):
+        feature_network(arch, {}, tmp_path / "missing.pth", 2, torch.device("cpu"))
+    other = "resnet50" if arch == "resnet18" else "resnet18"
+    torch.save(getattr(torchvision.models, other)(num_classes=1000).state_dict(), tmp_path / "other.pth")
+    with pytest.raises(UserError, match=f"other.pth does not fit {arch}"):
+        feature_network(arch, {}, tmp_path / "other.pth", 2, torch.device("cpu"))

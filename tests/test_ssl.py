@@ -124,6 +124,7 @@ def test_the_stage_trains_a_backbone_without_labels_deterministically(tiny, obje
     model, state = load_checkpoint(path / f"{objective}_a.pt", torch.device("cpu"))
     assert state["self_supervised"] == objective and state["epoch"] == 1  # the last of 2 epochs
     assert state["config"]["objective"] == objective and state["arch"] == "small_cnn"
+    assert model.features(torch.rand(2, 3, 28, 28)).shape == (2, 256)  # what ClusterFix clusters
     live = json.loads((path / f"{objective}_a_live/metrics.json").read_text())
     assert live["recipe"]["objective"] == objective and math.isfinite(live["train"]["loss"])
     losses = (path / f"{objective}_a_live/plots/metrics/train/loss.tsv").read_text().split("\n")[1:3]
