@@ -10,7 +10,8 @@ method's own (ERM: best average validation accuracy; MaskTune and RandMask: the 
 halves), and no method uses group labels except those on the true groups (the supervised references,
 GroupDRO and DFR, ✓/✓); each row says its use. Prints each run, then mean and sample standard deviation
 per model, split and measure (average = pooled accuracy, unbiased = mean of the group accuracies, worst
-group), each groups file's purity against the true groups (a diagnostic), the wall time of each run,
+group), each groups file's purity, NMI and share of each true group found (in a group it dominates)
+against the true groups (a diagnostic, never used), the wall time of each run,
 and, as its last line, one JSON object with every figure.
 
     python bench/methods.py --mnist-dir ../shared/data/mnist --seeds 0 1 2
@@ -109,8 +110,11 @@ def main() -> None:
                 if figure.is_file():
                     (args.keep / f"seed{seed}_exmap_embedding.png").write_bytes(figure.read_bytes())
             details = json.loads(details_file.read_text())["methods"]
-            purity = {p.stem: {split: json.loads(p.read_text())[split]["purity"] for split in ("train", "val")}
-                      for p in sorted((project.path / "metrics/groups").glob("*.json"))}
+            reports = {p.stem: json.loads(p.read_text()) for p in sorted((project.path / "metrics/groups").glob("*.json"))}
+            purity = {name: {split: report[split]["purity"] for split in ("train", "val")} for name, report in reports.items()}
+            diagnostic = {name: {split: {"nmi": report[split]["normalized_mutual_information"],
+                                         "found": report[split]["true_group_found"]} for split in ("train", "val")}
+                          for name, report in reports.items()}
             runs.append({"seed": seed, "seconds": seconds, "stage_seconds": stages,
                          "results": {name: {split: {measure: m[key] for measure, key in MEASURES.items()}
                                             for split, m in method["results"].items() if "accuracy" in m}
@@ -122,13 +126,16 @@ def main() -> None:
                                                   and "worst_group_accuracy" in method["results"][split]}
                                            for name, method in details.items() if "selection_gap" in method},
                          "selection": {name: method.get("selection") for name, method in details.items()},
-                         "groups_purity": purity})
+                         "groups_purity": purity, "groups_diagnostic": diagnostic})
             print(f"seed {seed}: {seconds:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in stages.items())})")
             for name, splits in runs[-1]["results"].items():
                 print(f"  {name:22}" + "".join(f"{split} {m['average']:.2%} / {m['unbiased']:.2%} / "
                                                f"{m['worst_group']:.2%}   " for split, m in splits.items()), flush=True)
             for name, splits in purity.items():
-                print(f"  {name} purity against the true groups: " + ", ".join(f"{k} {v:.2%}" for k, v in splits.items()))
+                found = diagnostic[name]["train"]["found"]
+                print(f"  {name} purity against the true groups: " + ", ".join(f"{k} {v:.2%}" for k, v in splits.items())
+                      + f"; NMI train {diagnostic[name]['train']['nmi']:.3f}; share of each true group in a group it "
+                      "dominates (train): " + ", ".join(f"{g} {v:.0%}" for g, v in found.items()))
         # every seed's experiment, summarised the DVC way (masktune.summary over `dvc exp show --json`)
         show = json.loads(project.dvc("exp", "show", "--json").stdout)
         rows = [row for group in configurations(experiments(show)) for row in summarise(group)]
