@@ -34,6 +34,23 @@ NO_GROUP_METHODS = {"labels": [], "jtt": [], "exmap": [], "clusterfix": [], "rob
 REPLACED = ("robust_train", "last_layer")  # mappings of pairs: an override lists the pairs, it does not add to them
 
 
+def run_stage_in_process(command: str) -> None:
+    """A dvc.yaml command, `python -m stages.<name> ...`, run in this process (its `main()` with that argv):
+    the stages without DVC's start-up, for the tests that call many."""
+    import importlib
+    import shlex
+
+    words = shlex.split(command)
+    assert words[:2] == ["python", "-m"], command
+    module = importlib.import_module(words[2])
+    argv = sys.argv
+    sys.argv = [words[2], *words[3:]]
+    try:
+        module.main()
+    finally:
+        sys.argv = argv
+
+
 def merge(base: dict, overrides: dict) -> dict:
     """`overrides` (nested dicts) merged into `base`, in place; the pairs of `methods` (REPLACED) are
     replaced whole."""

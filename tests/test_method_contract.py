@@ -9,19 +9,16 @@ new test. (tests/test_pipeline_e2e.py runs the default pipeline through DVC itse
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import shlex
 import shutil
-import sys
 
 import numpy as np
 import pytest
 import yaml
 from conftest import ROOT, committed_params
 from fixtures_datasets import make_mnist
-from scratch import merge
+from scratch import merge, run_stage_in_process
 from test_architecture import stage_instances
 
 from masktune.config.schema import LAST_LAYER_TRAINERS, METHOD_KINDS, TRAINERS, group_files
@@ -52,19 +49,6 @@ def _every_pair(methods: dict) -> dict:
     return {**methods, "masking": [], "robust_train": robust, "last_layer": last}
 
 
-def _run(command: str) -> None:
-    """A dvc.yaml command, `python -m stages.<name> ...`, in this process."""
-    words = shlex.split(command)
-    assert words[:2] == ["python", "-m"], command
-    module = importlib.import_module(words[2])
-    argv = sys.argv
-    sys.argv = [words[2], *words[3:]]
-    try:
-        module.main()
-    finally:
-        sys.argv = argv
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     path = tmp_path_factory.mktemp("contract")
@@ -80,7 +64,7 @@ def project(tmp_path_factory):
         instances = stage_instances(yaml.safe_load((ROOT / "dvc.yaml").read_text()), params)
         for script, entry in instances.values():
             if script in ("prepare", "train_erm", *GROUP_INFERENCE, "robust_train", "last_layer", "evaluate"):
-                _run(" ".join(entry["cmd"].split()))
+                run_stage_in_process(" ".join(entry["cmd"].split()))
         yield path, params, instances
     finally:
         os.chdir(cwd)

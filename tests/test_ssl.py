@@ -6,7 +6,6 @@ import json
 import math
 import os
 import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ import yaml
 from conftest import ROOT
 from fixtures_datasets import make_mnist
 from PIL import Image
-from scratch import committed_params, merge
+from scratch import committed_params, merge, run_stage_in_process
 
 from masktune.group_inference.ssl import UNUSED, Denoising, TwoViews, nt_xent, simclr_transform
 from masktune.models import build_model
@@ -74,17 +73,6 @@ def test_denoising_masks_the_asked_share_of_pixels_and_reconstructs_the_clean_im
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)  # 28 x 28 targets are the image itself
 
 
-def _run_stage(module: str, *argv: str) -> None:
-    import importlib
-
-    saved = sys.argv
-    sys.argv = [module, *argv]
-    try:
-        importlib.import_module(module).main()
-    finally:
-        sys.argv = saved
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A scratch project with a prepared tiny biased MNIST (500 training digits)."""
@@ -97,7 +85,7 @@ def tiny(tmp_path_factory):
     os.chdir(path)
     try:
         _write(params)
-        _run_stage("stages.prepare", "--out", "data/prepared.h5")
+        run_stage_in_process("python -m stages.prepare --out data/prepared.h5")
         yield path, params
     finally:
         os.chdir(cwd)
@@ -111,8 +99,8 @@ def _write(params: dict) -> None:
 def _train(params: dict, objective: str, out: str) -> None:
     _write(merge(params, {"clusterfix": {"backbone": "ssl", "ssl_objective": objective, "ssl_epochs": 2,
                                          "ssl_batch_size": 64, "workers": 0}}))
-    _run_stage("stages.clusterfix_ssl", "--name", "clusterfix", "--data", "data/prepared.h5", "--out", out,
-               "--live", out.replace(".pt", "_live"))
+    run_stage_in_process(f"python -m stages.clusterfix_ssl --name clusterfix --data data/prepared.h5 --out {out} "
+                         f"--live {out.replace('.pt', '_live')}")
 
 
 @pytest.mark.parametrize("objective", ["simclr", "denoising"])
@@ -134,8 +122,8 @@ def test_the_stage_trains_a_backbone_without_labels_deterministically(tiny, obje
 def test_the_stage_trains_nothing_when_clusterfix_uses_another_backbone(tiny):
     path, params = tiny
     _write(merge(json.loads(json.dumps(params)), {"clusterfix": {"backbone": "erm"}}))
-    _run_stage("stages.clusterfix_ssl", "--name", "clusterfix", "--data", "data/prepared.h5", "--out", "unused.pt",
-               "--live", "unused_live")
+    run_stage_in_process("python -m stages.clusterfix_ssl --name clusterfix --data data/prepared.h5 --out unused.pt "
+                         "--live unused_live")
     assert (path / "unused.pt").read_bytes() == UNUSED
     assert json.loads((path / "unused_live/metrics.json").read_text()) == {"trained": False}
     assert (path / "unused_live/plots/metrics/train/loss.tsv").read_text() == "step\tloss\n"
