@@ -175,7 +175,7 @@ def test_ddp_train_erm_follows_one_process_loss_curve(project, uninterrupted):
 PER_IMAGE_PASSES = {
     "compute_saliency": ["--model", "runs/one/best.pt"],
     "exmap_heatmaps": ["--name", "exmap", "--model", "runs/one/best.pt"],
-    "clusterfix_features": ["--name", "clusterfix", "--model", "runs/one/best.pt"],
+    "clusterfix_features": ["--name", "clusterfix", "--model", "runs/one/best.pt", "--ssl", "runs/none.pt"],
 }
 
 
