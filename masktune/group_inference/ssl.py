@@ -136,9 +136,6 @@ class Denoising(_SelfSupervised):
         return None, F.mse_loss(reconstruction.float(), target), {}
 
 
-OBJECTIVES = ("simclr", "denoising")
-
-
 def image_size(prepared: PreparedFile, info: DatasetInfo) -> tuple[int, int]:
     """(height, width) of the training images as the network sees them (the evaluation view)."""
     if prepared.stores_pixels("train"):
@@ -147,6 +144,7 @@ def image_size(prepared: PreparedFile, info: DatasetInfo) -> tuple[int, int]:
 
 
 def ssl_objective(config, model: nn.Module, size: tuple[int, int], device: torch.device) -> Objective:
+    """`config.objective`'s loss over `model`'s features (their width sizes its head), for images of `size`."""
     width = model.classifier.in_features
     if config.objective == "simclr":
         return SimCLR(width, config.temperature, device)
