@@ -14,7 +14,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import ROOT
 
 HEADLINE = ("metrics/evaluate.json", "metrics/selective.json")
@@ -30,7 +29,10 @@ def clone(tmp_path_factory) -> Path:
 def _lock(clone: Path) -> dict:
     lock = clone / "dvc.lock"
     assert lock.is_file(), "dvc.lock is not committed: run `dvc repro` on the default params and commit it"
-    return yaml.safe_load(lock.read_text())["stages"]
+    # read as DVC reads it (YAML 1.2, ruamel): PyYAML's 1.1 takes a float DVC wrote as `1e-06` for a string
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe", pure=True).load(lock.read_text())["stages"]
 
 
 def _pipeline(clone: Path) -> dict[str, dict]:
