@@ -41,6 +41,42 @@ def quick_params(dataset: str = "biased_mnist") -> dict:
     return {"prepare": {dataset: sizes}, **QUICK_TRAINING}
 
 
+# Every seed of a pipeline run (bench/methods.py, bench/clusterfix_backbones.py): each training and sampling
+# seed set to it.
+SEED_KEYS = ("train_erm.seed", "finetune.seed", "randmask.seed", "jtt.seed", "dfr.seed", "exmap.seed",
+             "clusterfix.seed", "upsample.seed", "cluster_reweight.seed", "groupdro.seed")
+
+
+def add_dataset_flags(parser) -> None:
+    """The flags of a bench that runs the pipeline on a full MNIST-based dataset or a folder, over seeds."""
+    parser.add_argument("--mnist-dir", type=Path, default=Path("../shared/data/mnist"))
+    parser.add_argument("--dataset", default="biased_mnist", choices=("biased_mnist", "cmnist", "folder"),
+                        help="an MNIST-based dataset (built from --mnist-dir), or folder (read from --folder)")
+    parser.add_argument("--folder", type=Path,
+                        help="dataset folder: an ImageFolder tree (prepare.folder.dir) or a CSV index (.csv)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra `dvc exp run -S` for every run")
+    add_quick_flag(parser)
+
+
+def dataset_params(parser, args) -> dict:
+    """The scratch project's params for the flags of `add_dataset_flags`: the dataset and where its files are."""
+    if (args.dataset == "folder") != (args.folder is not None):
+        parser.error("--folder goes with --dataset folder, and only with it")
+    if args.folder is not None:
+        layout = "csv" if args.folder.suffix == ".csv" else "dir"
+        source = {layout: str(args.folder.resolve())}
+    else:
+        source = {"mnist_dir": str(args.mnist_dir.resolve())}
+    return {"dataset": args.dataset, "prepare": {args.dataset: source}}
+
+
+def seed_overrides(seed: int, sets: Sequence[str]) -> list[str]:
+    """`dvc exp run` arguments: every seed of SEED_KEYS set to `seed`, then `sets` (KEY=VALUE each)."""
+    return [a for s in [f"{key}={seed}" for key in SEED_KEYS] + list(sets) for a in ("-S", s)]
+
+
 def machine() -> dict:
     """Where a figure was measured (CPU model and cores, or the GPU), to print beside it."""
     cpu = platform.processor() or platform.machine()

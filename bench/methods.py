@@ -29,13 +29,11 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from common import add_quick_flag, machine, quick_params
+from common import add_dataset_flags, dataset_params, machine, quick_params, seed_overrides
 from scratch import ScratchProject, merge
 
 from masktune.summary import configurations, experiments, markdown, summarise, write_csv
 
-SEED_KEYS = ("train_erm.seed", "finetune.seed", "randmask.seed", "jtt.seed", "dfr.seed", "exmap.seed",
-             "clusterfix.seed", "upsample.seed", "cluster_reweight.seed", "groupdro.seed")
 # --quick: a model of each kind that reports a selection gap (ERM, a robust pair, a last-layer pair) and
 # a groups file with a purity, on top of MaskTune.
 QUICK_METHODS = {"masking": ["masktune"], "labels": ["true_groups"], "jtt": ["jtt"], "exmap": [], "clusterfix": [],
@@ -67,25 +65,10 @@ def gap_table(runs: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--mnist-dir", type=Path, default=Path("../shared/data/mnist"))
-    parser.add_argument("--dataset", default="biased_mnist", choices=("biased_mnist", "cmnist", "folder"),
-                        help="an MNIST-based dataset (built from --mnist-dir), or folder (read from --folder)")
-    parser.add_argument("--folder", type=Path,
-                        help="dataset folder: an ImageFolder tree (prepare.folder.dir) or a CSV index (.csv)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_dataset_flags(parser)
     parser.add_argument("--keep", type=Path, help="folder to copy each run's details.json into (seed<N>.json)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="an extra `dvc exp run -S` for every run")
-    add_quick_flag(parser)
     args = parser.parse_args()
-    if (args.dataset == "folder") != (args.folder is not None):
-        parser.error("--folder goes with --dataset folder, and only with it")
-    if args.folder is not None:
-        layout = "csv" if args.folder.suffix == ".csv" else "dir"
-        source = {layout: str(args.folder.resolve())}
-    else:
-        source = {"mnist_dir": str(args.mnist_dir.resolve())}
-    params = {"dataset": args.dataset, "prepare": {args.dataset: source}}
+    params = dataset_params(parser, args)
     if args.quick:
         params = merge(merge(params, quick_params(args.dataset)), {"methods": QUICK_METHODS,
                                                                   "selective": {"control_seed_offsets": []}})
@@ -95,8 +78,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="masktune-methods-") as tmp:
         project = ScratchProject(Path(tmp) / "project", params)
         for seed in args.seeds:
-            sets = [f"{key}={seed}" for key in SEED_KEYS] + args.set
-            seconds, stages = project.timed_stages("exp", "run", *(a for s in sets for a in ("-S", s)))
+            seconds, stages = project.timed_stages("exp", "run", *seed_overrides(seed, args.set))
             details_file = project.path / "metrics/evaluate/details.json"
             if args.keep:
                 args.keep.mkdir(parents=True, exist_ok=True)

@@ -85,8 +85,7 @@ from itertools import product
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from common import add_quick_flag, emit_json, machine, print_table, quick_params
-from methods import SEED_KEYS
+from common import add_quick_flag, emit_json, machine, print_table, quick_params, seed_overrides
 from pipeline import mnist_overrides
 from scratch import NO_GROUP_METHODS, RUNNING_STAGE, ScratchProject, merge
 
@@ -102,7 +101,7 @@ PROBE = "queue probe:"
 
 
 def _sets(seed: int, lr: float) -> list[str]:
-    return [a for s in [f"lr={lr}", *(f"{key}={seed}" for key in SEED_KEYS)] for a in ("-S", s)]
+    return seed_overrides(seed, [f"lr={lr}"])
 
 
 def _queue_status(project: ScratchProject) -> tuple[dict[str, str], int]:

@@ -31,8 +31,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from common import add_quick_flag, machine, quick_params
-from methods import SEED_KEYS
+from common import add_quick_flag, machine, quick_params, seed_overrides
 from scratch import NO_GROUP_METHODS, ScratchProject, merge
 
 METHODS = {"erm": ["erm"], "masking": ["randmask", "masktune"], **NO_GROUP_METHODS}
@@ -73,8 +72,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="masktune-selective-") as tmp:
         project = ScratchProject(Path(tmp) / "project", params)
         for seed in args.seeds:
-            sets = [f"{key}={seed}" for key in SEED_KEYS] + defaults + args.set
-            seconds, stages = project.timed_stages("exp", "run", *(a for s in sets for a in ("-S", s)))
+            seconds, stages = project.timed_stages("exp", "run", *seed_overrides(seed, defaults + args.set))
             details = json.loads((project.path / "metrics/selective/details.json").read_text())
             scores = {name: {"title": score["title"], "role": score["role"], **score["results"]["test"]}
                       for name, score in details["scores"].items()}

@@ -17,11 +17,24 @@ from conftest import MNIST_DIR, ROOT
 from fixtures_datasets import make_mnist
 
 BENCHES = sorted(p.name for p in (ROOT / "bench").glob("*.py") if p.name != "common.py")
-DVC_BENCHES = {"jtt_sweep.py", "methods.py", "pipeline.py", "queue_grid.py", "seed_sweep.py", "selective.py"}
+DVC_BENCHES = {"clusterfix_backbones.py", "jtt_sweep.py", "methods.py", "pipeline.py", "queue_grid.py", "seed_sweep.py", "selective.py"}
 
 
 def _fraction(value) -> bool:
     return isinstance(value, float) and 0.0 <= value <= 1.0
+
+
+def _clusterfix_backbones(figures: dict) -> None:
+    assert [(run["seed"], run["backbone"]) for run in figures["runs"]] == [(0, "erm"), (0, "ssl_denoising")]
+    erm, ssl = figures["runs"]
+    assert erm["worst_group"]["erm"] == ssl["worst_group"]["erm"]  # one ERM per seed (the run cache), one backbone apart
+    assert ssl["ssl_seconds"] > 0  # the self-supervised network trained in its own stage
+    for run in figures["runs"]:
+        assert set(run["worst_group"]) == {"erm", "clusterfix", "dfr_clusterfix"}
+        assert 0 <= run["nmi"] <= 1 and all(_fraction(v) for v in run["found"].values())
+        assert set(run["found"]) == {"y0_no_square", "y0_square", "y1_no_square", "y1_square"}
+        summary = figures["summary"][run["backbone"]]
+        assert summary["nmi"]["mean"] == run["nmi"] and summary["nmi"]["std"] == 0.0  # one seed: its own figure
 
 
 def _jtt_sweep(figures: dict) -> None:
@@ -114,7 +127,7 @@ def _xgradcam_vs_library(figures: dict) -> None:
     assert all(r["max_abs_diff"] <= 1e-5 for r in float32)  # our XGradCAM is the library's, in float32
 
 
-CHECKS = {"jtt_sweep.py": _jtt_sweep, "methods.py": _methods, "official_masking.py": _official_masking,
+CHECKS = {"clusterfix_backbones.py": _clusterfix_backbones, "jtt_sweep.py": _jtt_sweep, "methods.py": _methods, "official_masking.py": _official_masking,
           "pipeline.py": _pipeline, "queue_grid.py": _queue_grid, "saliency_throughput.py": _saliency_throughput,
           "seed_sweep.py": _seed_sweep, "selective.py": _selective, "storage_scaling.py": _storage_scaling,
           "test_threads.py": _test_threads, "xgradcam_vs_library.py": _xgradcam_vs_library}
