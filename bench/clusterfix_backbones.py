@@ -105,7 +105,9 @@ def main() -> None:
     add_dataset_flags(parser)
     parser.add_argument("--backbones", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     args = parser.parse_args()
-    params = merge(dataset_params(parser, args), {"methods": clusterfix_methods()})
+    # no selective control: its second ERM model scores only selective classification, not reported here
+    params = merge(dataset_params(parser, args), {"methods": clusterfix_methods(),
+                                                  "selective": {"control_seed_offsets": []}})
     if args.quick:  # one seed, the ERM features and one objective (the other: tests/test_ssl.py)
         params = merge(merge(params, quick_params(args.dataset)), {"clusterfix": {"ssl_epochs": 1}})
         args.seeds, args.backbones = args.seeds[:1], ["erm", "ssl_denoising"]

@@ -17,7 +17,7 @@ from conftest import MNIST_DIR, ROOT
 from fixtures_datasets import make_mnist
 
 BENCHES = sorted(p.name for p in (ROOT / "bench").glob("*.py") if p.name != "common.py")
-DVC_BENCHES = {"clusterfix_backbones.py", "jtt_sweep.py", "methods.py", "pipeline.py", "queue_grid.py", "seed_sweep.py", "selective.py"}
+DVC_BENCHES = {"clusterfix_backbones.py", "folder_speed.py", "jtt_sweep.py", "methods.py", "pipeline.py", "queue_grid.py", "seed_sweep.py", "selective.py"}
 
 
 def _fraction(value) -> bool:
@@ -35,6 +35,12 @@ def _clusterfix_backbones(figures: dict) -> None:
         assert set(run["found"]) == {"y0_no_square", "y0_square", "y1_no_square", "y1_square"}
         summary = figures["summary"][run["backbone"]]
         assert summary["nmi"]["mean"] == run["nmi"] and summary["nmi"]["std"] == 0.0  # one seed: its own figure
+
+
+def _folder_speed(figures: dict) -> None:
+    assert figures["figures_equal"]  # the same pixels through the folder's stored view: the same figures
+    assert list(figures["folder_stages"]) == list(figures["builtin_stages"])  # the same stages, in the same order
+    assert 0 < figures["outside_training_seconds"] < figures["builtin_seconds"] and figures["ratio"] > 0
 
 
 def _jtt_sweep(figures: dict) -> None:
@@ -127,7 +133,8 @@ def _xgradcam_vs_library(figures: dict) -> None:
     assert all(r["max_abs_diff"] <= 1e-5 for r in float32)  # our XGradCAM is the library's, in float32
 
 
-CHECKS = {"clusterfix_backbones.py": _clusterfix_backbones, "jtt_sweep.py": _jtt_sweep, "methods.py": _methods, "official_masking.py": _official_masking,
+CHECKS = {"clusterfix_backbones.py": _clusterfix_backbones, "folder_speed.py": _folder_speed,
+          "jtt_sweep.py": _jtt_sweep, "methods.py": _methods, "official_masking.py": _official_masking,
           "pipeline.py": _pipeline, "queue_grid.py": _queue_grid, "saliency_throughput.py": _saliency_throughput,
           "seed_sweep.py": _seed_sweep, "selective.py": _selective, "storage_scaling.py": _storage_scaling,
           "test_threads.py": _test_threads, "xgradcam_vs_library.py": _xgradcam_vs_library}

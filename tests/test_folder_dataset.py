@@ -20,7 +20,14 @@ from scratch import ScratchProject
 
 from masktune.data.prepared import open_prepared
 from masktune.data.views import PLAIN, DatasetViews
-from masktune.datasets.folder import group_names, read_csv_index, read_image_folder, to_records, view_preset
+from masktune.datasets.folder import (
+    group_names,
+    read_csv_index,
+    read_image_folder,
+    stores_view_pixels,
+    to_records,
+    view_preset,
+)
 from masktune.errors import UserError
 from masktune.eval.report import NO_GROUPS_NOTE
 
@@ -85,6 +92,15 @@ def test_view_presets():
     assert view_preset("resize", 32, "none").masking.output_size(50, 70) == (32, 32)
 
 
+def test_which_views_are_stored_as_pixels():
+    options = {"transforms": "resize", "image_size": 32, "normalisation": "none"}
+    assert stores_view_pixels(options, [10, 5], limit=10 * 32 * 32 * 3)
+    assert not stores_view_pixels(options, [10, 5], limit=10 * 32 * 32 * 3 - 1)  # the largest split decides
+    assert not stores_view_pixels({**options, "normalisation": "imagenet"}, [10, 5])
+    assert not stores_view_pixels({**options, "transforms": "imagenet"}, [10, 5])  # random crops: per pass
+    assert stores_view_pixels({**options, "transforms": "none"}, [10, 5], limit=0)  # as before: one size, small
+
+
 def _prepare(tmp_path, **options) -> subprocess.CompletedProcess:
     params = committed_params()
     params["dataset"] = "folder"
@@ -124,13 +140,34 @@ def test_csv_prepares_pixels_as_they_are(tmp_path):
     assert np.array_equal(images[grey], np.repeat(expected[..., None], 3, axis=-1))
 
 
-def test_image_folder_prepares_encoded_files_with_their_views(tmp_path, image_folder):
+def test_image_folder_resized_once_is_stored_as_the_pixels_every_pass_would_see(tmp_path, image_folder):
+    """transforms resize: the view decoded and resized once by prepare (JPEG and PNG, greyscale, sizes
+    varying), exactly torchvision's Resize on the decoded image, which every pass computed before; the
+    later stages read it as it is."""
+    from torchvision.transforms import Compose
+
     result = _prepare(tmp_path, dir=image_folder, transforms="resize", image_size=32)
     assert result.returncode == 0, result.stderr
     prepared, spec = open_prepared(tmp_path / "prepared.h5")
     assert spec.test_splits == ("test", "test_shifted") and not spec.groups_known
-    assert spec.views == view_preset("resize", 32, "none")
+    assert spec.views == PLAIN and json.loads(prepared.attrs["stored_view"]) == [["Resize", [32, 32]]]
     assert prepared.group_names == {0: "cat", 1: "dog", 2: "fox"}
+    resize = Compose(view_preset("resize", 32, "none").evaluation.transforms())
+    records = to_records(read_image_folder(image_folder))
+    for split in ("train", "test_shifted"):
+        pixels = prepared.pixels(split)
+        assert pixels.shape == (len(records[split]), 32, 32, 3)
+        for i in range(len(records[split])):
+            with Image.open(records[split].path(i)) as image:
+                assert np.array_equal(pixels[i], np.asarray(resize(image.convert("RGB"))))
+
+
+def test_image_folder_prepares_encoded_files_with_their_views(tmp_path, image_folder):
+    """A normalisation (or a random train transform, or pixels over the limit): the files' bytes."""
+    result = _prepare(tmp_path, dir=image_folder, transforms="resize", image_size=32, normalisation="imagenet")
+    assert result.returncode == 0, result.stderr
+    prepared, spec = open_prepared(tmp_path / "prepared.h5")
+    assert spec.views == view_preset("resize", 32, "imagenet") and prepared.attrs["stored_view"] == ""
     with h5py.File(tmp_path / "prepared.h5", "r") as f:
         first = f["train/paths"][0].decode()
         assert f["train/encoded"][f["train/offsets"][0]:f["train/offsets"][1]].tobytes() == \

@@ -20,12 +20,18 @@ numbered in sorted order; a `group` column is used as the attribute. Without eit
 are the classes, and `evaluate` reports per-class accuracies instead of group ones (`groups_known`).
 
 How the images are seen is chosen by `prepare.folder.transforms` (a named preset, `VIEW_PRESETS`),
-`image_size` and `normalisation`, and recorded in the prepared file, which every later stage reads:
-with `transforms: none` and `normalisation: none` (small images such as MNIST digits, all of one
-size) the images are decoded once and stored as pixels, exactly like the built-in biased MNIST, so
-both go through the same code; otherwise their file bytes are stored and decoded as they are read,
-like Waterbirds'. Every image is opened and decoded while preparing, so a missing or unreadable file
-stops `prepare` with one line naming it.
+`image_size` and `normalisation`, and recorded in the prepared file, which every later stage reads.
+Where the view is deterministic and seen without normalisation (`transforms: none`, small images of
+one size such as MNIST digits; or `transforms: resize`, as long as the largest split's resized pixels
+fit `PIXEL_SPLIT_LIMIT_BYTES`) the images are decoded and resized once, here, and stored as pixels of
+that view: exactly the built-in biased MNIST's form, so both go through the same code at the same
+speed, and the later stages read the view as it is (`PLAIN`). The stored pixels are what torchvision's
+`Resize` gives on the decoded image, so training, evaluation and saliency see the same tensors as
+when every pass decoded and resized the file; MaskTune's masks, though, are then drawn on the view
+itself rather than mapped back to the file's resolution and resized with it (docs/your-own-data.md).
+Otherwise (a random train transform, `imagenet`; a normalisation; or pixels too large for memory) the
+files' bytes are stored and decoded as they are read, like Waterbirds'. Every image is opened and
+decoded while preparing, so a missing or unreadable file stops `prepare` with one line naming it.
 """
 from __future__ import annotations
 
@@ -67,6 +73,10 @@ CSV_COLUMNS = ("path", "label", "split")
 ATTRIBUTE_COLUMNS = ("spurious", "group")
 VIEW_PRESETS = ("none", "resize", "imagenet")
 NORMALISATIONS = {"none": (None, None), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
+# The largest split stored as pixels of its view: every stage reads a pixel split whole into memory
+# (masktune.data.splits.PixelSplit), and DataLoader workers share it. 2 GiB: 900,000 RGB images of
+# 28 x 28, 700,000 of 32 x 32, 14,000 of 224 x 224 (those stay files, decoded per pass).
+PIXEL_SPLIT_LIMIT_BYTES = 2 << 30
 
 
 def is_split_name(name: str) -> bool:
@@ -278,11 +288,19 @@ def group_names(data: FolderSplits) -> dict[int, str]:
             for a, value in enumerate(values) for c, name in enumerate(classes)}
 
 
-def decode_pixels(records: ImageRecords, desc: str, exif_orientation: str = "ignore") -> SampleSet:
-    """Every image decoded to RGB uint8, all of one size (the `none` transforms feed them as they are)."""
+def decode_pixels(records: ImageRecords, desc: str, exif_orientation: str = "ignore",
+                  geometry: Geometry | None = None) -> SampleSet:
+    """Every image decoded to RGB uint8 and, with a `geometry`, seen through it (torchvision's transforms on
+    the decoded PIL image, as an image file read per pass is), all of one size."""
+    from PIL import Image
+    from torchvision.transforms import Compose
+
+    view = None if geometry is None or geometry == Geometry() else Compose(geometry.transforms())
     images, first = [], None
     for i in tqdm(range(len(records)), desc=desc, unit="image", disable=None, mininterval=1.0):
         image = load_rgb(records.path(i), exif_orientation)
+        if view is not None:
+            image = np.asarray(view(Image.fromarray(image)), dtype=np.uint8)
         if first is None:
             first = (image.shape, records.paths[i])
         elif image.shape != first[0]:
@@ -333,6 +351,18 @@ def _views(options: Mapping) -> DatasetViews:
     return view_preset(options["transforms"], options["image_size"], options["normalisation"])
 
 
+def stores_view_pixels(options: Mapping, split_sizes: Sequence[int], limit: int = PIXEL_SPLIT_LIMIT_BYTES) -> bool:
+    """Whether `prepare` stores the images as pixels of their view (module docstring): a deterministic
+    view (`none`, or `resize` when the largest of `split_sizes` fits `limit` bytes of pixels), no
+    normalisation."""
+    views = _views(options)
+    if views.train is not None or views.mean is not None or views.masking != views.evaluation:
+        return False
+    if options["transforms"] == "none":
+        return True
+    return max(split_sizes) * options["image_size"] ** 2 * 3 <= limit
+
+
 def read_folder_dataset(options: Mapping) -> FolderSplits:
     """The layout the params name: exactly one of prepare.folder.dir and prepare.folder.csv; its files
     checked for repeats (`check_repeats`)."""
@@ -378,11 +408,16 @@ def check_repeats(data: FolderSplits, allow_overlap: bool = False) -> None:
               f"(e.g. {within[0]})")
 
 
+def _stores_view_pixels(config: PrepareConfig, records: Mapping[str, ImageRecords]) -> bool:
+    return stores_view_pixels(config.options, [len(r) for r in records.values()])
+
+
 def _prepare(config: PrepareConfig) -> dict[str, SampleSet | ImageRecords]:
     records = first_images(to_records(read_folder_dataset(config.options)), config)
     exif_orientation = config.options["exif_orientation"]
-    if _views(config.options) == PLAIN:
-        return {split: decode_pixels(r, f"prepare {split}", exif_orientation) for split, r in records.items()}
+    if _stores_view_pixels(config, records):
+        geometry = _views(config.options).evaluation
+        return {split: decode_pixels(r, f"prepare {split}", exif_orientation, geometry) for split, r in records.items()}
     if config.options["transforms"] == "none":
         for r in records.values():
             _check_one_size(r, exif_orientation)
@@ -394,10 +429,12 @@ def _describe(config: PrepareConfig) -> dict:
     attributes (`DatasetSpec.file_attributes`): its classes, groups, test splits, and the views its
     preset gives (the spec's own are a placeholder: a folder's views exist only once its params do)."""
     data = read_folder_dataset(config.options)
+    stored_view = _stores_view_pixels(config, first_images(to_records(data), config))
     return {"num_classes": len(data.class_names()), "class_names": json.dumps(data.class_names()),
             "group_names": json.dumps(group_names(data)), "groups_known": data.attributes is not None,
             "test_splits": json.dumps([s for s in data.paths if s not in FIXED_SPLITS]),
-            "views": _views(config.options).to_json(),
+            "views": (PLAIN if stored_view else _views(config.options)).to_json(),
+            "stored_view": json.dumps(_views(config.options).evaluation.as_json_value()) if stored_view else "",
             "exif_orientation": config.options["exif_orientation"]}
 
 
