@@ -20,6 +20,7 @@ JSON object with every figure.
     python bench/clusterfix_backbones.py --mnist-dir ../shared/data/mnist --seeds 0 1 2
     python bench/clusterfix_backbones.py --dataset cmnist --set train_erm.arch=small_cnn --seeds 0 1 2
     python bench/clusterfix_backbones.py --dataset folder --folder data/own/coloured_mnist/index.csv
+    python bench/clusterfix_backbones.py --diagnostic-only ...   # the clusters only (no ClusterFix model)
     python bench/clusterfix_backbones.py --quick   # 1 seed, 2 backbones, 600 digits, one epoch (tests)
 """
 from __future__ import annotations
@@ -41,12 +42,14 @@ VARIANTS = {"erm": ["clusterfix.backbone=erm"],
 MODELS = ("erm", "clusterfix", "dfr_clusterfix")  # ERM, ClusterFix's pair, DFR on ClusterFix's clusters
 
 
-def clusterfix_methods() -> dict:
-    """`methods` cut to ERM and ClusterFix: its clusters and the committed pairs that read them."""
+def clusterfix_methods(diagnostic_only: bool = False) -> dict:
+    """`methods` cut to ERM and ClusterFix: its clusters and the committed pairs that read them (none with
+    `diagnostic_only`: the clusters and their diagnostic, no model trained on them)."""
     pairs = committed_params()["methods"]
-    return {"erm": ["erm"], "masking": [], "labels": [], "jtt": [], "exmap": [], "clusterfix": ["clusterfix"],
-            "robust_train": {"clusterfix": pairs["robust_train"]["clusterfix"]},
-            "last_layer": {"dfr_clusterfix": pairs["last_layer"]["dfr_clusterfix"]}}
+    methods = {"erm": ["erm"], "masking": [], "labels": [], "jtt": [], "exmap": [], "clusterfix": ["clusterfix"],
+               "robust_train": {"clusterfix": pairs["robust_train"]["clusterfix"]},
+               "last_layer": {"dfr_clusterfix": pairs["last_layer"]["dfr_clusterfix"]}}
+    return {**methods, "robust_train": {}, "last_layer": {}} if diagnostic_only else methods
 
 
 def one_run(project: ScratchProject, seed: int, variant: str, sets: list[str]) -> dict:
@@ -56,7 +59,7 @@ def one_run(project: ScratchProject, seed: int, variant: str, sets: list[str]) -
     report = json.loads((project.path / "metrics/groups/clusterfix.json").read_text())
     assert report["backbone"] == VARIANTS[variant][0].split("=")[1], "the run clustered another backbone"
     worst = {name: {split: m["worst_group_accuracy"] for split, m in details[name]["results"].items()
-                    if split != "val" and "worst_group_accuracy" in m} for name in MODELS}
+                    if split != "val" and "worst_group_accuracy" in m} for name in MODELS if name in details}
     train = report["train"]
     return {"seed": seed, "backbone": variant, "seconds": seconds, "ssl_seconds": stages.get("clusterfix_ssl@clusterfix"),
             "worst_group": worst, "nmi": train["normalized_mutual_information"], "purity": train["purity"],
@@ -104,9 +107,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_dataset_flags(parser)
     parser.add_argument("--backbones", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--diagnostic-only", action="store_true",
+                        help="the clusters and their diagnostic only: no ClusterFix model trained on them")
     args = parser.parse_args()
     # no selective control: its second ERM model scores only selective classification, not reported here
-    params = merge(dataset_params(parser, args), {"methods": clusterfix_methods(),
+    params = merge(dataset_params(parser, args), {"methods": clusterfix_methods(args.diagnostic_only),
                                                   "selective": {"control_seed_offsets": []}})
     if args.quick:  # one seed, the ERM features and one objective (the other: tests/test_ssl.py)
         params = merge(merge(params, quick_params(args.dataset)), {"clusterfix": {"ssl_epochs": 1}})
