@@ -3,7 +3,12 @@ grid points), so a change that breaks a bench fails here rather than on the day 
 figures. One test parametrised over the folder: a new bench is run without a new test, and must name
 its checks in CHECKS. The checks read the bench's last line (its figures as one JSON object) for what
 does not depend on speed or on the tiny data: structure, ranges, equalities the bench exists to show.
-The full-size figures stay out of CI (the benches' docstrings give their commands)."""
+The full-size figures stay out of CI (the benches' docstrings give their commands).
+
+The quick runs of the benches that drive DVC (DVC_BENCHES: one scratch pipeline or more each, about 21
+minutes together on 2 cores) carry the `bench` marker, which the default run deselects (pyproject.toml) so
+that CI stays well under 30 minutes; run them with `python -m pytest -n 2 -m bench` after changing a bench,
+tests/scratch.py or a stage a bench reads."""
 from __future__ import annotations
 
 import json
@@ -152,8 +157,8 @@ def test_every_bench_has_its_checks():
     assert sorted(CHECKS) == BENCHES
 
 
-@pytest.mark.parametrize("bench", [pytest.param(name, marks=pytest.mark.slow) if name in DVC_BENCHES else name
-                                   for name in BENCHES])
+@pytest.mark.parametrize("bench", [pytest.param(name, marks=[pytest.mark.slow, pytest.mark.bench])
+                                   if name in DVC_BENCHES else name for name in BENCHES])
 def test_bench_runs_quickly_and_its_figures_hold(bench, bench_mnist):
     script = ROOT / "bench" / bench
     extra = ["--mnist-dir", str(bench_mnist)] if "--mnist-dir" in script.read_text() else []
