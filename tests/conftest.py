@@ -20,8 +20,9 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
 # per file, so test_pipeline_e2e.py (7 tests, about 13 minutes of one worker) started late and ran alone
 # at the end (13 of 28 minutes; pytest --durations, a 2-core AMD EPYC). Here the queue keeps this order:
 # worker seconds per file (2026-12-04, same machine, --durations, the DVC benches deselected since):
-# pipeline_e2e ~1,650 (its first 20 minutes beside another job), image_datasets_e2e ~550, folder_dataset ~350, benches ~140 without the DVC benches,
-# distributed ~120, selective_e2e ~120; files not listed follow in their order.
+# pipeline_e2e ~1,650 (its first 20 minutes beside another job), image_datasets_e2e ~550,
+# folder_dataset ~350, benches ~140 without the DVC benches, distributed ~120, selective_e2e ~120;
+# files not listed follow in their order.
 LONGEST_FIRST = ("test_pipeline_e2e.py", "test_image_datasets_e2e.py", "test_folder_dataset.py", "test_benches.py",
                  "test_distributed.py", "test_selective_e2e.py")
 
