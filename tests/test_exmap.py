@@ -324,6 +324,24 @@ def test_training_images_take_the_pseudo_group_of_their_nearest_validation_heatm
     assert train_ids["local"].tolist() == val_ids["local"].tolist()
 
 
+def test_majority_vote_is_scikit_learns_k_nearest_neighbour_prediction():
+    """One neighbour search votes for every scope: the vote equals `KNeighborsClassifier.predict` (uniform
+    weights) on its own fit, ties (k even, and ids absent from a row) to the lowest id."""
+    from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
+
+    from masktune.group_inference.exmap import majority_ids
+
+    rng = np.random.default_rng(0)
+    val, train = rng.normal(size=(300, 6)), rng.normal(size=(500, 6))
+    for k, ids in ((4, rng.integers(3, 9, 300)), (7, rng.integers(0, 2, 300)), (6, 10 * rng.integers(0, 5, 300))):
+        nearest = NearestNeighbors(n_neighbors=k).fit(val).kneighbors(train, return_distance=False)
+        expected = KNeighborsClassifier(n_neighbors=k).fit(val, ids).predict(train)
+        assert np.array_equal(majority_ids(ids[nearest]), expected)
+        counts = np.stack([(ids[nearest] == i).sum(axis=1) for i in np.unique(ids)], axis=1)
+        ties = ((counts == counts.max(axis=1, keepdims=True)).sum(axis=1) > 1).sum()
+        assert ties > 0 or k == 7  # the rule for ties is exercised (k = 7 of two ids cannot tie)
+
+
 def test_c_is_selected_by_the_scoring_asked_and_each_scoring_keeps_its_own_head():
     """Balanced over the classes (DFR with class labels), C scored by the class's worst (its rule) and by
     the true groups' worst (the selection gap's reference): one tuning, and a scoring that picks the same
