@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import ROOT, add_quick_flag, machine, quick_params
 from scratch import NO_GROUP_METHODS, ScratchProject, committed_params, merge
 
-TRAINING = ("train_erm", "train_erm_control", "finetune@", "robust_train@", "jtt_identify@", "clusterfix_ssl@")
+TRAINING = ("train_erm", "train_erm_control@", "finetune@", "robust_train@", "jtt_identify@", "clusterfix_ssl@")
 FOLDER_VIEW = {"transforms": "resize", "image_size": 28}
 QUICK_METHODS = {"masking": ["masktune"], **NO_GROUP_METHODS}  # --quick: the methods that read the images
 

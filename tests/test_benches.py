@@ -48,6 +48,19 @@ def _folder_speed(figures: dict) -> None:
     assert 0 < figures["outside_training_seconds"] < figures["builtin_seconds"] and figures["ratio"] > 0
 
 
+def test_folder_speed_counts_every_network_fit_as_training():
+    """The non-training share divides by the right stages: the two-ERM control (`train_erm_control@<offset>`)
+    fits a network; the reports, heatmaps, clustering and DFR's logistic regressions do not."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from folder_speed import is_training
+
+    fits = ["train_erm", "train_erm_control@1", "finetune@masktune", "robust_train@jtt", "jtt_identify@jtt",
+            "clusterfix_ssl@clusterfix"]
+    rest = ["prepare", "compute_saliency", "exmap_extend@exmap", "clusterfix_features@clusterfix",
+            "last_layer@dfr_groups", "evaluate", "selective"]
+    assert [is_training(stage) for stage in fits + rest] == [True] * len(fits) + [False] * len(rest)
+
+
 def _jtt_sweep(figures: dict) -> None:
     assert [(p["identification_epochs"], p["upweight"]) for p in figures["grid"]] == [(1, 5), (1, 20)]
     assert all(_fraction(p["val_average"]) and p["error_set_size"] >= 0 for p in figures["grid"])
