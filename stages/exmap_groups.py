@@ -58,7 +58,7 @@ def main() -> None:
               f"ARI {report[scope]['adjusted_rand_index']:.3f}; true groups found: "
               + ", ".join(f"{g} {share:.0%}" for g, share in report[scope]["true_group_found"].items()))
 
-    xy = umap_2d(normalise(heatmaps), config.seed)
+    xy = umap_2d(normalise(heatmaps), config.seed, exact_neighbours=True)
     save_embedding_figure(args.figure, xy, {
         "true groups (not used)": (true_groups, names),
         **{f"{scope} pseudo-groups": (ids, {int(g): f"{g}: class {labels[ids == g][0]}" for g in np.unique(ids)})

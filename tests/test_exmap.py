@@ -15,6 +15,7 @@ from masktune.group_inference.clustering import (
     laplacian_eigenvalues,
     neighbours,
     spectral_clusters,
+    umap_2d,
 )
 from masktune.group_inference.exmap import (
     extend_to_train,
@@ -358,3 +359,22 @@ def test_c_is_selected_by_the_scoring_asked_and_each_scoring_keeps_its_own_head(
         same = [other for other in fitted if fitted[other][1]["c"] == fitted[name][1]["c"]]
         assert all(np.array_equal(fitted[other][0].coef, fitted[name][0].coef) for other in same)
     assert tuned["true"][1][0.001] == 0.0  # an all-zero model: one class, its worst group 0
+
+
+def test_figure_umap_builds_on_the_exact_neighbours_not_nn_descent(monkeypatch):
+    """Above 4,096 points umap-learn runs NN-descent (30 s of numba compiling per process); the figure's
+    UMAP hands it the exact k-NN graph instead: NN-descent must not run, and the embedding still keeps
+    two separated blobs apart."""
+    import umap.umap_
+
+    class NoNNDescent:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("NN-descent ran although the exact neighbours were given")
+
+    monkeypatch.setattr(umap.umap_, "NNDescent", NoNNDescent)
+    x, truth = _blobs([2100, 2100], dim=6)
+    xy = umap_2d(x, seed=0, exact_neighbours=True)
+    assert xy.shape == (4200, 2)
+    centres = np.stack([xy[truth == b].mean(axis=0) for b in (0, 1)])
+    nearest = np.linalg.norm(xy[:, None, :] - centres[None], axis=2).argmin(axis=1)
+    assert (nearest == truth).all()
