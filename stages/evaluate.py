@@ -4,7 +4,8 @@ every group's and class's accuracy, worst group, unbiased and train-weighted ave
 Background Challenge and its BG-Gap); each model's title and group-label use as its checkpoint records
 them; and for every model that selects, the one its training kept under the true groups' worst group
 (the selection gap). Writes the headline (`--metrics`, the DVC metrics), the comparison table and the
-gap (`--comparison`), the full results and the `dvc plots` CSVs (`--details`).
+gap (`--comparison`), the full results and the `dvc plots` CSVs (`--details`), and every model's logits
+(`--logits`, which `selective` reads rather than predict the same models again).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from masktune.data.prepared import open_prepared
 from masktune.distributed import select_device
 from masktune.errors import UserError, run_stage
 from masktune.eval.compare import evaluate_models, oracle_results
+from masktune.eval.logits import write_logits
 from masktune.eval.report import (
     comparison_markdown,
     headline,
@@ -36,6 +38,7 @@ def main() -> None:
     parser.add_argument("--metrics", required=True, help="JSON: the headline, per method and test split")
     parser.add_argument("--comparison", required=True, help="Markdown: method x split table, the selection gap")
     parser.add_argument("--details", required=True, help="folder: details.json, methods.csv, group_accuracy.csv")
+    parser.add_argument("--logits", required=True, help="HDF5: every model's logits per split (for `selective`)")
     args = parser.parse_args()
 
     config = load_stage_config("evaluate")
@@ -44,7 +47,8 @@ def main() -> None:
     if not checkpoints:
         raise UserError("params.yaml: `methods` lists no method to evaluate")
     device, sizes = select_device(), {"batch_size": config.eval_batch_size, "workers": config.workers}
-    results, described = evaluate_models(prepared, info, checkpoints, device=device, **sizes)
+    results, described, logits = evaluate_models(prepared, info, checkpoints, device=device, **sizes)
+    write_logits(args.logits, logits, checkpoints)
     gaps = oracle_results(prepared, info, oracle_models(config.methods, args.models), described, results,
                           device=device, **sizes)
     top = headline(results, info.test_splits, info.average, info.groups_known)

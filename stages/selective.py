@@ -8,9 +8,11 @@ response and the two-ERM control (the same product with a second ERM model of an
 seed `train_erm.seed` + each of `selective.control_seed_offsets`): the realised test coverage and selective error at each target coverage,
 the AURC, and the risk-coverage curves (`dvc plots`). The rules are masktune/eval/selective.py.
 
-Writes the headline (`--metrics`: AURC, error and coverage at each target, per score and test split)
-and in `--details` the full results (details.json: thresholds, accuracies, curves), the Markdown table
-(table.md) and the curves' CSV (risk_coverage.csv).
+The models `evaluate` predicted are read from its logits (`--logits`, each checked against its
+checkpoint's digest); only the controls are predicted here. Writes the headline (`--metrics`: AURC,
+error and coverage at each target, per score and test split) and in `--details` the full results
+(details.json: thresholds, accuracies, curves), the Markdown table (table.md) and the curves' CSV
+(risk_coverage.csv).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from masktune.data.prepared import open_prepared
 from masktune.data.splits import open_split
 from masktune.distributed import select_device
 from masktune.errors import run_stage
+from masktune.eval.logits import read_logits
 from masktune.eval.report import MASKING_TITLES
 from masktune.eval.selective import (
     ERM_MODEL,
@@ -44,6 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", required=True, help="prepared dataset (HDF5)")
     parser.add_argument("--models", required=True, help="folder of the checkpoints (models/control/: the controls)")
+    parser.add_argument("--logits", required=True, help="HDF5: `evaluate`'s logits of the models it predicted")
     parser.add_argument("--metrics", required=True, help="JSON: the headline, per score and test split")
     parser.add_argument("--details", required=True, help="folder: details.json, table.md, risk_coverage.csv")
     args = parser.parse_args()
@@ -56,14 +60,20 @@ def main() -> None:
                    **{name: model_file(args.models, name) for name in fine_tuned},
                    **{control_model_name(offset): control_checkpoint(args.models, offset)
                       for offset in config.control_seed_offsets}}
+    splits = ("val", *spec.test_splits)
+    evaluated = read_logits(args.logits, checkpoints, splits, {split: prepared.length(split) for split in splits})
     device = select_device()
-    models = {name: load_checkpoint(path, device)[0] for name, path in checkpoints.items()}
+    models = {name: load_checkpoint(path, device)[0] for name, path in checkpoints.items() if name not in evaluated}
+    print(f"selective: logits of {', '.join(evaluated) or 'no model'} from {args.logits}; "
+          f"predicting {', '.join(models) or 'no model'}")
     logits, labels = {}, {}
-    for split in ("val", *spec.test_splits):
+    for split in splits:
         data = open_split(prepared, split, spec.views, "eval", config.workers)
         labels[split] = data.labels
-        logits[split] = {name: predict_logits(model, data, config.eval_batch_size, device, f"{name} on {split}")
-                         for name, model in models.items()}
+        predicted = {name: predict_logits(model, data, config.eval_batch_size, device, f"{name} on {split}")
+                     for name, model in models.items()}
+        logits[split] = {name: evaluated[name][split] if name in evaluated else predicted[name]
+                         for name in checkpoints}
     tests = {split: logits[split] for split in spec.test_splits}
     reports = {score.name: selective_report(score, logits["val"], tests, labels, config.coverages)
                for score in scores}

@@ -126,3 +126,28 @@ def test_plotted_curve_is_points_of_the_exact_curve_ending_at_full_coverage():
     assert 90 <= len(coverage) <= 100 and coverage[-1] == 1.0 and risk[-1] == pytest.approx(1 - correct.mean())
     assert all(exact[c] == r for c, r in zip(coverage, risk))
     assert np.all(np.diff(coverage) > 0)
+
+
+def test_evaluates_logits_are_read_only_for_the_checkpoints_they_came_from(tmp_path):
+    """`selective` reads `evaluate`'s logits instead of predicting again, but only a model whose
+    checkpoint is the one they came from, with every split at its length: else it predicts it."""
+    from masktune.eval.logits import read_logits, write_logits
+
+    checkpoints = {name: tmp_path / f"{name}.pt" for name in ("erm", "masktune", "randmask")}
+    for i, path in enumerate(checkpoints.values()):
+        path.write_bytes(bytes([i]) * 100)
+    rng = np.random.default_rng(0)
+    logits = {name: {"val": rng.standard_normal((6, 2)).astype(np.float32),
+                     "test": rng.standard_normal((4, 2)).astype(np.float32)} for name in ("erm", "masktune")}
+    logits["randmask"] = {"val": logits["erm"]["val"]}  # a split missing
+    write_logits(tmp_path / "logits.h5", logits, checkpoints)
+    rows = {"val": 6, "test": 4}
+
+    found = read_logits(tmp_path / "logits.h5", checkpoints, ("val", "test"), rows)
+    assert list(found) == ["erm", "masktune"]
+    for name in found:
+        for split in rows:
+            np.testing.assert_array_equal(found[name][split], logits[name][split])
+    checkpoints["masktune"].write_bytes(b"retrained")  # a newer checkpoint than the logits'
+    assert list(read_logits(tmp_path / "logits.h5", checkpoints, ("val", "test"), rows)) == ["erm"]
+    assert read_logits(tmp_path / "logits.h5", checkpoints, ("val", "test"), {"val": 6, "test": 5}) == {}

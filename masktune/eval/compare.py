@@ -18,7 +18,7 @@ from masktune.data.splits import open_split
 from masktune.eval.metrics import background_challenge_metrics, group_metrics
 from masktune.eval.report import method_title
 from masktune.models.checkpoint import load_checkpoint
-from masktune.train.loop import predict
+from masktune.train.loop import predict_logits
 from masktune.train.selection import ORACLE, GroupLabels
 
 
@@ -31,9 +31,11 @@ def describe(name: str, state: Mapping, path: str | Path) -> dict:
 
 
 def evaluate_models(prepared: PreparedFile, info: DatasetInfo, checkpoints: Mapping[str, Path], *, batch_size: int,
-                    workers: int, device: torch.device, skip: Mapping[str, str] | None = None) -> tuple[dict, dict]:
-    """({model: {split: group metrics}}, {model: its record}) of every checkpoint, on every test split and
-    val. `skip`: {model: another model of `checkpoints`} it equals (the same selection): not predicted again."""
+                    workers: int, device: torch.device, skip: Mapping[str, str] | None = None
+                    ) -> tuple[dict, dict, dict]:
+    """({model: {split: group metrics}}, {model: its record}, {model: {split: logits}}) of every checkpoint,
+    on every test split and val (the logits float32, what `selective` reads instead of predicting again).
+    `skip`: {model: another model of `checkpoints`} it equals (the same selection): not predicted again."""
     skip = skip or {}
     models, described = {}, {}
     for name, path in checkpoints.items():
@@ -44,17 +46,18 @@ def evaluate_models(prepared: PreparedFile, info: DatasetInfo, checkpoints: Mapp
     (train_groups,) = prepared.vectors("train", "groups")
     train_counts = {int(g): int(n) for g, n in zip(*np.unique(train_groups, return_counts=True))}
     results: dict = {name: {} for name in models}
+    logits: dict = {name: {} for name in models}
     for split in (*info.test_splits, "val"):
         data = open_split(prepared, split, info.views, "eval", workers)
         for name, model in models.items():
-            predictions = predict(model, data, batch_size, device, f"{name} on {split}")
-            results[name][split] = group_metrics(data.labels, data.groups, predictions, prepared.group_names,
-                                                 train_counts, prepared.class_names)
+            logits[name][split] = predict_logits(model, data, batch_size, device, f"{name} on {split}")
+            results[name][split] = group_metrics(data.labels, data.groups, logits[name][split].argmax(1),
+                                                 prepared.group_names, train_counts, prepared.class_names)
     if info.metrics == "background_challenge":
         for name in models:
             results[name]["background_challenge"] = background_challenge_metrics(
                 {split.removeprefix("test_"): results[name][split]["accuracy"] for split in info.test_splits})
-    return results, described
+    return results, described, logits
 
 
 def oracle_results(prepared: PreparedFile, info: DatasetInfo, oracles: Mapping[str, Path], chosen: Mapping[str, dict],
@@ -65,7 +68,7 @@ def oracle_results(prepared: PreparedFile, info: DatasetInfo, oracles: Mapping[s
     selected = {name: describe(name, load_checkpoint(path, torch.device("cpu"))[1], path)["selected"]
                 for name, path in oracles.items()}
     differing = {name: path for name, path in oracles.items() if selected[name] != chosen[name]["selected"]}
-    own, _ = evaluate_models(prepared, info, differing, batch_size=batch_size, workers=workers, device=device)
+    own, _, _ = evaluate_models(prepared, info, differing, batch_size=batch_size, workers=workers, device=device)
     return {name: {"selection": chosen[name]["selection"] or "average", "oracle": ORACLE,
                    "same_model": name not in differing, "results": own.get(name, results[name])}
             for name in oracles}

@@ -1,0 +1,41 @@
+"""The logits `evaluate` computed, kept for `selective` (issue 28: the same model was predicted twice).
+
+One HDF5 file: dataset `<model>/<split>` (N, classes) float32 per model and split, and per model the
+SHA-256 of the checkpoint it came from (attribute `checkpoint_sha256/<model>`). A reader takes a
+model's logits only where its checkpoint still has that digest, so a file left by older checkpoints
+(a stage run by hand, outside `dvc repro`) is never used for newer ones: those models are predicted.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from masktune.io.hdf5 import h5_output, open_h5, write_array
+from masktune.io.journal import file_sha256
+
+DIGEST = "checkpoint_sha256/"
+
+
+def write_logits(path: str | Path, logits: Mapping[str, Mapping[str, np.ndarray]],
+                 checkpoints: Mapping[str, Path]) -> None:
+    """{model: {split: logits}} to `path` atomically, each model with its checkpoint's digest."""
+    with h5_output(path, {DIGEST + name: file_sha256(checkpoints[name]) for name in logits}) as f:
+        for name, splits in logits.items():
+            for split, values in splits.items():
+                write_array(f, f"{name}/{split}", np.asarray(values, dtype=np.float32))
+
+
+def read_logits(path: str | Path, checkpoints: Mapping[str, Path], splits: Iterable[str],
+                rows: Mapping[str, int]) -> dict[str, dict[str, np.ndarray]]:
+    """{model: {split: logits}} for each model of `checkpoints` that the file holds for every split,
+    with `rows[split]` rows, from the checkpoint it names now. The others are left out (to predict)."""
+    splits, found = tuple(splits), {}
+    with open_h5(path) as f:
+        for name, checkpoint in checkpoints.items():
+            keys = {split: f"{name}/{split}" for split in splits}
+            if (Path(checkpoint).is_file() and f.attrs.get(DIGEST + name) == file_sha256(checkpoint)
+                    and all(key in f and f[key].shape[0] == rows[split] for split, key in keys.items())):
+                found[name] = {split: f[key][()] for split, key in keys.items()}
+    return found
