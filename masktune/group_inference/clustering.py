@@ -99,7 +99,8 @@ def umap_2d(x: np.ndarray, seed: int, exact_neighbours: bool = False) -> np.ndar
     exact_neighbours: give UMAP the exact k-nearest-neighbour graph (scikit-learn's, what umap-learn
     itself computes below 4,096 points) instead of letting it run NN-descent. For figures: NN-descent's
     numba code compiles afresh in every process (about 30 s of a 35 s UMAP of 12,000 heatmaps here), the
-    exact search takes about 1 s. The clustering keeps umap-learn's default, as the official code.
+    exact search of those 12,000 x 2,352 heatmaps about 8 s. The clustering keeps umap-learn's default,
+    as the official code.
     """
     import warnings
 
