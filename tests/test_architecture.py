@@ -258,3 +258,29 @@ def test_no_stage_imports_another_methods_or_datasets_module():
         foreign = sorted(f for f in imported_files(script, entry["dynamic"], modules, graph)
                          if f.startswith(METHOD_PACKAGES) and not f.endswith(SHARED) and not f.startswith(allowed))
         assert foreign == [], f"{name} imports {foreign}"
+
+
+def unsafe_loads(path: Path) -> list[int]:
+    """Lines of `torch.load(...)` calls in `path` that do not pass `weights_only=True`: without it torch
+    unpickles, so a checkpoint a user could have touched runs arbitrary code."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
+            safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                       for k in node.keywords)
+            lines += [] if safe else [node.lineno]
+    return lines
+
+
+def test_every_torch_load_refuses_to_unpickle():
+    found = {str(p.relative_to(ROOT)): unsafe_loads(p) for folder in ("masktune", "stages", "bench", "scripts", "tests")
+             for p in sorted((ROOT / folder).rglob("*.py"))}
+    assert {path: lines for path, lines in found.items() if lines} == {}
+
+
+def test_the_unpickle_check_sees_a_missing_and_a_false_weights_only(tmp_path):
+    code = tmp_path / "loads.py"
+    code.write_text("import torch\ntorch.load('a')\ntorch.load('b', weights_only=False)\n"
+                    "torch.load('c', map_location='cpu', weights_only=True)\n")
+    assert unsafe_loads(code) == [2, 3]

@@ -76,8 +76,8 @@ def test_selective_classification_end_to_end(project):
         assert float(last["coverage"]) == 1.0
         assert float(last["risk"]) == pytest.approx(1 - scores[name]["results"]["test"]["accuracy"], abs=1e-6)
     # The control is a second model: ERM's recipe, seed train_erm.seed + 1.
-    erm = torch.load(project.path / "models/erm_best.pt", weights_only=False)["model"]
-    control = torch.load(project.path / "models/control/erm_control1_best.pt", weights_only=False)["model"]
+    erm = torch.load(project.path / "models/erm_best.pt", weights_only=True)["model"]
+    control = torch.load(project.path / "models/control/erm_control1_best.pt", weights_only=True)["model"]
     assert set(erm) == set(control) and any(not torch.equal(erm[k], control[k]) for k in erm)
     assert _json(project, "metrics/train_erm_control/1/metrics.json")["recipe"]["seed"] == 1
     table = (project.path / "metrics/selective/table.md").read_text()
