@@ -269,7 +269,8 @@ def unsafe_loads(path: Path) -> list[int]:
                 and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
             safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
                        for k in node.keywords)
-            lines += [] if safe else [node.lineno]
+            if not safe:
+                lines.append(node.lineno)
     return lines
 
 
