@@ -13,6 +13,10 @@ builds biased MNIST exactly as `prepare` does (the committed `prepare.biased_mni
 File names are the row numbers of the built-in splits, zero-padded, so both layouts list the images in
 the built-in order, and PNG keeps every pixel: `dataset: folder` on either then trains on the very
 same arrays as `dataset: biased_mnist`. Only the CSV knows the square, so only it gives group metrics.
+
+`--size 32` writes every image resized to 32 x 32 (PIL's bilinear, torchvision's `Resize` default) instead:
+a dataset whose files are not the network's input size, read back with `prepare.folder.transforms: resize`
+and `image_size: 28` (bench/resized_folder.py: MaskTune's masks must be put on the files as stored).
 """
 from __future__ import annotations
 
@@ -37,15 +41,19 @@ CLASS_NAMES = ("digits_0-4", "digits_5-9")
 ATTRIBUTE_NAMES = ("no_square", "square")
 
 
-def export(splits: dict, out: Path, digits: dict[str, np.ndarray]) -> int:
-    """Write every split's images and the index; returns the number of images written."""
+def export(splits: dict, out: Path, digits: dict[str, np.ndarray], size: int | None = None) -> int:
+    """Write every split's images (resized to `size` x `size` when given) and the index; returns the number
+    of images written."""
     rows = []
     for split, samples in splits.items():
         width = len(str(len(samples)))
         for i in tqdm(range(len(samples)), desc=f"write {split}", unit="image", disable=None, mininterval=1.0):
             path = Path(split) / CLASS_NAMES[samples.labels[i]] / f"{i:0{width}d}.png"
             (out / path).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(samples.images[i]).save(out / path, format="PNG")
+            image = Image.fromarray(samples.images[i])
+            if size is not None and image.size != (size, size):
+                image = image.resize((size, size), Image.Resampling.BILINEAR)
+            image.save(out / path, format="PNG")
             rows.append([path.as_posix(), CLASS_NAMES[samples.labels[i]], split,
                          ATTRIBUTE_NAMES[samples.attributes[i]], int(digits[split][i])])
     with open(out / "index.csv", "w", newline="") as handle:
@@ -61,6 +69,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder to write (must not exist)")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml",
                         help="params file whose prepare.biased_mnist section to use")
+    parser.add_argument("--size", type=int, help="write every image resized to SIZE x SIZE (bilinear)")
     args = parser.parse_args()
     if args.out.exists():
         sys.exit(f"error: {args.out} exists: choose a new folder")
@@ -75,7 +84,7 @@ def main() -> None:
               for split, s in splits.items()}
     tmp = args.out.with_name(args.out.name + ".partial")
     tmp.mkdir(parents=True)
-    count = export(splits, tmp, digits)
+    count = export(splits, tmp, digits, args.size)
     tmp.rename(args.out)
     print(f"{args.out}: {count:,} PNG files in {len(splits)} splits, and index.csv")
 

@@ -22,7 +22,8 @@ from conftest import MNIST_DIR, ROOT
 from fixtures_datasets import make_mnist
 
 BENCHES = sorted(p.name for p in (ROOT / "bench").glob("*.py") if p.name != "common.py")
-DVC_BENCHES = {"clusterfix_backbones.py", "folder_speed.py", "jtt_sweep.py", "methods.py", "pipeline.py", "queue_grid.py", "seed_sweep.py", "selective.py"}
+DVC_BENCHES = {"clusterfix_backbones.py", "folder_speed.py", "jtt_sweep.py", "methods.py", "pipeline.py", "queue_grid.py",
+               "resized_folder.py", "seed_sweep.py", "selective.py"}
 
 
 def _fraction(value) -> bool:
@@ -115,6 +116,21 @@ def _saliency_throughput(figures: dict) -> None:
     assert all(r["saliency"] > 0 and r["ratio"] == pytest.approx(r["saliency"] / r["inference"]) for r in figures["rows"])
 
 
+def _resized_folder(figures: dict) -> None:
+    """MaskTune masks a folder of 32 x 32 files read at 28 as the official code does, so its worst group is
+    not more than 2 points below the same digits stored at 28 x 28 (issue 38: masking the stored view lost
+    16 on a held-out folder, 46 on this one at --quick size; above it is the official masking's own margin,
+    bench/resized_folder.py). The bound holds only where ERM learned the shortcut (the real MNIST: 10,000
+    digits); on the synthetic twin's 1,000 the check is the structure."""
+    assert figures["seeds"] == [0] and set(figures["runs"]) == {"stored_28", "resized"}
+    for runs in figures["runs"].values():
+        assert all(_fraction(run["results"][m][s][k]) for run in runs for m in ("erm", "masktune")
+                   for s in ("test_biased", "test_original") for k in ("average", "worst_group"))
+    if figures["train_images"] >= 10_000:
+        gap = figures["summary"]["masktune_worst_group_gap"]
+        assert all(gap[split]["mean"] >= -figures["tolerance"] for split in gap), gap
+
+
 def _seed_sweep(figures: dict) -> None:
     assert [(r["epochs"], r["seed"]) for r in figures["runs"]] == [(1, 0), (1, 1)]
     for key, spread in figures["summary"]["1"].items():
@@ -153,7 +169,8 @@ def _xgradcam_vs_library(figures: dict) -> None:
 
 CHECKS = {"clusterfix_backbones.py": _clusterfix_backbones, "folder_speed.py": _folder_speed,
           "jtt_sweep.py": _jtt_sweep, "methods.py": _methods, "official_masking.py": _official_masking,
-          "pipeline.py": _pipeline, "queue_grid.py": _queue_grid, "saliency_throughput.py": _saliency_throughput,
+          "pipeline.py": _pipeline, "queue_grid.py": _queue_grid, "resized_folder.py": _resized_folder,
+          "saliency_throughput.py": _saliency_throughput,
           "seed_sweep.py": _seed_sweep, "selective.py": _selective, "storage_scaling.py": _storage_scaling,
           "test_threads.py": _test_threads, "xgradcam_vs_library.py": _xgradcam_vs_library}
 

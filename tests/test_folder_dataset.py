@@ -162,6 +162,56 @@ def test_image_folder_resized_once_is_stored_as_the_pixels_every_pass_would_see(
                 assert np.array_equal(pixels[i], np.asarray(resize(image.convert("RGB"))))
 
 
+@pytest.mark.parametrize("alignment", ["stretch", "crop"])
+def test_masktune_masks_a_resized_folder_on_its_files_as_the_official_code_does(tmp_path, image_folder, alignment):
+    """The finetune's masked images of a folder stored as a resized view are the official recipe, written
+    out by hand (src/utils/data_save_load.py, apply_mask_and_save_individual_image_in_png): the view mask
+    resized to the file with cv2's nearest neighbour (`stretch`), the file's pixels zeroed under it, then
+    the view's Resize again. Zeroing the stored view instead (issue 38) differs on every masked image."""
+    import cv2
+    from torchvision.transforms import Compose
+
+    from masktune.data.masks import write_masks
+    from masktune.data.splits import RemaskedViewSplit, mask_source, open_split
+
+    assert _prepare(tmp_path, dir=image_folder, transforms="resize", image_size=32).returncode == 0
+    prepared, spec = open_prepared(tmp_path / "prepared.h5")
+    assert prepared.stores_files("train") and not any(prepared.stores_files(s) for s in ("val", *spec.test_splits))
+    rows = prepared.length("train")
+    masks = np.random.default_rng(0).random((rows, 32, 32)) < 0.3
+    write_masks(tmp_path / "masks.h5", rows, (32, 32), [(0, masks)], {"method": "masktune"})
+    source = mask_source(prepared, spec.views, tmp_path / "masks.h5", alignment)
+    split = open_split(prepared, "train", spec.views, "train", masks=source)
+    assert isinstance(split, RemaskedViewSplit)
+    index = np.arange(rows)[::-1]
+    got = split.pixels(index)
+    resize = Compose(view_preset("resize", 32, "none").evaluation.transforms())
+    records = to_records(read_image_folder(image_folder))["train"]
+    for k, i in enumerate(index):
+        original = np.asarray(Image.open(records.path(i)).convert("RGB"))
+        if alignment == "stretch":  # the official line, cv2 and all
+            on_file = cv2.resize(np.where(masks[i], 0, 1).astype(np.uint8), dsize=original.shape[1::-1],
+                                 interpolation=cv2.INTER_NEAREST)[..., None]
+        else:  # through the resize's exact geometry: the view pixel each file pixel's centre falls in
+            rows_, cols_ = ((np.arange(n) + 0.5) * 32 / n for n in original.shape[:2])
+            on_file = (~masks[i][rows_.astype(int)[:, None], cols_.astype(int)[None]])[..., None]
+        expected = np.asarray(resize(Image.fromarray((original * on_file).astype(np.uint8))))
+        assert np.array_equal(got[k], expected), (alignment, i)
+    stored = prepared.pixels("train", index)
+    assert not np.array_equal(got, np.where(masks[index][..., None], 0, stored))  # not the view zeroed
+
+
+def test_files_of_the_views_size_are_not_kept_beside_their_pixels(tmp_path):
+    """28 x 28 files read with `resize` to 28: the view is the file, so masking the view is masking the file
+    (no bytes kept, the pixel path's speed); to 32, the training files are kept, and only theirs."""
+    index = make_csv_index(tmp_path / "data")
+    for size, kept in ((28, False), (32, True)):
+        assert _prepare(tmp_path, csv=index, transforms="resize", image_size=size).returncode == 0
+        prepared, spec = open_prepared(tmp_path / "prepared.h5")
+        assert spec.views == PLAIN and prepared.stores_files("train") is kept
+        assert not any(prepared.stores_files(split) for split in ("val", *spec.test_splits))
+
+
 def test_image_folder_prepares_encoded_files_with_their_views(tmp_path, image_folder):
     """A normalisation (or a random train transform, or pixels over the limit): the files' bytes."""
     result = _prepare(tmp_path, dir=image_folder, transforms="resize", image_size=32, normalisation="imagenet")

@@ -12,6 +12,10 @@ sample's index in the file it came from), and the images in one of two forms:
   where 202,599 small files take minutes and as many cache entries; decoded pixels would be 24 GB for
   CelebA's training set alone. Images are decoded where they are used, in DataLoader workers, as the
   official code decodes its JPEG files.
+- **both**, for the training split of a folder read with `transforms: resize` whose files are not all of
+  the view's size: `images` hold the resized view every pass reads, and the files are kept beside them
+  (file attribute `stored_view`: the geometry that made `images`) so that MaskTune's masks are put on
+  each file as stored, as the official code puts them (`masktune.data.splits.RemaskedViewSplit`).
 
 Which form a split has is this module's and `masktune.data.splits`' business only: everything else
 reads splits through `splits.open_split`. File attributes: `dataset`, `num_classes`, `class_names`, `group_names`,
@@ -33,7 +37,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from masktune.data.samples import ImageRecords, SampleSet
-from masktune.data.views import DatasetViews
+from masktune.data.views import DatasetViews, Geometry
 from masktune.errors import UserError
 from masktune.io.files import atomic_output
 from masktune.io.hdf5 import CHUNK_BYTES, STREAM_CACHE_BYTES, h5_output, open_h5, read_attrs, read_rows, write_array
@@ -67,6 +71,8 @@ def _write_pixel_splits(path: str | Path, splits: Mapping[str, SampleSet], attrs
             write_array(group, "images", np.ascontiguousarray(samples.images, dtype=np.uint8))
             for field in VECTOR_FIELDS:
                 write_array(group, field, np.asarray(getattr(samples, field), dtype=np.int64))
+            if samples.files is not None:
+                _write_encoded(group, samples.files, f"prepare {name} (files)", attrs.get("exif_orientation", "ignore"))
 
 
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what Pillow raises on a bad file
@@ -143,7 +149,16 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def _write_image_split(group: h5py.Group, records: ImageRecords, desc: str, exif_orientation: str = "ignore") -> None:
-    """Append every image of `records` to `group` (see the module docstring), checking each decodes;
+    """Every image of `records` (`_write_encoded`) and its per-sample vectors."""
+    _write_encoded(group, records, desc, exif_orientation)
+    vectors = {"labels": records.labels, "attributes": records.attributes, "groups": records.groups,
+               "source_index": records.source_index}
+    for field in VECTOR_FIELDS:
+        group.create_dataset(field, data=np.asarray(vectors[field], dtype=np.int64), track_times=False)
+
+
+def _write_encoded(group: h5py.Group, records: ImageRecords, desc: str, exif_orientation: str = "ignore") -> None:
+    """Append every image file of `records` to `group` (see the module docstring), checking each decodes;
     `image_sizes` are the sizes as the images will be seen (`oriented_size`)."""
     n = len(records)
     encoded = group.create_dataset("encoded", shape=(0,), maxshape=(None,), dtype=np.uint8,
@@ -162,11 +177,6 @@ def _write_image_split(group: h5py.Group, records: ImageRecords, desc: str, exif
     group.create_dataset("image_sizes", data=sizes, track_times=False)
     group.create_dataset("paths", data=np.array(records.paths, dtype=object), dtype=h5py.string_dtype(),
                          track_times=False)
-    vectors = {"labels": records.labels, "attributes": records.attributes, "groups": records.groups,
-               "source_index": records.source_index}
-    for field in VECTOR_FIELDS:
-        group.create_dataset(field, data=np.asarray(vectors[field], dtype=np.int64), track_times=False)
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,6 +237,17 @@ class PreparedFile:
         """Whether `split` holds pixel arrays (else encoded image files)."""
         with open_h5(self.path) as f:
             return "images" in self._split(f, split)
+
+    def stores_files(self, split: str) -> bool:
+        """Whether `split` holds its image files (alone, or beside the pixels of a resized view)."""
+        with open_h5(self.path) as f:
+            return "encoded" in self._split(f, split)
+
+    def stored_view(self) -> Geometry | None:
+        """The geometry that made a pixel split's `images` from the files kept beside them (a folder read
+        with `transforms: resize`); None where the pixels are the images as they are."""
+        text = str(self.attrs.get("stored_view", ""))
+        return Geometry.from_json_value(json.loads(text)) if text else None
 
     def pixels(self, split: str, rows: np.ndarray | None = None) -> np.ndarray:
         """uint8 (N, H, W, C) of a pixel split (all of it, or the rows `rows`), shape checked."""

@@ -13,13 +13,16 @@ import numpy as np
 
 @dataclass
 class SampleSet:
-    """One split in memory: uint8 images (N, H, W, C) and their per-sample vectors."""
+    """One split in memory: uint8 images (N, H, W, C) and their per-sample vectors. `files`: the image
+    files the pixels are a resized view of (a folder read with `transforms: resize`), kept so that MaskTune
+    masks each file as stored, as the official code does (masktune.data.splits.RemaskedViewSplit)."""
 
     images: np.ndarray
     labels: np.ndarray
     attributes: np.ndarray
     source_index: np.ndarray
     num_classes: int = 2
+    files: ImageRecords | None = None
 
     @property
     def groups(self) -> np.ndarray:
@@ -31,7 +34,8 @@ class SampleSet:
 
     def subset(self, index: np.ndarray) -> SampleSet:
         return SampleSet(self.images[index], self.labels[index], self.attributes[index],
-                         self.source_index[index], self.num_classes)
+                         self.source_index[index], self.num_classes,
+                         None if self.files is None else self.files.subset(index))
 
 
 def group_ids(labels: np.ndarray, attributes: np.ndarray, num_classes: int) -> np.ndarray:

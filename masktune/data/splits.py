@@ -190,6 +190,31 @@ class PixelSplit(Split):
             batches.close()
 
 
+class RemaskedViewSplit(PixelSplit):
+    """The masked training split of a folder stored as a resized view (`transforms: resize`), masked as the
+    official code masks (aliasgharkhani/Masktune src/utils/data_save_load.py,
+    `apply_mask_and_save_individual_image_in_png`: the view mask resized to the file's size, the file's
+    pixels zeroed under it, the masked image written out; the finetune's loader then resizes it again):
+    each file decoded at its own resolution, the mask put on it (`MaskSource.apply`, by `alignment`), and
+    the stored view's geometry applied to the masked file. Zeroing the stored view instead leaves the
+    resized edge of every masked region (and of the shortcut under it) visible, and cost MaskTune 16 points
+    of worst group on a folder of 32 x 32 images read at 28 (issue 38, bench/resized_folder.py). Read in
+    batches like a `PixelSplit`, so training sees the same batches in the same order."""
+
+    def __init__(self, prepared: PreparedFile, split: str, masks: MaskSource, geometry):
+        super().__init__(prepared, split, masks)
+        from torchvision.transforms import Compose
+
+        self.files, self.view = EncodedImages(prepared.path, split), Compose(geometry.transforms())
+
+    def pixels(self, index: np.ndarray) -> np.ndarray:
+        views = []
+        for i in np.asarray(index).reshape(-1):
+            masked = self.masks.apply(np.asarray(self.files[int(i)])[None], np.array([i]))[0]
+            views.append(np.asarray(self.view(Image.fromarray(masked)), dtype=np.uint8))
+        return np.stack(views)
+
+
 class AugmentedPixelSplit(PixelSplit):
     """A pixel split read through a random per-image transform (the train view of CIFAR-10, SVHN, Cats vs
     Dogs: the official torchvision transforms on PIL images), masked first when it has masks, decoded in
@@ -287,6 +312,8 @@ def open_split(prepared: PreparedFile, split: str, views: DatasetViews, kind: st
                              "views must be views.PLAIN (a train transform aside)")
         if kind == "train" and views.train is not None:
             return AugmentedPixelSplit(prepared, split, views.transform("train"), workers, masks)
+        if masks is not None and prepared.stores_files(split):
+            return RemaskedViewSplit(prepared, split, masks, prepared.stored_view())
         return PixelSplit(prepared, split, masks)
     return EncodedSplit(prepared, split, views.transform(kind), workers, masks)
 
@@ -325,8 +352,10 @@ def masking_view_images(prepared: PreparedFile, views: DatasetViews, rows: np.nd
 
 
 def mask_source(prepared: PreparedFile, views: DatasetViews, masks_path: str | Path, alignment: str) -> MaskSource:
-    """The masks file of the train split, mapped to the raw images through the masking view; read
-    whole for pixel splits (applied per batch), row by row for image files (in the workers)."""
+    """The masks file of the train split, mapped to the raw images through the masking view (for pixels kept
+    beside their files, the view that made the pixels: `RemaskedViewSplit`); read whole for pixel splits
+    (applied per batch), row by row for image files (in the workers)."""
     pixels = prepared.stores_pixels("train")
-    return MaskSource(masks_path, prepared.length("train"), masking_view_size(prepared, views), views.masking,
+    geometry = prepared.stored_view() if pixels and prepared.stores_files("train") else views.masking
+    return MaskSource(masks_path, prepared.length("train"), masking_view_size(prepared, views), geometry,
                       alignment, in_memory=pixels)

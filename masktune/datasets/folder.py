@@ -27,8 +27,10 @@ fit `PIXEL_SPLIT_LIMIT_BYTES`) the images are decoded and resized once, here, an
 that view: exactly the built-in biased MNIST's form, so both go through the same code at the same
 speed, and the later stages read the view as it is (`PLAIN`). The stored pixels are what torchvision's
 `Resize` gives on the decoded image, so training, evaluation and saliency see the same tensors as
-when every pass decoded and resized the file; MaskTune's masks, though, are then drawn on the view
-itself rather than mapped back to the file's resolution and resized with it (docs/your-own-data.md).
+when every pass decoded and resized the file. Where the resize changes the training files' size, their
+bytes are kept too: MaskTune's masks are put on each file as stored and the masked file resized again, as
+the official code masks (masktune.data.splits.RemaskedViewSplit; masking the stored view instead cost
+MaskTune 16 points of worst group on a folder of 32 x 32 images, issue 38).
 Otherwise (a random train transform, `imagenet`; a normalisation; or pixels too large for memory) the
 files' bytes are stored and decoded as they are read, like Waterbirds'. Every image is opened and
 decoded while preparing, so a missing or unreadable file stops `prepare` with one line naming it.
@@ -289,18 +291,23 @@ def group_names(data: FolderSplits) -> dict[int, str]:
 
 
 def decode_pixels(records: ImageRecords, desc: str, exif_orientation: str = "ignore",
-                  geometry: Geometry | None = None) -> SampleSet:
+                  geometry: Geometry | None = None, keep_files: bool = False) -> SampleSet:
     """Every image decoded to RGB uint8 and, with a `geometry`, seen through it (torchvision's transforms on
-    the decoded PIL image, as an image file read per pass is), all of one size."""
+    the decoded PIL image, as an image file read per pass is), all of one size. With `keep_files`, the
+    records go with the pixels when the view changed some image's size (`SampleSet.files`: MaskTune masks
+    the files as stored); where every file already has the view's size the view is the file, and nothing
+    more is kept."""
     from PIL import Image
     from torchvision.transforms import Compose
 
     view = None if geometry is None or geometry == Geometry() else Compose(geometry.transforms())
-    images, first = [], None
+    images, first, resized = [], None, False
     for i in tqdm(range(len(records)), desc=desc, unit="image", disable=None, mininterval=1.0):
         image = load_rgb(records.path(i), exif_orientation)
         if view is not None:
+            raw_size = image.shape[:2]
             image = np.asarray(view(Image.fromarray(image)), dtype=np.uint8)
+            resized = resized or image.shape[:2] != raw_size
         if first is None:
             first = (image.shape, records.paths[i])
         elif image.shape != first[0]:
@@ -308,7 +315,8 @@ def decode_pixels(records: ImageRecords, desc: str, exif_orientation: str = "ign
                             f"{first[1]} is {first[0][0]}x{first[0][1]}: with prepare.folder.transforms none "
                             "every image must have one size (use resize or imagenet to resize them)")
         images.append(image)
-    return SampleSet(np.stack(images), records.labels, records.attributes, records.source_index, records.num_classes)
+    return SampleSet(np.stack(images), records.labels, records.attributes, records.source_index, records.num_classes,
+                     files=records if keep_files and resized else None)
 
 
 def _check_one_size(records: ImageRecords, exif_orientation: str = "ignore") -> None:
@@ -417,7 +425,8 @@ def _prepare(config: PrepareConfig) -> dict[str, SampleSet | ImageRecords]:
     exif_orientation = config.options["exif_orientation"]
     if _stores_view_pixels(config, records):
         geometry = _views(config.options).evaluation
-        return {split: decode_pixels(r, f"prepare {split}", exif_orientation, geometry) for split, r in records.items()}
+        return {split: decode_pixels(r, f"prepare {split}", exif_orientation, geometry, keep_files=split == "train")
+                for split, r in records.items()}
     if config.options["transforms"] == "none":
         for r in records.values():
             _check_one_size(r, exif_orientation)
