@@ -39,6 +39,7 @@ from common import QUICK_SIZES, ROOT, add_quick_flag, emit_json, machine, print_
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from masktune.config.files import parse_yaml
 from masktune.data.masks import apply_masks, read_masks
 from masktune.data.prepared import PreparedFile
 from masktune.models.checkpoint import load_checkpoint
@@ -102,7 +103,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="masktune-official-") as tmp:
         folder = Path(tmp)
-        params = yaml.safe_load((ROOT / "params.yaml").read_text())
+        params = parse_yaml((ROOT / "params.yaml").read_text())
         params["prepare"]["biased_mnist"]["mnist_dir"] = str(args.mnist_dir.resolve())
         params["train_erm"]["epochs"] = 1
         if args.quick:

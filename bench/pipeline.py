@@ -20,11 +20,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import add_quick_flag, quick_params
 from scratch import NO_GROUP_METHODS, ScratchProject, merge
+
+from masktune.config.files import parse_yaml
 
 SPLITS = ("test_original", "test_biased", "val")
 # --quick: the stages the timings name (ERM, the masking, JTT's pair that the exp run reruns), no more.
@@ -40,7 +41,7 @@ def mnist_overrides(pairs: list[str], mnist_dir: Path) -> dict:
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = parse_yaml(value)
     return params
 
 
@@ -64,7 +65,7 @@ def main() -> None:
         details = json.loads((path / "metrics/evaluate/details.json").read_text())["methods"]
         project.commit("default params")
         noop, _ = project.timed_stages("repro")
-        upweight = yaml.safe_load((path / "params.yaml").read_text())["recipes"]["biased_mnist"]["upsample"]["upweight"]
+        upweight = parse_yaml((path / "params.yaml").read_text())["recipes"]["biased_mnist"]["upsample"]["upweight"]
         change = f"upsample.upweight={upweight + 1}"
         jtt_total, jtt_stages = project.timed_stages("exp", "run", "-S", change)
 

@@ -38,6 +38,7 @@ from common import ROOT, add_quick_flag, emit_json, machine, print_table
 sys.path.insert(0, str(ROOT / "tests"))
 from fixtures_datasets import prepared_attributes
 
+from masktune.config.files import parse_yaml
 from masktune.data.masks import apply_masks, read_packed_masks, unpack_masks
 from masktune.data.samples import SampleSet
 from masktune.data.splits import PixelSplit
@@ -153,7 +154,7 @@ def run_measured(command: list[str], cwd: Path) -> dict:
 
 def scratch_project(folder: Path, batch_size: int, pool: np.ndarray) -> None:
     """params.yaml, dvc.yaml and a tiny_cnn trained for a few epochs on the pool (class = disc)."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = parse_yaml((ROOT / "params.yaml").read_text())
     params["saliency"]["batch_size"] = batch_size
     params["saliency"]["workers"] = 1  # 224 x 224 batches: a reader process decompresses the next one
     (folder / "params.yaml").write_text(yaml.safe_dump(params))

@@ -31,12 +31,22 @@ class DiskFullError(UserError):
     interpreter cleans up."""
 
 
+_RUNNING: list[str] = []  # the stage `main` running in this process (`run_stage`)
+
+
+def in_stage() -> bool:
+    """Whether a stage's `main` is running in this process (in the project root, as DVC runs it), as opposed
+    to library code called from a test, a benchmark or a notebook."""
+    return bool(_RUNNING)
+
+
 def run_stage(main: Callable[[], None]) -> Callable[[], None]:
     """Decorate a stage's `main` so that a `UserError` ends it with `error: <message>` and exit 2."""
 
     @functools.wraps(main)
     def wrapper() -> None:
         keep_freed_memory()
+        _RUNNING.append(main.__module__)
         try:
             main()
         except DiskFullError as error:
@@ -53,6 +63,8 @@ def run_stage(main: Callable[[], None]) -> Callable[[], None]:
             if is_peer_failure(error):
                 sys.exit(PEER_FAILURE_EXIT)
             raise
+        finally:
+            _RUNNING.pop()
 
     return wrapper
 

@@ -26,7 +26,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import yaml
 from PIL import Image
 from tqdm import tqdm
 
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from masktune.config.files import parse_yaml
 from masktune.datasets.biased_mnist import build_biased_mnist
 from masktune.datasets.mnist_idx import load_mnist
 
@@ -73,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.out.exists():
         sys.exit(f"error: {args.out} exists: choose a new folder")
-    options = yaml.safe_load(args.params.read_text())["prepare"]["biased_mnist"]
+    options = parse_yaml(args.params.read_text())["prepare"]["biased_mnist"]
     mnist = load_mnist(args.mnist_dir)
     splits = build_biased_mnist(
         mnist, conflicting_ratio=options["bias_conflicting_ratio"], square_size=options["square_size"],

@@ -18,7 +18,7 @@ from masktune.data.splits import mask_source, open_split
 from masktune.distributed import is_main_process, start_workers
 from masktune.errors import UserError, run_stage
 from masktune.io.files import write_json
-from masktune.models.checkpoint import load_checkpoint, save_checkpoint
+from masktune.models.checkpoint import load_checkpoint, save_checkpoint, trained_as
 from masktune.models.precision import MixedPrecision
 from masktune.train.loop import accuracy, restore_optimizer, seed_everything, train_epoch
 from masktune.train.selection import GroupLabels
@@ -56,7 +56,8 @@ def main() -> None:
         return
     save_checkpoint(args.out, model, optimizer, arch=state["arch"], num_classes=state["num_classes"],
                     epoch=config.epochs - 1, val_accuracy=val_accuracy, method=args.method,
-                    group_labels=GroupLabels(training=False, model_selection=False).as_dict())
+                    group_labels=GroupLabels(training=False, model_selection=False).as_dict(),
+                    **trained_as(f"finetune@{args.method}", config))
     report = {"method": args.method, "lr": optimizer.param_groups[0]["lr"],
               "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
               "val_accuracy": val_accuracy}

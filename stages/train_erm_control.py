@@ -9,7 +9,6 @@ fine-tuned model's, so that MaskTune is compared with what any second model of t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from masktune.config.stages import load_stage_config
 from masktune.distributed import start_workers
@@ -28,8 +27,7 @@ def main() -> None:
     args = parser.parse_args()
 
     stage = f"train_erm_control@{args.offset}"
-    config = load_stage_config(stage)
-    config = dataclasses.replace(config, seed=config.seed + args.offset)
+    config = load_stage_config(stage)  # seed: train_erm.seed + offset
     train_erm(config, start_workers(config), args.data, args.best, args.last, args.live, stage)
 
 

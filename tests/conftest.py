@@ -37,6 +37,17 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
+@pytest.fixture(autouse=True)
+def _commit_checks_end_with_their_test():
+    """A stage registers checks that run before each of its writes (`masktune.io.files.before_commit`: its
+    params unchanged since it started); a test that loads a stage's config in this process must not leave
+    them to hold the next test's writes to another test's params file."""
+    yield
+    from masktune.io import files
+
+    files._COMMIT_CHECKS.clear()
+
+
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = Path(os.environ.get("MASKTUNE_MNIST_DIR", ROOT.parent / "shared" / "data" / "mnist"))
 

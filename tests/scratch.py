@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from masktune.config.files import parse_yaml
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RUNNING_STAGE = re.compile(r"Running stage '([\w@.-]+)'")
 
@@ -26,7 +28,7 @@ def committed_params() -> dict:
     shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=PROJECT_ROOT, capture_output=True, text=True,
                            check=False)
     text = shown.stdout if shown.returncode == 0 else (PROJECT_ROOT / "params.yaml").read_text()
-    return yaml.safe_load(text)
+    return parse_yaml(text)
 
 
 # No group inference and no (groups, trainer) pair: ERM and the masking methods only.

@@ -62,7 +62,8 @@ def test_every_stage_resolves_the_committed_defaults_with_the_recipe(tmp_path):
         (1024, 1024, 1024)
     assert (configs["compute_saliency"].batch_size, configs["compute_saliency"].workers) == (256, 0)
     assert configs["finetune@masktune"] == configs["finetune@randmask"]  # one finetune for both masking methods
-    assert configs["train_erm_control@1"] == erm  # the control: ERM's params (the stage sets its own seed)
+    control = configs["train_erm_control@1"]  # the control: ERM's params, its seed train_erm.seed + 1
+    assert dataclasses.asdict(control) == {**dataclasses.asdict(erm), "seed": erm.seed + 1}
     assert configs["selective"].control_seed_offsets == (1,) and configs["selective"].coverages == (80, 85, 90, 95, 100)
     assert configs["finetune@masktune"].batch_size == 128
     assert configs["finetune@masktune"].lr is None  # the ERM checkpoint's learning rate, as the official finetune
@@ -271,3 +272,38 @@ def test_a_stage_refuses_to_write_outputs_when_a_declared_param_changed_while_it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["before.pt", "dvc.yaml", "params.yaml", "unrelated.pt"]
     _write(tmp_path, _set(committed_params(), "lr", 0.01))  # back to the values it started with
     write_bytes_atomically(tmp_path / "model.pt", b"ok")
+
+
+def test_params_are_read_as_dvc_reads_them_yaml_1_2(tmp_path):
+    """`epochs: 010` is 10 (as DVC records it; YAML 1.1 read octal 8), `yes` is a string a bool field refuses,
+    `1:30` is no sexagesimal 90, and the exponent form DVC writes for small floats is a float."""
+    text = yaml.safe_dump(committed_params(), sort_keys=False)
+    text = text.replace("  epochs: null\n", "  epochs: 010\n", 1)  # train_erm.epochs, the first `epochs: null`
+    text = text.replace("\nlr: null\n", "\nlr: 1e-05\n")
+    (tmp_path / "params.yaml").write_text(text)
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    from dvc.utils.serialize import load_yaml
+
+    dvc_view = load_yaml(str(tmp_path / "params.yaml"))
+    config = load_stage_config("train_erm", tmp_path / "params.yaml", tmp_path / "dvc.yaml")
+    assert (config.epochs, config.lr) == (dvc_view["train_erm"]["epochs"], dvc_view["lr"]) == (10, 1e-05)
+    for key, value, message in (("train_erm.pretrained", "yes", "must be true or false"),
+                                ("train_erm.epochs", "1:30", "must be an integer")):
+        (tmp_path / "params.yaml").write_text(text.replace("  epochs: 010\n", "  epochs: null\n").replace(
+            f"  {key.split('.')[1]}: null\n", f"  {key.split('.')[1]}: {value}\n", 1))
+        with pytest.raises(UserError, match=message):
+            load_stage_config("train_erm", tmp_path / "params.yaml", tmp_path / "dvc.yaml")
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_sets_a_rate_below_1e_4(tmp_path):
+    """`dvc exp run -S lr=0.00001` writes `lr: 1e-05` (DVC's exponent form); every stage reads it as the float
+    DVC records (the Waterbirds and CelebA recipes' rates): check_methods validates the whole file."""
+    from scratch import ScratchProject
+
+    project = ScratchProject(tmp_path / "project")
+    result = project.dvc("exp", "run", "-S", "lr=0.00001", "check_methods", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "\nlr: 1e-05\n" in (project.path / "params.yaml").read_text()
+    config = load_stage_config("train_erm", project.path / "params.yaml", project.path / "dvc.yaml")
+    assert config.lr == 1e-05

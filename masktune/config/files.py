@@ -3,6 +3,10 @@
 DVC reruns a stage only when a param it *declares* changes, so a stage that quietly read an undeclared
 key would go stale without warning: `masktune.config.stages` resolves a stage's config from the keys
 `declared_params` lists for it, and refuses any other.
+
+Both files are read exactly as DVC reads them (`dvc.utils.serialize._yaml.parse_yaml`: ruamel.yaml's safe
+loader, YAML 1.2), so a stage sees the value `dvc.lock` records. PyYAML reads YAML 1.1, where the
+`1e-05` that `dvc exp run -S lr=0.00001` writes is a string, `010` is octal 8 and `yes` is true.
 """
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ruamel.yaml import YAML, YAMLError
 
 from masktune.errors import UserError
 from masktune.io.files import before_commit
@@ -18,13 +22,18 @@ from masktune.io.files import before_commit
 _TEMPLATE = re.compile(r"\$\{([\w.]+)\}")
 
 
+def parse_yaml(text: str) -> Any:
+    """`text` as DVC parses a params or dvc.yaml file (YAML 1.2, ruamel.yaml's safe loader)."""
+    return YAML(typ="safe").load(text)
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found (run the stage from the project root)")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
+        data = parse_yaml(path.read_text())
+    except YAMLError as error:
         raise UserError(f"{path}: not valid YAML ({error})".replace("\n", " ")) from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping at the top level")
@@ -88,8 +97,8 @@ def refuse_to_finish_if_params_change(stage: str, params_file: str | Path, decla
         if stamp in (seen[0], None):  # unchanged, or gone (nothing to compare with)
             return
         try:
-            now = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError):
+            now = parse_yaml(path.read_text())
+        except (OSError, YAMLError):
             now = None
         if not isinstance(now, dict):
             raise UserError(f"{path} became unreadable while stage '{stage}' ran: it refuses to write outputs")

@@ -9,6 +9,7 @@ that key changed.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -70,6 +71,15 @@ class TrainErmConfig(_Network, _DataParallelTraining):
     optimizer: str = _key("train_erm.optimizer")  # sgd | adam (the official Cats vs Dogs recipe)
     workers: int = _key("train_erm.workers")
     seed: int = _key("train_erm.seed")
+
+
+@dataclass(frozen=True)
+class TrainErmControlConfig(TrainErmConfig):
+    """`train_erm_control@<k>`: ERM's config with seed `train_erm.seed + k` (a seed sweep over train_erm.seed
+    therefore never trains a control equal to its ERM)."""
+
+    def derive_from_item(self, item: str) -> TrainErmControlConfig:
+        return dataclasses.replace(self, seed=self.seed + int(item))
 
 
 @dataclass(frozen=True)
@@ -276,9 +286,15 @@ STAGE_CONFIGS = {
     "robust_train@*": TRAINER_CONFIGS,     # by the pair's trainer
     "last_layer@*": LAST_LAYER_CONFIGS,
     "evaluate": EvaluateConfig,
-    "train_erm_control@*": TrainErmConfig,  # one per selective.control_seed_offsets entry: ERM's, seed + offset
+    "train_erm_control@*": TrainErmControlConfig,  # one per selective.control_seed_offsets entry: ERM's, seed + offset
     "selective": SelectiveConfig,
 }
+
+
+def _derived(config, stage: str):
+    """The config a stage runs with, where it derives a value from its item (`derive_from_item`)."""
+    derive = getattr(config, "derive_from_item", None)
+    return derive(stage.partition("@")[2]) if derive is not None else config
 
 
 def _config_class(stage: str, values: dict):
@@ -326,6 +342,16 @@ class _Resolver:
                                  for k, field in schema.SCHEMA.items() if k.startswith(prefix)})
 
 
+def recorded_config(config) -> dict:
+    """A stage config as a checkpoint records it: JSON values (paths as strings), how the stage was launched
+    (`LAUNCH_SETTINGS`: workers, nodes, loader processes) left out, since the model is the same either way."""
+    values = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    return {key: value for key, value in values.items() if key not in LAUNCH_SETTINGS}
+
+
+LAUNCH_SETTINGS = ("nproc_per_node", "nnodes", "master_addr", "master_port", "workers")
+
+
 def load_stage_config(stage: str, params_file: str | Path = "params.yaml", dvc_file: str | Path = "dvc.yaml"):
     """The typed config of `stage`, after validating every param of params.yaml."""
     values = read_yaml(params_file)
@@ -333,6 +359,6 @@ def load_stage_config(stage: str, params_file: str | Path = "params.yaml", dvc_f
     config = _config_class(stage, values)
     declared = declared_params(stage, dvc_file, values)
     resolver = _Resolver(stage, values, declared)
-    resolved = config(**{f.name: resolver.resolve(f.metadata["key"]) for f in dataclasses.fields(config)})
+    resolved = _derived(config(**{f.name: resolver.resolve(f.metadata["key"]) for f in dataclasses.fields(config)}), stage)
     refuse_to_finish_if_params_change(stage, params_file, declared, values)
     return resolved

@@ -42,7 +42,7 @@ from torch import nn
 from masktune.data.splits import Split
 from masktune.errors import UserError
 from masktune.groups import Groups
-from masktune.models.checkpoint import load_checkpoint, save_checkpoint
+from masktune.models.checkpoint import load_checkpoint, save_checkpoint, trained_as
 from masktune.train.loop import penultimate_features
 from masktune.train.selection import ORACLE, group_labels_used
 
@@ -233,7 +233,7 @@ def dfr_pair(name: str, model_path: str | Path, val: Split, groups: Groups, conf
     of the C the true groups' worst group picks (the selection gap, reported only). Returns the summary."""
     scoring = {"average": np.zeros_like(val.labels), "worst_class": val.labels, "worst_pseudo_group": groups.val,
                "worst_group": val.groups}
-    pair = {"method": name, "groups": groups.inference, "trainer": config.trainer}
+    pair = {"method": name, "groups": groups.inference, "trainer": config.trainer, **trained_as(f"last_layer@{name}", config)}
     outputs = {out: (scoring[config.selection], {**pair, "selection": config.selection, "group_labels": group_labels_used(
                    groups.uses_group_labels, config.selection).as_dict()}),
                oracle: (scoring[ORACLE], {**pair, "selection": ORACLE, "group_labels": group_labels_used(

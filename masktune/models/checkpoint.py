@@ -2,13 +2,15 @@
 with its momentum buffers and learning rate, as the official `finetune()` does."""
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from masktune.errors import UserError
+from masktune.config.stages import load_stage_config, recorded_config
+from masktune.errors import UserError, in_stage
 from masktune.io.files import write_bytes_atomically
 from masktune.models import build_model
 
@@ -30,8 +32,44 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     write_bytes_atomically(path, checkpoint_bytes(model, optimizer, **info))
 
 
+def trained_as(stage: str, config) -> dict:
+    """What a checkpoint records of the stage that trained it: its name and `recorded_config`, so that a stage
+    loading it can check it against the params (`check_trained_as_declared`)."""
+    return {"stage": stage, "config": recorded_config(config)}
+
+
+def check_trained_as_declared(path: str | Path, state: dict, params_file: str | Path = "params.yaml",
+                              dvc_file: str | Path = "dvc.yaml") -> None:
+    """Refuse a checkpoint whose recorded config differs from what params.yaml declares for the stage that
+    trained it, inside a stage (`errors.in_stage`: run from the project root, as DVC runs it). DVC records a
+    stage's params in dvc.lock a moment after the stage's process exits; a params.yaml edited in that moment
+    is recorded for outputs made with the old values, and `dvc status` calls them up to date. Every stage
+    that loads a checkpoint finds that here."""
+    if not in_stage() or "stage" not in state or "config" not in state:
+        return  # outside a stage (tests, benchmarks), or a model trained outside the pipeline
+    stage, files = str(state["stage"]), (Path(params_file).resolve(), Path(dvc_file).resolve())
+    stamps = tuple((f.stat().st_mtime_ns, f.stat().st_size) if f.exists() else None for f in files)
+    declared = _declared_config(stage, *files, stamps)
+    trained = state["config"]
+    changed = sorted(key for key in declared.keys() | trained.keys() if declared.get(key) != trained.get(key))
+    if changed:
+        shown = ", ".join(f"{key} {trained.get(key)!r}" for key in changed[:3]) + (", ..." if len(changed) > 3 else "")
+        now = ", ".join(f"{key} {declared.get(key)!r}" for key in changed[:3])
+        raise UserError(f"{path}: trained by stage '{stage}' with {shown}, but {files[0]} now gives {now} (it changed "
+                        f"after the model was written, before DVC recorded it): run `dvc repro -f -s {stage}`")
+
+
+@functools.cache
+def _declared_config(stage: str, params_file: Path, dvc_file: Path, stamps: tuple) -> dict:
+    """`recorded_config` of `stage` as the params declare it, once per version of the files (`stamps`: their
+    modification times and sizes; `evaluate` loads a checkpoint of each stage twice)."""
+    return recorded_config(load_stage_config(stage, params_file, dvc_file))
+
+
 def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, dict]:
-    """Rebuild the model a checkpoint was saved from; return it with the raw state (optimizer...)."""
+    """Rebuild the model a checkpoint was saved from; return it with the raw state (optimizer...). Inside a
+    stage, a checkpoint trained with other params than params.yaml declares is refused
+    (`check_trained_as_declared`)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found (run `dvc repro` to train it)")
@@ -42,4 +80,5 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, 
     except Exception as error:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, struct.error, ...
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise UserError(f"{path}: not a checkpoint of this project ({reason})") from None
+    check_trained_as_declared(path, state)
     return model.to(device), state

@@ -15,8 +15,6 @@ the same data and params continues after the last finished epoch (masktune.train
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from torch import nn
 
 from masktune.data.prepared import DatasetInfo, PreparedFile, open_prepared
 from masktune.data.splits import Split, open_split
+from masktune.models.checkpoint import trained_as
 from masktune.models.precision import MixedPrecision
 from masktune.models.pretrained import initial_model
 from masktune.train.fit import finish_journal, fit, live_folder, resume_key
@@ -71,9 +70,6 @@ def start_training(config, device: torch.device, data: str | Path, *, train_view
     return TrainingRun(config, device, prepared, info, train, val, model, objective, optimizer, generator, amp)
 
 
-LAUNCH_SETTINGS = ("nproc_per_node", "nnodes", "master_addr", "master_port", "workers")
-
-
 def finish_training(run: TrainingRun, *, stage: str, best: str | Path, live_dir: str | Path,
                     last: str | Path | None = None, checkpoint_info: Mapping | None = None,
                     score: Callable[[np.ndarray], dict[str, float]] | None = None, select_by: str = "accuracy",
@@ -88,12 +84,9 @@ def finish_training(run: TrainingRun, *, stage: str, best: str | Path, live_dir:
     scheduler = make_scheduler(run.optimizer, getattr(config, "lr_schedule", "constant"), config.epochs,
                                getattr(config, "lr_milestone_every", 1), getattr(config, "lr_gamma", 1.0))
     resume = {**resume_key(stage, config, device, run.prepared.path, *resume_inputs), **(resume_extra or {})}
-    # The resolved config it was trained with (recipe values filled in), for whoever loads the model; how it
-    # was launched (workers, nodes, loader processes) is left out: the model is the same either way.
-    trained_with = {key: value for key, value in json.loads(json.dumps(dataclasses.asdict(config), default=str)).items()
-                    if key not in LAUNCH_SETTINGS}
+    # The stage and resolved config it was trained with (recipe values filled in), checked by whoever loads it.
     info = {"arch": config.arch, "num_classes": run.prepared.num_classes, **(checkpoint_info or {}),
-            "config": trained_with}
+            **trained_as(stage, config)}
     with live_folder(live_dir) as live:
         best_scores = fit(run.model, run.optimizer, run.train, run.val, epochs=config.epochs,
                           batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
