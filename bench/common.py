@@ -36,7 +36,7 @@ def add_quick_flag(parser) -> None:
 
 def quick_params(dataset: str = "biased_mnist") -> dict:
     """The scratch project's params under --quick: a few hundred images (an MNIST dataset's first digits,
-    a folder's first images per split), one epoch."""
+    a folder's first images of each split, in turns from each class), one epoch."""
     sizes = {"limit": 200} if dataset == "folder" else dict(QUICK_SIZES)
     return {"prepare": {dataset: sizes}, **QUICK_TRAINING}
 

@@ -30,6 +30,8 @@ class DiskFullError(UserError):
     its line (`os._exit`): an HDF5 file that failed to flush would only fail again, and crash, when the
     interpreter cleans up."""
 
+    cause = "the disk is full"  # what ran out: space, quota or the file size limit (masktune.io.files)
+
 
 _RUNNING: list[str] = []  # the stage `main` running in this process (`run_stage`)
 
@@ -38,6 +40,22 @@ def in_stage() -> bool:
     """Whether a stage's `main` is running in this process (in the project root, as DVC runs it), as opposed
     to library code called from a test, a benchmark or a notebook."""
     return bool(_RUNNING)
+
+
+# Functions that turn a library's exception into the one line a user can act on (or None for another
+# exception): e.g. an HDF5 read of damaged data (masktune.io.hdf5.corrupted_read), which h5py reports
+# without the file's name.
+_TRANSLATORS: list[Callable[[BaseException], UserError | None]] = []
+
+
+def register_translator(translate: Callable[[BaseException], UserError | None]) -> None:
+    if translate not in _TRANSLATORS:
+        _TRANSLATORS.append(translate)
+
+
+def translated(error: BaseException) -> UserError | None:
+    """`error` as a UserError by the first translator that knows it, or None."""
+    return next((found for found in (translate(error) for translate in _TRANSLATORS) if found is not None), None)
 
 
 def run_stage(main: Callable[[], None]) -> Callable[[], None]:
@@ -62,6 +80,10 @@ def run_stage(main: Callable[[], None]) -> Callable[[], None]:
         except Exception as error:
             if is_peer_failure(error):
                 sys.exit(PEER_FAILURE_EXIT)
+            known = translated(error)
+            if known is not None:
+                print(f"error: {known}", file=sys.stderr)
+                sys.exit(2)
             raise
         finally:
             _RUNNING.pop()

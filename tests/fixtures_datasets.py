@@ -271,6 +271,25 @@ def make_image_folder(root: Path, counts: Mapping[str, int] = FOLDER_COUNTS,
     return root
 
 
+def save_huge_png(path: Path, width: int, height: int) -> Path:
+    """A valid black 1-bit greyscale PNG of width x height, written row by row without ever holding the
+    image: 9000 x 8000 takes about 9 KB, and Pillow would decode it to 216 MB of RGB (a decompression
+    bomb, as a probe found: a 140 KB PNG that decodes to 1.5 GB)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = bytes(1 + (width + 7) // 8)  # filter 0, then the row's bits
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
 CSV_CLASSES = ("bird", "cat", "dog")
 CSV_ATTRIBUTES = ("grass", "sand")
 # per split: images per (class, attribute), attribute-major: grass bird, grass cat, grass dog, sand ...

@@ -126,7 +126,7 @@ def _resized_folder(figures: dict) -> None:
     for runs in figures["runs"].values():
         assert all(_fraction(run["results"][m][s][k]) for run in runs for m in ("erm", "masktune")
                    for s in ("test_biased", "test_original") for k in ("average", "worst_group"))
-    if figures["train_images"] >= 10_000:
+    if figures["train_images"] >= 5_000:  # 8,000 of the real MNIST's first 10,000 digits (2,000 go to val)
         gap = figures["summary"]["masktune_worst_group_gap"]
         assert all(gap[split]["mean"] >= -figures["tolerance"] for split in gap), gap
 

@@ -134,6 +134,9 @@ def test_overrides_and_the_dataset_switch_follow_the_naming_rule(tmp_path):
                                                r"\(a recipe value may not be null\), got None")),
     ("recipes.waterbirds.lr", "fast", "recipes.waterbirds.lr must be a number > 0.0, got 'fast'"),
     ("prepare.in9l.limit", 0, "prepare.in9l.limit must be an integer >= 1 or null, got 0"),
+    ("dfr.c_grid", [1.0, float("inf")], r"dfr.c_grid must be a non-empty list of distinct finite numbers > 0, got \[1.0, inf\]"),
+    ("methods.robust_train.x\n", {"groups": "jtt", "trainer": "groupdro", "selection": "average"},
+     "methods.robust_train must be a mapping whose names are lower-case identifiers, got 'x\\\\n'"),
 ])
 def test_a_bad_value_anywhere_stops_every_stage_naming_the_key(tmp_path, key, value, message):
     values = _set(committed_params(), key, value)

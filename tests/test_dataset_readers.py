@@ -23,6 +23,7 @@ from tests.fixtures_datasets import (
     make_celeba,
     make_in9l,
     make_waterbirds,
+    save_huge_png,
     save_jpeg,
 )
 
@@ -512,3 +513,81 @@ def test_sixteen_bit_rgb_keeps_its_levels_when_read_and_when_decoded_from_the_pr
     records = ImageRecords(tmp_path, ("rgb16.png",), np.array([0]), np.array([0]))
     write_prepared(tmp_path / "p.h5", {"train": records}, {"dataset": "folder"})
     assert np.array_equal(np.asarray(EncodedImages(tmp_path / "p.h5", "train")[0]), read)
+
+
+# ---------------------------------------------------------------------------------------------
+# The probe of the folder dataset, where the image datasets share the code: the limit, duplicate CSV
+# columns, decompression bombs, 16-bit images holding 12-bit data
+
+
+def test_limit_takes_images_in_turns_from_every_class(in9l_roots):
+    """`prepare.<dataset>.limit` on a split listed class by class (IN-9L, nine classes): the first N images
+    were the first class alone; they are taken in turns from each class, in the split's order, and a limit
+    below a split's number of classes is refused."""
+    from types import MappingProxyType
+
+    from masktune.config.stages import PrepareConfig
+    from masktune.datasets.spec import first_images, per_class_turns
+
+    splits = read_in9l(*in9l_roots)
+    limited = first_images(splits, PrepareConfig("in9l", MappingProxyType({"limit": 12}), False, None))
+    train = splits["train"]  # 3 images of each class, class by class
+    assert limited["train"].labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 4, 5, 6, 7, 8]  # two turns for the first 3
+    assert limited["train"] == train.subset([0, 1, 3, 4, 6, 7, 9, 12, 15, 18, 21, 24])
+    assert limited["val"] == splits["val"]  # 9 images: within the limit
+    with raises("params.yaml: prepare.in9l.limit is 5, fewer than the 9 classes of split 'train': every class "
+                "needs an image; set it to at least 9 (or null: every image)"):
+        first_images(splits, PrepareConfig("in9l", MappingProxyType({"limit": 5}), False, None))
+    # a class that runs out leaves its turns to the others; each class keeps its own order
+    assert per_class_turns([1, 1, 0, 1, 1, 1], 4, "limit", "train").tolist() == [0, 1, 2, 3]
+    assert per_class_turns(["b", "a", "b", "a", "a"], 3, "limit", "val").tolist() == [0, 1, 3]
+
+
+def test_a_csv_column_read_twice_is_refused(tmp_path):
+    """A second `y` column in Waterbirds' metadata.csv: a row's dict kept the last one without a word."""
+    root = make_waterbirds(tmp_path)
+    edit_csv(root / "metadata.csv", lambda rows: [row.append(row[2]) for row in rows])
+    with raises(f"{root / 'metadata.csv'}: column 'y' appears twice in the header (columns 3 and 7): keep one, "
+                "or rename the other"):
+        read_waterbirds(root)
+
+
+def test_images_over_the_pixel_limit_are_refused_from_their_header(tmp_path, monkeypatch):
+    """A 9 KB PNG of 9000 x 8000 pixels (under Pillow's own limit, 89 M pixels) and one of 20000 x 20000
+    (over it): refused from the header, nothing decoded, by every reader (`load_rgb`, `image_size`,
+    `check_images`, and the prepared file's writer); under a lowered limit, a small image too."""
+    from masktune.data import prepared
+    from masktune.data.prepared import write_prepared
+
+    large = save_huge_png(tmp_path / "large.png", 9000, 8000)
+    message = (f"{large}: image is 9000 x 8000 pixels (width x height: 72,000,000): more than the 67,108,864 "
+               "pixels (8192 x 8192) an image may have to be decoded (masktune.data.prepared.MAX_IMAGE_PIXELS); "
+               "downscale it, or cut it into tiles")
+    records = ImageRecords(tmp_path, ("large.png",), np.array([0]), np.array([0]))
+    for read in (load_rgb, image_size, lambda path: check_images(records),
+                 lambda path: write_prepared(tmp_path / "p.h5", {"train": records}, {"dataset": "folder"})):
+        with raises(message):
+            read(large)
+    huge = save_huge_png(tmp_path / "huge.png", 20000, 20000)
+    with raises(f"{huge}: image is over 178,956,970 pixels: more than the 67,108,864 pixels"):
+        load_rgb(huge)
+    Image.new("RGB", (40, 30)).save(tmp_path / "small.png")
+    monkeypatch.setattr(prepared, "MAX_IMAGE_PIXELS", 1199)
+    with raises(f"{tmp_path / 'small.png'}: image is 40 x 30 pixels (width x height: 1,200): more than the 1,199"):
+        image_size(tmp_path / "small.png")
+    monkeypatch.setattr(prepared, "MAX_IMAGE_PIXELS", 1200)
+    assert load_rgb(tmp_path / "small.png").shape == (30, 40, 3)
+
+
+def test_sixteen_bit_grey_peaks_are_read_where_the_images_are(tmp_path):
+    """The largest value of each 16-bit grey image (`to_rgb` scales them all by 255 / 65535), for the folder's
+    one line about 12-bit data: from the pixels `load_rgb` decodes, and from `image_size`, which decodes only
+    16-bit grey images for it; nothing for 8-bit ones."""
+    Image.fromarray(np.array([[0, 4095]], dtype=np.uint16)).save(tmp_path / "twelve.png")
+    Image.fromarray(np.array([[7, 200]], dtype=np.uint8)).save(tmp_path / "eight.png")
+    peaks: list[int] = []
+    assert load_rgb(tmp_path / "twelve.png", peaks=peaks)[0, 1].tolist() == [16, 16, 16]  # 4095 x 255 / 65535
+    load_rgb(tmp_path / "eight.png", peaks=peaks)
+    assert image_size(tmp_path / "twelve.png", peaks=peaks) == (1, 2)
+    image_size(tmp_path / "eight.png", peaks=peaks)
+    assert peaks == [4095, 4095]

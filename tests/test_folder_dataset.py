@@ -5,19 +5,30 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import re
 import subprocess
 import sys
+from types import MappingProxyType
 
 import h5py
 import numpy as np
 import pytest
 import yaml
 from conftest import ROOT, committed_params
-from fixtures_datasets import CSV_COUNTS, FOLDER_CLASSES, FOLDER_COUNTS, make_csv_index, make_image_folder
+from fixtures_datasets import (
+    CSV_CLASSES,
+    CSV_COUNTS,
+    FOLDER_CLASSES,
+    FOLDER_COUNTS,
+    make_csv_index,
+    make_image_folder,
+    save_huge_png,
+)
 from PIL import Image
 from pipeline_checks import ALL_STAGES, FEW_METHODS, FEW_MODELS, MODELS, SMALL_RUN, evaluation_of, stages_of
 from scratch import ScratchProject
 
+from masktune.config.stages import PrepareConfig
 from masktune.data.prepared import open_prepared
 from masktune.data.views import PLAIN, DatasetViews
 from masktune.datasets.folder import (
@@ -430,3 +441,163 @@ def test_repeated_files_mislabelled_overlapping_or_duplicated_are_named(tmp_path
     index.write_text("\n".join([header, *rows, relabelled]) + "\n")
     message = _folder_error({"csv": index})
     assert message.startswith(f"{index}: {(index.parent / path).resolve()} is listed as class ")
+
+
+# ---------------------------------------------------------------------------------------------
+# The probe of the folder dataset: a limit that kept one class, duplicate CSV columns, look-alike labels,
+# a val split missing a class, 12-bit data in 16-bit PNGs, decompression bombs, notes printed twice
+
+
+def _config(**options) -> PrepareConfig:
+    """A prepare config of the folder dataset: the committed params with `options` over them."""
+    values = {**committed_params()["prepare"]["folder"], **{k: (str(v) if hasattr(v, "parent") else v)
+                                                            for k, v in options.items()}}
+    return PrepareConfig("folder", MappingProxyType(values), False, None)
+
+
+def _prepare_in_process(config: PrepareConfig) -> tuple[dict, dict]:
+    """What `stages.prepare` does with one config: the file attributes, then the splits."""
+    from masktune.datasets.folder import SPEC
+
+    return SPEC.file_attributes(config), SPEC.prepare(config)
+
+
+def test_limit_takes_each_splits_images_in_turns_from_every_class(tmp_path):
+    """Issue probe: `limit: 10` on a 3-class ImageFolder (listed class by class) trained on one class while val
+    and test had three, rc 0. The images are taken in turns from each class, in each class's own order, and
+    kept in the split's order; a limit below a split's number of classes is refused."""
+    from masktune.datasets.folder import read_folder_dataset
+
+    folder = make_image_folder(tmp_path / "images", {"train": 5, "val": 2, "test": 2})
+    full = read_image_folder(folder)
+    data = read_folder_dataset({"dir": folder, "csv": None, "limit": 10})
+    train = data.paths["train"]
+    assert [data.labels["train"].count(c) for c in FOLDER_CLASSES] == [4, 3, 3]  # 10 = 3 turns of 3, then cat
+    assert train == [p for p in full.paths["train"] if p in train]  # the split's order
+    for c, n in zip(FOLDER_CLASSES, (4, 3, 3)):  # each class's first images
+        assert [p for p in train if f"/{c}/" in p] == [p for p in full.paths["train"] if f"/{c}/" in p][:n]
+    assert data.paths["val"] == full.paths["val"]  # 6 images, within the limit
+    _, splits = _prepare_in_process(_config(dir=folder, transforms="resize", image_size=32, limit=10))
+    assert np.bincount(splits["train"].labels).tolist() == [4, 3, 3]
+    index = make_csv_index(tmp_path / "csv")  # rows shuffled: attributes follow their rows
+    limited = read_csv_index(index, limit=7)
+    full = read_csv_index(index)
+    rows = dict(zip(full.paths["train"], full.attributes["train"]))
+    assert [limited.labels["train"].count(c) for c in CSV_CLASSES] == [3, 2, 2]
+    assert limited.attributes["train"] == [rows[p] for p in limited.paths["train"]]
+    assert _folder_error({"dir": folder, "limit": 2}) == (
+        "params.yaml: prepare.folder.limit is 2, fewer than the 3 classes of split 'train': every class needs an "
+        "image; set it to at least 3 (or null: every image)")
+
+
+def test_csv_column_read_twice_is_refused(tmp_path):
+    """Issue probe: a CSV with two `label` columns silently used the last one."""
+    index = make_csv_index(tmp_path / "data")
+    header, *rows = index.read_text().splitlines()
+    assert header == "id,path,label,split,spurious,notes"
+    index.write_text("\n".join(["id,path,label,split,spurious,label", *rows]) + "\n")
+    assert _folder_error({"csv": index}) == (
+        f"{index}: column 'label' appears twice in the header (columns 3 and 6): keep one, or rename the other")
+    index.write_text("\n".join(["id,path,label,split,spurious,spurious", *rows]) + "\n")
+    assert "column 'spurious' appears twice in the header (columns 5 and 6)" in _folder_error({"csv": index})
+    index.write_text("\n".join(["notes,path,label,split,spurious,notes", *rows]) + "\n")
+    assert read_csv_index(index).class_names() == CSV_CLASSES  # a column not read may repeat
+
+
+def test_labels_are_one_class_whatever_their_unicode_form_and_control_characters_are_refused(tmp_path):
+    """Issue probe: 'café' spelled composed (NFC) and decomposed (NFD, as macOS writes folder names) made two
+    classes; a NUL in a label made another. Names are read in NFC; a control character is refused, naming
+    the line (CSV) or the split folder (ImageFolder); attribute values alike."""
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    index = make_csv_index(tmp_path / "data")
+    header, *rows = index.read_text().splitlines()
+    index.write_text("\n".join([header, *(r.replace(",cat,", f",{nfc if ',train,' in r else nfd},") for r in rows)])
+                     + "\n")
+    data = read_csv_index(index)
+    assert data.class_names() == ("bird", nfc, "dog") and set(data.labels["val"]) == {"bird", nfc, "dog"}
+    with_nul = [header, *rows]
+    with_nul[4] = with_nul[4].replace(",sand,", ",sand\x00,").replace(",grass,", ",grass\x00,")
+    index.write_text("\n".join(with_nul) + "\n")
+    assert _folder_error({"csv": index}).startswith(f"{index}: line 5: spurious ")
+    assert _folder_error({"csv": index}).endswith("holds a control character, '\\x00' (U+0000): remove it from the name")
+    with_nul[4] = rows[3].replace(",bird,", ",bird\x00,").replace(",cat,", ",cat\x00,").replace(",dog,", ",dog\x00,")
+    index.write_text("\n".join(with_nul) + "\n")
+    assert _folder_error({"csv": index}).startswith(f"{index}: line 5: label ")
+    folder = make_image_folder(tmp_path / "images", {"train": 1}, classes=(nfc, "dog"))
+    make_image_folder(folder, {"val": 1, "test": 1}, classes=(nfd, "dog"))
+    data = read_image_folder(folder)
+    assert data.class_names() == (nfc, "dog") and data.labels["test"] == [nfc, "dog"]
+    assert data.paths["test"][0].startswith(f"test/{nfd}/")  # the file as it is named
+    (folder / "test" / "dog").rename(folder / "test" / "do\tg")
+    assert _folder_error({"dir": folder}) == (f"{folder / 'test'}: class folder 'do\\tg' holds a control character, "
+                                              "'\\t' (U+0009): remove it from the name")
+
+
+def test_every_class_of_train_must_be_in_val_a_test_split_may_lack_one(tmp_path):
+    """Issue probe: a val split missing a class passed `prepare`, and DFR failed late. Refused by `prepare`
+    in one line; a test split missing a class is accepted, saying nothing."""
+    index = make_csv_index(tmp_path / "data")
+    header, *rows = index.read_text().splitlines()
+    index.write_text("\n".join([header, *(r for r in rows if not (",val," in r and ",dog," in r))]) + "\n")
+    line = _one_line_error(_prepare(tmp_path, csv=index), tmp_path)
+    assert line == (f"error: {index}: split 'val' has no image of class 'dog' (1 of 3 classes of 'train' missing): "
+                    "model selection and DFR's last layer need every class in val; add some of its images")
+    index.write_text("\n".join([header, *(r for r in rows if not (",test," in r and ",dog," in r))]) + "\n")
+    assert read_csv_index(index).class_names() == CSV_CLASSES
+
+
+@pytest.mark.parametrize("normalisation", ["none", "imagenet"])
+def test_twelve_bit_data_in_sixteen_bit_pngs_is_said_once_per_split(tmp_path, capsys, normalisation):
+    """Issue probe: 16-bit PNGs holding 12-bit values (at most 4095) were scaled by 255 / 65535 to 16 grey
+    levels without a word. The scale stays the format's (masktune.data.prepared.to_rgb says why), and one
+    line per split says how many images use at most 12 bits: pixels decoded by `prepare` (normalisation
+    none) and files kept as they are (imagenet) alike."""
+    index = make_csv_index(tmp_path / "data")
+    data = read_csv_index(index)
+    twelve = np.rint(np.linspace(0, 4095, 28 * 28)).astype(np.uint16).reshape(28, 28)  # as a 12-bit sensor gives
+    full = twelve.astype(np.uint32) * 16  # the same data on the 16-bit range
+    for k, path in enumerate(data.paths["train"][:3]):  # two 12-bit, one full-range
+        Image.fromarray((twelve if k < 2 else full).astype(np.uint16)).save(index.parent / path)
+        assert Image.open(index.parent / path).mode == "I;16"
+    Image.fromarray(full.astype(np.uint16)).save(index.parent / data.paths["val"][0])
+    config = _config(csv=index, normalisation=normalisation)
+    _, splits = _prepare_in_process(config)
+    out = capsys.readouterr().out.splitlines()
+    assert [line for line in out if "12 bits" in line] == [(
+        f"{index}: 2 of the 3 16-bit greyscale images of 'train' use at most 12 bits (largest value 4095 of 65535); "
+        "kept at the 16-bit scale, x 255 / 65535, they span at most 17 of the 256 grey levels: to use them all, "
+        "rescale the files to the 16-bit range (e.g. x 16)")]
+    if normalisation == "none":
+        pixels = splits["train"].images
+        assert np.array_equal(pixels[0][..., 0], np.rint(twelve * (255 / 65535))) and pixels[0].max() == 16
+        assert pixels[2].max() == 255
+
+
+def test_an_image_too_large_to_decode_is_refused_from_its_header(tmp_path, monkeypatch):
+    """Issue probe: a 140 KB PNG decoded to 1.5 GB, Pillow's own guard (89 M pixels) letting it through.
+    Over 8192 x 8192 pixels an image is refused in one line naming it and its size, before any decoding
+    (a 9000 x 8000 PNG of 9 KB here), in both storage paths; a lowered limit refuses a small image."""
+    from masktune.data import prepared
+
+    index = make_csv_index(tmp_path / "data")
+    huge = index.parent / read_csv_index(index).paths["val"][1]
+    save_huge_png(huge, 9000, 8000)
+    expected = (f"error: {huge}: image is 9000 x 8000 pixels (width x height: 72,000,000): more than the 67,108,864 "
+                "pixels (8192 x 8192) an image may have to be decoded (masktune.data.prepared.MAX_IMAGE_PIXELS); "
+                "downscale it, or cut it into tiles")
+    assert _one_line_error(_prepare(tmp_path, csv=index), tmp_path) == expected
+    Image.new("L", (40, 40), 7).save(huge)
+    monkeypatch.setattr(prepared, "MAX_IMAGE_PIXELS", 1000)
+    for options in ({}, {"transforms": "resize", "normalisation": "imagenet"}):
+        with pytest.raises(UserError, match=re.escape(f"{huge}: image is 40 x 40 pixels (width x height: 1,600)")):
+            _prepare_in_process(_config(csv=index, **options))
+
+
+def test_folder_notes_are_printed_once_per_prepare_run(tmp_path):
+    """Issue probe: `prepare` read the folder twice (file attributes, then splits), and each read printed
+    its notes: a skipped hidden folder was said twice."""
+    folder = make_image_folder(tmp_path / "images", {"train": 2, "val": 1, "test": 1})
+    (folder / "train" / ".thumbnails").mkdir()
+    result = _prepare(tmp_path, dir=folder, transforms="resize", image_size=32)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("skipped hidden folder(s) .thumbnails") == 1

@@ -194,16 +194,37 @@ def test_editing_one_module_reruns_only_the_stages_that_import_it(project):
     assert set(project.stages_run("repro")) <= {"prepare"}  # back (or restored from the run cache), alone
 
 
-def _repro_with_params(project, edit) -> subprocess.CompletedProcess:
-    """`dvc repro` with params.yaml edited by `edit(values)`, restored afterwards."""
+def _repro_with_params(project, edit, *targets: str) -> subprocess.CompletedProcess:
+    """`dvc repro [targets]` with params.yaml edited by `edit(values)`, restored afterwards."""
     params = (project.path / "params.yaml").read_text()
     edited = yaml.safe_load(params)
     edit(edited)
     (project.path / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
     try:
-        return project.dvc("repro", check=False)
+        return project.dvc("repro", *targets, check=False)
     finally:
         (project.path / "params.yaml").write_text(params)
+
+
+HOSTILE = "x;touch PWNED"
+
+
+@pytest.mark.parametrize("targets", [("-s", f"robust_train@{HOSTILE}"), ()])
+def test_a_name_with_shell_characters_never_reaches_a_shell(project, targets):
+    """DVC pastes a pair's name into its stage's command unquoted. Its stamp from check_methods is missing (a
+    name outside the schema's alphabet gets none), so DVC refuses the stage before running its command, even
+    when asked for that stage alone (`dvc repro -s`), where check_methods does not run first; a whole `dvc
+    repro` ends in check_methods, naming the pair."""
+    def edit(values):
+        values["methods"]["robust_train"][HOSTILE] = dict(values["methods"]["robust_train"]["jtt"])
+
+    lock = (project.path / "dvc.lock").read_text()
+    result = _repro_with_params(project, edit, *targets)
+    assert result.returncode != 0 and not (project.path / "PWNED").exists()
+    assert not RUNNING_STAGE.findall(result.stdout) or RUNNING_STAGE.findall(result.stdout) == ["check_methods"]
+    if not targets:
+        assert f"must be a mapping whose names are lower-case identifiers, got {HOSTILE!r}" in result.stderr
+    assert (project.path / "dvc.lock").read_text() == lock
 
 
 def test_bad_param_of_a_later_stage_stops_the_first_stage_before_any_work(project):
@@ -247,3 +268,31 @@ def test_bad_param_stops_repro_with_one_clear_line(project):
     assert result.returncode != 0
     assert "error: params.yaml: masktune.threshold_std must be a number >= 0.0, got 'high'" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_file_size_limit_stops_every_hdf5_writing_stage_in_one_line_leaving_nothing(project):
+    """`ulimit -f` on each stage that writes HDF5 (its command as dvc.lock records it): exit 2, one line naming
+    the output and the limit, no temporary file, and the outputs of the last run untouched (HDF5 ended some of
+    them in a segfault or a RuntimeError traceback before, issue 39)."""
+    import resource
+    import sys
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 10, 16 << 10))
+
+    lock = yaml.safe_load((project.path / "dvc.lock").read_text())["stages"]
+    writers = {name: stage["cmd"] for name, stage in lock.items()
+               if any(out["path"].endswith(".h5") for out in stage.get("outs", []))}
+    assert {"prepare", "compute_saliency", "materialize_masked_dataset@masktune", "jtt_identify@jtt",
+            "exmap_heatmaps@exmap", "clusterfix_features@clusterfix", "evaluate"} <= set(writers)
+    for name, cmd in writers.items():
+        env = {**project.env, "PATH": f"{__import__('os').path.dirname(sys.executable)}:/usr/bin:/bin"}
+        result = subprocess.run(cmd, shell=True, cwd=project.path, capture_output=True, text=True, preexec_fn=limit,
+                                env=env, check=False)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, (name, result.stderr[-2000:])
+        assert "cannot write it, the file size limit was reached" in lines[0], (name, lines[0])
+        leftovers = [p for folder in ("data", "models", "metrics") for p in (project.path / folder).rglob("*.tmp")]
+        assert not leftovers, (name, leftovers)
+    status = json.loads(project.dvc("status", "--json").stdout or "{}")
+    assert not status, status  # every output as the last run left it

@@ -94,9 +94,11 @@ def test_selective_classification_end_to_end(project):
     targets = _json(project, "metrics/selective/details.json")["scores"]["masktune"]["results"]["test"]["targets"]
     assert [t["target_coverage"] for t in targets] == [50, 100]
     # No control: its stage leaves the pipeline and its rows the report (`evaluate` reruns too: it depends
-    # on the models/ folder, which held the control's checkpoints, and reports the same numbers).
+    # on the models/ folder, which held the control's checkpoints, and reports the same numbers; and
+    # check_methods, which stamps the offsets a `foreach` stage is named after).
     before = _json(project, "metrics/evaluate.json")
-    assert project.stages_run("exp", "run", "-S", "selective.control_seed_offsets=[]") == ["evaluate", "selective"]
+    assert project.stages_run("exp", "run", "-S", "selective.control_seed_offsets=[]") == [
+        "check_methods", "evaluate", "selective"]
     assert _json(project, "metrics/evaluate.json") == before
     assert list(_json(project, "metrics/selective.json")) == SCORES[:3]
     assert "train_erm_control" not in project.dvc("stage", "list").stdout

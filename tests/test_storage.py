@@ -152,6 +152,9 @@ WRITERS = {
     "torch": "buffer = io.BytesIO(); torch.save({'w': torch.randn(1000, 1000)}, buffer); "
              "write_bytes_atomically(out, buffer.getvalue())",
     "json": "write_json(out, {'x': list(range(200000))})",
+    # a resume journal's shard (h5py's own failure is a RuntimeError here: issue 39)
+    "journal": "ResumeJournal(out, {'k': 1}).write_shard(0, {'x': np.random.default_rng(0).random((1000, 100))})",
+    "folder": "with atomic_directory(out) as d:\n        (d / 'a.bin').write_bytes(bytes(300_000))",
 }
 
 
@@ -175,16 +178,20 @@ def test_a_file_size_limit_ends_every_writer_in_one_line_leaving_nothing(tmp_pat
 
     script = ("import io, sys\nimport numpy as np\nimport torch\nfrom masktune.errors import run_stage\n"
               "from masktune.io.files import write_bytes_atomically, write_json\n"
-              "from masktune.io.hdf5 import write_arrays\n"
+              "from masktune.io.files import atomic_directory\nfrom masktune.io.hdf5 import write_arrays\n"
+              "from masktune.io.journal import ResumeJournal\n"
               f"@run_stage\ndef main():\n    out = sys.argv[1]\n    {WRITERS[writer]}\nmain()\n")
     out = tmp_path / "out" / f"output.{writer}"
     out.parent.mkdir()
     result = _under_file_size_limit([sys.executable, "-c", script, str(out)], tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [result.stderr.strip()]  # one line
-    assert result.stderr.startswith(f"error: {out}: cannot write it, the file size limit was reached (")
+    written = f"{out}.partial/rows-000000000000-000000001000.h5" if writer == "journal" else str(out)
+    assert result.stderr.startswith(f"error: {written}: cannot write it, the file size limit was reached (")
     assert "GiB free on its file system); nothing was written" in result.stderr
-    assert list(out.parent.iterdir()) == []
+    # the journal keeps its folder and fingerprint (it resumes once there is room), never a temporary file
+    left = sorted(p.relative_to(out.parent).as_posix() for p in out.parent.rglob("*"))
+    assert left == ([f"{out.name}.partial", f"{out.name}.partial/meta.json"] if writer == "journal" else [])
 
 
 def test_prepare_under_a_file_size_limit_stops_in_one_line_leaving_nothing(tmp_path):
@@ -204,3 +211,66 @@ def test_prepare_under_a_file_size_limit_stops_in_one_line_leaving_nothing(tmp_p
     assert result.stderr.strip().splitlines()[-1].startswith(
         f"error: {'data/prepared.h5'}: cannot write it, the file size limit was reached")
     assert "Traceback" not in result.stderr and list((tmp_path / "data").iterdir()) == []
+
+
+def test_disk_full_is_recognised_whichever_layer_reports_it():
+    """HDF5's failures reach h5py 3.16 as a RuntimeError naming the errno, not an OSError (issue 39)."""
+    from masktune.io.files import disk_full_cause
+
+    assert disk_full_cause(OSError(28, "No space left on device")) == "no space left on the device"
+    assert disk_full_cause(RuntimeError("Can't decrement id ref count (unable to extend file properly, errno = 27, "
+                                        "error message = 'File too large')")) == "the file size limit was reached"
+    assert disk_full_cause(RuntimeError("Can't write data (errno = 28, error message = 'No space left on device')"))
+    assert disk_full_cause(RuntimeError("dataset is closed")) is None and disk_full_cause(ValueError("x")) is None
+
+
+def _flip_byte_in(path, dataset: str, offset: int = 16) -> None:
+    """Change one byte of `dataset`'s first chunk on disk, as an edit in place or a bad sector would."""
+    with h5py.File(path, "r") as f:
+        where = f[dataset].id.get_chunk_info(0).byte_offset
+    data = bytearray(path.read_bytes())
+    data[where + offset] ^= 0xFF
+    path.write_bytes(data)
+
+
+def test_a_byte_changed_in_a_prepared_file_stops_the_stage_in_one_line_naming_it(tmp_path):
+    """Every array is checksummed (Fletcher-32): five test labels edited in data/prepared.h5 changed the reported
+    accuracies silently before (issue 39); now the read fails, and a stage says which file and dataset."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    write_prepared(tmp_path / "prepared.h5", {"train": _samples(40), "test": _samples(30, seed=1)}, ATTRS)
+    with h5py.File(tmp_path / "prepared.h5", "r") as f:
+        assert all(f[f"{split}/{name}"].fletcher32 for split in ("train", "test") for name in ("images", "labels"))
+    _flip_byte_in(tmp_path / "prepared.h5", "test/labels")
+    script = ("from masktune.errors import run_stage\nfrom masktune.data.prepared import PreparedFile\n"
+              "@run_stage\ndef main():\n    PreparedFile('prepared.h5').vectors('test', 'labels')\nmain()\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=False,
+                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: prepared.h5: dataset '/test/labels' does not read back (")
+    assert "restore it with `dvc checkout` or rebuild it with `dvc repro`" in result.stderr
+
+
+def test_an_unreadable_journal_part_is_discarded_saying_so(tmp_path, capsys):
+    """A garbage or empty meta.json (a power cut during its write) discarded the journal with a traceback on
+    every rerun until deleted by hand; a shard changed after its write failed the assembly. Both are now
+    discarded with one line, and the work starts over (issue 39)."""
+    from masktune.io.journal import ResumeJournal
+
+    out = tmp_path / "saliency.h5"
+    journal = ResumeJournal(out, {"inputs": 1})
+    for text in ("", "{not json", "\x00\x00\x00"):
+        (journal.folder / "meta.json").write_text(text)
+        assert ResumeJournal(out, {"inputs": 1}).discarded
+        assert "meta.json: unreadable resume journal" in capsys.readouterr().out
+    journal = ResumeJournal(out, {"inputs": 1})
+    journal.write_shard(0, {"x": np.arange(4000, dtype=np.float64).reshape(1000, 4)})
+    journal.write_shard(1000, {"x": np.ones((1000, 4))})
+    assert ResumeJournal(out, {"inputs": 1}).done_rows() == 2000
+    _flip_byte_in(journal.folder / "rows-000000001000-000000002000.h5", "x")
+    resumed = ResumeJournal(out, {"inputs": 1})
+    assert not resumed.discarded and resumed.done_rows() == 1000  # the damaged shard's rows are done again
+    assert "rows-000000001000-000000002000.h5: unreadable resume shard" in capsys.readouterr().out

@@ -172,17 +172,18 @@ class NameList(Field):
 
 @dataclass(frozen=True)
 class NumberList(Field):
-    """A non-empty list of distinct numbers > 0, at most `maximum` if set (e.g. DFR's grid of inverse
-    regularisation strengths, selective classification's target coverages in percent)."""
+    """A non-empty list of distinct finite numbers > 0, at most `maximum` if set (e.g. DFR's grid of inverse
+    regularisation strengths, selective classification's target coverages in percent). YAML 1.2 reads `.inf`
+    as infinity: an unregularised C is refused, as is NaN."""
     maximum: float | None = None
 
     def _describe(self) -> str:
         bound = f" and <= {self.maximum:g}" if self.maximum is not None else ""
-        return f"a non-empty list of distinct numbers > 0{bound}"
+        return f"a non-empty list of distinct finite numbers > 0{bound}"
 
     def _check(self, key, value):
         if (not isinstance(value, list) or not value or len(set(value)) != len(value) or any(
-                isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not v > 0
                 or (self.maximum is not None and v > self.maximum) for v in value)):
             raise self._fail(key, value)
         return tuple(float(v) for v in value)
@@ -220,7 +221,7 @@ class AutoInt(Field):
         return value
 
 
-NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+NAME = re.compile(r"[a-z][a-z0-9_]*")  # fullmatch: `$` would let a trailing newline through
 
 
 @dataclass(frozen=True)
@@ -245,7 +246,7 @@ class Pairs(Field):
             raise self._fail(key, value)
         for name, pair in value.items():
             where = f"{key}.{name}"
-            if not isinstance(name, str) or not NAME.match(name):
+            if not isinstance(name, str) or not NAME.fullmatch(name):
                 raise invalid(key, "a mapping whose names are lower-case identifiers", name)
             if not isinstance(pair, dict) or set(pair) != set(self.keys()):
                 raise invalid(where, "a mapping with exactly the keys " + ", ".join(self.keys()), pair)

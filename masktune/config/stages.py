@@ -242,8 +242,10 @@ class DfrConfig:
 
 @dataclass(frozen=True)
 class CheckMethodsConfig:
-    """Stage `check_methods`: reads nothing but the `methods` param, which loading it validates."""
+    """Stage `check_methods`: reads the names `foreach` stages are made of (the `methods` param and the control's
+    seed offsets), which loading it validates."""
     methods: MappingProxyType = _key("methods")
+    control_seed_offsets: tuple[int, ...] = _key("selective.control_seed_offsets")
 
 
 @dataclass(frozen=True)

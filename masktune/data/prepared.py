@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,6 @@ from tqdm import tqdm
 from masktune.data.samples import ImageRecords, SampleSet
 from masktune.data.views import DatasetViews, Geometry
 from masktune.errors import UserError
-from masktune.io.files import atomic_output
 from masktune.io.hdf5 import CHUNK_BYTES, STREAM_CACHE_BYTES, h5_output, open_h5, read_attrs, read_rows, write_array
 
 VECTOR_FIELDS = ("labels", "attributes", "groups", "source_index")
@@ -63,9 +63,7 @@ def write_prepared(path: str | Path, splits: Mapping[str, SampleSet | ImageRecor
 
 
 def _write_pixel_splits(path: str | Path, splits: Mapping[str, SampleSet], attrs: Mapping) -> None:
-    with atomic_output(path) as tmp, h5py.File(tmp, "w", track_order=False) as f:
-        for key, value in attrs.items():
-            f.attrs[key] = value
+    with h5_output(path, attrs) as f:
         for name, samples in splits.items():
             group = f.create_group(name)
             write_array(group, "images", np.ascontiguousarray(samples.images, dtype=np.uint8))
@@ -82,6 +80,37 @@ def unreadable_image(path: str | Path, error: Exception) -> UserError:
     """The one-line error for an image Pillow cannot open or decode, naming the file and Pillow's reason."""
     reason = str(error).splitlines()[0] if str(error) else type(error).__name__
     return UserError(f"{path}: cannot read image (corrupted or truncated? {reason})")
+
+
+# The most pixels an image may have to be decoded here: 8192 x 8192 (67 M), checked from the header
+# (`open_image`). Pillow's own guard (Image.MAX_IMAGE_PIXELS, 89 M) only warns up to 179 M, and a PNG of a
+# few hundred KB can declare that many: 179 M pixels take 716 MB in Pillow's RGB, 1.4 GB more in the float64
+# scaling of 16-bit grey (`to_rgb`), in each DataLoader worker at once. The networks here see at most a
+# few hundred pixels a side after the resize, and 67 M pixels is more than any camera up to 61 MP
+# (9504 x 6336) takes; larger scans (pathology slides, satellite tiles) are to be downscaled or tiled first.
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+def open_image(source: str | Path | io.BytesIO, path: str | Path) -> Image.Image:
+    """`Image.open` (the header only) of an image within MAX_IMAGE_PIXELS, else a UserError naming `path` and
+    its size, before anything is decoded. Pillow's warning for images over its own limit is ours to give."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(source)
+        except Image.DecompressionBombError:  # over twice Pillow's limit: refused by Pillow in the header
+            raise _too_large(path, f"over {2 * Image.MAX_IMAGE_PIXELS:,} pixels") from None
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise _too_large(path, f"{width} x {height} pixels (width x height: {width * height:,})")
+    return image
+
+
+def _too_large(path: str | Path, size: str) -> UserError:
+    return UserError(f"{path}: image is {size}: more than the {MAX_IMAGE_PIXELS:,} pixels (8192 x 8192) an image "
+                     "may have to be decoded (masktune.data.prepared.MAX_IMAGE_PIXELS); downscale it, or cut it "
+                     "into tiles")
 
 
 SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -114,7 +143,11 @@ def oriented_size(image: Image.Image, exif_orientation: str) -> tuple[int, int]:
 
 def to_rgb(image: Image.Image, path: object = None) -> Image.Image:
     """`image` as 8-bit RGB. 16-bit greyscale (X-rays, microscopy) is scaled to 8 bits, value x 255 / 65535
-    rounded: Pillow's own `convert("RGB")` clips it to 255, turning a 16-bit ramp 99.6% white. (16-bit RGB
+    rounded: Pillow's own `convert("RGB")` clips it to 255, turning a 16-bit ramp 99.6% white. Always the
+    format's range, whatever the values: the PNG standard scales a 12-bit sample up to 16 bits when storing
+    it (its sBIT chunk only records the original depth), and a per-image scale would give each
+    image its own contrast; files holding raw 12-bit values (at most 4095) keep 17 grey levels, and `prepare`
+    says so, once per split (`sixteen_bit_peak`, masktune.datasets.folder). (16-bit RGB
     PNGs Pillow already opens as 8-bit RGB, each value's high byte: within one level.) 32-bit integer and
     float images have no fixed range to scale from: refused in one line naming the file. Always a new,
     loaded image (as `convert` returns), usable after `image`'s file is closed."""
@@ -127,12 +160,23 @@ def to_rgb(image: Image.Image, path: object = None) -> Image.Image:
     return image.convert("RGB")
 
 
+TWELVE_BIT_PEAK = 4095
+
+
+def sixteen_bit_peak(image: Image.Image) -> int | None:
+    """The largest value of a loaded 16-bit greyscale image, None for any other mode: one at most
+    TWELVE_BIT_PEAK is 12-bit data (or less) that `to_rgb` maps to the 17 lowest of the 256 grey levels."""
+    if image.mode not in SIXTEEN_BIT_GREY:
+        return None
+    return int(np.asarray(image).max(initial=0))
+
+
 def _checked_size(data: bytes, path: Path, exif_orientation: str = "ignore") -> tuple[int, int]:
     """(height, width) of an encoded image as it will be seen (`oriented_size`), after decoding it (JPEG
     at 1/8 scale: an eighth of the work, and a truncated or corrupt file still fails), or a UserError
-    naming the file."""
+    naming the file; one over MAX_IMAGE_PIXELS is refused from its header (`open_image`)."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_image(io.BytesIO(data), path) as image:
             size = oriented_size(image, exif_orientation)
             image.draft("RGB", (max(1, image.size[0] // 8), max(1, image.size[1] // 8)))
             image.load()
@@ -154,7 +198,7 @@ def _write_image_split(group: h5py.Group, records: ImageRecords, desc: str, exif
     vectors = {"labels": records.labels, "attributes": records.attributes, "groups": records.groups,
                "source_index": records.source_index}
     for field in VECTOR_FIELDS:
-        group.create_dataset(field, data=np.asarray(vectors[field], dtype=np.int64), track_times=False)
+        write_array(group, field, np.asarray(vectors[field], dtype=np.int64))
 
 
 def _write_encoded(group: h5py.Group, records: ImageRecords, desc: str, exif_orientation: str = "ignore") -> None:
@@ -162,7 +206,7 @@ def _write_encoded(group: h5py.Group, records: ImageRecords, desc: str, exif_ori
     `image_sizes` are the sizes as the images will be seen (`oriented_size`)."""
     n = len(records)
     encoded = group.create_dataset("encoded", shape=(0,), maxshape=(None,), dtype=np.uint8,
-                                   chunks=(CHUNK_BYTES,), track_times=False)
+                                   chunks=(CHUNK_BYTES,), fletcher32=True, track_times=False)
     offsets = np.zeros(n + 1, dtype=np.int64)
     sizes = np.zeros((n, 2), dtype=np.int64)
     for first in tqdm(range(0, n, WRITE_BATCH), desc=desc, unit="batch", disable=None):
@@ -173,8 +217,8 @@ def _write_encoded(group: h5py.Group, records: ImageRecords, desc: str, exif_ori
             offsets[i + 1] = offsets[i] + len(blob)
         encoded.resize((offsets[index[-1] + 1],))
         encoded[offsets[first]:] = np.frombuffer(b"".join(blobs), dtype=np.uint8)
-    group.create_dataset("offsets", data=offsets, track_times=False)
-    group.create_dataset("image_sizes", data=sizes, track_times=False)
+    write_array(group, "offsets", offsets)
+    write_array(group, "image_sizes", sizes, compress=False)
     group.create_dataset("paths", data=np.array(records.paths, dtype=object), dtype=h5py.string_dtype(),
                          track_times=False)
 

@@ -14,7 +14,11 @@ Two layouts, the two people already have (`prepare.folder.dir` or `prepare.folde
 
 Splits: `train`, `val`, and one or more test splits named `test` or `test_<anything>`. Classes are the
 labels present in `train` (integers sorted numerically, names alphabetically); a label found only in
-`val` or a test split is an error, since no method could learn it. Groups, as everywhere in this
+`val` or a test split is an error, since no method could learn it, and so is a class of `train` missing
+from `val` (model selection and DFR need it there); a test split may lack classes. Class names (folder
+names, CSV labels) and attribute values are read in Unicode's NFC form, and refused holding a control
+character. `prepare.folder.limit` keeps at most that many images of each split, taken in turns from each
+class (`_limited`), and the checks above run on what it keeps. Groups, as everywhere in this
 project, are (label, attribute) pairs: group = attribute * classes + label, the attribute values
 numbered in sorted order; a `group` column is used as the attribute. Without either column the groups
 are the classes, and `evaluate` reports per-class accuracies instead of group ones (`groups_known`).
@@ -33,20 +37,24 @@ the official code masks (masktune.data.splits.RemaskedViewSplit; masking the sto
 MaskTune 16 points of worst group on a folder of 32 x 32 images, issue 38).
 Otherwise (a random train transform, `imagenet`; a normalisation; or pixels too large for memory) the
 files' bytes are stored and decoded as they are read, like Waterbirds'. Every image is opened and
-decoded while preparing, so a missing or unreadable file stops `prepare` with one line naming it.
-"""
+decoded while preparing, so a missing or unreadable file stops `prepare` with one line naming it, as does
+one over 8192 x 8192 pixels, refused from its header (masktune.data.prepared.MAX_IMAGE_PIXELS). 16-bit
+grey images keep the format's scale, x 255 / 65535; a split whose 16-bit images hold 12-bit values is
+said in one line (`twelve_bit_note`)."""
 from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from masktune.config.stages import PrepareConfig
+from masktune.data.prepared import TWELVE_BIT_PEAK
 from masktune.data.samples import ImageRecords, SampleSet
 from masktune.data.views import (
     IMAGENET_MEAN,
@@ -67,7 +75,7 @@ from masktune.datasets.readers import (
     require_dir,
     require_file,
 )
-from masktune.datasets.spec import DatasetSpec, first_images
+from masktune.datasets.spec import DatasetSpec, per_class_turns
 from masktune.errors import UserError
 
 FIXED_SPLITS = ("train", "val")
@@ -127,9 +135,47 @@ def _is_int(value: str) -> bool:
     return True
 
 
+def _clean_name(value: str, where: str, what: str) -> str:
+    """A class or attribute name in Unicode's NFC form, so that one spelled composed (NFC, as most systems
+    write it) and one decomposed (NFD, as macOS folder names come) are one class, not two that look alike.
+    A control character (a NUL, a tab, an escape: Unicode category Cc) is refused: invisible in a listing,
+    it makes another class."""
+    control = next((char for char in value if unicodedata.category(char) == "Cc"), None)
+    if control is not None:
+        raise UserError(f"{where}: {what} {value!r} holds a control character, {control!r} (U+{ord(control):04X}): "
+                        "remove it from the name")
+    return unicodedata.normalize("NFC", value)
+
+
+def _name_key(data: FolderSplits):
+    """The order of `class_names`: integer labels numerically, names alphabetically."""
+    return (lambda label: (int(label), label)) if data.integer_labels else (lambda label: label)
+
+
+def _limited(data: FolderSplits, limit: int | None) -> FolderSplits:
+    """At most `limit` images of each split, taken in turns from each class in the classes' order
+    (masktune.datasets.spec.per_class_turns: every class keeps images, each in its own order), so that a
+    quick run on a folder sorted by class still trains on every class; the split's checks follow, on what
+    remains."""
+    if limit is None:
+        return data
+    paths, labels = {}, {}
+    attributes = None if data.attributes is None else {}
+    for split, names in data.labels.items():
+        order = {name: i for i, name in enumerate(sorted(set(names), key=_name_key(data)))}
+        keep = per_class_turns([order[name] for name in names], limit, "prepare.folder.limit", split)
+        paths[split] = [data.paths[split][i] for i in keep]
+        labels[split] = [names[i] for i in keep]
+        if attributes is not None:
+            attributes[split] = [data.attributes[split][i] for i in keep]
+    return replace(data, paths=paths, labels=labels, attributes=attributes)
+
+
 def _check_splits(data: FolderSplits) -> None:
     """Each fixed split and at least one test split present and non-empty; at least two classes in train;
-    no label unseen in train; integer labels that are distinct integers."""
+    no label unseen in train; every class of train in val (model selection, and DFR's last layer fitted on
+    val, need each class: without one they failed late, in a later stage); integer labels that are distinct
+    integers. A test split may lack a class."""
     for split in FIXED_SPLITS:
         if not data.paths.get(split):
             raise UserError(f"{data.where}: split {split!r} is empty (every dataset needs train, val and a test split)")
@@ -155,6 +201,12 @@ def _check_splits(data: FolderSplits) -> None:
         if unseen:
             raise UserError(f"{data.where}: label {unseen[0]!r} appears in {split!r} but not in 'train' "
                             f"(no method can learn a class it never sees)")
+    in_val = set(data.labels["val"])
+    missing = [name for name in data.class_names() if name not in in_val]
+    if missing:
+        raise UserError(f"{data.where}: split 'val' has no image of class {missing[0]!r} ({len(missing)} of "
+                        f"{len(known)} classes of 'train' missing): model selection and DFR's last layer need "
+                        "every class in val; add some of its images")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,8 +241,9 @@ def _class_images(class_dir: Path) -> list[str]:
     return found
 
 
-def read_image_folder(root: str | Path) -> FolderSplits:
-    """`root/<split>/<class>/.../<image>`: every split folder, its class folders and their images."""
+def read_image_folder(root: str | Path, limit: int | None = None) -> FolderSplits:
+    """`root/<split>/<class>/.../<image>`: every split folder, its class folders and their images (at most
+    `limit` of each split, `_limited`); a class is its folder's name in NFC (`_clean_name`)."""
     root = require_dir(Path(root), "image folder (prepare.folder.dir)")
     split_dirs = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
     for name in split_dirs:
@@ -215,8 +268,8 @@ def read_image_folder(root: str | Path) -> FolderSplits:
                 raise UserError(f"{root / split / name}: class folder has no images "
                                 f"({', '.join(IMAGE_EXTENSIONS)})")
             paths[split] += [f"{split}/{name}/{image}" for image in images]
-            labels[split] += [name] * len(images)
-    data = FolderSplits(root, str(root), paths, labels, None)
+            labels[split] += [_clean_name(name, str(root / split), "class folder")] * len(images)
+    data = _limited(FolderSplits(root, str(root), paths, labels, None), limit)
     _check_splits(data)
     return data
 
@@ -225,10 +278,11 @@ def read_image_folder(root: str | Path) -> FolderSplits:
 # CSV layout
 
 
-def read_csv_index(csv_path: str | Path) -> FolderSplits:
-    """One row per image: path (relative to the CSV's folder), label, split, [spurious | group]."""
+def read_csv_index(csv_path: str | Path, limit: int | None = None) -> FolderSplits:
+    """One row per image: path (relative to the CSV's folder), label, split, [spurious | group] (at most
+    `limit` rows of each split, `_limited`); labels and attribute values in NFC (`_clean_name`)."""
     csv_path = require_file(Path(csv_path), "image index CSV (prepare.folder.csv)")
-    header, rows = read_csv_rows(csv_path, CSV_COLUMNS)
+    header, rows = read_csv_rows(csv_path, CSV_COLUMNS, ATTRIBUTE_COLUMNS)
     if not rows:
         raise UserError(f"{csv_path}: no rows after the header")
     present = [c for c in ATTRIBUTE_COLUMNS if c in header]
@@ -248,13 +302,14 @@ def read_csv_index(csv_path: str | Path) -> FolderSplits:
             if not row[name]:
                 raise UserError(f"{csv_path}: line {line}: empty {name!r}")
         paths.setdefault(split, []).append(row["path"])
-        labels.setdefault(split, []).append(row["label"])
+        labels.setdefault(split, []).append(_clean_name(row["label"], f"{csv_path}: line {line}", "label"))
         if attributes is not None:
-            attributes.setdefault(split, []).append(row[column])
+            attributes.setdefault(split, []).append(_clean_name(row[column], f"{csv_path}: line {line}", column))
         lines.append(line)
     all_labels = [label for split in labels.values() for label in split]
     data = FolderSplits(csv_path.parent, str(csv_path), paths, labels, attributes, column,
                         integer_labels=all(_is_int(label) for label in all_labels))
+    data = _limited(data, limit)
     _check_splits(data)
     check_listed_files(csv_path.parent, [p for split in paths.values() for p in split],
                        [line for split in paths for line in _split_lines(rows, split)], csv_path)
@@ -291,19 +346,20 @@ def group_names(data: FolderSplits) -> dict[int, str]:
 
 
 def decode_pixels(records: ImageRecords, desc: str, exif_orientation: str = "ignore",
-                  geometry: Geometry | None = None, keep_files: bool = False) -> SampleSet:
+                  geometry: Geometry | None = None, keep_files: bool = False,
+                  peaks: list[int] | None = None) -> SampleSet:
     """Every image decoded to RGB uint8 and, with a `geometry`, seen through it (torchvision's transforms on
     the decoded PIL image, as an image file read per pass is), all of one size. With `keep_files`, the
     records go with the pixels when the view changed some image's size (`SampleSet.files`: MaskTune masks
     the files as stored); where every file already has the view's size the view is the file, and nothing
-    more is kept."""
+    more is kept. 16-bit grey images' largest values go to `peaks`, where given (`twelve_bit_note`)."""
     from PIL import Image
     from torchvision.transforms import Compose
 
     view = None if geometry is None or geometry == Geometry() else Compose(geometry.transforms())
     images, first, resized = [], None, False
     for i in tqdm(range(len(records)), desc=desc, unit="image", disable=None, mininterval=1.0):
-        image = load_rgb(records.path(i), exif_orientation)
+        image = load_rgb(records.path(i), exif_orientation, peaks)
         if view is not None:
             raw_size = image.shape[:2]
             image = np.asarray(view(Image.fromarray(image)), dtype=np.uint8)
@@ -319,15 +375,34 @@ def decode_pixels(records: ImageRecords, desc: str, exif_orientation: str = "ign
                      files=records if keep_files and resized else None)
 
 
-def _check_one_size(records: ImageRecords, exif_orientation: str = "ignore") -> None:
-    """Without a resize, images of several sizes cannot form a batch: say so before any training."""
-    sizes = {}
+def _scan_files(records: ImageRecords, exif_orientation: str = "ignore", one_size: bool = False) -> list[int]:
+    """A split kept as files (decoded per pass), read here from the headers: every image within the pixel
+    limit (masktune.data.prepared.open_image) and, with `one_size` (no resize), all of one size: images of
+    several sizes cannot form a batch, said before any training. Returns the largest value of each 16-bit
+    grey image, decoded for it (`twelve_bit_note`)."""
+    sizes, peaks = {}, []
     for i in range(len(records)):
-        sizes.setdefault(image_size(records.path(i), exif_orientation), records.paths[i])
+        size = image_size(records.path(i), exif_orientation, peaks)
+        if one_size:
+            sizes.setdefault(size, records.paths[i])
         if len(sizes) > 1:
             (a, first), (b, other) = sizes.items()
             raise UserError(f"{records.root / other}: image is {b[0]}x{b[1]}, but {first} is {a[0]}x{a[1]}: with "
                             "prepare.folder.transforms none every image must have one size (use resize or imagenet)")
+    return peaks
+
+
+def twelve_bit_note(where: str, split: str, peaks: Sequence[int]) -> None:
+    """One line for a split whose 16-bit grey images hold 12-bit data (largest value at most 4095, as many
+    X-ray and microscopy exports write it): `to_rgb` keeps the 16-bit format's scale (masktune.data.prepared
+    says why), so they span a sixteenth of the 8-bit grey levels. Said once per split, not per image."""
+    narrow = [peak for peak in peaks if peak <= TWELVE_BIT_PEAK]
+    if narrow:
+        top = max(narrow)
+        print(f"{where}: {len(narrow)} of the {len(peaks)} 16-bit greyscale images of {split!r} use at most 12 bits "
+              f"(largest value {top} of 65535); kept at the 16-bit scale, x 255 / 65535, they span at most "
+              f"{round(top * 255 / 65535) + 1} of the 256 grey levels: to use them all, rescale the files to the "
+              "16-bit range (e.g. x 16)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,7 +453,8 @@ def read_folder_dataset(options: Mapping) -> FolderSplits:
     if (folder is None) == (index is None):
         raise UserError("params.yaml: set exactly one of prepare.folder.dir (an ImageFolder tree) and "
                         "prepare.folder.csv (a CSV index), e.g. `dvc exp run -S prepare.folder.dir=path/to/images`")
-    data = read_image_folder(folder) if folder is not None else read_csv_index(index)
+    limit = options.get("limit")
+    data = read_image_folder(folder, limit) if folder is not None else read_csv_index(index, limit)
     check_repeats(data, options.get("allow_overlap", False))
     return data
 
@@ -416,29 +492,48 @@ def check_repeats(data: FolderSplits, allow_overlap: bool = False) -> None:
               f"(e.g. {within[0]})")
 
 
-def _stores_view_pixels(config: PrepareConfig, records: Mapping[str, ImageRecords]) -> bool:
-    return stores_view_pixels(config.options, [len(r) for r in records.values()])
+_LAST_READ: dict = {}  # the config of the last `_read` and its folder
+
+
+def _read(config: PrepareConfig) -> FolderSplits:
+    """The folder `config` names, read once per prepare run: `stages.prepare` asks one config for the file
+    attributes (`_describe`), then for the splits (`_prepare`), and a read says what it skipped or
+    accepted (hidden folders, repeated files): read twice, every such line was printed twice. Keyed by the
+    config object itself, so that another config (another run, a test) reads the folder afresh."""
+    if _LAST_READ.get("config") is not config:
+        _LAST_READ.clear()
+        _LAST_READ.update(config=config, data=read_folder_dataset(config.options))
+    return _LAST_READ["data"]
+
+
+def _stores_view_pixels(config: PrepareConfig, data: FolderSplits) -> bool:
+    return stores_view_pixels(config.options, [len(paths) for paths in data.paths.values()])
 
 
 def _prepare(config: PrepareConfig) -> dict[str, SampleSet | ImageRecords]:
-    records = first_images(to_records(read_folder_dataset(config.options)), config)
+    data = _read(config)
     exif_orientation = config.options["exif_orientation"]
-    if _stores_view_pixels(config, records):
-        geometry = _views(config.options).evaluation
-        return {split: decode_pixels(r, f"prepare {split}", exif_orientation, geometry, keep_files=split == "train")
-                for split, r in records.items()}
-    if config.options["transforms"] == "none":
-        for r in records.values():
-            _check_one_size(r, exif_orientation)
-    return records
+    as_pixels = _stores_view_pixels(config, data)
+    geometry = _views(config.options).evaluation
+    splits: dict[str, SampleSet | ImageRecords] = {}
+    for split, records in to_records(data).items():
+        peaks: list[int] = []
+        if as_pixels:
+            splits[split] = decode_pixels(records, f"prepare {split}", exif_orientation, geometry,
+                                          keep_files=split == "train", peaks=peaks)
+        else:
+            peaks = _scan_files(records, exif_orientation, one_size=config.options["transforms"] == "none")
+            splits[split] = records
+        twelve_bit_note(data.where, split, peaks)
+    return splits
 
 
 def _describe(config: PrepareConfig) -> dict:
     """What the later stages need to know of this folder, in the format of every dataset's file
     attributes (`DatasetSpec.file_attributes`): its classes, groups, test splits, and the views its
     preset gives (the spec's own are a placeholder: a folder's views exist only once its params do)."""
-    data = read_folder_dataset(config.options)
-    stored_view = _stores_view_pixels(config, first_images(to_records(data), config))
+    data = _read(config)
+    stored_view = _stores_view_pixels(config, data)
     return {"num_classes": len(data.class_names()), "class_names": json.dumps(data.class_names()),
             "group_names": json.dumps(group_names(data)), "groups_known": data.attributes is not None,
             "test_splits": json.dumps([s for s in data.paths if s not in FIXED_SPLITS]),

@@ -17,7 +17,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from masktune.data.prepared import IMAGE_ERRORS, oriented, oriented_size, to_rgb, unreadable_image
+from masktune.data.prepared import (
+    IMAGE_ERRORS,
+    open_image,
+    oriented,
+    oriented_size,
+    sixteen_bit_peak,
+    to_rgb,
+    unreadable_image,
+)
 from masktune.data.samples import ImageRecords
 from masktune.errors import UserError
 
@@ -33,32 +41,40 @@ def _open_decoded(path: Path) -> Image.Image:
     if not path.is_file():
         raise UserError(f"{path}: image not found")
     try:
-        image = Image.open(path)
+        image = open_image(path, path)  # refused from its header when too large to decode
         image.load()  # full decode: verify() does not notice a truncated JPEG
     except IMAGE_ERRORS as error:
         raise unreadable_image(path, error) from None
     return image
 
 
-def load_rgb(path: str | Path, exif_orientation: str = "ignore") -> np.ndarray:
+def load_rgb(path: str | Path, exif_orientation: str = "ignore", peaks: list[int] | None = None) -> np.ndarray:
     """Decode an image to uint8 (H, W, 3); grey, palette, RGBA (alpha dropped) and CMYK go to RGB, 16-bit
-    grey is scaled to 8 bits (`to_rgb`); turned upright by its EXIF tag with `exif_orientation: apply`."""
+    grey is scaled to 8 bits (`to_rgb`); turned upright by its EXIF tag with `exif_orientation: apply`. A
+    16-bit grey image's largest value is appended to `peaks`, where given (`sixteen_bit_peak`)."""
     path = Path(path)
     with _open_decoded(path) as image:
+        peak = sixteen_bit_peak(image) if peaks is not None else None
+        if peak is not None:
+            peaks.append(peak)
         array = np.asarray(to_rgb(oriented(image, exif_orientation), path), dtype=np.uint8)
     if array.ndim != 3 or array.shape[2] != 3:
         raise UserError(f"{path}: cannot convert image mode {image.mode!r} to RGB")
     return array
 
 
-def image_size(path: str | Path, exif_orientation: str = "ignore") -> tuple[int, int]:
+def image_size(path: str | Path, exif_orientation: str = "ignore", peaks: list[int] | None = None) -> tuple[int, int]:
     """(height, width) of an image from its header (nothing decoded), as `oriented` would turn it, or a
-    UserError naming the file."""
+    UserError naming the file (one over the pixel limit too, `open_image`). With `peaks`, a 16-bit grey
+    image is decoded and its largest value appended to them (`sixteen_bit_peak`)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: image not found")
     try:
-        with Image.open(path) as image:
+        with open_image(path, path) as image:
+            peak = sixteen_bit_peak(image) if peaks is not None else None
+            if peak is not None:
+                peaks.append(peak)
             return oriented_size(image, exif_orientation)
     except IMAGE_ERRORS as error:
         raise unreadable_image(path, error) from None
@@ -93,8 +109,10 @@ def require_dir(path: Path, what: str) -> Path:
     return path
 
 
-def read_csv_rows(path: Path, required: Sequence[str]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """Header and (line number, row) pairs of a CSV file, after checking `required` columns."""
+def read_csv_rows(path: Path, required: Sequence[str],
+                  optional: Sequence[str] = ()) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """Header and (line number, row) pairs of a CSV file, after checking `required` columns; a column read
+    (`required` or `optional`) named twice is refused, where a row would silently keep the last one."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
@@ -104,6 +122,11 @@ def read_csv_rows(path: Path, required: Sequence[str]) -> tuple[list[str], list[
         raise UserError(f"{path}: not a readable CSV file ({error})") from None
     if not header:
         raise UserError(f"{path}: empty file (expected a header with {', '.join(required)})")
+    for name in (*required, *optional):
+        if header.count(name) > 1:
+            first, second = [i + 1 for i, column in enumerate(header) if column == name][:2]
+            raise UserError(f"{path}: column {name!r} appears twice in the header (columns {first} and "
+                            f"{second}): keep one, or rename the other")
     missing = [name for name in required if name not in header]
     if missing:
         raise UserError(f"{path}: missing column{'s' if len(missing) > 1 else ''} "

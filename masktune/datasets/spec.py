@@ -15,11 +15,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from masktune.config.stages import PrepareConfig
 from masktune.data.prepared import METRICS
 from masktune.data.samples import ImageRecords, SampleSet
 from masktune.data.views import DatasetViews
 from masktune.datasets.download import Source, resolve_dataset_folder
+from masktune.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,29 @@ def dataset_folder(config: PrepareConfig, sources: Sequence[Source], marker: str
 
 
 def first_images(splits: Mapping[str, ImageRecords], config: PrepareConfig) -> dict[str, ImageRecords]:
-    """The first `prepare.<dataset>.limit` images of each split (quick runs and tests), or all."""
+    """At most `prepare.<dataset>.limit` images of each split (quick runs and tests), taken in turns from
+    each class (`per_class_turns`), or all. The first N images of a file sorted by class (an ImageFolder
+    tree, IN-9L) would be one class in training and several in val and test."""
     limit = config.options["limit"]
     if limit is None:
         return dict(splits)
-    return {name: records.subset(range(min(limit, len(records)))) for name, records in splits.items()}
+    return {name: records.subset(per_class_turns(records.labels, limit, f"prepare.{config.dataset}.limit", name))
+            for name, records in splits.items()}
+
+
+def per_class_turns(labels: Sequence | np.ndarray, limit: int, param: str, split: str) -> np.ndarray:
+    """The positions of at most `limit` of a split's images (`labels`: one class code per image, the classes in
+    the codes' sorted order), taken in turns: the first image of every class, then the second of every class,
+    ..., a class that runs out leaving its turns to the others; each class keeps its own order, and the positions
+    come back in the split's order. Every class keeps at least one image, so a limit below the split's number
+    of classes (`param`, named in the message) is refused rather than dropping classes without a word."""
+    codes = np.unique(np.asarray(labels), return_inverse=True)[1].reshape(-1)
+    classes = int(codes.max()) + 1 if len(codes) else 0
+    if limit < classes:
+        raise UserError(f"params.yaml: {param} is {limit}, fewer than the {classes} classes of split {split!r}: "
+                        f"every class needs an image; set it to at least {classes} (or null: every image)")
+    by_class = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes, minlength=classes)
+    turn = np.empty(len(codes), dtype=np.int64)
+    turn[by_class] = np.arange(len(codes)) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.sort(np.lexsort((codes, turn))[:limit])

@@ -50,8 +50,10 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         _run_commit_checks()
+        _fsync(tmp_path)
         os.replace(tmp_path, path)
-    except OSError as error:
+        _fsync(path.parent)
+    except (OSError, RuntimeError) as error:
         raise_if_disk_full(error, path)
         raise
     finally:
@@ -69,10 +71,15 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         _run_commit_checks()
+        for file in sorted(tmp_path.rglob("*")):
+            _fsync(file)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp_path, path)
-    except OSError as error:
+        _fsync(path.parent)
+    except DiskFullError as error:  # met by a writer of a file inside: name the folder, not its temporary name
+        raise disk_full(error.cause, path) from None
+    except (OSError, RuntimeError) as error:
         raise_if_disk_full(error, path)
         raise
     finally:
@@ -84,26 +91,49 @@ DISK_FULL = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "the file
 
 
 def disk_full_cause(error: BaseException) -> str | None:
-    """Why `error` is a full disk, a quota or a file size limit (None: it is something else)."""
-    if not isinstance(error, OSError):
+    """Why `error` is a full disk, a quota or a file size limit (None: it is something else). Python and
+    torch raise OSError with its errno; HDF5's failures reach h5py as OSError or, for a failure while a
+    dataset is freed or flushed (h5py 3.16), RuntimeError, each naming the errno in its message
+    ("unable to extend file properly, errno = 27, error message = 'File too large'")."""
+    if isinstance(error, OSError) and error.errno in DISK_FULL:
+        return DISK_FULL[error.errno]
+    if not isinstance(error, (OSError, RuntimeError)):
         return None
-    return DISK_FULL.get(error.errno) or next((why for code, why in DISK_FULL.items() if os.strerror(code) in str(error)),
-                                              None)
+    text = str(error)
+    return next((why for code, why in DISK_FULL.items() if os.strerror(code) in text or f"errno = {code}," in text),
+                None)
 
 
-def raise_if_disk_full(error: OSError, path: Path) -> None:
+def raise_if_disk_full(error: BaseException, path: Path) -> None:
     """A full disk, a quota or a file size limit (`ulimit -f`) while writing `path`, whichever writer met
     it (HDF5 reports it in its message, Python and torch by errno): one line naming the output and the
     free space, instead of a traceback. The temporary file is removed by the caller."""
     cause = disk_full_cause(error)
-    if cause is None:
-        return
+    if cause is not None:
+        raise disk_full(cause, path) from None
+
+
+def disk_full(cause: str, path: Path) -> DiskFullError:
+    """The one line for output `path` that could not be written because of `cause`."""
     try:
         free = f"{shutil.disk_usage(path.parent).free / 2**30:.2f} GiB free on its file system"
     except OSError:
         free = "free space unknown"
-    raise DiskFullError(f"{path}: cannot write it, {cause} ({free}); nothing was written: make room (or raise "
-                        "the limit) and rerun") from None
+    error = DiskFullError(f"{path}: cannot write it, {cause} ({free}); nothing was written: make room (or raise "
+                          "the limit) and rerun")
+    error.cause = cause
+    return error
+
+
+def _fsync(path: Path) -> None:
+    """Flush `path` (a file, or a folder's entries) to the disk: a rename is durable only once both the
+    file's data and its folder are, or a power cut can leave an empty or garbage file under the final name
+    (a resume journal's meta.json that then blocks its stage)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

@@ -2,6 +2,10 @@
 
 Datasets are written with `track_times=False`, so the same inputs give byte-identical files (DVC then
 sees no change on a rerun), and into a temporary file renamed into place when complete (`h5_output`).
+Every array is chunked with HDF5's Fletcher-32 checksum filter, so a byte changed on disk after the write
+(a label edited in place, a bit flipped, a damaged compressed chunk) fails the read of its chunk instead of
+changing a reported accuracy; `run_stage` reports that failure in one line naming the file and dataset
+(`corrupted_read`). Variable-length strings (image paths, for messages only) take no filter.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from masktune.errors import UserError
+from masktune.errors import UserError, register_translator
 from masktune.io.files import atomic_output, disk_full_cause, raise_if_disk_full
 
 CHUNK_BYTES = 1 << 20  # ~1 MiB chunks: a batch read decompresses little more than it needs
@@ -28,21 +32,26 @@ def chunk_rows(row_bytes: int, n: int, chunk_bytes: int = CHUNK_BYTES) -> int:
 
 
 def create_rows(group: h5py.Group, name: str, n: int, row_shape: tuple, dtype,
-                chunk_bytes: int = CHUNK_BYTES) -> h5py.Dataset:
-    """An (n, *row_shape) dataset to fill batch by batch: chunked by rows, gzip-compressed. Smaller
+                chunk_bytes: int = CHUNK_BYTES, compress: bool = True) -> h5py.Dataset:
+    """An (n, *row_shape) dataset to fill batch by batch: chunked by rows, checksummed, gzip-compressed
+    unless `compress` is False (a resume journal's shards, written often and read once). Smaller
     `chunk_bytes` for data read one random row at a time (the masks of a shuffled finetune)."""
     row_bytes = int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     chunks = (chunk_rows(row_bytes, n, chunk_bytes),) + tuple(row_shape) if n > 0 else None
+    gzip = compress and chunks is not None
     return group.create_dataset(name, shape=(n,) + tuple(row_shape), dtype=dtype, chunks=chunks,
-                                compression="gzip" if chunks else None, compression_opts=4 if chunks else None,
-                                shuffle=bool(chunks) and np.dtype(dtype).itemsize > 1, track_times=False)
+                                compression="gzip" if gzip else None, compression_opts=4 if gzip else None,
+                                shuffle=gzip and np.dtype(dtype).itemsize > 1, fletcher32=chunks is not None,
+                                track_times=False)
 
 
-def write_array(group: h5py.Group, name: str, array: np.ndarray) -> None:
-    """`array` as dataset `name`, its chunks flushed here: a write that fails (a full disk) raises now,
-    not later when h5py frees the dataset, where it could only be reported as an ignored exception."""
-    if array.ndim > 1 and len(array) > 0:
-        dataset = create_rows(group, name, len(array), array.shape[1:], array.dtype)
+def write_array(group: h5py.Group, name: str, array: np.ndarray, compress: bool = True) -> None:
+    """`array` as dataset `name` (checksummed, as `create_rows`), its chunks flushed here: a write that fails
+    (a full disk) raises now, not later when h5py frees the dataset, where it could only be reported as an
+    ignored exception."""
+    array = np.asarray(array)
+    if array.ndim >= 1 and len(array) > 0:
+        dataset = create_rows(group, name, len(array), array.shape[1:], array.dtype, compress=compress and array.ndim > 1)
         dataset[...] = array
     else:
         dataset = group.create_dataset(name, data=array, track_times=False)
@@ -79,7 +88,7 @@ def h5_output(path: str | Path, attrs: Mapping | None = None) -> Iterator[h5py.F
                     f.flush()
                 if failed:
                     raise failed[0]
-            except OSError as error:
+            except (OSError, RuntimeError) as error:
                 raise_if_disk_full(error, Path(path))
                 f.close()
                 raise
@@ -92,22 +101,65 @@ def h5_output(path: str | Path, attrs: Mapping | None = None) -> Iterator[h5py.F
         sys.unraisablehook = previous_hook
 
 
-def write_arrays(path: str | Path, arrays: Mapping[str, np.ndarray], attrs: Mapping | None = None) -> None:
+def write_arrays(path: str | Path, arrays: Mapping[str, np.ndarray], attrs: Mapping | None = None,
+                 compress: bool = True) -> None:
     """Write named arrays (e.g. saliency maps) to one HDF5 file atomically."""
     with h5_output(path, attrs) as f:
         for name, array in arrays.items():
-            write_array(f, name, array)
+            write_array(f, name, array, compress)
+
+
+CORRUPTED_READ = ("filter returned failure", "can't read data", "can't synchronously read data", "checksum",
+                  "inflate", "bad value(s) in", "wrong b-tree signature")
+
+
+def corrupted_read(error: BaseException) -> UserError | None:
+    """The one line for an HDF5 read that failed on damaged data (a checksum or decompression failure),
+    naming the file and the dataset being read (found in the traceback: h5py's `Dataset` whose read raised);
+    None for any other error. `run_stage` asks (`errors.register_translator`)."""
+    if not isinstance(error, (OSError, RuntimeError)) or not any(m in str(error).lower() for m in CORRUPTED_READ):
+        return None
+    dataset, tb = None, error.__traceback__
+    while tb is not None:
+        candidate = tb.tb_frame.f_locals.get("self")
+        if isinstance(candidate, h5py.Dataset):
+            dataset = candidate
+        tb = tb.tb_next
+    if dataset is None:
+        return None
+    try:
+        where = f"{dataset.file.filename}: dataset '{dataset.name}'"
+    except (ValueError, RuntimeError):  # the file was closed meanwhile
+        where = "an HDF5 input"
+    reason = str(error).splitlines()[0][:160]
+    return UserError(f"{where} does not read back ({reason}): the file was changed or damaged after it was written; "
+                     "restore it with `dvc checkout` or rebuild it with `dvc repro`")
+
+
+register_translator(corrupted_read)
+
+
+class _CheckedFile(h5py.File):
+    """An HDF5 file opened for reading whose `with` block turns a read of damaged data into the one line of
+    `corrupted_read` while the file is still open (its name and the dataset's are lost once it closes)."""
+
+    def __exit__(self, kind, error, traceback) -> None:
+        known = corrupted_read(error) if error is not None else None
+        super().__exit__(kind, error, traceback)
+        if known is not None:
+            raise known from None
 
 
 def open_h5(path: str | Path, cache_bytes: int = CHUNK_CACHE_BYTES) -> h5py.File:
-    """Open an HDF5 file for reading (a clear message when it is missing or not HDF5). A stage that
-    streams a dataset once from front to back passes `STREAM_CACHE_BYTES`: its memory then does not
-    grow with the file until the default cache is full."""
+    """Open an HDF5 file for reading (a clear message when it is missing or not HDF5, or when data read in
+    its `with` block fails its checksum: `corrupted_read`). A stage that streams a dataset once from front
+    to back passes `STREAM_CACHE_BYTES`: its memory then does not grow with the file until the default
+    cache is full."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found (run the stage that writes it: `dvc repro`)")
     try:
-        return h5py.File(path, "r", rdcc_nbytes=cache_bytes)
+        return _CheckedFile(path, "r", rdcc_nbytes=cache_bytes)
     except OSError as error:
         raise UserError(f"{path}: not a readable HDF5 file ({error})") from None
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from masktune.io.files import atomic_output, write_bytes_atomically
+from masktune.io.hdf5 import write_arrays
 
 _SHARD = re.compile(r"rows-(\d{12})-(\d{12})\.h5")
 
@@ -49,6 +50,20 @@ def file_identity(path: str | Path) -> dict:
     return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
+def _read_meta(meta: Path) -> dict | None:
+    """A journal's fingerprint, or None when it has none (a folder left before its meta.json was written) or
+    one that does not read (empty or garbage, e.g. a power cut during a write): such a journal is discarded
+    with one line, never kept to block its stage."""
+    if not meta.is_file():
+        return None
+    try:
+        value = json.loads(meta.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        print(f"{meta}: unreadable resume journal ({type(error).__name__}: {str(error)[:120]}); discarded, starting over")
+        return None
+    return value if isinstance(value, dict) else None
+
+
 class JournalFolder:
     """`<output>.partial/`, valid only for the inputs in `fingerprint`: an existing folder with another
     fingerprint is deleted (`discarded`). `create=False` only looks (the other ranks of a
@@ -62,7 +77,7 @@ class JournalFolder:
         self.discarded = False
         if not create:
             return
-        if self.folder.exists() and (not meta.is_file() or json.loads(meta.read_text()) != self.fingerprint):
+        if self.folder.exists() and _read_meta(meta) != self.fingerprint:
             shutil.rmtree(self.folder)
             self.discarded = True
         if not self.folder.exists():
@@ -76,6 +91,25 @@ class JournalFolder:
 
 class ResumeJournal(JournalFolder):
     """Shards of finished rows beside `output`."""
+
+    def __init__(self, output: str | Path, fingerprint: Mapping, create: bool = True):
+        super().__init__(output, fingerprint, create)
+        if create:
+            self._discard_unreadable_shards()
+
+    def _discard_unreadable_shards(self) -> None:
+        """Delete every shard that does not read back whole (truncated, or a chunk whose checksum fails: changed
+        after it was renamed into place), saying so: its rows are computed again instead of failing the
+        assembly hours later. Read once when a stage starts on a journal it resumes."""
+        for _, _, path in self._shards():
+            try:
+                with h5py.File(path, "r") as f:
+                    for name in f:
+                        f[name][()]
+            except (OSError, RuntimeError, KeyError) as error:
+                print(f"{path}: unreadable resume shard ({str(error).splitlines()[0][:120]}); discarded, its rows are "
+                      "computed again")
+                path.unlink()
 
     def _shards(self) -> list[tuple[int, int, Path]]:
         found = []
@@ -97,9 +131,7 @@ class ResumeJournal(JournalFolder):
     def write_shard(self, start: int, arrays: Mapping[str, np.ndarray]) -> None:
         """Record rows start .. start + len - 1 (every array has that many rows)."""
         stop = start + len(next(iter(arrays.values())))
-        with atomic_output(self.folder / f"rows-{start:012d}-{stop:012d}.h5") as tmp, h5py.File(tmp, "w") as f:
-            for name, array in arrays.items():
-                f.create_dataset(name, data=array, track_times=False)
+        write_arrays(self.folder / f"rows-{start:012d}-{stop:012d}.h5", arrays, compress=False)
 
     def read_shards(self, stop: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """(first row, arrays) of each shard of the contiguous run from row 0, in order, up to row `stop`."""

@@ -27,7 +27,7 @@ from masktune.data.splits import Split, masking_view_size, open_split
 from masktune.data.views import DatasetViews
 from masktune.distributed import barrier, current_world, row_range
 from masktune.errors import UserError
-from masktune.io.hdf5 import create_rows, h5_output
+from masktune.io.hdf5 import create_rows, h5_output, write_array
 from masktune.io.journal import ResumeJournal, file_sha256
 from masktune.saliency.xgradcam import feature_cams, prepare_for_saliency
 
@@ -110,7 +110,7 @@ def _assemble(journal: ResumeJournal, out: str | Path, n: int, input_size: tuple
             predicted[first:first + len(arrays["predicted"])] = arrays["predicted"]
         if cams is None:
             raise UserError("no training images to explain")
-        f.create_dataset("predicted", data=predicted, track_times=False)
+        write_array(f, "predicted", predicted)
     return predicted
 
 
