@@ -18,7 +18,7 @@ import argparse
 import torch
 from common import add_quick_flag, emit_json, machine, print_table, rate, saliency_bench
 
-from masktune.models.precision import PRECISIONS, precision_autocast
+from masktune.precision import PRECISIONS, precision_autocast
 from masktune.saliency.xgradcam import xgradcam
 
 MODELS = (("small_cnn", 28, 256), ("resnet50", 224, 16))

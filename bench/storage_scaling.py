@@ -46,7 +46,8 @@ from masktune.io.hdf5 import create_rows, h5_output
 from masktune.models import build_model
 from masktune.models.checkpoint import save_checkpoint
 from masktune.saliency.xgradcam import full_resolution
-from masktune.train.loop import make_optimizer, seed_everything, train_epoch
+from masktune.seeding import seed_everything
+from masktune.train.loop import make_optimizer, train_epoch
 
 CELEBA_TRAIN = 162_770
 SIZE = 224

@@ -43,6 +43,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from masktune.config.fields import Int, Text
+from masktune.config.params import param
 from masktune.errors import UserError
 
 NODE_RANK_ENV = "MASKTUNE_NODE_RANK"  # differs per node, unlike params.yaml (README "Scaling out")
@@ -64,6 +66,14 @@ class World:
     def distributed(self) -> bool:
         return self.size > 1
 
+
+@dataclass(frozen=True, kw_only=True)
+class DistributedConfig:
+    """How many torchrun workers run a stage (`start_workers`; docs/scaling-out.md)."""
+    nproc_per_node: int = param("distributed.nproc_per_node", Int(1, 1024))
+    nnodes: int = param("distributed.nnodes", Int(1, 4096))
+    master_addr: str = param("distributed.master_addr", Text())
+    master_port: int = param("distributed.master_port", Int(1, 65535))
 
 def current_world() -> World:
     """From torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); one process without it."""

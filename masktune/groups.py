@@ -45,6 +45,11 @@ class Groups:
     inference: str
     description: str
     uses_group_labels: bool
+    title: str = ""  # the report's name of these groups ("JTT's error set"), from the spec that wrote them
+
+    def __post_init__(self):
+        if not self.title:
+            object.__setattr__(self, "title", self.inference)
 
     @property
     def count(self) -> int:
@@ -68,7 +73,7 @@ class Groups:
 
 def make_groups(ids: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray], names: Sequence[str],
                 classes: Sequence[int], *, inference: str, description: str, uses_group_labels: bool,
-                minority: Sequence[int] | None = None) -> Groups:
+                minority: Sequence[int] | None = None, title: str = "") -> Groups:
     """A `Groups`, checked: ids in range, every group within one class. `minority`: the groups the
     method names as its minority (JTT's errors); none by default."""
     train, val = (np.asarray(ids[split], dtype=np.int64) for split in SPLITS)
@@ -86,7 +91,7 @@ def make_groups(ids: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
             raise ValueError(f"{split} row {row} is in group {names[split_ids[row]]!r} of class "
                              f"{classes[split_ids[row]]}, but its label is {labels[split][row]}")
     return Groups(train, val, tuple(names), classes, tuple(int(g) for g in minority or ()), inference, description,
-                  bool(uses_group_labels))
+                  bool(uses_group_labels), title)
 
 
 def write_groups(path: str | Path, groups: Groups, attrs: Mapping | None = None) -> None:
@@ -95,7 +100,7 @@ def write_groups(path: str | Path, groups: Groups, attrs: Mapping | None = None)
                  {"names": json.dumps(list(groups.names)), "classes": json.dumps(list(groups.classes)),
                   "minority": json.dumps(list(groups.minority)), "inference": groups.inference,
                   "description": groups.description, "uses_group_labels": groups.uses_group_labels,
-                  **(attrs or {})})
+                  "title": groups.title, **(attrs or {})})
 
 
 def read_groups(path: str | Path, rows: Mapping[str, int]) -> Groups:
@@ -113,4 +118,5 @@ def read_groups(path: str | Path, rows: Mapping[str, int]) -> Groups:
             raise UserError(f"{path}: {split} group ids outside 0..{len(names) - 1}")
     return Groups(arrays["train"].astype(np.int64), arrays["val"].astype(np.int64), tuple(names),
                   tuple(int(c) for c in classes), tuple(int(g) for g in json.loads(str(attrs["minority"]))),
-                  str(attrs["inference"]), str(attrs.get("description", "")), bool(attrs.get("uses_group_labels")))
+                  str(attrs["inference"]), str(attrs.get("description", "")), bool(attrs.get("uses_group_labels")),
+                  str(attrs.get("title", "")))

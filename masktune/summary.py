@@ -24,7 +24,7 @@ from masktune.errors import UserError, run_stage
 from masktune.eval.figures import save_bar_chart
 from masktune.eval.report import method_title
 from masktune.io.files import atomic_directory
-from masktune.train.selection import group_labels_used
+from masktune.selection import group_labels_used
 
 HEADLINE = "metrics/evaluate.json"
 PAIRS = ("robust_train", "last_layer")

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 
-from masktune.config.stages import load_stage_config
+from masktune.config.params import load_config
 from masktune.data.prepared import open_prepared
 from masktune.errors import run_stage
 from masktune.eval.clusters import purity, write_groups_with_report
-from masktune.group_inference.clusterfix import clusterfix_groups, pseudo_labels
+from masktune.group_inference.clusterfix import ClusterFixClustersConfig, clusterfix_groups, pseudo_labels
 from masktune.io.hdf5 import read_arrays, read_attrs
-from masktune.train.loop import resolve_seed
+from masktune.seeding import resolve_seed
 
 
 @run_stage
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--metrics", required=True, help="JSON: the clusters against the true groups")
     args = parser.parse_args()
 
-    config = load_stage_config(f"clusterfix_clusters@{args.name}")
+    config = load_config(ClusterFixClustersConfig, f"clusterfix_clusters@{args.name}")
     seed = resolve_seed(config.seed, "clusterfix.seed")
     prepared, info = open_prepared(args.data)
     splits = ("train", "val", *info.test_splits)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 
-from masktune.config.stages import load_stage_config
+from masktune.config.params import load_config
 from masktune.data.prepared import open_prepared
 from masktune.data.splits import open_split
 from masktune.distributed import is_main_process, start_workers
 from masktune.errors import run_stage
-from masktune.group_inference.clusterfix import feature_network, split_features
+from masktune.group_inference.clusterfix_features import ClusterFixFeaturesConfig, feature_network, split_features
 from masktune.io.hdf5 import write_arrays
 
 
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="HDF5 file: one (N, D) feature array per split")
     args = parser.parse_args()
 
-    config = load_stage_config(f"clusterfix_features@{args.name}")
+    config = load_config(ClusterFixFeaturesConfig, f"clusterfix_features@{args.name}")
     device = start_workers(config)
     prepared, spec = open_prepared(args.data)
     network = feature_network(config.backbone, {"erm": args.model, "ssl": args.ssl}, config.weights_path,

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 
-from masktune.config.stages import load_stage_config
+from masktune.config.params import load_config
 from masktune.distributed import select_device
 from masktune.errors import run_stage
-from masktune.group_inference.ssl import train_ssl, write_unused
-from masktune.train.loop import resolve_seed
+from masktune.group_inference.ssl import ClusterFixSSLConfig, train_ssl, write_unused
+from masktune.seeding import resolve_seed
 
 
 @run_stage
@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--live", required=True, help="dvclive folder (metrics.json, plots/)")
     args = parser.parse_args()
 
-    config = load_stage_config(f"clusterfix_ssl@{args.name}")
+    config = load_config(ClusterFixSSLConfig, f"clusterfix_ssl@{args.name}")
     if config.backbone != "ssl":
         write_unused(args.out, args.live)
         print(f"{args.name}.backbone is {config.backbone}: no self-supervised backbone to train")

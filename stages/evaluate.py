@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from masktune.config.stages import load_stage_config
+from masktune.config.params import load_config
 from masktune.data.prepared import open_prepared
 from masktune.distributed import select_device
 from masktune.errors import UserError, run_stage
-from masktune.eval.compare import evaluate_models, oracle_results
+from masktune.eval.compare import EvaluateConfig, evaluate_models, oracle_results
 from masktune.eval.logits import write_logits
+from masktune.eval.models import oracle_models, reported_models
 from masktune.eval.report import (
     comparison_markdown,
     headline,
@@ -27,7 +28,6 @@ from masktune.eval.report import (
     write_comparison,
 )
 from masktune.io.files import atomic_directory, write_json
-from masktune.methods import oracle_models, reported_models
 
 
 @run_stage
@@ -41,14 +41,14 @@ def main() -> None:
     parser.add_argument("--logits", required=True, help="HDF5: every model's logits per split (for `selective`)")
     args = parser.parse_args()
 
-    config = load_stage_config("evaluate")
+    config = load_config(EvaluateConfig, "evaluate")
     prepared, info = open_prepared(args.data)
     checkpoints = reported_models(config.methods, args.models)
     if not checkpoints:
         raise UserError("params.yaml: `methods` lists no method to evaluate")
     device, sizes = select_device(), {"batch_size": config.eval_batch_size, "workers": config.workers}
     results, described, logits = evaluate_models(prepared, info, checkpoints, device=device, **sizes)
-    write_logits(args.logits, logits, checkpoints)
+    write_logits(args.logits, logits, checkpoints, {name: record["title"] for name, record in described.items()})
     gaps = oracle_results(prepared, info, oracle_models(config.methods, args.models), described, results,
                           device=device, **sizes)
     top = headline(results, info.test_splits, info.average, info.groups_known)

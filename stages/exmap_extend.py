@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 
-from masktune.config.stages import load_stage_config
+from masktune.config.params import load_config
 from masktune.data.prepared import open_prepared
 from masktune.data.splits import open_split
 from masktune.distributed import is_main_process, start_workers
 from masktune.errors import run_stage
 from masktune.eval.clusters import write_groups_with_report
-from masktune.group_inference.exmap import SCOPES, exmap_groups, extend_to_train
+from masktune.group_inference.exmap import SCOPES, NeighbourVote, exmap_groups, read_heatmaps
+from masktune.group_inference.exmap_heatmaps import ExMapHeatmapsConfig, extend_to_train
 from masktune.io.hdf5 import read_arrays, read_attrs
 from masktune.models.checkpoint import load_checkpoint
 
@@ -33,17 +34,15 @@ def main() -> None:
     parser.add_argument("--metrics", required=True, help="folder of their diagnostics <name>_<scope>.json")
     args = parser.parse_args()
 
-    config = load_stage_config(f"exmap_extend@{args.name}")
+    config = load_config(ExMapHeatmapsConfig, f"exmap_extend@{args.name}")
     device = start_workers(config)
     prepared, info = open_prepared(args.data)
     labels = {split: prepared.vectors(split, "labels")[0] for split in ("train", "val")}
-    heatmaps = read_arrays(args.heatmaps, {"heatmaps": (len(labels["val"]), None)})["heatmaps"]
+    heatmaps = read_heatmaps(args.heatmaps, len(labels["val"]), config.heatmap_size)
     val_ids = read_arrays(args.pseudo_groups, {scope: (len(labels["val"]),) for scope in SCOPES})
     model, _ = load_checkpoint(args.model, device)
     train = open_split(prepared, "train", info.views, "eval", config.workers)
-    train_ids = extend_to_train(model, train, heatmaps, labels["val"], val_ids, heatmaps=config.heatmaps,
-                                gamma=config.gamma, size=config.heatmap_size, batch_size=config.batch_size,
-                                device=device)
+    train_ids = extend_to_train(model, train, NeighbourVote(heatmaps, labels["val"], val_ids), config, device)
     if not is_main_process():
         return
     how = str(read_attrs(args.pseudo_groups).get("clustering", ""))

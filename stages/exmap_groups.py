@@ -13,15 +13,15 @@ import argparse
 
 import numpy as np
 
-from masktune.config.stages import load_stage_config
+from masktune.config.params import load_config
 from masktune.data.prepared import PreparedFile
 from masktune.errors import UserError, run_stage
 from masktune.eval.clusters import purity
 from masktune.eval.figures import save_embedding_figure
 from masktune.group_inference.clustering import umap_2d
-from masktune.group_inference.exmap import normalise, pseudo_groups
+from masktune.group_inference.exmap import ExMapGroupsConfig, normalise, pseudo_groups, read_heatmaps
 from masktune.io.files import write_json
-from masktune.io.hdf5 import read_arrays, read_attrs, write_arrays
+from masktune.io.hdf5 import read_attrs, write_arrays
 
 
 @run_stage
@@ -35,10 +35,10 @@ def main() -> None:
     parser.add_argument("--figure", required=True, help="PNG: 2-D embedding of the heatmaps")
     args = parser.parse_args()
 
-    config = load_stage_config(f"exmap_groups@{args.name}")
+    config = load_config(ExMapGroupsConfig, f"exmap_groups@{args.name}")
     prepared = PreparedFile(args.data)
     labels, true_groups = prepared.vectors("val", "labels", "groups")
-    heatmaps = read_arrays(args.heatmaps, {"heatmaps": (len(labels), None)})["heatmaps"]
+    heatmaps = read_heatmaps(args.heatmaps, len(labels), config.heatmap_size)
     k = None if config.clusters == "auto" else config.clusters
     if k is None and config.clustering != "spectral":
         raise UserError("params.yaml: exmap.clusters must be a number with exmap.clustering: umap_kmeans "
@@ -49,7 +49,7 @@ def main() -> None:
                                     "clusters": str(config.clusters)})
 
     names = prepared.group_names
-    report = {"heatmaps": str(read_attrs(args.heatmaps).get("heatmaps", "")), "clustering": config.clustering,
+    report = {"heatmaps": str(read_attrs(args.heatmaps).get("method", "")), "clustering": config.clustering,
               "clusters_chosen": chosen,
               **{scope: purity(ids, true_groups, names) for scope, ids in groups.items()}}
     write_json(args.metrics, report)

@@ -15,11 +15,11 @@ import argparse
 
 import numpy as np
 
-from masktune.config.stages import load_stage_config
+from masktune.config.params import load_config
 from masktune.distributed import is_main_process, start_workers
 from masktune.errors import run_stage
 from masktune.eval.clusters import write_groups_with_report
-from masktune.group_inference.jtt import identify
+from masktune.group_inference.jtt import JttIdentifyConfig, identify
 
 
 @run_stage
@@ -29,10 +29,13 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="prepared dataset (HDF5)")
     parser.add_argument("--out", required=True, help="the groups file (HDF5): per class, right or wrong")
     parser.add_argument("--metrics", required=True, help="JSON: the error set against the true groups")
+    parser.add_argument("--live", required=True, help="dvclive folder of the identification model's training")
     args = parser.parse_args()
 
-    config = load_stage_config(f"jtt_identify@{args.name}")
-    groups, summary, run = identify(config, start_workers(config), args.data)
+    stage = f"jtt_identify@{args.name}"
+    config = load_config(JttIdentifyConfig, stage)
+    groups, summary, run = identify(config, start_workers(config), args.data, stage=stage, out=args.out,
+                                    live_dir=args.live)
     if not is_main_process():
         return
     errors, true = np.isin(groups.train, groups.minority), run.train.groups

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 
-from masktune.config.stages import load_stage_config
+from masktune.config.params import load_config
 from masktune.data.prepared import PreparedFile
 from masktune.errors import run_stage
 from masktune.eval.clusters import write_groups_with_report
-from masktune.group_inference.labels import label_groups
+from masktune.group_inference.labels import LabelGroupsConfig, label_groups
 
 
 @run_stage
@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--metrics", required=True, help="JSON: the groups against the true groups")
     args = parser.parse_args()
 
-    load_stage_config(f"label_groups@{args.groups}")  # validates params.yaml
+    load_config(LabelGroupsConfig, f"label_groups@{args.groups}")  # its declared params (none of its own)
     prepared = PreparedFile(args.data)
     write_groups_with_report(label_groups(args.groups, prepared), args.out, args.metrics, prepared)
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import argparse
 
-from masktune.config.stages import load_stage_config
+from masktune.config.params import load_config
 from masktune.data.prepared import open_prepared
 from masktune.data.splits import open_split
 from masktune.distributed import select_device
 from masktune.errors import run_stage
 from masktune.groups import read_groups
 from masktune.io.files import write_json
-from masktune.last_layer.dfr import dfr_pair
+from masktune.last_layer import LastLayerPairConfig, load_trainer
 
 
 @run_stage
@@ -34,11 +34,13 @@ def main() -> None:
     parser.add_argument("--oracle", required=True, help="the model of the C the true worst group picks (the gap)")
     args = parser.parse_args()
 
-    config = load_stage_config(f"last_layer@{args.name}")
+    stage = f"last_layer@{args.name}"
+    trainer = load_trainer(load_config(LastLayerPairConfig, stage).trainer)
+    config = load_config(trainer.SPEC.configs["last_layer"], stage)
     prepared, info = open_prepared(args.data)
     groups = read_groups(args.groups, {split: prepared.length(split) for split in ("train", "val")})
     val = open_split(prepared, "val", info.views, "eval", config.workers)
-    report = dfr_pair(args.name, args.model, val, groups, config, select_device(), args.out, args.oracle)
+    report = trainer.train_pair(args.name, args.model, val, groups, config, select_device(), args.out, args.oracle)
     write_json(args.metrics, report)
     print(f"{args.name} (DFR on {groups.inference}, C by {config.selection}, group labels {report['group_labels']}): "
           f"C {report['c']} (the true worst group's: {report['oracle_c']}), {report['groups']} groups of sizes "

@@ -13,15 +13,14 @@ import argparse
 
 import numpy as np
 
-from masktune.config.stages import load_stage_config
+from masktune.config.params import load_config
 from masktune.data.masks import apply_masks, read_masks
 from masktune.data.prepared import open_prepared
 from masktune.data.splits import masking_view_images, masking_view_size
 from masktune.errors import run_stage
 from masktune.eval.figures import pick_gallery, save_mask_gallery
-from masktune.eval.report import MASKING_TITLES
 from masktune.io.files import atomic_directory, write_json
-from masktune.masking.compute import write_method_masks
+from masktune.masking import load_masker
 from masktune.saliency.file import full_maps_at
 
 
@@ -37,12 +36,13 @@ def main() -> None:
                         help="folder: one PNG per class, its most and least masked images, saliency and masks")
     args = parser.parse_args()
 
-    config = load_stage_config(f"materialize_masked_dataset@{args.method}")
+    masker = load_masker(args.method)
+    config = load_config(masker.SPEC.configs["materialize_masked_dataset"], f"materialize_masked_dataset@{args.method}")
     prepared, spec = open_prepared(args.data)
     labels, groups = prepared.vectors("train", "labels", "groups")
     rows, size = len(groups), masking_view_size(prepared, spec.views)  # the images the saliency saw
-    attrs = {"method": args.method, "dataset": prepared.dataset}
-    fraction = write_method_masks(args.method, config, args.saliency, args.out, rows, size, attrs)
+    attrs = {"method": args.method, "dataset": prepared.dataset, "title": masker.SPEC.title}
+    fraction = masker.write_masks(config, args.saliency, args.out, rows, size, attrs)
 
     names = prepared.group_names
     report = {"masked_pixel_fraction": float(fraction.mean()),
@@ -59,7 +59,7 @@ def main() -> None:
     captions = {int(r): f"{names[int(groups[r])]}, {fraction[r]:.1%} masked" for r in picked}
     with atomic_directory(args.gallery) as folder:
         save_mask_gallery(folder, gallery, prepared.class_names, picked, images, maps, masked, captions,
-                          f"{MASKING_TITLES[args.method]}: most and least masked training images (as the saliency saw them)")
+                          f"{masker.SPEC.title}: most and least masked training images (as the saliency saw them)")
     print(f"{args.method}: masked {report['masked_pixel_fraction']:.2%} of the pixels of {rows:,} images")
 
 

@@ -12,9 +12,8 @@ import json
 
 import numpy as np
 
-from masktune.config.stages import load_stage_config
 from masktune.data.prepared import write_prepared
-from masktune.datasets import get_dataset
+from masktune.datasets import get_dataset, load_prepare_config
 from masktune.errors import run_stage
 
 
@@ -24,7 +23,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="HDF5 file to write (one group per split)")
     args = parser.parse_args()
 
-    config = load_stage_config("prepare")
+    config = load_prepare_config()
     spec = get_dataset(config.dataset)
     attrs = spec.file_attributes(config)
     splits = spec.prepare(config)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 
-from masktune.config.stages import load_stage_config
+from masktune.config.params import load_config
 from masktune.distributed import select_device, start_workers
 from masktune.errors import run_stage
 from masktune.robust_train import load_trainer
-from masktune.robust_train.base import train_robust
+from masktune.robust_train.base import PairConfig, train_robust
 
 
 @run_stage
@@ -30,10 +30,13 @@ def main() -> None:
     parser.add_argument("--oracle", required=True, help="checkpoint of the best true worst group (the selection gap)")
     args = parser.parse_args()
 
-    config = load_stage_config(f"robust_train@{args.name}")
-    trainer = load_trainer(config.trainer)
+    stage = f"robust_train@{args.name}"
+    module = load_trainer(load_config(PairConfig, stage).trainer)
+    config = load_config(module.SPEC.configs["robust_train"], stage)
+    trainer = module.TRAINER
     device = start_workers(config) if trainer.data_parallel else select_device()
-    train_robust(trainer, config, device, args.data, args.groups, args.out, args.live, args.name, args.oracle)
+    train_robust(trainer, module.SPEC, config, device, args.data, args.groups, args.out, args.live, args.name,
+                 args.oracle)
 
 
 if __name__ == "__main__":

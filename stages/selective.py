@@ -19,15 +19,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from masktune.config.stages import load_stage_config
+from masktune.config.params import load_config
 from masktune.data.prepared import open_prepared
 from masktune.data.splits import open_split
 from masktune.distributed import select_device
 from masktune.errors import run_stage
-from masktune.eval.logits import read_logits
-from masktune.eval.report import MASKING_TITLES
+from masktune.eval.logits import model_titles, read_logits
+from masktune.eval.models import model_file
 from masktune.eval.selective import (
     ERM_MODEL,
+    SelectiveConfig,
     control_checkpoint,
     control_model_name,
     selective_headline,
@@ -37,9 +38,8 @@ from masktune.eval.selective import (
     write_curves,
 )
 from masktune.io.files import atomic_directory, write_json
-from masktune.methods import model_file
 from masktune.models.checkpoint import load_checkpoint
-from masktune.train.loop import predict_logits
+from masktune.models.predict import predict_logits
 
 
 @run_stage
@@ -52,10 +52,11 @@ def main() -> None:
     parser.add_argument("--details", required=True, help="folder: details.json, table.md, risk_coverage.csv")
     args = parser.parse_args()
 
-    config = load_stage_config("selective")
+    config = load_config(SelectiveConfig, "selective")
     prepared, spec = open_prepared(args.data)
     fine_tuned = config.methods["masking"]  # the models that fine-tune ERM's, scored with it by the product
-    scores = selective_scores([(name, MASKING_TITLES[name]) for name in fine_tuned], config.control_seed_offsets)
+    titles = model_titles(args.logits)
+    scores = selective_scores([(name, titles.get(name, name)) for name in fine_tuned], config.control_seed_offsets)
     checkpoints = {ERM_MODEL: model_file(args.models, ERM_MODEL),
                    **{name: model_file(args.models, name) for name in fine_tuned},
                    **{control_model_name(offset): control_checkpoint(args.models, offset)

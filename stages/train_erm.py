@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 
-from masktune.config.stages import load_stage_config
+from masktune.config.params import load_config
 from masktune.distributed import start_workers
 from masktune.errors import run_stage
-from masktune.train.network import train_erm
+from masktune.train.network import TrainErmConfig, train_erm
 
 
 @run_stage
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--oracle", required=True, help="checkpoint of the best true worst group (the selection gap)")
     args = parser.parse_args()
 
-    config = load_stage_config("train_erm")
+    config = load_config(TrainErmConfig, "train_erm")
     train_erm(config, start_workers(config), args.data, args.best, args.last, args.live, "train_erm", args.oracle)
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 
-from masktune.config.stages import load_stage_config
+from masktune.config.params import load_config
 from masktune.distributed import start_workers
 from masktune.errors import run_stage
-from masktune.train.network import train_erm
+from masktune.train.network import TrainErmControlConfig, train_erm
 
 
 @run_stage
@@ -27,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
 
     stage = f"train_erm_control@{args.offset}"
-    config = load_stage_config(stage)  # seed: train_erm.seed + offset
+    config = load_config(TrainErmControlConfig, stage)  # seed: train_erm.seed + offset
     train_erm(config, start_workers(config), args.data, args.best, args.last, args.live, stage)
 
 

@@ -19,7 +19,8 @@ from masktune.data.splits import PixelSplit
 from masktune.datasets.mnist_idx import load_mnist_split
 from masktune.distributed import current_world, init_workers
 from masktune.models import build_model
-from masktune.train.loop import make_optimizer, seed_everything, train_epoch
+from masktune.seeding import seed_everything
+from masktune.train.loop import make_optimizer, train_epoch
 
 
 def network(name: str) -> nn.Module:

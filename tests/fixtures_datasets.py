@@ -27,7 +27,7 @@ from types import MappingProxyType
 import numpy as np
 from PIL import Image
 
-from masktune.config.stages import PrepareConfig
+from masktune.datasets.spec import PrepareConfig
 from masktune.datasets import DATASETS
 from masktune.datasets.celeba import ATTRIBUTE_NAMES
 from masktune.datasets.in9l import CLASS_FOLDERS, VARIANTS
@@ -402,5 +402,5 @@ def prepared_attributes(name: str, **options) -> dict:
     params with `options` over them."""
     from scratch import committed_params
 
-    config = PrepareConfig(name, MappingProxyType({**committed_params()["prepare"][name], **options}), False, None)
+    config = PrepareConfig(dataset=name, options=MappingProxyType({**committed_params()["prepare"][name], **options}), download=False, download_dir=None)
     return DATASETS[name].file_attributes(config)

@@ -14,8 +14,8 @@ from scratch import NO_GROUP_METHODS, committed_params  # noqa: F401  (tests imp
 from test_architecture import stage_instances
 
 from masktune.eval.figures import gallery_file_name
-from masktune.methods import reported_models
-from masktune.train.selection import group_labels_used
+from masktune.eval.models import reported_models
+from masktune.selection import group_labels_used
 
 METHODS = committed_params()["methods"]
 MODELS = reported_models(METHODS, "models")

@@ -19,7 +19,7 @@ from masktune.errors import UserError
 from masktune.models import build_model
 from masktune.models.checkpoint import load_checkpoint
 from masktune.models.pretrained import initial_model
-from masktune.train.fit import fit
+from masktune.train.fit import Keep, Plan, fit
 from masktune.train.loop import make_optimizer, restore_optimizer
 
 CPU = torch.device("cpu")
@@ -157,9 +157,9 @@ def test_cosine_schedule_steps_once_per_epoch_and_the_finetune_restarts_at_the_i
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     log = RecordingLive()
     data = _tiny_split()
-    fit(model, optimizer, data, data, epochs=epochs, batch_size=16, eval_batch_size=64,
-        generator=torch.Generator().manual_seed(0), device=CPU, live=log, best_path=tmp_path / "best.pt",
-        last_path=tmp_path / "last.pt", checkpoint_info={"arch": "tiny_cnn", "num_classes": 2}, scheduler=scheduler)
+    fit(model, optimizer, data, data, torch.Generator().manual_seed(0), CPU, log,
+        Plan(epochs=epochs, batch_size=16, eval_batch_size=64, scheduler=scheduler),
+        Keep(info={"arch": "tiny_cnn", "num_classes": 2}, best_path=tmp_path / "best.pt", last_path=tmp_path / "last.pt"))
     used = [value for _, name, value in log.metrics if name == "train/lr"]
     # torch's CosineAnnealingLR on a bare optimizer, stepped once per epoch, gives the same rates ...
     reference_optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
@@ -194,8 +194,8 @@ def test_no_scheduler_keeps_the_learning_rate(tmp_path):
     optimizer = make_optimizer(model, 0.01, 0.9, 1e-4)
     log = RecordingLive()
     data = _tiny_split()
-    fit(model, optimizer, data, data, epochs=2, batch_size=16, eval_batch_size=64,
-        generator=torch.Generator().manual_seed(0), device=CPU, live=log, best_path=tmp_path / "best.pt",
-        checkpoint_info={"arch": "tiny_cnn", "num_classes": 2})
+    fit(model, optimizer, data, data, torch.Generator().manual_seed(0), CPU, log,
+        Plan(epochs=2, batch_size=16, eval_batch_size=64),
+        Keep(info={"arch": "tiny_cnn", "num_classes": 2}, best_path=tmp_path / "best.pt"))
     assert optimizer.param_groups[0]["lr"] == 0.01
     assert not [m for m in log.metrics if m[1] == "train/lr"]  # logged only with a schedule

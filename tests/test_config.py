@@ -1,5 +1,6 @@
-"""Params: one schema validates the whole file at every stage's start; each stage gets a typed, frozen
-config from the keys it declares, with the recipe rule applied; the registries agree with the schema."""
+"""Params: each stage gets a typed, frozen config from the keys it declares, each checked by the field its
+module declares beside the code that reads it, with the recipe rule applied; `check_params` validates the
+whole file against every declared field once; the lists derive from the registries."""
 from __future__ import annotations
 
 import copy
@@ -12,17 +13,11 @@ import pytest
 import yaml
 from conftest import ROOT, committed_params
 
-from masktune.config import schema
-from masktune.config.stages import STAGE_CONFIGS, load_stage_config
-from masktune.data import prepared
-from masktune.datasets import DATASETS, folder
+from masktune.config.params import config_params, load_config
+from masktune.datasets import load_prepare_config
 from masktune.errors import UserError
-from masktune.eval.report import MASKING_TITLES
-from masktune.group_inference.labels import KINDS as LABEL_GROUPS
-from masktune.last_layer import LAST_LAYER_TRAINERS
-from masktune.models import MODELS
-from masktune.models.precision import PRECISIONS
-from masktune.robust_train import TRAINERS
+from masktune.methods.registry import family_names, pipeline_configs, specs, stage_config, trainer_names
+from stages.check_params import check, schema
 
 
 def _write(tmp_path, values: dict, dvc_text: str | None = None):
@@ -32,7 +27,14 @@ def _write(tmp_path, values: dict, dvc_text: str | None = None):
 
 
 def _load(tmp_path, stage: str, values: dict, dvc_text: str | None = None):
-    return load_stage_config(stage, *_write(tmp_path, values, dvc_text))
+    files = _write(tmp_path, values, dvc_text)
+    if stage == "prepare":
+        return load_prepare_config(*files)
+    return load_config(stage_config(stage, values["methods"]), stage, *files)
+
+
+def _load_files(stage: str, folder):
+    return load_config(stage_config(stage, {}), stage, folder / "params.yaml", folder / "dvc.yaml")
 
 
 def _set(values: dict, key: str, value) -> dict:
@@ -45,15 +47,22 @@ def _set(values: dict, key: str, value) -> dict:
     return values
 
 
+def _stages(methods: dict) -> list[str]:
+    """Every stage DVC expands from dvc.yaml for `methods` (and the control's offset 1)."""
+    from test_architecture import stage_instances
+
+    return list(stage_instances(yaml.safe_load((ROOT / "dvc.yaml").read_text()),
+                                {**committed_params(), "methods": methods}))
+
+
 def test_every_stage_resolves_the_committed_defaults_with_the_recipe(tmp_path):
     methods = committed_params()["methods"]
-    stages = [stage for stage in STAGE_CONFIGS if not stage.endswith("@*")] + ["train_erm_control@1"]  # a seed
-    stages += [f"{kind}@{name}" for kind in schema.PAIR_KINDS for name in methods[kind]]  # one per pair
+    stages = [stage for stage in _stages(methods) if stage != "check_params"] + ["train_erm_control@1"]
     configs = {stage: _load(tmp_path, stage, committed_params()) for stage in stages}
     for stage, config in configs.items():  # every field resolved to a value of its declared type
         for field in dataclasses.fields(config):
-            key = field.metadata["key"]
-            if key in schema.SCHEMA and not schema.SCHEMA[key].nullable:
+            declared = field.metadata.get("field")
+            if declared is not None and not declared.nullable:
                 assert getattr(config, field.name) is not None, f"{stage}.{field.name}"
     erm = configs["train_erm"]  # recipes.biased_mnist (bash_files/mnist_masktune.sh)
     assert (erm.arch, erm.lr, erm.epochs, erm.batch_size, erm.momentum, erm.weight_decay) == \
@@ -85,6 +94,7 @@ def test_every_stage_resolves_the_committed_defaults_with_the_recipe(tmp_path):
     heatmaps, groups = configs["exmap_heatmaps@exmap"], configs["exmap_groups@exmap"]  # recipes.biased_mnist.exmap
     assert (heatmaps.heatmaps, heatmaps.gamma, heatmaps.heatmap_size, groups.clustering, groups.clusters) == \
         ("lrp", 4.0, 0, "spectral", "auto")
+    assert (configs["compute_saliency"].method, configs["compute_saliency"].gamma) == ("xgradcam", 4.0)
     features, cfix = configs["clusterfix_features@clusterfix"], configs["robust_train@clusterfix"]
     assert (features.backbone, configs["clusterfix_clusters@clusterfix"].clusters_per_class) == ("erm", 8)
     assert (cfix.arch, cfix.optimizer, cfix.lr, cfix.beta, cfix.weight_momentum, cfix.selection, cfix.statistics,
@@ -112,18 +122,18 @@ def test_overrides_and_the_dataset_switch_follow_the_naming_rule(tmp_path):
     ("lr", -0.1, "lr must be a number > 0.0, got -0.1"),
     ("finetune.lr", "abc", "finetune.lr must be a number > 0.0 or null, got 'abc'"),
     ("methods.masking", ["masktune", "gradcam"],
-     "methods.masking must be a list of distinct names from 'randmask', 'masktune', got"),
+     "methods.masking must be a list of distinct names from 'masktune', 'randmask', got"),
     ("methods.jtt", ["jtt", "jtt"], "methods.jtt must be a list of distinct names from 'jtt', got"),
     ("methods.robust_train.jtt.selection", "test", ("methods.robust_train.jtt.selection must be one of 'average', "
                                                     "'worst_class', 'worst_pseudo_group', 'worst_group', 'unbiased', "
                                                     "got 'test'")),
-    ("methods.robust_train.jtt.trainer", "dfr", ("methods.robust_train.jtt.trainer must be one of 'upsample', "
-                                                 "'cluster_reweight', 'groupdro', got 'dfr'")),
+    ("methods.robust_train.jtt.trainer", "dfr", ("methods.robust_train.jtt.trainer must be one of "
+                                                 "'cluster_reweight', 'groupdro', 'upsample', got 'dfr'")),
     ("methods.last_layer.x", {"groups": "classes"}, ("methods.last_layer.x must be a mapping with exactly the keys "
                                                      "groups, trainer, selection, got")),
     ("methods.robust_train.jtt.groups", "exmap_globl", (r"methods.robust_train.jtt.groups is 'exmap_globl', which no "
-                                                        r"listed group inference writes \(written: true_groups, "
-                                                        r"classes, jtt, exmap_global, exmap_local, clusterfix;")),
+                                                        r"listed group inference writes \(written: clusterfix, "
+                                                        r"exmap_global, exmap_local, jtt, true_groups, classes;")),
     ("methods.robust_train.masktune", {"groups": "jtt", "trainer": "groupdro", "selection": "average"},
      "methods.robust_train.masktune: the name 'masktune' is already a model of `methods`"),
     ("methods.robust_train.My-Pair", {}, ("methods.robust_train must be a mapping whose names are lower-case "
@@ -138,21 +148,26 @@ def test_overrides_and_the_dataset_switch_follow_the_naming_rule(tmp_path):
     ("methods.robust_train.x\n", {"groups": "jtt", "trainer": "groupdro", "selection": "average"},
      "methods.robust_train must be a mapping whose names are lower-case identifiers, got 'x\\\\n'"),
 ])
-def test_a_bad_value_anywhere_stops_every_stage_naming_the_key(tmp_path, key, value, message):
-    values = _set(committed_params(), key, value)
-    for stage in ("prepare", "evaluate"):  # the first stage of a run fails, whichever stage reads the key
-        with pytest.raises(UserError, match=f"^params.yaml: {message}"):
-            _load(tmp_path, stage, values)
+def test_a_bad_value_anywhere_stops_check_params_naming_the_key(key, value, message):
+    """check_params (the first stage of every run: it declares the whole file) refuses it, whichever stage reads it."""
+    with pytest.raises(UserError, match=f"^params.yaml: {message}"):
+        check(_set(committed_params(), key, value))
 
 
-def test_unknown_and_missing_keys_are_named(tmp_path):
+def test_a_stage_checks_the_keys_it_reads(tmp_path):
+    with pytest.raises(UserError, match="^params.yaml: train_erm.epochs must be an integer >= 1, got 'three'"):
+        _load(tmp_path, "train_erm", _set(committed_params(), "train_erm.epochs", "three"))
+    assert _load(tmp_path, "evaluate", _set(committed_params(), "train_erm.epochs", "three"))  # not evaluate's
+
+
+def test_unknown_and_missing_keys_are_named():
     values = _set(committed_params(), "train_erm.epoch", 3)
     with pytest.raises(UserError, match=r"unknown key 'train_erm.epoch' \(did you mean train_erm.epochs\?\)"):
-        _load(tmp_path, "prepare", values)
+        check(values)
     values = committed_params()
     del values["randmask"]["seed"]
     with pytest.raises(UserError, match="missing key 'randmask.seed'"):
-        _load(tmp_path, "prepare", values)
+        check(values)
 
 
 def test_a_stage_cannot_read_an_undeclared_param(tmp_path):
@@ -166,18 +181,23 @@ def test_a_stage_cannot_read_an_undeclared_param(tmp_path):
         _load(tmp_path, "train_erm", values, dvc_text)
 
 
-def test_registries_are_keyed_by_the_schema_names():
-    assert tuple(DATASETS) == schema.DATASET_NAMES
-    assert tuple(MODELS) == schema.ARCH_NAMES
-    assert tuple(PRECISIONS) == schema.PRECISIONS
-    assert set(schema.PREPARE) == set(DATASETS)
-    assert schema.FOLDER_TRANSFORMS == folder.VIEW_PRESETS
-    assert schema.EXIF_ORIENTATIONS == prepared.EXIF_ORIENTATIONS
-    assert schema.FOLDER_NORMALISATIONS == tuple(folder.NORMALISATIONS)
-    assert set(schema.METHOD_KINDS["masking"]) == set(MASKING_TITLES)
-    assert schema.METHOD_KINDS["labels"] == tuple(LABEL_GROUPS)
-    assert schema.TRAINERS == TRAINERS and schema.LAST_LAYER_TRAINERS == LAST_LAYER_TRAINERS
-    assert set(STAGE_CONFIGS["robust_train@*"]) == set(TRAINERS)
+def test_every_list_derives_from_the_registries():
+    """The names `methods` accepts, the trainers, the datasets and the architectures come from one place each:
+    the method specs, the dataset specs, the model registry; every param key is declared once, alike."""
+    from masktune.datasets import DATASETS
+    from masktune.models import MODELS
+
+    registry = specs()
+    families = family_names(registry)
+    assert families == {"erm": ("erm",), "masking": ("masktune", "randmask"), "clusterfix": ("clusterfix",),
+                        "exmap": ("exmap",), "jtt": ("jtt",), "labels": ("true_groups", "classes")}
+    assert trainer_names(registry, "robust_train") == ("cluster_reweight", "groupdro", "upsample")
+    assert trainer_names(registry, "last_layer") == ("dfr",)
+    fields = schema(registry)  # raises where a key is declared twice with different fields
+    assert fields["dataset"].options == tuple(DATASETS) and fields["train_erm.arch"].options == tuple(MODELS)
+    assert sorted(committed_params()["methods"]) == sorted([*families, "robust_train", "last_layer"])
+    for stage, config in pipeline_configs().items():
+        assert config_params(config), stage
 
 
 def test_a_foreach_stage_reads_its_own_methods_params_only(tmp_path):
@@ -187,17 +207,17 @@ def test_a_foreach_stage_reads_its_own_methods_params_only(tmp_path):
     dvc_text = (ROOT / "dvc.yaml").read_text().replace("        - ${item}\n", "        - masktune\n")
     with pytest.raises(UserError, match="stage 'materialize_masked_dataset@randmask' reads param 'randmask.cutout_sides'"):
         _load(tmp_path, "materialize_masked_dataset@randmask", values, dvc_text)
-    with pytest.raises(UserError, match="no stage config named 'finetune' "):  # a foreach stage is named with its item
-        _load(tmp_path, "finetune", values)
+    with pytest.raises(ValueError, match="no stage config named 'label_groups@gradcam'"):
+        _load(tmp_path, "label_groups@gradcam", values)
 
 
 def test_stage_with_a_bad_param_exits_2_with_one_line_and_writes_nothing(tmp_path):
-    _write(tmp_path, _set(committed_params(), "finetune.lr", "abc"))
+    _write(tmp_path, _set(committed_params(), "train_erm.epochs", "abc"))
     result = subprocess.run([sys.executable, "-m", "stages.train_erm", "--data", "x.h5", "--best", "b.pt", "--last",
                              "l.pt", "--live", "live", "--oracle", "o.pt"], cwd=tmp_path, capture_output=True,
                             text=True, check=False, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: params.yaml: finetune.lr must be a number > 0.0 or null, got 'abc'"
+    assert result.stderr.strip() == "error: params.yaml: train_erm.epochs must be an integer >= 1, got 'abc'"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dvc.yaml", "params.yaml"]
 
 
@@ -263,7 +283,7 @@ def test_a_stage_refuses_to_write_outputs_when_a_declared_param_changed_while_it
     from masktune.io.files import atomic_output, write_bytes_atomically
 
     params, dvc_file = _write(tmp_path, _set(committed_params(), "lr", 0.01))
-    load_stage_config("train_erm", params, dvc_file)
+    load_config(stage_config("train_erm", {}), "train_erm", params, dvc_file)
     write_bytes_atomically(tmp_path / "before.pt", b"ok")  # nothing changed yet
     _write(tmp_path, _set(_set(committed_params(), "lr", 0.01), "finetune.lr", 0.5))  # not train_erm's
     write_bytes_atomically(tmp_path / "unrelated.pt", b"ok")
@@ -288,25 +308,25 @@ def test_params_are_read_as_dvc_reads_them_yaml_1_2(tmp_path):
     from dvc.utils.serialize import load_yaml
 
     dvc_view = load_yaml(str(tmp_path / "params.yaml"))
-    config = load_stage_config("train_erm", tmp_path / "params.yaml", tmp_path / "dvc.yaml")
+    config = _load_files("train_erm", tmp_path)
     assert (config.epochs, config.lr) == (dvc_view["train_erm"]["epochs"], dvc_view["lr"]) == (10, 1e-05)
     for key, value, message in (("train_erm.pretrained", "yes", "must be true or false"),
                                 ("train_erm.epochs", "1:30", "must be an integer")):
         (tmp_path / "params.yaml").write_text(text.replace("  epochs: 010\n", "  epochs: null\n").replace(
             f"  {key.split('.')[1]}: null\n", f"  {key.split('.')[1]}: {value}\n", 1))
         with pytest.raises(UserError, match=message):
-            load_stage_config("train_erm", tmp_path / "params.yaml", tmp_path / "dvc.yaml")
+            _load_files("train_erm", tmp_path)
 
 
 @pytest.mark.slow
 def test_dvc_exp_run_sets_a_rate_below_1e_4(tmp_path):
     """`dvc exp run -S lr=0.00001` writes `lr: 1e-05` (DVC's exponent form); every stage reads it as the float
-    DVC records (the Waterbirds and CelebA recipes' rates): check_methods validates the whole file."""
+    DVC records (the Waterbirds and CelebA recipes' rates): check_params validates the whole file."""
     from scratch import ScratchProject
 
     project = ScratchProject(tmp_path / "project")
-    result = project.dvc("exp", "run", "-S", "lr=0.00001", "check_methods", check=False)
+    result = project.dvc("exp", "run", "-S", "lr=0.00001", "check_params", check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "\nlr: 1e-05\n" in (project.path / "params.yaml").read_text()
-    config = load_stage_config("train_erm", project.path / "params.yaml", project.path / "dvc.yaml")
+    config = _load_files("train_erm", project.path)
     assert config.lr == 1e-05

@@ -526,18 +526,18 @@ def test_limit_takes_images_in_turns_from_every_class(in9l_roots):
     below a split's number of classes is refused."""
     from types import MappingProxyType
 
-    from masktune.config.stages import PrepareConfig
+    from masktune.datasets.spec import PrepareConfig
     from masktune.datasets.spec import first_images, per_class_turns
 
     splits = read_in9l(*in9l_roots)
-    limited = first_images(splits, PrepareConfig("in9l", MappingProxyType({"limit": 12}), False, None))
+    limited = first_images(splits, PrepareConfig(dataset="in9l", options=MappingProxyType({"limit": 12}), download=False, download_dir=None))
     train = splits["train"]  # 3 images of each class, class by class
     assert limited["train"].labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 4, 5, 6, 7, 8]  # two turns for the first 3
     assert limited["train"] == train.subset([0, 1, 3, 4, 6, 7, 9, 12, 15, 18, 21, 24])
     assert limited["val"] == splits["val"]  # 9 images: within the limit
     with raises("params.yaml: prepare.in9l.limit is 5, fewer than the 9 classes of split 'train': every class "
                 "needs an image; set it to at least 9 (or null: every image)"):
-        first_images(splits, PrepareConfig("in9l", MappingProxyType({"limit": 5}), False, None))
+        first_images(splits, PrepareConfig(dataset="in9l", options=MappingProxyType({"limit": 5}), download=False, download_dir=None))
     # a class that runs out leaves its turns to the others; each class keeps its own order
     assert per_class_turns([1, 1, 0, 1, 1, 1], 4, "limit", "train").tolist() == [0, 1, 2, 3]
     assert per_class_turns(["b", "a", "b", "a", "a"], 3, "limit", "val").tolist() == [0, 1, 3]

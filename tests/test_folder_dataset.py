@@ -28,7 +28,7 @@ from PIL import Image
 from pipeline_checks import ALL_STAGES, FEW_METHODS, FEW_MODELS, MODELS, SMALL_RUN, evaluation_of, stages_of
 from scratch import ScratchProject
 
-from masktune.config.stages import PrepareConfig
+from masktune.datasets.spec import PrepareConfig
 from masktune.data.prepared import open_prepared
 from masktune.data.views import PLAIN, DatasetViews
 from masktune.datasets.folder import (
@@ -452,7 +452,7 @@ def _config(**options) -> PrepareConfig:
     """A prepare config of the folder dataset: the committed params with `options` over them."""
     values = {**committed_params()["prepare"]["folder"], **{k: (str(v) if hasattr(v, "parent") else v)
                                                             for k, v in options.items()}}
-    return PrepareConfig("folder", MappingProxyType(values), False, None)
+    return PrepareConfig(dataset="folder", options=MappingProxyType(values), download=False, download_dir=None)
 
 
 def _prepare_in_process(config: PrepareConfig) -> tuple[dict, dict]:

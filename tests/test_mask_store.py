@@ -11,10 +11,22 @@ from masktune.data.masks import MaskSource, apply_masks, pack_masks, read_masks,
 from masktune.data.views import Geometry, mask_to_raw
 from masktune.errors import UserError
 from masktune.io.hdf5 import read_rows, write_arrays
-from masktune.masking import compute as mask_compute
-from masktune.masking.compute import write_random_masks, write_saliency_masks
+from masktune import masking
+from masktune.masking.masktune import MaskTuneMaskConfig
+from masktune.masking.masktune import write_masks as masktune_masks
+from masktune.masking.randmask import RandMaskMaskConfig
+from masktune.masking.randmask import write_masks as randmask_masks
 from masktune.masking.rules import cutout_masks, saliency_masks
 from masktune.saliency.xgradcam import full_resolution
+
+
+def write_saliency_masks(saliency, out, rows, size, n_std, attrs):
+    return masktune_masks(MaskTuneMaskConfig(threshold_std=n_std, examples_per_group=4), saliency, out, rows, size, attrs)
+
+
+def write_random_masks(out, rows, size, sides, seed, attrs):
+    return randmask_masks(RandMaskMaskConfig(cutout_sides=sides, seed=seed, examples_per_group=4), None, out, rows, size,
+                          attrs)
 
 
 def _saliency_file(path, n=50, feature=(7, 7), input_size=(30, 30), seed=0) -> torch.Tensor:
@@ -22,7 +34,7 @@ def _saliency_file(path, n=50, feature=(7, 7), input_size=(30, 30), seed=0) -> t
     rng = np.random.default_rng(seed)
     cams = np.maximum(rng.normal(size=(n, *feature)), 0).astype(np.float32)
     cams[3] = 0  # a map with no positive value: masks nothing
-    write_arrays(path, {"cams": cams, "predicted": rng.integers(0, 2, n)},
+    write_arrays(path, {"maps": cams, "predicted": rng.integers(0, 2, n)},
                  attrs={"method": "xgradcam", "input_size": list(input_size), "precision": "float32"})
     return full_resolution(torch.from_numpy(cams), input_size)
 
@@ -53,7 +65,7 @@ def test_chunking_does_not_change_the_file(tmp_path, monkeypatch):
     _saliency_file(tmp_path / "saliency.h5")
     write_saliency_masks(tmp_path / "saliency.h5", tmp_path / "a.h5", 50, (30, 30), 2.0, {})
     write_random_masks(tmp_path / "ra.h5", 50, (30, 30), (4, 9), 0, {})
-    monkeypatch.setattr(mask_compute, "PIXELS_PER_CHUNK", 7 * 900)  # 7 images at a time
+    monkeypatch.setattr(masking, "PIXELS_PER_CHUNK", 7 * 900)  # 7 images at a time
     write_saliency_masks(tmp_path / "saliency.h5", tmp_path / "b.h5", 50, (30, 30), 2.0, {})
     write_random_masks(tmp_path / "rb.h5", 50, (30, 30), (4, 9), 0, {})
     digest = {name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() for name in

@@ -10,9 +10,9 @@ from masktune.data.samples import SampleSet
 from masktune.data.splits import PixelSplit, ResampledSplit
 from masktune.eval.report import comparison_markdown, headline, method_title
 from masktune.group_inference.jtt import error_set
-from masktune.methods import reported_models
+from masktune.eval.models import reported_models
 from masktune.robust_train.upsample import upsampled_rows
-from masktune.train.selection import GroupLabels, group_labels_used, selection_score
+from masktune.selection import GroupLabels, group_labels_used, selection_score
 
 
 def test_error_set_is_the_misclassified_training_examples():

@@ -18,7 +18,6 @@ from conftest import ROOT, RecordingLive, committed_params
 from fixtures_datasets import CIFAR10_LABEL_NAMES, make_cats_vs_dogs, make_cifar10, make_svhn
 from PIL import Image
 
-from masktune.config import schema
 from masktune.data.prepared import open_prepared
 from masktune.data.samples import SampleSet
 from masktune.data.splits import AugmentedPixelSplit, PixelSplit, open_split
@@ -26,7 +25,7 @@ from masktune.datasets import DATASETS, cats_vs_dogs, cifar10, svhn
 from masktune.errors import UserError
 from masktune.models import build_model
 from masktune.models.checkpoint import load_checkpoint
-from masktune.train.fit import fit
+from masktune.train.fit import Keep, Plan, fit
 from masktune.train.loop import make_optimizer, make_scheduler, restore_optimizer
 
 CPU = torch.device("cpu")
@@ -346,7 +345,12 @@ def test_committed_recipes_are_the_bash_files():
     for name in ("biased_mnist", "waterbirds", "celeba", "in9l", "mnist", "folder"):
         assert params["recipes"][name]["train_erm"]["lr_schedule"] == "constant"
     assert params["recipes"]["cmnist"]["train_erm"]["lr_schedule"] == "cosine"
-    assert "multistep" in schema.ERM_LR_SCHEDULES and "multistep" not in schema.LR_SCHEDULES  # ClusterFix: no
+    from masktune.config.params import config_params
+    from masktune.robust_train.cluster_reweight import ClusterReweightConfig
+    from masktune.train.network import TrainErmConfig
+
+    assert "multistep" in config_params(TrainErmConfig)["train_erm.lr_schedule"].options
+    assert "multistep" not in config_params(ClusterReweightConfig)["cluster_reweight.lr_schedule"].options  # no
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,10 +426,11 @@ def test_multistep_in_fit_and_the_finetune_continues_at_the_decayed_rate(tmp_pat
     model = build_model("tiny_cnn", 2)
     optimizer = make_optimizer(model, lr, 0.9, 1e-4)
     log = RecordingLive()
-    fit(model, optimizer, data, data, epochs=epochs, batch_size=16, eval_batch_size=64,
-        generator=torch.Generator().manual_seed(0), device=CPU, live=log, best_path=tmp_path / "best.pt",
-        last_path=tmp_path / "last.pt", scheduler=make_scheduler(optimizer, "multistep", epochs, 2, 0.5),
-        checkpoint_info={"arch": "tiny_cnn", "num_classes": 2, "lr_schedule": "multistep"})
+    fit(model, optimizer, data, data, torch.Generator().manual_seed(0), CPU, log,
+        Plan(epochs=epochs, batch_size=16, eval_batch_size=64,
+             scheduler=make_scheduler(optimizer, "multistep", epochs, 2, 0.5)),
+        Keep(info={"arch": "tiny_cnn", "num_classes": 2, "lr_schedule": "multistep"}, best_path=tmp_path / "best.pt",
+             last_path=tmp_path / "last.pt"))
     used = [value for _, name, value in log.metrics if name == "train/lr"]
     assert used == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025, 0.0125], rel=1e-12)
     _, state = load_checkpoint(tmp_path / "last.pt", CPU)

@@ -13,7 +13,7 @@ from conftest import committed_params
 from fixtures_datasets import make_waterbirds
 from test_architecture import closure, import_graph, project_modules
 
-from masktune.config.stages import PrepareConfig
+from masktune.datasets.spec import PrepareConfig
 from masktune.data.prepared import DatasetInfo, EncodedImages, open_prepared, write_prepared
 from masktune.data.samples import SampleSet
 from masktune.data.views import PLAIN
@@ -38,7 +38,7 @@ OLD_ATTRIBUTES = ("dataset", "num_classes", "groups_known", "class_names", "grou
 
 
 def _config(name: str, **options) -> PrepareConfig:
-    return PrepareConfig(name, MappingProxyType({**committed_params()["prepare"][name], **options}), False, None)
+    return PrepareConfig(dataset=name, options=MappingProxyType({**committed_params()["prepare"][name], **options}), download=False, download_dir=None)
 
 
 def _pixels(n: int = 4) -> SampleSet:

@@ -132,7 +132,7 @@ def test_weights_of_another_architecture(imagenet_state, tmp_path):
 def test_clusterfix_clusters_any_imagenet_network_from_a_local_file(arch, tmp_path, hub_dir):
     """`clusterfix.backbone: <arch>` with `clusterfix.weights_path`: the file's every tensor but the head,
     or one line naming the param when the file is missing or of another network."""
-    from masktune.group_inference.clusterfix import feature_network
+    from masktune.group_inference.clusterfix_features import feature_network
 
     torch.manual_seed(1)
     state = getattr(torchvision.models, arch)(num_classes=1000).state_dict()

@@ -16,9 +16,10 @@ from masktune.data.splits import PixelSplit
 from masktune.models import SmallCNN
 from masktune.robust_train.cluster_reweight import ClusterReweight, ClusterWeights, PseudoHeads
 from masktune.robust_train.groupdro import GroupDRO
+from masktune.seeding import seed_everything
 from masktune.train import fit as fit_module
-from masktune.train.fit import fit, live_folder
-from masktune.train.loop import make_optimizer, seed_everything
+from masktune.train.fit import Keep, Plan, fit, live_folder
+from masktune.train.loop import make_optimizer
 
 CPU = torch.device("cpu")
 EPOCHS = 3
@@ -66,9 +67,10 @@ def _run(folder: Path, method: str, monkeypatch, stop_before: int | None = None)
     with monkeypatch.context() as patch:
         patch.setattr(fit_module, "train_epoch", epoch)
         with live_folder(folder / "live") as live:
-            fit(model, optimizer, train, val, epochs=EPOCHS, batch_size=16, eval_batch_size=32, generator=generator,
-                device=CPU, live=live, best_path=folder / "best.pt", last_path=folder / "last.pt",
-                checkpoint_info={"arch": "small_cnn", "num_classes": 2}, resume={"key": method}, **extra)
+            fit(model, optimizer, train, val, generator, CPU, live,
+                Plan(epochs=EPOCHS, batch_size=16, eval_batch_size=32, resume={"key": method}, **extra),
+                Keep(info={"arch": "small_cnn", "num_classes": 2}, best_path=folder / "best.pt",
+                     last_path=folder / "last.pt"))
 
 
 def _files(folder: Path) -> dict[str, bytes]:

@@ -12,11 +12,12 @@ import torch.nn.functional as F
 
 from masktune.data.samples import SampleSet
 from masktune.data.splits import PixelSplit
-from masktune.models.precision import MixedPrecision
+from masktune.models.predict import predict
+from masktune.precision import MixedPrecision
 from masktune.robust_train.groupdro import GroupDRO
 from masktune.robust_train.upsample import balanced_rows
-from masktune.train.loop import make_optimizer, predict, train_epoch
-from masktune.train.selection import worst_group_accuracy
+from masktune.selection import worst_group_accuracy
+from masktune.train.loop import make_optimizer, train_epoch
 
 CPU = torch.device("cpu")
 FLOAT32 = MixedPrecision("float32", CPU)

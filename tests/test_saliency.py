@@ -11,7 +11,8 @@ from masktune.data.splits import PixelSplit, to_input
 from masktune.masking.rules import saliency_masks, saliency_thresholds
 from masktune.models import SmallCNN, build_model
 from masktune.saliency.xgradcam import feature_cams, full_resolution, prepare_for_saliency, xgradcam
-from masktune.train.loop import make_optimizer, seed_everything, train_epoch
+from masktune.seeding import seed_everything
+from masktune.train.loop import make_optimizer, train_epoch
 
 pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam", reason="install the test extras (grad-cam==1.3.7)")
 

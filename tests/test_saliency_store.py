@@ -15,7 +15,7 @@ import yaml
 from conftest import ROOT, committed_params
 from fixtures_datasets import prepared_attributes
 
-from masktune.config.stages import SaliencyConfig
+from masktune.saliency.compute import SaliencyConfig
 from masktune.data.prepared import PreparedFile, write_prepared
 from masktune.data.splits import open_split, to_input
 from masktune.data.views import PLAIN
@@ -23,7 +23,7 @@ from masktune.datasets.biased_mnist import build_biased_split
 from masktune.io.journal import ResumeJournal
 from masktune.models import SmallCNN
 from masktune.models.checkpoint import save_checkpoint
-from masktune.saliency.compute import compute_saliency_file
+from masktune.saliency.compute import training_saliency
 from masktune.saliency.file import full_maps_at, iter_full_maps
 from masktune.saliency.xgradcam import xgradcam
 from masktune.train.loop import make_optimizer
@@ -89,8 +89,8 @@ def test_killed_run_resumes_to_the_same_content(workdir):
     assert f"resuming from image {done:,} of {N_IMAGES:,}" in resumed.stdout
     assert not journal.exists()
     whole, cut = _content(workdir / "whole.h5"), _content(workdir / "cut.h5")
-    assert whole.keys() == cut.keys() == {"attrs", "cams", "predicted"}
-    np.testing.assert_array_equal(whole["cams"], cut["cams"])
+    assert whole.keys() == cut.keys() == {"attrs", "maps", "predicted"}
+    np.testing.assert_array_equal(whole["maps"], cut["maps"])
     np.testing.assert_array_equal(whole["predicted"], cut["predicted"])
     assert whole["attrs"] == cut["attrs"]
     assert (workdir / "whole.h5").read_bytes() == (workdir / "cut.h5").read_bytes()
@@ -115,19 +115,19 @@ def test_journal_resumes_only_the_contiguous_prefix(tmp_path):
 def test_file_matches_direct_computation_and_full_maps_are_recomputed(workdir):
     torch.manual_seed(0)
     model = SmallCNN(2).eval()
-    settings = SaliencyConfig(batch_size=300, precision="float32", channels_last=True, fold_batchnorm=True,
-                              workers=1, resume_every=1000, nproc_per_node=1, nnodes=1, master_addr="localhost",
-                              master_port=29500)
+    settings = SaliencyConfig(method="xgradcam", gamma=4.0, batch_size=300, precision="float32", channels_last=True,
+                              fold_batchnorm=True, workers=1, resume_every=1000, nproc_per_node=1, nnodes=1,
+                              master_addr="localhost", master_port=29500)
     out = workdir / "direct.h5"
-    summary = compute_saliency_file(model, workdir / "model.pt", PreparedFile(workdir / "prepared.h5"), PLAIN, out,
-                                    settings, torch.device("cpu"))
-    assert summary["images"] == N_IMAGES and summary["resumed_from"] == 0
+    predicted_all = training_saliency(model, workdir / "model.pt", PreparedFile(workdir / "prepared.h5"), PLAIN, out,
+                                      settings, torch.device("cpu"))
+    assert len(predicted_all) == N_IMAGES
     with h5py.File(workdir / "prepared.h5", "r") as f:
         some = f["train/images"][[5, 9_000, 19_999]]
     expected, predicted = xgradcam(model, model.grad_cam_target_layer(), to_input(some, torch.device("cpu")))
     index = np.array([5, 9_000, 19_999])
     np.testing.assert_allclose(full_maps_at(out, N_IMAGES, index), expected.numpy(), atol=1e-5)
-    np.testing.assert_array_equal(summary["predicted"][index], predicted.numpy())
+    np.testing.assert_array_equal(predicted_all[index], predicted.numpy())
     chunks = list(iter_full_maps(out, N_IMAGES, 7_000))
     assert [first for first, _ in chunks] == [0, 7_000, 14_000]
     np.testing.assert_allclose(chunks[1][1][9_000 - 7_000].numpy(), expected[1].numpy(), atol=1e-5)

@@ -19,7 +19,7 @@ from scratch import committed_params, merge, run_stage_in_process
 from masktune.group_inference.ssl import UNUSED, Denoising, TwoViews, nt_xent, simclr_transform
 from masktune.models import build_model
 from masktune.models.checkpoint import load_checkpoint
-from masktune.models.precision import MixedPrecision
+from masktune.precision import MixedPrecision
 
 
 def test_nt_xent_equals_the_papers_loss_written_out():

@@ -13,8 +13,10 @@ from masktune.data.samples import SampleSet
 from masktune.data.splits import PixelSplit, to_input
 from masktune.models import SmallCNN
 from masktune.models.checkpoint import load_checkpoint, save_checkpoint
-from masktune.models.precision import PRECISIONS, MixedPrecision
-from masktune.train.loop import make_optimizer, predict, restore_optimizer, seed_everything, train_epoch
+from masktune.models.predict import predict
+from masktune.precision import PRECISIONS, MixedPrecision
+from masktune.seeding import seed_everything
+from masktune.train.loop import make_optimizer, restore_optimizer, train_epoch
 
 CPU = torch.device("cpu")
 

@@ -221,6 +221,27 @@ class AutoInt(Field):
         return value
 
 
+@dataclass(frozen=True)
+class MethodLists(Field):
+    """The `methods` param as a stage reads it: per family a list of names, or a mapping of (groups, trainer)
+    pairs (`Pairs`); which names exist is the registry's, checked once by `check_params` (a stage reading the
+    lists imports no method)."""
+
+    def _describe(self) -> str:
+        return "a mapping of method families to lists of names or mappings of pairs"
+
+    def _check(self, key, value):
+        if not isinstance(value, dict) or not all(isinstance(v, (list, dict)) for v in value.values()):
+            raise self._fail(key, value)
+        from types import MappingProxyType
+
+        return MappingProxyType({family: tuple(v) if isinstance(v, list) else v for family, v in value.items()})
+
+
+MAX_WORKERS = 64
+WORKERS = Int(0, MAX_WORKERS)  # DataLoader processes of a stage: how it runs, not what it computes
+SEED = Int(0)
+
 NAME = re.compile(r"[a-z][a-z0-9_]*")  # fullmatch: `$` would let a trailing newline through
 
 

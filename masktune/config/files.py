@@ -40,6 +40,23 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def lookup_key(values: Any, key: str) -> Any:
+    """The value at dotted `key` of params.yaml; UserError naming the key when it is missing."""
+    node: Any = values
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise UserError(f"params.yaml: missing key '{key}'")
+        node = node[part]
+    return node
+
+
+def declared_values(stage: str, params_file: str | Path = "params.yaml", dvc_file: str | Path = "dvc.yaml") -> dict:
+    """{key: its value in params.yaml} of every param dvc.yaml declares for `stage` (sections whole): what a
+    stage's outputs were made with, as DVC records it in dvc.lock."""
+    values = read_yaml(params_file)
+    return {key: _lookup(values, key) for key in declared_params(stage, dvc_file, values)}
+
+
 def _lookup(values: Any, dotted: str) -> Any:
     node = values
     for part in dotted.split("."):

@@ -68,6 +68,12 @@ def check_masks_file(path: str | Path, rows: int, size: tuple[int, int]) -> None
                             f"{rows} of {tuple(size)}: rerun `dvc repro`")
 
 
+def read_masks_attrs(path: str | Path) -> dict:
+    """What a masks file records of the masks: the method that made them, its title, the image size."""
+    with open_h5(path) as f:
+        return dict(f.attrs)
+
+
 def masks_method(path: str | Path) -> str:
     """The name of the method that made the masks ("masktune", "randmask")."""
     with open_h5(path) as f:

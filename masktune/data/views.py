@@ -45,6 +45,7 @@ IMAGENET_PCA_EIGVEC = (
     (-0.5836, -0.6948, 0.4203),
 )
 
+ALIGNMENTS = ("crop", "stretch")  # how a view mask is put on the raw image (`mask_to_raw`)
 
 def _normalise_size(size, name: str) -> Size:
     if isinstance(size, (list, tuple)):

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from masktune.config.stages import PrepareConfig
+from masktune.config.fields import Choice, FilePath, Int, IntList, Number
 from masktune.data.samples import SampleSet
 from masktune.data.views import PLAIN
 from masktune.datasets.mnist_idx import load_mnist
-from masktune.datasets.spec import DatasetSpec, download_location
+from masktune.datasets.spec import DatasetSpec, PrepareConfig, download_location
 from masktune.errors import UserError
 
 DIGITS_TO_CLASS = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
@@ -99,6 +99,19 @@ def _prepare(config: PrepareConfig) -> dict[str, SampleSet]:
 
 
 # The images are small pixel arrays, input to the model as they are (official MNIST transforms: ToTensor).
-SPEC = DatasetSpec(name="biased_mnist", num_classes=2, group_names=lambda options: GROUP_NAMES,
+SQUARE_PLACEMENTS = ("official", "random")
+PARAMS = {  # prepare.biased_mnist.*
+    "mnist_dir": FilePath(nullable=True),
+    "bias_conflicting_ratio": Number(0.0, 1.0),
+    "square_size": Int(1, 28),
+    "square_color": IntList(length=3, minimum=0, maximum=255),
+    "square_placement": Choice(options=SQUARE_PLACEMENTS),
+    "val_size": Int(1),
+    "seed": Int(0),
+    "train_limit": Int(2, nullable=True),
+    "test_limit": Int(1, nullable=True),
+}
+
+SPEC = DatasetSpec(params=PARAMS, name="biased_mnist", num_classes=2, group_names=lambda options: GROUP_NAMES,
                    test_splits=("test_original", "test_biased"), prepare=_prepare, views=PLAIN,
                    class_names=("digits_0-4", "digits_5-9"))

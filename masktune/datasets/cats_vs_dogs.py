@@ -34,12 +34,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from masktune.config.stages import PrepareConfig
+from masktune.config.fields import FilePath, Int, Number
 from masktune.data.prepared import IMAGE_ERRORS, unreadable_image
 from masktune.data.samples import SampleSet
 from masktune.data.views import DatasetViews, Geometry, TrainTransform
 from masktune.datasets.official_val import official_validation
-from masktune.datasets.spec import DatasetSpec
+from masktune.datasets.spec import DatasetSpec, PrepareConfig
 from masktune.errors import UserError
 
 PARAM = "prepare.cats_vs_dogs.dir"
@@ -167,5 +167,14 @@ def _prepare(config: PrepareConfig) -> dict[str, SampleSet]:
 # CIFAR-10's flips and affine shifts to train.
 VIEWS = DatasetViews(masking=Geometry(), evaluation=Geometry(), train=TrainTransform("flip_affine"))
 
-SPEC = DatasetSpec(name="cats_vs_dogs", num_classes=2, group_names=lambda options: dict(enumerate(CLASS_NAMES)),
+PARAMS = {  # prepare.cats_vs_dogs.*
+    "dir": FilePath(nullable=True),
+    "test_per_class": Int(1),
+    "test_seed": Int(0),
+    "val_fraction": Number(0.0, 1.0, exclusive_minimum=True),
+    "val_seed": Int(0, 2**32 - 1),
+    "limit": Int(1, nullable=True),
+}
+
+SPEC = DatasetSpec(params=PARAMS, name="cats_vs_dogs", num_classes=2, group_names=lambda options: dict(enumerate(CLASS_NAMES)),
                    test_splits=("test",), prepare=_prepare, views=VIEWS, class_names=CLASS_NAMES, groups_known=False)

@@ -24,7 +24,7 @@ import csv
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from masktune.config.stages import PrepareConfig
+from masktune.config.fields import FilePath, Int, Text
 from masktune.data.samples import ImageRecords
 from masktune.data.views import (
     IMAGENET_MEAN,
@@ -42,7 +42,7 @@ from masktune.datasets.readers import (
     require_dir,
     unknown_name,
 )
-from masktune.datasets.spec import DatasetSpec, dataset_folder, first_images
+from masktune.datasets.spec import DatasetSpec, PrepareConfig, dataset_folder, first_images
 from masktune.errors import UserError
 
 NUM_CLASSES = 2
@@ -210,7 +210,11 @@ SOURCES = (
            md5="d32c9cbf5e040fd4025c592c306e6668", **_SOURCE),
 )
 
+PARAMS = {"dir": FilePath(nullable=True), "limit": Int(1, nullable=True),  # prepare.celeba.*
+          "target": Text(), "spurious": Text()}  # attribute names: checked by the reader
+
 SPEC = DatasetSpec(
+    params=PARAMS,
     name="celeba", num_classes=NUM_CLASSES, group_names=lambda options: group_names(*_attributes(options)),
     test_splits=("test",), prepare=_prepare, sources=SOURCES,
     # Official src/methods/celebA_train.py: transform_test and transform_data_to_mask are both

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from masktune.config.stages import PrepareConfig
+from masktune.config.fields import FilePath, Int, Number
 from masktune.data.samples import SampleSet
 from masktune.data.views import DatasetViews, Geometry, TrainTransform
 from masktune.datasets.download import Source
 from masktune.datasets.official_val import official_validation
-from masktune.datasets.spec import DatasetSpec, dataset_folder
+from masktune.datasets.spec import DatasetSpec, PrepareConfig, dataset_folder
 from masktune.errors import UserError
 
 PARAM = "prepare.cifar10.dir"
@@ -157,6 +157,10 @@ def _prepare(config: PrepareConfig) -> dict[str, SampleSet]:
 # Official src/methods/cifar10_train.py L17-26: ToTensor only to evaluate and to mask, flips + affine to train.
 VIEWS = DatasetViews(masking=Geometry(), evaluation=Geometry(), train=TrainTransform("flip_affine"))
 
-SPEC = DatasetSpec(name="cifar10", num_classes=10, group_names=lambda options: dict(enumerate(CLASS_NAMES)),
+# The paper's selective-classification sets: official 20% validation draw (val_fraction, val_seed).
+PARAMS = {"dir": FilePath(nullable=True), "val_fraction": Number(0.0, 1.0, exclusive_minimum=True),  # prepare.cifar10.*
+          "val_seed": Int(0, 2**32 - 1), "train_limit": Int(2, nullable=True), "test_limit": Int(1, nullable=True)}
+
+SPEC = DatasetSpec(params=PARAMS, name="cifar10", num_classes=10, group_names=lambda options: dict(enumerate(CLASS_NAMES)),
                    test_splits=("test",), prepare=_prepare, views=VIEWS, sources=SOURCES, class_names=CLASS_NAMES,
                    groups_known=False)

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from masktune.config.stages import PrepareConfig
+from masktune.config.fields import FilePath, Int, Number
 from masktune.data.samples import SampleSet
 from masktune.data.views import PLAIN
 from masktune.datasets.mnist_idx import load_mnist
-from masktune.datasets.spec import DatasetSpec, download_location
+from masktune.datasets.spec import DatasetSpec, PrepareConfig, download_location
 from masktune.errors import UserError
 
 RED, GREEN = 0, 1  # the channel of s = 0 and of s = 1 (official L180-181)
@@ -83,6 +83,15 @@ def _prepare(config: PrepareConfig) -> dict[str, SampleSet]:
 
 
 # 28 x 28 pixel arrays input as they are (official: data / 255, no transform).
-SPEC = DatasetSpec(name="cmnist", num_classes=2, group_names=lambda options: GROUP_NAMES,
+PARAMS = {  # prepare.cmnist.*
+    "mnist_dir": FilePath(nullable=True),
+    "color_correlation": Number(0.0, 1.0),
+    "val_size": Int(1),
+    "seed": Int(0),
+    "train_limit": Int(2, nullable=True),
+    "test_limit": Int(1, nullable=True),
+}
+
+SPEC = DatasetSpec(params=PARAMS, name="cmnist", num_classes=2, group_names=lambda options: GROUP_NAMES,
                    test_splits=("test",), prepare=_prepare, views=PLAIN,
                    class_names=("digits_0-4", "digits_5-9"))

@@ -53,8 +53,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from masktune.config.stages import PrepareConfig
-from masktune.data.prepared import TWELVE_BIT_PEAK
+from masktune.config.fields import Bool, Choice, FilePath, Int
+from masktune.data.prepared import EXIF_ORIENTATIONS, TWELVE_BIT_PEAK
 from masktune.data.samples import ImageRecords, SampleSet
 from masktune.data.views import (
     IMAGENET_MEAN,
@@ -75,7 +75,7 @@ from masktune.datasets.readers import (
     require_dir,
     require_file,
 )
-from masktune.datasets.spec import DatasetSpec, per_class_turns
+from masktune.datasets.spec import DatasetSpec, PrepareConfig, per_class_turns
 from masktune.errors import UserError
 
 FIXED_SPLITS = ("train", "val")
@@ -542,5 +542,16 @@ def _describe(config: PrepareConfig) -> dict:
             "exif_orientation": config.options["exif_orientation"]}
 
 
-SPEC = DatasetSpec(name="folder", num_classes=0, group_names=lambda options: {}, test_splits=(), prepare=_prepare,
+PARAMS = {  # prepare.folder.*
+    "dir": FilePath(nullable=True),
+    "csv": FilePath(nullable=True),
+    "transforms": Choice(options=VIEW_PRESETS),
+    "image_size": Int(8, 4096),
+    "normalisation": Choice(options=tuple(NORMALISATIONS)),
+    "limit": Int(1, nullable=True),
+    "allow_overlap": Bool(),
+    "exif_orientation": Choice(options=EXIF_ORIENTATIONS),
+}
+
+SPEC = DatasetSpec(params=PARAMS, name="folder", num_classes=0, group_names=lambda options: {}, test_splits=(), prepare=_prepare,
                    views=PLAIN, describe=_describe)

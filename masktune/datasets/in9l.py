@@ -27,12 +27,12 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from masktune.config.stages import PrepareConfig
+from masktune.config.fields import FilePath, Int
 from masktune.data.samples import ImageRecords
 from masktune.data.views import CenterCrop, DatasetViews, Geometry, Resize, TrainTransform
 from masktune.datasets.download import Source
 from masktune.datasets.readers import IMAGE_EXTENSIONS, require_dir
-from masktune.datasets.spec import DatasetSpec, dataset_folder, first_images
+from masktune.datasets.spec import DatasetSpec, PrepareConfig, dataset_folder, first_images
 from masktune.errors import UserError
 
 CLASS_FOLDERS = ("00_dog", "01_bird", "02_wheeled vehicle", "03_reptile", "04_carnivore", "05_insect",
@@ -125,7 +125,10 @@ SOURCES = (
     Source(url="https://www.dropbox.com/s/8w29bg9niya19rn/in9l.tar.gz?dl=1", filename="in9l.tar.gz", **_SOURCE),
 )
 
+PARAMS = {"dir": FilePath(nullable=True), "limit": Int(1, nullable=True)}  # prepare.in9l.*
+
 SPEC = DatasetSpec(
+    params=PARAMS,
     name="in9l", num_classes=NUM_CLASSES, group_names=lambda options: GROUP_NAMES,
     test_splits=tuple(f"test_{variant}" for variant in TEST_VARIANTS), prepare=_prepare, sources=SOURCES,
     metrics="background_challenge", class_names=CLASS_NAMES,

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from masktune.config.stages import PrepareConfig
+from masktune.config.fields import FilePath, Int
 from masktune.data.samples import SampleSet
 from masktune.data.views import PLAIN
 from masktune.datasets.biased_mnist import split_validation
 from masktune.datasets.mnist_idx import load_mnist
-from masktune.datasets.spec import DatasetSpec, download_location
+from masktune.datasets.spec import DatasetSpec, PrepareConfig, download_location
 
 CLASS_NAMES = tuple(str(digit) for digit in range(10))
 
@@ -46,6 +46,14 @@ def _prepare(config: PrepareConfig) -> dict[str, SampleSet]:
                        seed=options["seed"], train_limit=options["train_limit"], test_limit=options["test_limit"])
 
 
-SPEC = DatasetSpec(name="mnist", num_classes=10, group_names=lambda options: dict(enumerate(CLASS_NAMES)),
+PARAMS = {  # prepare.mnist.*
+    "mnist_dir": FilePath(nullable=True),
+    "val_size": Int(1),
+    "seed": Int(0),
+    "train_limit": Int(2, nullable=True),
+    "test_limit": Int(1, nullable=True),
+}
+
+SPEC = DatasetSpec(params=PARAMS, name="mnist", num_classes=10, group_names=lambda options: dict(enumerate(CLASS_NAMES)),
                    test_splits=("test",), prepare=_prepare, views=PLAIN, class_names=CLASS_NAMES,
                    groups_known=False)

@@ -14,10 +14,12 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
-from masktune.config.stages import PrepareConfig
+from masktune.config.fields import Bool, Field, FilePath
+from masktune.config.params import DATASET, param, section
 from masktune.data.prepared import METRICS
 from masktune.data.samples import ImageRecords, SampleSet
 from masktune.data.views import DatasetViews
@@ -25,9 +27,20 @@ from masktune.datasets.download import Source, resolve_dataset_folder
 from masktune.errors import UserError
 
 
+@dataclass(frozen=True, kw_only=True)
+class PrepareConfig:
+    """Stage `prepare`: the dataset, its own params (`prepare.<name>`, checked by its `DatasetSpec.params`) and
+    where downloads go."""
+    dataset: str = param("dataset", DATASET)
+    options: MappingProxyType = section("prepare.${dataset}")  # the dataset's PARAMS, given at load time
+    download: bool = param("download", Bool())
+    download_dir: Path | None = param("download_dir", FilePath(nullable=True))
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
+    params: Mapping[str, Field]                         # its `prepare.<name>` keys and their fields
     num_classes: int
     group_names: Callable[[Mapping], dict[int, str]]    # prepare.<name> options -> {group id: name}
     test_splits: tuple[str, ...]

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from masktune.config.stages import PrepareConfig
+from masktune.config.fields import FilePath, Int, Number
 from masktune.data.samples import SampleSet
 from masktune.data.views import DatasetViews, Geometry, TrainTransform
 from masktune.datasets.cifar10 import splits_from_options
 from masktune.datasets.download import Source
-from masktune.datasets.spec import DatasetSpec, dataset_folder
+from masktune.datasets.spec import DatasetSpec, PrepareConfig, dataset_folder
 from masktune.errors import UserError
 
 PARAM = "prepare.svhn.dir"
@@ -84,6 +84,9 @@ def _prepare(config: PrepareConfig) -> dict[str, SampleSet]:
 # Official src/methods/svhn_train.py L17-25: ToTensor only to evaluate and to mask, a padded random crop to train.
 VIEWS = DatasetViews(masking=Geometry(), evaluation=Geometry(), train=TrainTransform("pad_crop"))
 
-SPEC = DatasetSpec(name="svhn", num_classes=10, group_names=lambda options: dict(enumerate(CLASS_NAMES)),
+PARAMS = {"dir": FilePath(nullable=True), "val_fraction": Number(0.0, 1.0, exclusive_minimum=True),  # prepare.svhn.*
+          "val_seed": Int(0, 2**32 - 1), "train_limit": Int(2, nullable=True), "test_limit": Int(1, nullable=True)}
+
+SPEC = DatasetSpec(params=PARAMS, name="svhn", num_classes=10, group_names=lambda options: dict(enumerate(CLASS_NAMES)),
                    test_splits=("test",), prepare=_prepare, views=VIEWS, sources=SOURCES, class_names=CLASS_NAMES,
                    groups_known=False)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from masktune.config.stages import PrepareConfig
+from masktune.config.fields import Choice, FilePath, Int
 from masktune.data.samples import ImageRecords
 from masktune.data.views import (
     IMAGENET_MEAN,
@@ -40,7 +40,7 @@ from masktune.datasets.readers import (
     require_dir,
     require_file,
 )
-from masktune.datasets.spec import DatasetSpec, dataset_folder, first_images
+from masktune.datasets.spec import DatasetSpec, PrepareConfig, dataset_folder, first_images
 from masktune.errors import UserError
 
 NUM_CLASSES = 2
@@ -117,7 +117,11 @@ SOURCES = (
            description="Waterbirds (Sagawa et al. 2020)"),
 )
 
+PARAMS = {"dir": FilePath(nullable=True), "limit": Int(1, nullable=True),  # prepare.waterbirds.*
+          "target": Choice(options=("Object", "Place"))}  # the bird (the usual task) | the background (BPA, ClusterFix)
+
 SPEC = DatasetSpec(
+    params=PARAMS,
     name="waterbirds", num_classes=NUM_CLASSES, group_names=_group_names, test_splits=("test",),
     prepare=_prepare, sources=SOURCES, average="average_accuracy_train_weighted",
     # Official src/methods/waterbirds_train.py: transform_test and transform_data_to_mask are both

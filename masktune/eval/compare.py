@@ -8,18 +8,30 @@ use), so this imports no method's code.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import torch
 
+from masktune.config.fields import WORKERS, Int, MethodLists
+from masktune.config.params import param
 from masktune.data.prepared import DatasetInfo, PreparedFile
 from masktune.data.splits import open_split
 from masktune.eval.metrics import background_challenge_metrics, group_metrics
 from masktune.eval.report import method_title
 from masktune.models.checkpoint import load_checkpoint
-from masktune.train.loop import predict_logits
-from masktune.train.selection import ORACLE, GroupLabels
+from masktune.models.predict import predict_logits
+from masktune.selection import ORACLE, GroupLabels
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateConfig:
+    """Stage `evaluate`: every model the `methods` param lists, in report order, on every test split."""
+    eval_batch_size: int = param("eval_batch_size", Int(1, recipe=True))
+    methods: MappingProxyType = param("methods", MethodLists())
+    workers: int = param("evaluate.workers", WORKERS)
 
 
 def describe(name: str, state: Mapping, path: str | Path) -> dict:

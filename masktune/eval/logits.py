@@ -16,15 +16,24 @@ from masktune.io.hdf5 import h5_output, open_h5, write_array
 from masktune.io.journal import file_sha256
 
 DIGEST = "checkpoint_sha256/"
+TITLE = "title/"
 
 
 def write_logits(path: str | Path, logits: Mapping[str, Mapping[str, np.ndarray]],
-                 checkpoints: Mapping[str, Path]) -> None:
-    """{model: {split: logits}} to `path` atomically, each model with its checkpoint's digest."""
-    with h5_output(path, {DIGEST + name: file_sha256(checkpoints[name]) for name in logits}) as f:
+                 checkpoints: Mapping[str, Path], titles: Mapping[str, str] | None = None) -> None:
+    """{model: {split: logits}} to `path` atomically, each model with its checkpoint's digest and its title."""
+    attrs = {DIGEST + name: file_sha256(checkpoints[name]) for name in logits}
+    attrs |= {TITLE + name: title for name, title in (titles or {}).items()}
+    with h5_output(path, attrs) as f:
         for name, splits in logits.items():
             for split, values in splits.items():
                 write_array(f, f"{name}/{split}", np.asarray(values, dtype=np.float32))
+
+
+def model_titles(path: str | Path) -> dict[str, str]:
+    """{model: the report's title of it}, as `evaluate` read them from the checkpoints."""
+    with open_h5(path) as f:
+        return {key[len(TITLE):]: str(value) for key, value in f.attrs.items() if key.startswith(TITLE)}
 
 
 def read_logits(path: str | Path, checkpoints: Mapping[str, Path], splits: Iterable[str],

@@ -31,29 +31,10 @@ NO_GROUPS_NOTE = ("No spurious attribute is known for this dataset, so its group
                   "column in the CSV index (README, \"Your own data\").")
 
 
-# What a model is, from what its checkpoint records (`method`; a pair's `groups` and `trainer`): the
-# papers' own methods by their names, any other pair by its two halves.
-MASKING_TITLES = {"masktune": "MaskTune (Asgari et al., 2022)", "randmask": "RandMask (MaskTune's baseline)"}
-PAPER_PAIRS = {("jtt", "upsample"): "JTT (Liu et al., 2021)",
-               ("clusterfix", "cluster_reweight"): "ClusterFix (Capitani et al., 2024)",
-               ("true_groups", "groupdro"): "GroupDRO, true groups (supervised reference)",
-               ("classes", "dfr"): "DFR, class labels as groups",
-               ("true_groups", "dfr"): "DFR, true validation groups (supervised reference)",
-               ("exmap_global", "dfr"): "G-ExMap + DFR", ("exmap_local", "dfr"): "L-ExMap + DFR"}
-GROUPS_TITLES = {"true_groups": "the true groups", "classes": "the classes", "jtt": "JTT's error set",
-                 "exmap_global": "G-ExMap's groups", "exmap_local": "L-ExMap's groups",
-                 "clusterfix": "ClusterFix's clusters"}
-TRAINER_TITLES = {"upsample": "Upsampling", "cluster_reweight": "ClusterFix's re-weighting", "groupdro": "GroupDRO",
-                  "dfr": "DFR"}
-
-
 def method_title(name: str, checkpoint: Mapping) -> str:
-    """The report's name of model `name` from its checkpoint's record."""
-    if "trainer" in checkpoint:
-        groups, trainer = checkpoint["groups"], checkpoint["trainer"]
-        return PAPER_PAIRS.get((groups, trainer)) or (f"{TRAINER_TITLES.get(trainer, trainer)} with "
-                                                      f"{GROUPS_TITLES.get(groups, groups)}")
-    return MASKING_TITLES.get(checkpoint.get("method", name), "ERM" if name == "erm" else name)
+    """The report's name of model `name`: the title the stage that trained it recorded in its checkpoint (from its
+    method's spec, masktune/methods), its name where it records none."""
+    return str(checkpoint.get("title") or ("ERM" if name == "erm" else name))
 
 
 def measures(average: str, groups_known: bool = True) -> dict[str, str]:

@@ -24,10 +24,25 @@ import csv
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
+from masktune.config.fields import WORKERS, Int, IntSet, MethodLists, NumberList
+from masktune.config.params import param
+
 OFFICIAL_COVERAGES = (80, 85, 90, 95, 100)  # percent: the paper's tables (bash_files/*.sh --coverage)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SelectiveConfig:
+    """Selective classification (stage `selective`): which models it scores (the masking methods' fine-tuned
+    models, with ERM's; the two-ERM controls of `control_seed_offsets`), at which coverages."""
+    eval_batch_size: int = param("eval_batch_size", Int(1, recipe=True))
+    methods: MappingProxyType = param("methods", MethodLists())
+    control_seed_offsets: tuple[int, ...] = param("selective.control_seed_offsets", IntSet(minimum=1))
+    coverages: tuple[float, ...] = param("selective.coverages", NumberList(maximum=100))
+    workers: int = param("evaluate.workers", WORKERS)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
 """ClusterFix (Capitani et al., WACV 2024), its first half: pseudo-labels from k-means on the features of a
-frozen backbone, as groups (stages `clusterfix_features@<name>`, `clusterfix_clusters@<name>`): per class,
-its k clusters. Its second half, the training that re-weights each cluster by how hard its pseudo-labels
+frozen backbone, as groups (stages `clusterfix_features@<name>`, masktune/group_inference/clusterfix_features.py,
+and `clusterfix_clusters@<name>`, here: the clustering needs no network): per class, its k clusters. Its second half, the training that re-weights each cluster by how hard its pseudo-labels
 are, is the trainer `cluster_reweight` (masktune/robust_train/cluster_reweight.py), which reads any groups
 file. No group labels.
 
@@ -20,43 +20,26 @@ file and line of each detail (`trainers/cfix.py` unless named):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
-from masktune.data.splits import Split
+from masktune.config.fields import Int
+from masktune.config.params import param
 from masktune.errors import UserError
 from masktune.groups import Groups, make_groups
-from masktune.models import build_model
-from masktune.models.checkpoint import load_checkpoint
-from masktune.models.pretrained import load_imagenet_weights
-from masktune.train.loop import penultimate_features
 
 KMEANS_TOL = 1e-4        # kmeans_pytorch's default tol: stop when the squared centroid shift is below it
 KMEANS_MAX_ITER = 300    # kmeans_pytorch has no cap; scikit-learn's default
+TITLE = "ClusterFix's clusters"
+# whose features are clustered: ERM's model | the self-supervised one trained here | ImageNet's, from a file
+BACKBONES = ("erm", "ssl", "resnet18", "resnet50")
 
 
-def feature_network(backbone: str, checkpoints: dict[str, str | Path], weights_path: str | Path | None,
-                    num_classes: int, device: torch.device) -> nn.Module:
-    """The frozen network whose penultimate features ClusterFix clusters: a checkpoint of this pipeline
-    (`checkpoints[backbone]`: "erm", the ERM model, the MNIST-family setting; "ssl", the self-supervised
-    backbone of stage clusterfix_ssl, ClusterFix's README's "self-supervised ... CNN"), or a torchvision
-    network with its ImageNet weights from `weights_path` ("resnet18", 512-d global average pool: the
-    official Waterbirds backbone, and here CelebA's, whose official Barlow Twins ResNet-18 is not
-    published; "resnet50")."""
-    if backbone in checkpoints:
-        model, _ = load_checkpoint(checkpoints[backbone], device)
-        return model.eval()
-    model = load_imagenet_weights(build_model(backbone, num_classes), backbone, weights_path,
-                                  param="clusterfix.weights_path", instead="set clusterfix.backbone: erm or ssl")
-    return model.to(device).eval()
+@dataclass(frozen=True, kw_only=True)
+class ClusterFixClustersConfig:
+    clusters_per_class: int = param("clusterfix.clusters_per_class", Int(1, recipe=True))
+    seed: int | None = param("clusterfix.seed", Int(0, nullable=True))  # null: drawn and recorded (official: unseeded)
 
-
-def split_features(network: nn.Module, data: Split, batch_size: int, device: torch.device, desc: str) -> np.ndarray:
-    """L2-normalised penultimate features of every row of `data` (official `_extract_features`)."""
-    return l2_normalise(penultimate_features(network, data, batch_size, device, desc))
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -138,4 +121,5 @@ def clusterfix_groups(pseudo: PseudoLabels, labels: dict[str, np.ndarray], class
     names = [f"{name}_cluster{j}" for name in class_names for j in range(pseudo.k)]
     classes = [c for c in range(pseudo.num_classes) for _ in range(pseudo.k)]
     return make_groups({split: pseudo.ids[split] for split in ("train", "val")}, labels, names, classes,
-                       inference="clusterfix", description=f"ClusterFix clusters ({how})", uses_group_labels=False)
+                       inference="clusterfix", description=f"ClusterFix clusters ({how})", uses_group_labels=False,
+                       title=TITLE)

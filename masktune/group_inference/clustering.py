@@ -41,6 +41,7 @@ def _expected_warnings_silenced():
 EIGENVALUES = 13            # eigen.py: botK = 12, 13 vectors
 K_RANGE = (2, 10)           # cluster.py L31: np.diff(eigv)[1:10].argmax() + 2
 
+CLUSTERINGS = ("spectral", "umap_kmeans")  # spectral + eigengap | UMAP 2-D + k-means (`cluster`)
 
 def neighbours(n: int) -> int:
     """ExMap's k of the k-nearest-neighbour graph and of UMAP: floor(ln N), at least 2."""

@@ -3,13 +3,15 @@ heatmaps of the ERM model on the validation set, clustered into pseudo-groups, w
 groups in DFR (masktune/last_layer/dfr.py) or in any other trainer. No group labels, for training or for
 selection.
 
-Three stages, each a function here:
-1. `exmap_heatmaps@<name>` (`write_heatmaps`): per validation image, in order, the LRP relevance of the
+Three stages (the network's parts, the heatmaps, in masktune/group_inference/exmap_heatmaps.py; the
+clustering here, which needs no network):
+1. `exmap_heatmaps@<name>`: per validation image, in order, the LRP relevance of the
    predicted class at the input pixels (masktune/saliency/lrp.py; `exmap.heatmaps: lrp`, official),
    or the XGradCAM map that MaskTune's saliency uses (`xgradcam`: ExMap without a second
    explainability method, beyond the paper); resized bilinearly to `exmap.heatmap_size` when set
    (official --downsize: Waterbirds 112, CelebA 20, none for C-MNIST; run_<dataset>.sh L25-29,
-   lrp.py L88-92), flattened, stored in HDF5 batch by batch;
+   lrp.py L88-92) and flattened as they are read (`heatmap_vectors`); stored by the saliency pass
+   (masktune.saliency.compute), so an interrupted pass resumes;
 2. `exmap_groups@<name>` (`pseudo_groups`): each heatmap divided by its max |value| (cluster.py L82-86),
    clustered per class (L-ExMap) and all together (G-ExMap) (cluster.py L70-74;
    masktune/group_inference/clustering.py), pseudo-group ids as create_groups.py forms them;
@@ -23,50 +25,44 @@ Three stages, each a function here:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from masktune.data.splits import Split
-from masktune.distributed import is_main_process
+from masktune.config.fields import WORKERS, AutoInt, Choice, Int, Number
+from masktune.config.params import param
+from masktune.distributed import DistributedConfig
 from masktune.errors import UserError
-from masktune.group_inference.clustering import cluster, neighbours
+from masktune.group_inference.clustering import CLUSTERINGS, cluster, neighbours
 from masktune.groups import make_groups
-from masktune.io.hdf5 import h5_output, write_array
-from masktune.saliency.xgradcam import xgradcam
-from masktune.train.loop import map_rows
+from masktune.io.hdf5 import open_h5
+from masktune.saliency import METHODS
+from masktune.saliency.file import input_resolution, saliency_layout
 
 SCOPES = ("global", "local")  # G-ExMap: one clustering of all heatmaps; L-ExMap: one per class
+TITLES = {"global": "G-ExMap's groups", "local": "L-ExMap's groups"}
 
 
-class _XGradCamExplainer:
-    """XGradCAM maps (B, 1, H, W) in [0, 1] of the predicted class, as `compute_saliency`'s."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model.eval().requires_grad_(False)
-        self.layer = model.grad_cam_target_layer()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-    def __call__(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        maps, predicted = xgradcam(self.model, self.layer, inputs)
-        return maps[:, None], predicted
+@dataclass(frozen=True, kw_only=True)
+class ExMapHeatmapsConfig(DistributedConfig):
+    """ExMap's heatmaps: of the validation images (exmap_heatmaps), and of the training images, streamed into
+    their pseudo-groups (exmap_extend)."""
+    heatmaps: str = param("exmap.heatmaps", Choice(options=METHODS))  # lrp (official) | MaskTune's xgradcam
+    gamma: float = param("exmap.gamma", Number(0.0))
+    heatmap_size: int = param("exmap.heatmap_size", Int(0, recipe=True))
+    batch_size: int = param("exmap.batch_size", Int(1, recipe=True))
+    workers: int = param("exmap.workers", WORKERS)
 
 
-def explainer(model: nn.Module, heatmaps: str, gamma: float):
-    """A context manager yielding `explain(inputs) -> (maps (B, C, H, W), predicted (B,))`."""
-    if heatmaps == "lrp":
-        from masktune.saliency.lrp import LrpAttributor  # imports zennit and torchvision (~2 s)
-
-        return LrpAttributor(model, gamma)
-    return _XGradCamExplainer(model)
+@dataclass(frozen=True, kw_only=True)
+class ExMapGroupsConfig:
+    clustering: str = param("exmap.clustering", Choice(options=CLUSTERINGS, recipe=True))
+    clusters: int | str = param("exmap.clusters", AutoInt(minimum=1, recipe=True))  # "auto": the eigengap rule
+    seed: int = param("exmap.seed", Int(0))
+    heatmap_size: int = param("exmap.heatmap_size", Int(0, recipe=True))  # as the heatmaps are read
 
 
 def resize_maps(maps: torch.Tensor, size: int) -> torch.Tensor:
@@ -74,21 +70,21 @@ def resize_maps(maps: torch.Tensor, size: int) -> torch.Tensor:
     return maps if not size else F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def write_heatmaps(model: nn.Module, data: Split, out: str | Path, *, heatmaps: str, gamma: float, size: int,
-                   batch_size: int, device: torch.device, attrs: Mapping) -> None:
-    """Every image's flattened heatmap (`heatmaps`, float32 (N, D)) and predicted class, in row order
-    (under torchrun the ranks share the rows, `map_rows`, and rank 0 writes the file)."""
-    def compute(inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        maps, classes = explain(inputs)
-        return {"heatmaps": resize_maps(maps.float(), size).reshape(len(inputs), -1), "predicted": classes}
+def heatmap_vectors(maps: torch.Tensor, method: str, input_size: tuple[int, int], size: int) -> np.ndarray:
+    """Flattened float32 heatmaps (N, D) of stored saliency maps: at input resolution (B, C, H, W; XGradCAM's
+    one channel), resized to `size` (the official --downsize; 0: as they are)."""
+    full = input_resolution(maps, method, input_size).float()
+    full = full[:, None] if full.ndim == 3 else full
+    return resize_maps(full, size).reshape(len(full), -1).numpy()
 
-    with explainer(model, heatmaps, gamma) as explain:
-        rows = map_rows(data, batch_size, device, f"ExMap heatmaps ({heatmaps})", compute)
-    if not is_main_process():
-        return
-    with h5_output(out, attrs) as f:
-        write_array(f, "heatmaps", rows["heatmaps"].astype(np.float32))
-        write_array(f, "predicted", rows["predicted"].astype(np.int64))
+
+def read_heatmaps(path: str | Path, rows: int, size: int) -> np.ndarray:
+    """The flattened heatmaps (N, D) of an ExMap heatmaps file (a saliency file of the validation images)."""
+    _, input_size = saliency_layout(path, rows)
+    with open_h5(path) as f:
+        maps, method = torch.from_numpy(f["maps"][()]), str(f.attrs.get("method", "lrp"))
+    return heatmap_vectors(maps, method, input_size, size)
+
 
 
 def normalise(heatmaps: np.ndarray) -> np.ndarray:
@@ -156,42 +152,36 @@ def majority_ids(neighbour_ids: np.ndarray) -> np.ndarray:
     return stats.mode(neighbour_ids, axis=1, keepdims=False).mode
 
 
-def extend_to_train(model: nn.Module, train: Split, val_heatmaps: np.ndarray, val_labels: np.ndarray,
-                    val_ids: Mapping[str, np.ndarray], *, heatmaps: str, gamma: float, size: int, batch_size: int,
-                    device: torch.device) -> dict[str, np.ndarray]:
-    """{scope: pseudo-group id of every training row}: each training image's normalised heatmap (computed as
-    the validation heatmaps were) takes the majority id of its k = floor(ln N_c) nearest validation
-    heatmaps of its class (scikit-learn's exact k-nearest-neighbour search; ties to the lower id). One
-    search serves every scope: the scopes share the neighbours and differ only in the ids that vote (two
-    searches, one per scope, took 34 of the stage's 74 s on biased MNIST). Streamed: the training heatmaps
-    are never stored."""
-    from sklearn.neighbors import NearestNeighbors
+class NeighbourVote:
+    """ExMap's extension to the training images: each normalised heatmap takes the majority id of its k =
+    floor(ln N_c) nearest validation heatmaps of its class (scikit-learn's exact k-nearest-neighbour search;
+    ties to the lower id). One search serves every scope: the scopes share the neighbours and differ only in
+    the ids that vote (two searches, one per scope, took 34 of the stage's 74 s on biased MNIST)."""
 
-    x = normalise(np.asarray(val_heatmaps, dtype=np.float32))
-    searches, voters = {}, {}
-    for label in np.unique(val_labels):
-        members = val_labels == label
-        k = min(neighbours(int(members.sum())), int(members.sum()))
-        searches[int(label)] = NearestNeighbors(n_neighbors=k).fit(x[members])
-        voters[int(label)] = {scope: ids[members] for scope, ids in val_ids.items()}
-    labels = np.asarray(train.labels)
+    def __init__(self, val_heatmaps: np.ndarray, val_labels: np.ndarray, val_ids: Mapping[str, np.ndarray]):
+        from sklearn.neighbors import NearestNeighbors
 
-    def compute(inputs: torch.Tensor, rows: np.ndarray) -> dict[str, np.ndarray]:
-        maps, _ = explain(inputs)
-        flat = normalise(resize_maps(maps.float(), size).reshape(len(inputs), -1).detach().cpu().numpy())
-        out = {scope: np.zeros(len(rows), dtype=np.int64) for scope in val_ids}
-        for label in np.unique(labels[rows]):
-            if int(label) not in searches:
+        x = normalise(np.asarray(val_heatmaps, dtype=np.float32))
+        self.searches, self.voters = {}, {}
+        for label in np.unique(val_labels):
+            members = val_labels == label
+            k = min(neighbours(int(members.sum())), int(members.sum()))
+            self.searches[int(label)] = NearestNeighbors(n_neighbors=k).fit(x[members])
+            self.voters[int(label)] = {scope: ids[members] for scope, ids in val_ids.items()}
+        self.scopes = tuple(val_ids)
+
+    def __call__(self, heatmaps: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+        """{scope: id} of each (flattened, not yet normalised) training heatmap of class `labels`."""
+        flat = normalise(np.asarray(heatmaps, dtype=np.float32))
+        out = {scope: np.zeros(len(labels), dtype=np.int64) for scope in self.scopes}
+        for label in np.unique(labels):
+            if int(label) not in self.searches:
                 raise UserError(f"ExMap: class {label} has training images but no validation image to vote")
-            members = labels[rows] == label
-            nearest = searches[int(label)].kneighbors(flat[members], return_distance=False)
-            for scope, ids in voters[int(label)].items():
+            members = labels == label
+            nearest = self.searches[int(label)].kneighbors(flat[members], return_distance=False)
+            for scope, ids in self.voters[int(label)].items():
                 out[scope][members] = majority_ids(ids[nearest])
         return out
-
-    with explainer(model, heatmaps, gamma) as explain:
-        return map_rows(train, batch_size, device, f"ExMap: training pseudo-groups ({heatmaps})", compute,
-                        with_rows=True)
 
 
 def exmap_groups(train_ids: Mapping[str, np.ndarray], val_ids: Mapping[str, np.ndarray],
@@ -206,5 +196,5 @@ def exmap_groups(train_ids: Mapping[str, np.ndarray], val_ids: Mapping[str, np.n
                        "the majority pseudo-group of their nearest validation heatmaps of their class")
         files[f"{name}_{scope}"] = make_groups({"train": train, "val": val}, labels, names, classes,
                                                inference=f"{name}_{scope}", description=description,
-                                               uses_group_labels=False)
+                                               uses_group_labels=False, title=TITLES[scope])
     return files

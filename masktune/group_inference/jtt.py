@@ -19,12 +19,79 @@ predictions after the error-set pass), so that a trainer can select by the worst
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import torch
+from torch import nn
 
+from masktune.config.fields import SEED, WORKERS, Choice, Int, Number
+from masktune.config.params import param
+from masktune.data.prepared import PreparedFile
+from masktune.distributed import current_world, gather_rows
 from masktune.groups import Groups, make_groups
-from masktune.train.loop import predict, train_epoch
-from masktune.train.network import TrainingRun, start_training
+from masktune.methods import Spec
+from masktune.models.predict import predict
+from masktune.precision import MixedPrecision
+from masktune.train.fit import LAST, NO_VALIDATION, Keep
+from masktune.train.network import DataParallelTraining, TrainingRun, finish_training, start_training
+from masktune.train.objective import Objective
+
+ERROR_SET_PASSES = ("training", "eval")  # the official training-pass predictions | an eval pass after T epochs
+
+
+@dataclass(frozen=True, kw_only=True)
+class JttIdentifyConfig(DataParallelTraining):
+    """JTT's identification model: ERM for T epochs with JTT's recipe (from ERM's start, no augmentation), then
+    the error set."""
+    epochs: int = param("jtt.identification_epochs", Int(0, recipe=True))   # T (the official --final_epoch)
+    error_set_pass: str = param("jtt.error_set_pass", Choice(options=ERROR_SET_PASSES))
+    lr: float = param("jtt.lr", Number(0.0, exclusive_minimum=True, recipe=True))
+    weight_decay: float = param("jtt.weight_decay", Number(0.0, recipe=True))
+    batch_size: int = param("jtt.batch_size", Int(1, recipe=True))
+    workers: int = param("jtt.workers", WORKERS)
+    seed: int = param("jtt.seed", SEED)
+
+
+SPEC = Spec(name="jtt", role="group_inference", family="jtt", title="JTT's error set",
+            configs={"jtt_identify": JttIdentifyConfig}, groups_files=lambda name: (name,),
+            groups_titles={"jtt": "JTT's error set"})
+
+
+class ErrorSetPass(Objective):
+    """ERM's loss, and the official error set's predictions: during the training pass of epoch `record_epoch`
+    (0-based; anniesch/jtt train.py L139-145, L254), each training row's predicted class as its batch computes
+    it, just before the step on that batch. Journaled with the run (`state_dict`), so a preempted
+    identification resumes; under torchrun every rank ends the epoch with every row's prediction."""
+
+    def __init__(self, rows: int, record_epoch: int):
+        self.predicted = np.full(rows, -1, dtype=np.int64)
+        self.record_epoch, self.epoch = record_epoch, 0
+        self._seen: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def batch_loss(self, network: nn.Module, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                   rows: np.ndarray, amp: MixedPrecision):
+        logits, loss, logged = super().batch_loss(network, model, inputs, targets, rows, amp)
+        if self.epoch == self.record_epoch:
+            self._seen.append((np.asarray(rows), logits.argmax(1).detach().cpu().numpy()))
+        return logits, loss, logged
+
+    def end_epoch(self, model: nn.Module, device: torch.device) -> None:
+        if self.epoch == self.record_epoch:
+            world = current_world()
+            rows = np.concatenate([r for r, _ in self._seen]) if self._seen else np.zeros(0, dtype=np.int64)
+            classes = np.concatenate([c for _, c in self._seen]) if self._seen else np.zeros(0, dtype=np.int64)
+            self.predicted[gather_rows(rows, world)] = gather_rows(classes, world)
+            self._seen = []
+        self.epoch += 1
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "predicted": torch.from_numpy(self.predicted.copy())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.predicted = int(state["epoch"]), state["predicted"].numpy().copy()
 
 
 def error_set(predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -42,27 +109,29 @@ def error_groups(errors: dict[str, np.ndarray], labels: dict[str, np.ndarray], c
     classes = [c for c in range(len(class_names)) for _ in range(2)]
     ids = {split: 2 * np.asarray(labels[split], dtype=np.int64) + errors[split] for split in errors}
     return make_groups(ids, labels, names, classes, inference="jtt", description=description, uses_group_labels=False,
-                       minority=range(1, len(names), 2))
+                       minority=range(1, len(names), 2), title=SPEC.groups_titles["jtt"])
 
 
-def identify(config, device: torch.device, data) -> tuple[Groups, dict, TrainingRun]:
-    """Train the identification model (T = `config.epochs` epochs of ERM with JTT's recipe, from ERM's
-    start, no augmentation), take its error set (training or eval pass) and its validation errors; the
-    groups, a summary of the error set and the run (its data, for the report)."""
-    run = start_training(config, device, data, train_view="eval")
-    train, model = run.train, run.model
-    for epoch in range(config.epochs):
-        stats = train_epoch(model, run.optimizer, train, config.batch_size, run.generator, device,
-                            desc=f"JTT identification epoch {epoch + 1}/{config.epochs}", amp=run.amp)
-        print(f"JTT identification epoch {epoch + 1}/{config.epochs}: train loss {stats['loss']:.4f}, "
-              f"train acc {stats['accuracy']:.4f}")
-    if config.error_set_pass == "training":
-        predicted = np.full(len(train), -1, dtype=np.int64)
-        train_epoch(model, run.optimizer, train, config.batch_size, run.generator, device,
-                    desc="JTT error set (training pass)", predictions=predicted, amp=run.amp)
+def identify(config, device: torch.device, data, *, stage: str, out: str | Path,
+             live_dir: str | Path) -> tuple[Groups, dict, TrainingRun]:
+    """Train the identification model (T = `config.epochs` epochs of ERM with JTT's recipe, from ERM's start, no
+    augmentation) on the one training function (`finish_training`: dvclive in `live_dir`, an epoch journal
+    beside `out`), take its error set (the training pass of epoch T, recorded by `ErrorSetPass`, or an eval
+    pass after T epochs) and its validation errors; the groups, a summary of the error set and the run."""
+    training_pass = config.error_set_pass == "training"
+    rows = PreparedFile(data).length("train")
+    recorder = ErrorSetPass(rows, config.epochs) if training_pass else None
+    run = start_training(config, device, data, train_view="eval",
+                         objective_for=(lambda model, val: recorder) if training_pass else None)
+    run.config = dataclasses.replace(config, epochs=config.epochs + 1) if training_pass else config
+    finish_training(run, stage=stage, keep=Keep(info={}, score=NO_VALIDATION, select_by=LAST), live_dir=live_dir,
+                    name="JTT identification", journal_at=out)
+    train = run.train
+    if training_pass:
+        predicted = recorder.predicted
     else:
-        predicted = predict(model, train, config.eval_batch_size, device, "JTT error set (eval pass)")
-    val_predicted = predict(model, run.val, config.eval_batch_size, device, "JTT validation errors")
+        predicted = predict(run.model, train, config.eval_batch_size, device, "JTT error set (eval pass)")
+    val_predicted = predict(run.model, run.val, config.eval_batch_size, device, "JTT validation errors")
     errors = {"train": error_set(predicted, train.labels), "val": error_set(val_predicted, run.val.labels)}
     groups = error_groups(errors, {"train": train.labels, "val": run.val.labels}, run.prepared.class_names,
                           f"JTT error set: the identification model's errors after {config.epochs} epoch(s) "

@@ -27,24 +27,49 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from masktune.config.fields import WORKERS, Choice, Int, Number
+from masktune.config.params import param
 from masktune.data.prepared import DatasetInfo, PreparedFile, open_prepared
 from masktune.data.splits import Split, open_transformed_split
+from masktune.group_inference.clusterfix import BACKBONES
 from masktune.io.files import atomic_directory, write_bytes_atomically
-from masktune.models.precision import MixedPrecision
-from masktune.train.fit import LAST
-from masktune.train.network import finish_training, start_training
+from masktune.precision import MixedPrecision
+from masktune.train.fit import LAST, NO_VALIDATION, Keep
+from masktune.train.network import TrainingConfig, finish_training, start_training
 from masktune.train.objective import Objective
 
 PROJECTION_DIM = 128     # SimCLR §2.1 / B.9: the projection head's output
+SSL_OBJECTIVES = ("simclr", "denoising")
 DECODER_HIDDEN = 512     # the denoising decoder's hidden layer
 RECONSTRUCTION_SIZE = 32  # the denoising target's largest side (area-averaged): 28 x 28 digits stay whole
 UNUSED = b"clusterfix_ssl: not trained (no ClusterFix entry uses clusterfix.backbone: ssl)\n"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterFixSSLConfig(TrainingConfig):
+    """ClusterFix's self-supervised backbone: train_erm's network from its start, trained without labels by
+    Adam (the usual optimiser of small-scale SimCLR runs, not a param, not tuned) when `backbone` is ssl
+    (else nothing is trained)."""
+    optimizer: str = "adam"
+    backbone: str = param("clusterfix.backbone", Choice(options=BACKBONES, recipe=True))
+    objective: str = param("clusterfix.ssl_objective", Choice(options=SSL_OBJECTIVES, recipe=True))
+    epochs: int = param("clusterfix.ssl_epochs", Int(1, recipe=True))
+    lr: float = param("clusterfix.ssl_lr", Number(0.0, exclusive_minimum=True, recipe=True))
+    weight_decay: float = param("clusterfix.ssl_weight_decay", Number(0.0, recipe=True))
+    batch_size: int = param("clusterfix.ssl_batch_size", Int(2, recipe=True))
+    temperature: float = param("clusterfix.ssl_temperature", Number(0.0, exclusive_minimum=True))
+    colour_strength: float = param("clusterfix.ssl_colour_strength", Number(0.0))
+    crop_scale: float = param("clusterfix.ssl_crop_scale", Number(0.0, 1.0, exclusive_minimum=True))
+    mask_ratio: float = param("clusterfix.ssl_mask_ratio", Number(0.0, 1.0))
+    workers: int = param("clusterfix.workers", WORKERS)
+    seed: int | None = param("clusterfix.seed", Int(0, nullable=True))
 
 
 class TwoViews:
@@ -173,9 +198,9 @@ def train_ssl(config, device: torch.device, data: str | Path, out: str | Path, l
     print(f"{stage}: {config.objective} on {len(run.train):,} training images without labels, "
           f"{config.epochs} epochs, batch {config.batch_size}")
     recipe = {key: getattr(config, key) for key in ("objective", "epochs", "lr", "batch_size", "weight_decay")}
-    return finish_training(run, stage=stage, best=out, live_dir=live_dir, select_by=LAST, name=f"SSL ({config.objective})",
-                           checkpoint_info={"self_supervised": config.objective}, resume_extra={"seed": seed},
-                           summary={"seed": seed, "recipe": recipe})
+    keep = Keep(info={"self_supervised": config.objective}, best_path=out, score=NO_VALIDATION, select_by=LAST)
+    return finish_training(run, stage=stage, keep=keep, live_dir=live_dir, name=f"SSL ({config.objective})",
+                           resume_extra={"seed": seed}, summary={"seed": seed, "recipe": recipe})
 
 
 def write_unused(out: str | Path, live_dir: str | Path) -> None:

@@ -39,15 +39,37 @@ import numpy as np
 import torch
 from torch import nn
 
+from masktune.config.fields import WORKERS, Int, NumberList
+from masktune.config.params import param
 from masktune.data.splits import Split
 from masktune.errors import UserError
 from masktune.groups import Groups
+from masktune.last_layer import LastLayerPairConfig
+from masktune.methods import Spec
 from masktune.models.checkpoint import load_checkpoint, save_checkpoint, trained_as
-from masktune.train.loop import penultimate_features
-from masktune.train.selection import ORACLE, group_labels_used
+from masktune.models.predict import penultimate_features
+from masktune.selection import ORACLE, group_labels_used
 
 OFFICIAL_C_GRID = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)  # run_dfr.py L23
 MISSING_CLASS_RETRIES = 20                                # run_dfr.py L143
+
+
+@dataclass(frozen=True, kw_only=True)
+class DfrConfig(LastLayerPairConfig):
+    """DFR on a (groups, dfr) pair of `methods.last_layer`: the last layer of the best ERM model retrained on the
+    validation set, balanced over the pair's groups."""
+    eval_batch_size: int = param("eval_batch_size", Int(1, recipe=True))
+    c_grid: tuple[float, ...] = param("dfr.c_grid", NumberList())
+    tune_splits: int = param("dfr.tune_splits", Int(1))
+    refits: int = param("dfr.refits", Int(1))
+    seed: int = param("dfr.seed", Int(0))
+    workers: int = param("dfr.workers", WORKERS)
+
+
+SPEC = Spec(name="dfr", role="last_layer", family="last_layer", title="DFR", configs={"last_layer": DfrConfig},
+            paper_pairs={"classes": "DFR, class labels as groups",
+                         "true_groups": "DFR, true validation groups (supervised reference)",
+                         "exmap_global": "G-ExMap + DFR", "exmap_local": "L-ExMap + DFR"})
 
 
 def balanced_rows(groups: np.ndarray, rng: np.random.Generator, min_members: int = 5) -> np.ndarray:
@@ -226,14 +248,16 @@ def retrain_last_layer(model_path: str | Path, val: Split, groups: np.ndarray, c
     return {str(out): fitted[str(out)][1] for out in outputs}
 
 
-def dfr_pair(name: str, model_path: str | Path, val: Split, groups: Groups, config, device: torch.device,
-             out: str | Path, oracle: str | Path) -> dict:
+def train_pair(name: str, model_path: str | Path, val: Split, groups: Groups, config, device: torch.device,
+               out: str | Path, oracle: str | Path) -> dict:
     """The last-layer pair `name`: DFR balanced over the groups file's validation groups, C chosen by the
     pair's `selection`, saved at `out` recording the pair and its group-label use; at `oracle` the model
     of the C the true groups' worst group picks (the selection gap, reported only). Returns the summary."""
     scoring = {"average": np.zeros_like(val.labels), "worst_class": val.labels, "worst_pseudo_group": groups.val,
                "worst_group": val.groups}
-    pair = {"method": name, "groups": groups.inference, "trainer": config.trainer, **trained_as(f"last_layer@{name}", config)}
+    title = SPEC.paper_pairs.get(groups.inference) or f"{SPEC.title} with {groups.title}"
+    pair = {"method": name, "groups": groups.inference, "trainer": config.trainer, "title": title,
+            **trained_as(f"last_layer@{name}", config)}
     outputs = {out: (scoring[config.selection], {**pair, "selection": config.selection, "group_labels": group_labels_used(
                    groups.uses_group_labels, config.selection).as_dict()}),
                oracle: (scoring[ORACLE], {**pair, "selection": ORACLE, "group_labels": group_labels_used(

@@ -1,35 +1,45 @@
-"""The models one `dvc repro` compares, read from the `methods` param: ERM (train_erm's best
-checkpoint), each masking method's fine-tuned model (`methods.masking`: MaskTune, RandMask), and each
-(groups, trainer) pair (`methods.robust_train`, `methods.last_layer`: JTT, ClusterFix, GroupDRO, DFR,
-ExMap, and any combination). Only names and files: what a model is (its title, its group-label use) is
-recorded in its checkpoint by the stage that trained it, so the reports (`evaluate`, `selective`) import
-no method's code, and editing one method reruns its own stages only.
+"""The registry of methods: one `Spec` per method, declared in the method's own module, from which every list
+of the project derives (the names `methods` accepts, the groups files, the stages, the titles of the report,
+the tests' registries).
+
+A method is one module of its role's package, found by its `SPEC` (DomainBed's registry of algorithms, by
+module): a masker (`masking/<name>.py`: MaskTune, RandMask), a group inference (`group_inference/<name>.py`:
+the labels, JTT, ExMap, ClusterFix), a robust trainer (`robust_train/<name>.py`: upsampling, ClusterFix's
+re-weighting, GroupDRO) or a last-layer trainer (`last_layer/<name>.py`: DFR). Adding one is its module (with
+its `SPEC` and config) and its params section; no list elsewhere names it. Only `check_params` and the tests
+import every method (`masktune.methods.registry.specs()`); a stage imports its own method's module only, so
+that editing one method reruns its own stages only, and a stage records what it needs of its spec (its title)
+in its outputs.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
-
-ERM_MODEL = "erm"
-TRAINED = ("masking", "robust_train", "last_layer")  # the kinds of `methods` whose entries are models
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 
-def model_file(models_dir: str | Path, name: str) -> Path:
-    """The checkpoint the reports read for model `name` (ERM: its best-validation checkpoint)."""
-    return Path(models_dir) / ("erm_best.pt" if name == ERM_MODEL else f"{name}.pt")
+@dataclass(frozen=True)
+class Spec:
+    """What the pipeline knows of a method.
 
+    `family`: the key of params.yaml's `methods` that lists it (`masking`, `labels`, `jtt`, `exmap`,
+    `clusterfix`), or `robust_train` / `last_layer` for a trainer, which pairs name. `names`: the names that
+    list accepts for it (a family may hold several: the labels' `true_groups` and `classes`). `stages`: the
+    `foreach` stages of dvc.yaml it runs, each with its config class (`configs`). `groups_files(name)`: the
+    groups files a group inference writes under that name. `title`: the report's name of its model, or of
+    its groups ("JTT's error set"). `paper_pairs` (a trainer): {groups file: title} of the pairs its paper
+    runs (JTT is the error set with upsampling)."""
 
-def reported_models(methods: Mapping, models_dir: str | Path) -> dict[str, Path]:
-    """{model name: checkpoint} of every model the `methods` param lists, in report order: ERM, the
-    masking methods, the robust trainers, the last-layer trainers."""
-    names = [ERM_MODEL] if ERM_MODEL in methods.get("erm", ()) else []
-    for kind in TRAINED:
-        names += list(methods.get(kind, ()))
-    return {name: model_file(models_dir, name) for name in names}
+    name: str
+    role: str
+    family: str
+    title: str
+    names: tuple[str, ...] = ()
+    configs: Mapping[str, type] = field(default_factory=dict)
+    groups_files: Callable[[str], tuple[str, ...]] | None = None
+    groups_titles: Mapping[str, str] = field(default_factory=dict)
+    paper_pairs: Mapping[str, str] = field(default_factory=dict)
+    module: str = ""
 
-
-def oracle_models(methods: Mapping, models_dir: str | Path) -> dict[str, Path]:
-    """{model name: the checkpoint its training would have kept under the true groups' worst group}, for the
-    models that select (ERM's epoch, a robust pair's epoch, a last-layer pair's C): the selection gap."""
-    names = [name for name in reported_models(methods, models_dir) if name not in methods.get("masking", ())]
-    return {name: Path(models_dir) / "oracle" / f"{name}.pt" for name in names}
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return tuple(self.configs)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from masktune.config.stages import load_stage_config, recorded_config
+from masktune.config.files import declared_values
+from masktune.config.params import recorded_config
 from masktune.errors import UserError, in_stage
 from masktune.io.files import write_bytes_atomically
 from masktune.models import build_model
@@ -33,24 +35,26 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
 
 
 def trained_as(stage: str, config) -> dict:
-    """What a checkpoint records of the stage that trained it: its name and `recorded_config`, so that a stage
-    loading it can check it against the params (`check_trained_as_declared`)."""
-    return {"stage": stage, "config": recorded_config(config)}
+    """What a checkpoint records of the stage that trained it: its name, its resolved config (`recorded_config`,
+    for whoever reads the model) and the values of the params dvc.yaml declares for it (`declared_values`, as
+    DVC records them), which a stage loading it checks (`check_trained_as_declared`)."""
+    return {"stage": stage, "config": recorded_config(config),
+            "params": json.loads(json.dumps(declared_values(stage), default=str))}
 
 
 def check_trained_as_declared(path: str | Path, state: dict, params_file: str | Path = "params.yaml",
                               dvc_file: str | Path = "dvc.yaml") -> None:
-    """Refuse a checkpoint whose recorded config differs from what params.yaml declares for the stage that
-    trained it, inside a stage (`errors.in_stage`: run from the project root, as DVC runs it). DVC records a
-    stage's params in dvc.lock a moment after the stage's process exits; a params.yaml edited in that moment
-    is recorded for outputs made with the old values, and `dvc status` calls them up to date. Every stage
-    that loads a checkpoint finds that here."""
-    if not in_stage() or "stage" not in state or "config" not in state:
+    """Refuse a checkpoint whose recorded params differ from what params.yaml now gives the stage that trained
+    it, inside a stage (`errors.in_stage`: run from the project root, as DVC runs it). DVC records a stage's
+    params in dvc.lock a moment after the stage's process exits; a params.yaml edited in that moment is
+    recorded for outputs made with the old values, and `dvc status` calls them up to date. Every stage that
+    loads a checkpoint finds that here."""
+    if not in_stage() or "stage" not in state or "params" not in state:
         return  # outside a stage (tests, benchmarks), or a model trained outside the pipeline
     stage, files = str(state["stage"]), (Path(params_file).resolve(), Path(dvc_file).resolve())
     stamps = tuple((f.stat().st_mtime_ns, f.stat().st_size) if f.exists() else None for f in files)
-    declared = _declared_config(stage, *files, stamps)
-    trained = state["config"]
+    declared = _declared_values(stage, *files, stamps)
+    trained = state["params"]
     changed = sorted(key for key in declared.keys() | trained.keys() if declared.get(key) != trained.get(key))
     if changed:
         shown = ", ".join(f"{key} {trained.get(key)!r}" for key in changed[:3]) + (", ..." if len(changed) > 3 else "")
@@ -60,10 +64,10 @@ def check_trained_as_declared(path: str | Path, state: dict, params_file: str | 
 
 
 @functools.cache
-def _declared_config(stage: str, params_file: Path, dvc_file: Path, stamps: tuple) -> dict:
-    """`recorded_config` of `stage` as the params declare it, once per version of the files (`stamps`: their
-    modification times and sizes; `evaluate` loads a checkpoint of each stage twice)."""
-    return recorded_config(load_stage_config(stage, params_file, dvc_file))
+def _declared_values(stage: str, params_file: Path, dvc_file: Path, stamps: tuple) -> dict:
+    """`declared_values` of `stage`, once per version of the files (`stamps`: their modification times and
+    sizes; `evaluate` loads a checkpoint of each stage twice)."""
+    return json.loads(json.dumps(declared_values(stage, params_file, dvc_file), default=str))
 
 
 def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, dict]:

@@ -7,6 +7,7 @@ dvclive and the epoch journal, is `masktune.train.network`'s, shared with ERM.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -14,14 +15,37 @@ import numpy as np
 import torch
 from torch import nn
 
+from masktune.config.fields import SEED, WORKERS, Choice, Int, Number, Text
+from masktune.config.params import param
 from masktune.data.prepared import PreparedFile
 from masktune.data.splits import ResampledSplit, Split
 from masktune.errors import UserError
 from masktune.groups import Groups, read_groups
-from masktune.train.loop import resolve_seed
-from masktune.train.network import finish_training, start_training
+from masktune.seeding import resolve_seed
+from masktune.selection import SELECT_BY, SELECTIONS, group_labels_used, selection_score
+from masktune.train.fit import Keep
+from masktune.train.network import DataParallelTraining, finish_training, start_training
 from masktune.train.objective import ERM, Objective
-from masktune.train.selection import SELECT_BY, group_labels_used, selection_score
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairConfig:
+    """A (groups, trainer) pair of `methods.robust_train` (`${name}`: the pair's name) and its model selection."""
+    groups: str = param("methods.robust_train.${name}.groups", Text())
+    trainer: str = param("methods.robust_train.${name}.trainer", Text())
+    selection: str = param("methods.robust_train.${name}.selection", Choice(options=SELECTIONS))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RobustTrainConfig(DataParallelTraining, PairConfig):
+    """A pair trained with its trainer's recipe (`${trainer}`: the trainer's section, null values from
+    `recipes.<dataset>.<trainer>`) on train_erm's network from ERM's start; each trainer's config adds its own."""
+    lr: float = param("${trainer}.lr", Number(0.0, exclusive_minimum=True, recipe=True))
+    weight_decay: float = param("${trainer}.weight_decay", Number(0.0, recipe=True))
+    batch_size: int = param("${trainer}.batch_size", Int(1, recipe=True))
+    epochs: int = param("${trainer}.epochs", Int(1, recipe=True))
+    workers: int = param("${trainer}.workers", WORKERS)
+    seed: int | None = param("${trainer}.seed", SEED)
 
 
 class Trainer:
@@ -49,7 +73,13 @@ class Trainer:
         return {}
 
 
-def train_robust(trainer: Trainer, config, device: torch.device, data: str | Path, groups_path: str | Path,
+def pair_title(spec, groups: Groups) -> str:
+    """The report's name of a pair: its paper's (`spec.paper_pairs`: JTT is the error set with upsampling), or
+    `<trainer> with <groups>`."""
+    return spec.paper_pairs.get(groups.inference) or f"{spec.title} with {groups.title}"
+
+
+def train_robust(trainer: Trainer, spec, config, device: torch.device, data: str | Path, groups_path: str | Path,
                  out: str | Path, live_dir: str | Path, name: str, oracle: str | Path | None = None) -> dict:
     """Train the method `name` of the pair (the groups file at `groups_path`, `trainer`) with `config` (the
     trainer's recipe and the pair's `selection`); keep the best checkpoint by the selection, recording in
@@ -72,9 +102,8 @@ def train_robust(trainer: Trainer, config, device: torch.device, data: str | Pat
     print(f"{name} ({trainer.name} on {groups.inference}): {trainer.describe(config, groups, rows)}; "
           f"selection by {config.selection} (group labels {labels})")
     info = {"method": name, "groups": groups.inference, "trainer": trainer.name, "selection": config.selection,
-            "group_labels": labels.as_dict()}
-    return finish_training(run, stage=f"robust_train@{name}", best=out, live_dir=live_dir, checkpoint_info=info,
-                           score=score, select_by=SELECT_BY[config.selection], name=name,
+            "group_labels": labels.as_dict(), "title": pair_title(spec, groups)}
+    keep = Keep(info=info, best_path=out, oracle_path=oracle, score=score, select_by=SELECT_BY[config.selection])
+    return finish_training(run, stage=f"robust_train@{name}", keep=keep, live_dir=live_dir, name=name,
                            resume_inputs=(groups_path,), resume_extra={"seed": seed},
-                           summary={"seed": seed, "groups": groups.inference, **trainer.summary(config, groups, rows)},
-                           oracle=oracle)
+                           summary={"seed": seed, "groups": groups.inference, **trainer.summary(config, groups, rows)})

@@ -33,14 +33,20 @@ ClusterFix's cluster weights follow every batch's losses in order: it trains as 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from masktune.config.fields import Bool, Choice, Int, Number
+from masktune.config.params import param
 from masktune.data.splits import Split
 from masktune.groups import Groups
-from masktune.robust_train.base import Trainer
+from masktune.methods import Spec
+from masktune.robust_train.base import RobustTrainConfig, Trainer
+from masktune.train.network import OPTIMIZERS
 from masktune.train.objective import Objective
 
 
@@ -186,6 +192,18 @@ class ClusterReweight(Objective):
         return {"final_cluster_weights": [round(w, 6) for w in self.weights.cluster_weights().tolist()]}
 
 
+@dataclass(frozen=True, kw_only=True)
+class ClusterReweightConfig(RobustTrainConfig):
+    """ClusterFix's training: cluster re-weighting and pseudo-label heads, with its own optimiser and schedule."""
+    beta: float = param("cluster_reweight.beta", Number(0.0, recipe=True))
+    weight_momentum: float = param("cluster_reweight.momentum", Number(0.0, 1.0))
+    optimizer: str = param("cluster_reweight.optimizer", Choice(options=OPTIMIZERS, recipe=True))
+    lr_schedule: str = param("cluster_reweight.lr_schedule", Choice(options=("constant", "cosine"), recipe=True))
+    statistics: str = param("cluster_reweight.statistics", Choice(options=("incremental", "recompute")))
+    val_losses_into_train_buffer: bool = param("cluster_reweight.val_losses_into_train_buffer", Bool())
+    seed: int | None = param("cluster_reweight.seed", Int(0, nullable=True))  # null: drawn and recorded
+
+
 class ClusterReweightTrainer(Trainer):
     name = "cluster_reweight"
     title = "ClusterFix's cluster re-weighting"
@@ -206,3 +224,6 @@ class ClusterReweightTrainer(Trainer):
 
 
 TRAINER = ClusterReweightTrainer()
+SPEC = Spec(name="cluster_reweight", role="robust_train", family="robust_train", title="ClusterFix's re-weighting",
+            configs={"robust_train": ClusterReweightConfig},
+            paper_pairs={"clusterfix": "ClusterFix (Capitani et al., 2024)"})

@@ -22,13 +22,18 @@ count). The group weights follow every batch in order: GroupDRO trains as one pr
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from masktune.config.fields import Bool, Number
+from masktune.config.params import param
 from masktune.data.splits import ResampledSplit, Split
 from masktune.groups import Groups
-from masktune.robust_train.base import Trainer
+from masktune.methods import Spec
+from masktune.robust_train.base import RobustTrainConfig, Trainer
 from masktune.train.objective import Objective
 
 
@@ -83,6 +88,14 @@ class GroupDRO(Objective):
         return {"group_weights": {name: round(float(w), 6) for name, w in zip(self.names, self.q.cpu())}}
 
 
+@dataclass(frozen=True, kw_only=True)
+class GroupDroConfig(RobustTrainConfig):
+    """GroupDRO: online group weights (step size, adjustment), group-balanced sampling."""
+    step_size: float = param("groupdro.step_size", Number(0.0, exclusive_minimum=True))
+    adjustment: float = param("groupdro.adjustment", Number(0.0, recipe=True))
+    reweight_groups: bool = param("groupdro.reweight_groups", Bool())
+
+
 class GroupDROTrainer(Trainer):
     name = "groupdro"
     title = "GroupDRO (Sagawa et al., 2020)"
@@ -99,3 +112,6 @@ class GroupDROTrainer(Trainer):
 
 
 TRAINER = GroupDROTrainer()
+SPEC = Spec(name="groupdro", role="robust_train", family="robust_train", title="GroupDRO",
+            configs={"robust_train": GroupDroConfig},
+            paper_pairs={"true_groups": "GroupDRO, true groups (supervised reference)"})

@@ -14,10 +14,15 @@ is off in every official command: the eval view); SGD, momentum 0.9, constant le
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from masktune.config.fields import Int
+from masktune.config.params import param
 from masktune.groups import Groups
-from masktune.robust_train.base import Trainer
+from masktune.methods import Spec
+from masktune.robust_train.base import RobustTrainConfig, Trainer
 
 
 def upsampled_rows(upweighted: np.ndarray, upweight: int) -> np.ndarray:
@@ -39,6 +44,12 @@ def balanced_rows(ids: np.ndarray, classes: tuple[int, ...]) -> np.ndarray:
     largest = {c: max(sizes[g] for g in range(len(classes)) if classes[g] == c) for c in set(classes)}
     repeats = np.array([max(1, round(largest[classes[g]] / n)) if n else 0 for g, n in enumerate(sizes)])
     return np.repeat(np.arange(len(ids)), repeats[ids]).astype(np.int64)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpsampleConfig(RobustTrainConfig):
+    """JTT's retraining: the named minority's rows appended λ_up times (else the groups balanced)."""
+    upweight: int = param("upsample.upweight", Int(0, recipe=True))
 
 
 class Upsample(Trainer):
@@ -64,3 +75,5 @@ class Upsample(Trainer):
 
 
 TRAINER = Upsample()
+SPEC = Spec(name="upsample", role="robust_train", family="robust_train", title="Upsampling",
+            configs={"robust_train": UpsampleConfig}, paper_pairs={"jtt": "JTT (Liu et al., 2021)"})

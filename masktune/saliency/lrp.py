@@ -98,3 +98,13 @@ class LrpAttributor:
 
         logits, relevance = self._gradient(inputs.contiguous(), predicted_one_hot)
         return relevance.detach(), logits.detach().argmax(dim=1)
+
+
+def explainer(model: nn.Module, device: torch.device, *, precision: str = "float32", channels_last: bool = False,
+              fold_batchnorm: bool = False, gamma: float | None = 4.0) -> LrpAttributor:
+    """`explain(inputs) -> (relevance at the input pixels (B, C, H, W), predicted (B,))` of `model` with ExMap's
+    rules (gamma: the Gamma rule's, 4 in ExMap); float32, the model as trained (the canonizer merges its batch
+    norms itself)."""
+    if precision != "float32":
+        raise ValueError(f"LRP runs in float32, got {precision}")
+    return LrpAttributor(model.to(device), 4.0 if gamma is None else gamma)

@@ -30,13 +30,16 @@ copies activations and gradients to host memory and resizes map by map with Open
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from masktune.models.precision import precision_autocast
+from masktune.precision import precision_autocast
 
 EPS = 1e-7  # the library's epsilon, in the weights and in scale_cam_image
 
@@ -129,3 +132,13 @@ def prepare_for_saliency(model: nn.Module, device: torch.device, channels_last: 
     if fold_bn:
         model = fold_batchnorm(model)
     return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+@contextlib.contextmanager
+def explainer(model: nn.Module, device: torch.device, *, precision: str = "float32", channels_last: bool = False,
+              fold_batchnorm: bool = False, gamma: float | None = None) -> Iterator:
+    """`explain(inputs) -> (feature-map-resolution maps (B, h, w), predicted (B,))` of `model`, prepared
+    (`prepare_for_saliency`: optionally BatchNorm folded, channels-last) for the pass. `gamma` is LRP's."""
+    model = prepare_for_saliency(model, device, channels_last, fold_batchnorm)
+    layer = model.grad_cam_target_layer()
+    yield lambda inputs: feature_cams(model, layer, inputs, precision)

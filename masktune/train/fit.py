@@ -28,6 +28,7 @@ import dataclasses
 import math
 import random
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +41,9 @@ from masktune.distributed import World, broadcast_object, current_world
 from masktune.io.files import atomic_directory, write_bytes_atomically
 from masktune.io.journal import EpochJournal, file_identity
 from masktune.models.checkpoint import checkpoint_bytes
-from masktune.models.precision import MixedPrecision
-from masktune.train.loop import predict, train_epoch, validation_accuracy
+from masktune.models.predict import predict, validation_accuracy
+from masktune.precision import MixedPrecision
+from masktune.train.loop import train_epoch
 from masktune.train.objective import ERM, Objective
 
 # `select_by` of a run without validation (self-supervised backbones): every epoch's checkpoint replaces
@@ -49,63 +51,77 @@ from masktune.train.objective import ERM, Objective
 LAST = "last"
 
 
-def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Split, val: Split, *, epochs: int,
-        batch_size: int, eval_batch_size: int, generator: torch.Generator, device: torch.device, live: Live,
-        best_path: str | Path, last_path: str | Path | None = None, checkpoint_info: dict,
-        score: Callable[[np.ndarray], dict[str, float]] | None = None, select_by: str = "accuracy",
-        name: str = "ERM", scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-        objective: Objective = ERM, resume: Mapping | None = None, amp: MixedPrecision | None = None,
-        oracle_path: str | Path | None = None, oracle_by: str = "worst_group_accuracy") -> dict:
-    """Train `epochs` epochs; save the best checkpoint (and the last); return the best epoch (1-based)
-    and its validation scores. `checkpoint_info` (arch, num_classes, ...) goes into every checkpoint.
-    `scheduler`, when given, steps after each epoch's training pass (each epoch's learning rate is logged
-    as `train/lr`). `objective`: each batch's loss (ERM's, or a method's: GroupDRO, ClusterFix); every
-    number the training pass returns is logged as `train/<name>`, and the objective's state (ClusterFix's
-    heads and cluster weights, GroupDRO's group weights) is journaled with the rest. `resume`: the
-    fingerprint under which an epoch journal is kept and resumed (None: no journal). `amp`: the
-    precision of the training passes (None: float32). `oracle_path`: where to keep, beside the chosen one,
-    the checkpoint of the best `oracle_by` score (the true groups' worst group: the reference of the
-    selection gap, reported only; `score` must compute it). Only rank 0 writes files."""
+@dataclass
+class Plan:
+    """How `fit` trains: `epochs` of the objective's per-batch loss (ERM's, or a method's: GroupDRO, ClusterFix,
+    LfF), in batches of `batch_size`, validation predicted in batches of `eval_batch_size`. `scheduler`, when
+    given, steps after each epoch's training pass (each epoch's learning rate is logged as `train/lr`); every
+    number the training pass returns is logged as `train/<name>`, and the objective's state is journaled with
+    the rest. `resume`: the fingerprint under which an epoch journal is kept and resumed, in
+    `<journal_at>.partial/` (None: no journal). `amp`: the precision of the training passes (None: float32).
+    `name` prefixes the progress lines."""
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    objective: Objective = ERM
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    amp: MixedPrecision | None = None
+    resume: Mapping | None = None
+    journal_at: str | Path | None = None
+    name: str = "ERM"
+
+
+@dataclass
+class Keep:
+    """Which checkpoints `fit` writes: at `best_path` the best epoch by `select_by` (a key of `score`'s
+    validation scores; `LAST`: each epoch replaces the previous one), at `last_path` the last epoch, at
+    `oracle_path` the best by `oracle_by` (the true groups' worst group: the reference of the selection gap,
+    reported only; `score` must compute it). `score` turns validation predictions into named numbers, logged
+    each epoch (default: plain accuracy; `NO_VALIDATION`: no validation pass). `info` goes into every
+    checkpoint (arch, num_classes, what the model is). A None path writes nothing there."""
+    info: dict
+    best_path: str | Path | None = None
+    last_path: str | Path | None = None
+    oracle_path: str | Path | None = None
+    score: Callable[[np.ndarray], dict[str, float]] | str | None = None
+    select_by: str = "accuracy"
+    oracle_by: str = "worst_group_accuracy"
+
+
+NO_VALIDATION = "none"  # `Keep.score`: no validation pass (self-supervised backbones)
+
+
+def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Split, val: Split, generator: torch.Generator,
+        device: torch.device, live: Live, plan: Plan, keep: Keep) -> dict:
+    """Train `plan.epochs` epochs; keep the checkpoints `keep` asks for; return the best epoch (1-based) and
+    its validation scores. Resumes from the plan's journal. Only rank 0 writes files."""
     world = current_world()
-    score = score or validation_accuracy(val)
-    amp = amp or MixedPrecision("float32", device)
-    state = TrainingState(model, optimizer, scheduler, generator, amp, objective)
-    journal = _open_journal(best_path, resume, world)
-    start = state.restore(journal, live, {best_path: "best_checkpoint", last_path: "last_checkpoint",
-                                          oracle_path: "oracle_checkpoint"}, world, name)
-    for epoch in range(start, epochs):
-        stats = train_epoch(model, optimizer, train, batch_size, generator, device,
-                            desc=f"{name} epoch {epoch + 1}/{epochs}", amp=amp, objective=objective)
+    score = None if keep.score == NO_VALIDATION else keep.score or validation_accuracy(val)
+    amp = plan.amp or MixedPrecision("float32", device)
+    state = TrainingState(model, optimizer, plan.scheduler, generator, amp, plan.objective)
+    journal = _open_journal(plan.journal_at or keep.best_path, plan.resume, world)
+    start = state.restore(journal, live, {keep.best_path: "best_checkpoint", keep.last_path: "last_checkpoint",
+                                          keep.oracle_path: "oracle_checkpoint"}, world, plan.name)
+    for epoch in range(start, plan.epochs):
+        stats = train_epoch(model, optimizer, train, plan.batch_size, generator, device,
+                            desc=f"{plan.name} epoch {epoch + 1}/{plan.epochs}", amp=amp, objective=plan.objective)
         logged = {}
-        if scheduler is not None:
+        if plan.scheduler is not None:
             logged["train/lr"] = optimizer.param_groups[0]["lr"]  # this epoch's
-            scheduler.step()
-        scores = {} if select_by == LAST else score(predict(model, val, eval_batch_size, device, "validate"))
+            plan.scheduler.step()
+        scores = {} if score is None else score(predict(model, val, plan.eval_batch_size, device, "validate"))
         logged |= {f"train/{key}": value for key, value in stats.items()}
         logged |= {f"val/{key}": value for key, value in scores.items()}
         _log(live, logged)
-        checkpoint = {**checkpoint_info, "epoch": epoch, "val_accuracy": scores.get("accuracy", math.nan)}
-        improved = select_by == LAST or scores[select_by] > state.best_score
-        oracle_improved = oracle_path is not None and scores[oracle_by] > state.oracle_score
-        data = (checkpoint_bytes(model, optimizer, **checkpoint)
-                if improved or oracle_improved or last_path is not None else None)
-        if improved:  # one serialisation serves the best, the oracle's and the last checkpoint of an epoch
-            state.best_score, state.best = scores.get(select_by, epoch), {"epoch": epoch + 1, **scores}
-            state.best_checkpoint = data
-            _write(best_path, data, world)
-        if oracle_improved:
-            state.oracle_score, state.oracle_checkpoint = scores[oracle_by], data
-            _write(oracle_path, data, world)
-        if last_path is not None:
-            state.last_checkpoint = data
-            _write(last_path, data, world)
+        state.keep(epoch, scores, keep, world)
         state.history.append(logged)
         if journal is not None and world.is_main:
             journal.save(state.snapshot(epoch + 1))
         if world.is_main:
             numbers = {f"train {key}": value for key, value in stats.items() if key in ("loss", "accuracy")}
             numbers |= {f"val {key.replace('_', ' ')}": value for key, value in scores.items()}
-            print(f"{name} epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in numbers.items()))
+            print(f"{plan.name} epoch {epoch + 1}/{plan.epochs}: "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in numbers.items()))
     return state.best
 
 
@@ -137,6 +153,25 @@ class TrainingState:
         self.oracle_score = -math.inf
         self.oracle_checkpoint: bytes | None = None
         self.history: list[dict[str, float]] = []
+
+    def keep(self, epoch: int, scores: Mapping[str, float], keep: Keep, world: World) -> None:
+        """Write this epoch's checkpoints where `keep` asks (one serialisation serves all of them)."""
+        checkpoint = {**keep.info, "epoch": epoch, "val_accuracy": scores.get("accuracy", math.nan)}
+        improved = keep.select_by == LAST or scores[keep.select_by] > self.best_score
+        oracle_improved = keep.oracle_path is not None and scores[keep.oracle_by] > self.oracle_score
+        wanted = (improved and keep.best_path is not None) or oracle_improved or keep.last_path is not None
+        data = checkpoint_bytes(self.model, self.optimizer, **checkpoint) if wanted else None
+        if improved:
+            self.best_score, self.best = scores.get(keep.select_by, epoch), {"epoch": epoch + 1, **scores}
+            self.best_checkpoint = data
+            if keep.best_path is not None:
+                _write(keep.best_path, data, world)
+        if oracle_improved:
+            self.oracle_score, self.oracle_checkpoint = scores[keep.oracle_by], data
+            _write(keep.oracle_path, data, world)
+        if keep.last_path is not None:
+            self.last_checkpoint = data
+            _write(keep.last_path, data, world)
 
     def snapshot(self, epochs_done: int) -> dict:
         return {"epochs_done": epochs_done, "model": self.model.state_dict(),

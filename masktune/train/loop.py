@@ -1,4 +1,4 @@
-"""The training loop shared by `train_erm` and `finetune`, prediction, seeding and the device.
+"""The training loop every training run shares (`train.fit.fit`), its optimizer and learning-rate schedule.
 
 Follows the official src/methods/base_method.py: cross-entropy, SGD (Adam for Cats vs Dogs), shuffled batches,
 no learning-rate schedule (`train_erm` and `finetune` run with `use_lr_scheduler=False`; `train_erm.lr_schedule:
@@ -7,59 +7,24 @@ state (`restore_optimizer`), as the official `finetune()`.
 """
 from __future__ import annotations
 
-import os
-import random
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from masktune.data.splits import ResampledSplit, Split
+from masktune.data.splits import Split
 from masktune.distributed import (
     all_sum,
     batch_share,
     current_world,
     data_parallel,
-    gather_objects,
-    gather_rows,
-    row_range,
     shard_batch,
     sync_buffers,
 )
-from masktune.models.precision import MixedPrecision
+from masktune.models.predict import progress
+from masktune.precision import MixedPrecision
 from masktune.train.objective import ERM, Objective
-
-
-def progress(iterable, desc: str, total: int | None = None) -> tqdm:
-    """A batch progress bar on a terminal; silent when output goes to a log (CI, files) and on
-    every data-parallel worker but rank 0."""
-    return tqdm(iterable, desc=desc, total=total, unit="batch", leave=False,
-                disable=None if current_world().is_main else True)
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed every generator and ask for deterministic kernels; return the generator for shuffling."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
-    return torch.Generator().manual_seed(seed)
-
-
-def resolve_seed(seed: int | None, param: str) -> int:
-    """`seed`, or a fresh one drawn from the OS when it is None (ClusterFix's official code seeds
-    nothing): the stage records the seed it used, so an unseeded run can still be repeated."""
-    if seed is not None:
-        return seed
-    import secrets
-
-    drawn = secrets.randbelow(2 ** 31)
-    print(f"{param} is null: drew seed {drawn} (recorded in the stage's metrics)")
-    return drawn
 
 
 def make_optimizer(parameters: nn.Module | Iterable[nn.Parameter], lr: float, momentum: float, weight_decay: float,
@@ -119,15 +84,12 @@ def restore_optimizer(model: nn.Module, checkpoint: dict, lr: float | None = Non
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split, batch_size: int,
-                generator: torch.Generator, device: torch.device, desc: str,
-                predictions: np.ndarray | None = None, amp: MixedPrecision | None = None,
+                generator: torch.Generator, device: torch.device, desc: str, amp: MixedPrecision | None = None,
                 objective: Objective = ERM) -> dict[str, float]:
     """One pass over `data` (shuffled by `generator`, or as the objective's `epoch_data` draws it), each
     batch stepped on `objective.batch_loss` (ERM's mean cross-entropy by default); returns the mean loss
     (weighted by batch size, so it is the mean over samples), the accuracy (where the objective
-    classifies) and the objective's other logged numbers over the epoch. With `predictions` (an array of
-    len(data)), each sample's predicted class is written there as the pass computes it, before the step
-    on its batch (what JTT's official code logs to form its error set).
+    classifies) and the objective's other logged numbers over the epoch.
 
     Under torchrun each rank trains on its part of every global batch of `batch_size` through DDP
     (masktune.distributed says how that equals one process); the returned numbers are over all ranks.
@@ -143,7 +105,6 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split,
     data, generator = objective.epoch_data(data, generator)
     totals: dict[str, float] = {"loss": 0.0, "accuracy": 0.0} if objective.classifies else {"loss": 0.0}
     n = len(data)
-    seen: list[tuple[np.ndarray, np.ndarray]] = []
     bar = progress(data.batches(batch_size, device, generator, world), desc, total=-(-n // batch_size))
     for step, (inputs, index) in enumerate(bar):
         whole = min(batch_size, n - step * batch_size)
@@ -156,79 +117,9 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split,
             for key, value in (("loss", loss), *logged.items()):
                 totals[key] = totals.get(key, 0.0) + value.item() * len(index)
             if objective.classifies:
-                predicted = logits.argmax(1)
-                totals["accuracy"] += (predicted == targets).sum().item()
-                if predictions is not None:
-                    seen.append((index, predicted.cpu().numpy()))
+                totals["accuracy"] += (logits.argmax(1) == targets).sum().item()
         bar.set_postfix(loss=f"{loss.item():.4f}")
     sync_buffers(model, world)
     objective.end_epoch(model, device)
-    if predictions is not None:
-        _record_predictions(predictions, seen, world)
     return dict(zip(totals, (total / n for total in all_sum(list(totals.values()), world))))
 
-
-def _record_predictions(predictions: np.ndarray, seen: list[tuple[np.ndarray, np.ndarray]], world) -> None:
-    """Write every rank's (rows, predicted classes) into `predictions`, on every rank."""
-    rows = np.concatenate([index for index, _ in seen]) if seen else np.zeros(0, dtype=np.int64)
-    classes = np.concatenate([value for _, value in seen]) if seen else np.zeros(0, dtype=np.int64)
-    predictions[gather_rows(rows, world)] = gather_rows(classes, world)
-
-
-def map_rows(data: Split, batch_size: int, device: torch.device, desc: str,
-             compute: Callable[..., dict[str, torch.Tensor | np.ndarray]], with_rows: bool = False) -> dict[str, np.ndarray]:
-    """`compute(inputs)` (named per-row results of a batch; with `with_rows`, `compute(inputs, rows)`, the
-    rows of the split in the batch) over every row of `data`, in row order, batches read in order. Under
-    torchrun each rank computes a contiguous range of whole batches (every batch holds the rows it holds
-    in one process) and every rank gets all rows."""
-    world = current_world()
-    if world.distributed:
-        start, stop = row_range(len(data), batch_size, world)
-        data = ResampledSplit(data, np.arange(start, stop))
-    parts: dict[str, list[np.ndarray]] = {}
-    for inputs, index in progress(data.batches(batch_size, device), desc, total=-(-len(data) // batch_size)):
-        results = compute(inputs, data.source_rows(index)) if with_rows else compute(inputs)
-        for name, values in results.items():
-            parts.setdefault(name, []).append(values.cpu().numpy() if isinstance(values, torch.Tensor) else values)
-    mine = {name: np.concatenate(values) for name, values in parts.items()}
-    if not world.distributed:
-        return mine
-    ranks = [part for part in gather_objects(mine, world) if part]  # a rank may have no rows
-    return {name: np.concatenate([part[name] for part in ranks]) for name in (ranks[0] if ranks else {})}
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, data: Split, batch_size: int, device: torch.device, desc: str = "predict") -> np.ndarray:
-    """Predicted class of every sample of `data`, in order (under torchrun: `map_rows` shares the work)."""
-    model.eval()
-    rows = map_rows(data, batch_size, device, desc, lambda inputs: {"predicted": model(inputs).argmax(1)})
-    return rows.get("predicted", np.zeros(0, dtype=np.int64))
-
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, data: Split, batch_size: int, device: torch.device,
-                   desc: str = "predict") -> np.ndarray:
-    """The logits (N, classes) of every sample of `data`, in order, in float32 (selective
-    classification scores them; under torchrun `map_rows` shares the work)."""
-    model.eval()
-    rows = map_rows(data, batch_size, device, desc, lambda inputs: {"logits": model(inputs).float()})
-    return rows.get("logits", np.zeros((0, 0), dtype=np.float32))
-
-
-def penultimate_features(model: nn.Module, data: Split, batch_size: int, device: torch.device,
-                         desc: str = "embeddings") -> np.ndarray:
-    """float32 (N, D): `model.features` of every row of `data`, in order (eval mode; under torchrun
-    the ranks share the rows, `map_rows`): what DFR retrains on and ClusterFix clusters."""
-    model.eval()
-    with torch.no_grad():
-        rows = map_rows(data, batch_size, device, desc, lambda inputs: {"features": model.features(inputs).float()})
-    return rows.get("features", np.empty((0, model.classifier.in_features), dtype=np.float32))
-
-
-def validation_accuracy(val: Split) -> Callable[[np.ndarray], dict[str, float]]:
-    """The default model-selection score: plain validation accuracy (no group labels)."""
-    return lambda predictions: {"accuracy": float((predictions == val.labels).mean())}
-
-
-def accuracy(model: nn.Module, data: Split, batch_size: int, device: torch.device, desc: str = "validate") -> float:
-    return float((predict(model, data, batch_size, device, desc) == data.labels).mean())

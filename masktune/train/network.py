@@ -15,23 +15,92 @@ the same data and params continues after the last finished epoch (masktune.train
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
+from masktune.config.fields import SEED, WORKERS, Bool, Choice, FilePath, Int, Number
+from masktune.config.params import DATASET, param
 from masktune.data.prepared import DatasetInfo, PreparedFile, open_prepared
 from masktune.data.splits import Split, open_split
+from masktune.distributed import DistributedConfig
+from masktune.models import MODELS
 from masktune.models.checkpoint import trained_as
-from masktune.models.precision import MixedPrecision
 from masktune.models.pretrained import initial_model
-from masktune.train.fit import finish_journal, fit, live_folder, resume_key
-from masktune.train.loop import make_optimizer, make_scheduler, seed_everything
+from masktune.precision import PRECISIONS, MixedPrecision
+from masktune.seeding import seed_everything
+from masktune.selection import selection_score
+from masktune.train.fit import Keep, Plan, finish_journal, fit, live_folder, resume_key
+from masktune.train.loop import make_optimizer, make_scheduler
 from masktune.train.objective import ERM, Objective
-from masktune.train.selection import selection_score
+
+OPTIMIZERS = ("sgd", "adam")                            # loop.make_optimizer
+LR_SCHEDULES = ("constant", "cosine", "multistep")      # loop.make_scheduler
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkConfig:
+    """The network every from-scratch training run starts from (ERM's, the controls', JTT's identification
+    model, every robust pair's, ClusterFix's self-supervised backbone): train_erm's."""
+    dataset: str = param("dataset", DATASET)
+    eval_batch_size: int = param("eval_batch_size", Int(1, recipe=True))
+    arch: str = param("train_erm.arch", Choice(options=tuple(MODELS), recipe=True))
+    pretrained: bool = param("train_erm.pretrained", Bool(recipe=True))
+    weights_path: Path | None = param("train_erm.weights_path", FilePath(nullable=True))
+    momentum: float = param("train_erm.momentum", Number(0.0, 1.0, recipe=True))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingConfig(NetworkConfig):
+    """A training run's recipe: each run declares its own `lr`, `weight_decay`, `batch_size`, `epochs`, `workers`
+    and `seed`; the optimizer, schedule and precision are SGD, constant and float32 unless its params say
+    otherwise (ERM's, ClusterFix's)."""
+    lr: float
+    weight_decay: float
+    batch_size: int
+    epochs: int
+    workers: int
+    seed: int | None
+    optimizer: str = "sgd"
+    lr_schedule: str = "constant"
+    lr_milestone_every: int = 1
+    lr_gamma: float = 1.0
+    train_precision: str = "float32"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataParallelTraining(TrainingConfig, DistributedConfig):
+    """A training run that runs as data-parallel workers, in the precision asked."""
+    train_precision: str = param("train_precision", Choice(options=tuple(PRECISIONS)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainErmConfig(DataParallelTraining):
+    """Stage `train_erm`: ERM with the dataset's recipe (the official MaskTune one: SGD, constant rate)."""
+    lr: float = param("lr", Number(0.0, exclusive_minimum=True, recipe=True))
+    epochs: int = param("train_erm.epochs", Int(1, recipe=True))
+    batch_size: int = param("train_erm.batch_size", Int(1, recipe=True))
+    weight_decay: float = param("train_erm.weight_decay", Number(0.0, recipe=True))
+    # constant (MaskTune) | cosine (per epoch, ExMap's ERM) | multistep (the official --schedule/--gamma)
+    lr_schedule: str = param("train_erm.lr_schedule", Choice(options=LR_SCHEDULES, recipe=True))
+    lr_milestone_every: int = param("train_erm.lr_milestone_every", Int(1, recipe=True))
+    lr_gamma: float = param("train_erm.lr_gamma", Number(0.0, 1.0, exclusive_minimum=True, recipe=True))
+    optimizer: str = param("train_erm.optimizer", Choice(options=OPTIMIZERS, recipe=True))  # adam: Cats vs Dogs
+    workers: int = param("train_erm.workers", WORKERS)
+    seed: int = param("train_erm.seed", SEED)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainErmControlConfig(TrainErmConfig):
+    """`train_erm_control@<k>`: ERM's config with seed `train_erm.seed + k` (a seed sweep over train_erm.seed
+    therefore never trains a control equal to its ERM)."""
+
+    def derive_from_item(self, item: str) -> TrainErmControlConfig:
+        return dataclasses.replace(self, seed=self.seed + int(item))
 
 
 @dataclass
@@ -65,37 +134,33 @@ def start_training(config, device: torch.device, data: str | Path, *, train_view
     model = initial_model(config.arch, prepared.num_classes, config.pretrained, config.weights_path, device)
     objective = ERM if objective_for is None else objective_for(model, val)
     optimizer = make_optimizer([*model.parameters(), *objective.parameters()], config.lr, config.momentum,
-                               config.weight_decay, getattr(config, "optimizer", "sgd"))
-    amp = MixedPrecision(getattr(config, "train_precision", "float32"), device)
+                               config.weight_decay, config.optimizer)
+    amp = MixedPrecision(config.train_precision, device)
     return TrainingRun(config, device, prepared, info, train, val, model, objective, optimizer, generator, amp)
 
 
-def finish_training(run: TrainingRun, *, stage: str, best: str | Path, live_dir: str | Path,
-                    last: str | Path | None = None, checkpoint_info: Mapping | None = None,
-                    score: Callable[[np.ndarray], dict[str, float]] | None = None, select_by: str = "accuracy",
-                    name: str = "ERM", resume_inputs: tuple = (), resume_extra: Mapping | None = None,
-                    summary: Mapping | None = None, oracle: str | Path | None = None) -> dict:
-    """`fit` the started run for `config.epochs` epochs, keeping the best checkpoint by `select_by` (and
-    the last one when `last` is given; at `oracle`, the best by the true groups' worst group, the reference
-    of the selection gap: `score` must compute it), logging to dvclive in `live_dir`; returns the best
-    epoch's validation scores. `stage` and `resume_inputs` (files read beside the prepared data) key the
-    epoch journal; `summary` goes into dvclive's summary with the best epoch and the objective's own."""
+def finish_training(run: TrainingRun, *, stage: str, keep: Keep, live_dir: str | Path, name: str = "ERM",
+                    resume_inputs: tuple = (), resume_extra: Mapping | None = None, summary: Mapping | None = None,
+                    journal_at: str | Path | None = None) -> dict:
+    """`fit` the started run for `config.epochs` epochs, keeping the checkpoints `keep` asks for (each records
+    the network, the stage and the config it was trained with), logging to dvclive in `live_dir`; returns the
+    best epoch's validation scores. `stage` and `resume_inputs` (files read beside the prepared data) key the
+    epoch journal, kept beside `journal_at` (default: the best checkpoint); `summary` goes into dvclive's
+    summary with the best epoch and the objective's own."""
     config, device = run.config, run.device
-    scheduler = make_scheduler(run.optimizer, getattr(config, "lr_schedule", "constant"), config.epochs,
-                               getattr(config, "lr_milestone_every", 1), getattr(config, "lr_gamma", 1.0))
+    scheduler = make_scheduler(run.optimizer, config.lr_schedule, config.epochs, config.lr_milestone_every,
+                               config.lr_gamma)
     resume = {**resume_key(stage, config, device, run.prepared.path, *resume_inputs), **(resume_extra or {})}
-    # The stage and resolved config it was trained with (recipe values filled in), checked by whoever loads it.
-    info = {"arch": config.arch, "num_classes": run.prepared.num_classes, **(checkpoint_info or {}),
-            **trained_as(stage, config)}
+    keep = dataclasses.replace(keep, info={"arch": config.arch, "num_classes": run.prepared.num_classes, **keep.info,
+                                           **trained_as(stage, config)})
+    plan = Plan(epochs=config.epochs, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
+                objective=run.objective, scheduler=scheduler, amp=run.amp, resume=resume, journal_at=journal_at,
+                name=name)
     with live_folder(live_dir) as live:
-        best_scores = fit(run.model, run.optimizer, run.train, run.val, epochs=config.epochs,
-                          batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
-                          generator=run.generator, device=device, live=live, best_path=best, last_path=last,
-                          checkpoint_info=info, score=score, select_by=select_by, name=name, scheduler=scheduler,
-                          objective=run.objective, resume=resume, amp=run.amp, oracle_path=oracle)
+        best_scores = fit(run.model, run.optimizer, run.train, run.val, run.generator, device, live, plan, keep)
         live.summary.update({**(summary or {}), **run.objective.summary()})
         live.summary["best"] = best_scores
-    finish_journal(best, resume)
+    finish_journal(journal_at or keep.best_path, resume)
     return best_scores
 
 
@@ -112,6 +177,6 @@ def train_erm(config, device: torch.device, data: str | Path, best: str | Path, 
     recipe = {"arch": config.arch, "pretrained": config.pretrained, "lr": config.lr, "epochs": config.epochs,
               "batch_size": config.batch_size, "momentum": config.momentum, "weight_decay": config.weight_decay,
               "lr_schedule": config.lr_schedule, "seed": config.seed}
-    return finish_training(run, stage=stage, best=best, last=last, live_dir=live_dir, score=score,
-                           checkpoint_info={**schedule_info, "selection": "average"}, summary={"recipe": recipe},
-                           oracle=oracle)
+    keep = Keep(info={**schedule_info, "selection": "average", "title": "ERM"}, best_path=best, last_path=last,
+                oracle_path=oracle, score=score)
+    return finish_training(run, stage=stage, keep=keep, live_dir=live_dir, summary={"recipe": recipe})

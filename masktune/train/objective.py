@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from masktune.data.splits import Split
-from masktune.models.precision import MixedPrecision
+from masktune.precision import MixedPrecision
 
 
 class Objective:

@@ -21,6 +21,7 @@ import numpy as np
 SELECT_BY = {"average": "accuracy", "worst_class": "worst_class_accuracy",
              "worst_pseudo_group": "worst_pseudo_group_accuracy", "worst_group": "worst_group_accuracy",
              "unbiased": "unbiased_accuracy"}
+SELECTIONS = tuple(SELECT_BY)  # a robust pair's `selection`
 READS_TRUE_GROUPS = ("worst_group", "unbiased")
 # The reference every selection is compared with (its "selection gap"): the best worst-group validation
 # accuracy over the true groups, most papers' rule (✓). Kept beside the chosen model, reported only.
