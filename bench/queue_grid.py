@@ -5,7 +5,7 @@ In a scratch copy of the project (your workspace, cache and DVC config are left 
 MaskTune as the only methods (`methods.masking=[masktune]`, every other kind `[]`) and, unless `--set`
 says otherwise, `train_erm.epochs=1`, so that one experiment is a minute or two on 2 cores:
 
-0. `dvc repro prepare check_methods` (biased MNIST built from --mnist-dir, as bench/methods.py builds it), committed:
+0. `dvc repro prepare check_params` (biased MNIST built from --mnist-dir, as bench/methods.py builds it), committed:
    the experiments start from it and neither side pays for it;
 1. sequential: every grid point as `dvc exp run -n seq-... -S lr=L -S <every seed key>=S`, in the
    workspace, one after another, timed (per experiment and per stage);
@@ -231,7 +231,7 @@ def main() -> None:
         path = args.keep or Path(tmp) / "project"
         project = ScratchProject(path, params)
         project.env["COLUMNS"] = "320"  # `dvc exp show`'s table: rich wraps it to the terminal's width otherwise
-        prepare_seconds, _ = project.timed_stages("repro", "prepare", "check_methods")  # shared by every run
+        prepare_seconds, _ = project.timed_stages("repro", "prepare", "check_params")  # shared by every run
         project.commit("prepared")
         prepared_mb = (path / "data/prepared.h5").stat().st_size / 2**20
         print(f"prepare: {prepare_seconds:.0f} s (data/prepared.h5: {prepared_mb:.0f} MiB); grid seeds {args.seeds} "
@@ -253,7 +253,7 @@ def main() -> None:
         # 2. Queued: the workspace back to the commit, the run cache emptied, then the same grid.
         project.run("git", "reset", "--hard", "-q")
         project.run("git", "clean", "-fdxq", "-e", "/.dvc")  # every output, ignored or not, but not the cache
-        project.dvc("checkout", "prepare", "check_methods")
+        project.dvc("checkout", "prepare", "check_params")
         shutil.rmtree(path / ".dvc/cache/runs", ignore_errors=True)
         if dirty := project.run("git", "status", "--porcelain").stdout:
             problems.append(f"the workspace is not the commit after the reset:\n{dirty}")

@@ -25,7 +25,7 @@ from masktune.errors import UserError, run_stage
 from masktune.io.files import atomic_directory
 from masktune.last_layer import SELECTIONS as LAST_LAYER_SELECTIONS
 from masktune.methods import Spec
-from masktune.methods.registry import family_names, group_files, pipeline_configs, specs, trainer_names
+from masktune.registry import family_names, group_files, pipeline_configs, specs, trainer_names
 from masktune.selection import SELECTIONS
 
 STAMP = b"a valid name of params.yaml (stage check_params)\n"

@@ -27,10 +27,10 @@ from types import MappingProxyType
 import numpy as np
 from PIL import Image
 
-from masktune.datasets.spec import PrepareConfig
 from masktune.datasets import DATASETS
 from masktune.datasets.celeba import ATTRIBUTE_NAMES
 from masktune.datasets.in9l import CLASS_FOLDERS, VARIANTS
+from masktune.datasets.spec import PrepareConfig
 
 SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
 

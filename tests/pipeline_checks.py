@@ -27,9 +27,9 @@ GROUPS = ["label_groups@true_groups", "label_groups@classes", "jtt_identify@jtt"
 PAIRS = [f"{kind}@{name}" for kind in ("robust_train", "last_layer") for name in METHODS[kind]]
 REPORTS = ["evaluate", "selective"]  # both read every checkpoint in models/
 # the default pipeline, in the order `dvc repro` runs it
-ALL_STAGES = ["prepare", "check_methods", "train_erm", "compute_saliency", *MASKING, *GROUPS, *PAIRS, *REPORTS]
-# what a change of `dataset` (or its data) reruns once the pipeline ran: all but check_methods (params `methods` only)
-DATA_STAGES = [stage for stage in ALL_STAGES if stage != "check_methods"]
+ALL_STAGES = ["check_params", "prepare", "train_erm", "compute_saliency", *MASKING, *GROUPS, *PAIRS, *REPORTS]
+# what a change of `dataset` (or its data) reruns once the pipeline ran: every stage (check_params: the params changed)
+DATA_STAGES = list(ALL_STAGES)
 # The runs whose subject is a dataset, not the methods (every method runs on an image folder in
 # tests/test_folder_dataset.py, and every registered piece in tests/test_method_contract.py): ERM, both
 # masking methods, the two group inferences that read the images (ExMap's heatmaps, ClusterFix's

@@ -11,74 +11,29 @@ the stage's too, checked for every entry of the committed params.
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import ROOT, committed_params
 
-from masktune.config.files import _render
+sys.path.insert(0, str(ROOT / "scripts"))
+from dvc_deps import (
+    closure,
+    code_deps,
+    exact_deps,
+    import_graph,
+    imported_files,
+    is_code,
+    project_modules,
+    stage_instances,
+)
 
-PACKAGES = ("masktune", "stages")
 # masktune's subpackages, each importing only from those before it (masktune/__init__.py says why).
-LAYERS = ("errors", "config", "io", "distributed", "data", "groups", "datasets", "models", "train", "saliency", "masking",
-          "eval",
-          "group_inference", "robust_train", "last_layer", "methods", "summary")
-
-
-def project_modules(root: Path = ROOT) -> dict[str, Path]:
-    modules = {}
-    for package in PACKAGES:
-        for path in sorted((root / package).rglob("*.py")):
-            name = ".".join(path.relative_to(root).with_suffix("").parts)
-            modules[name.removesuffix(".__init__")] = path
-    return modules
-
-
-def _imported_names(module: str, path: Path) -> Iterator[str]:
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            yield from (alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(parts + ([base] if base else []))
-            yield base
-            yield from (f"{base}.{alias.name}" for alias in node.names)
-
-
-def import_graph(modules: dict[str, Path], packages: bool = True) -> dict[str, set[str]]:
-    """module -> the project modules its code imports, and with `packages` the packages (`__init__`)
-    Python runs on the way to them: code a stage runs (for its deps), but no import of the module's
-    (a package's registry importing its submodules is no cycle, as the shared import-cycles tool counts)."""
-    def resolve(name: str) -> str | None:
-        while name and name not in modules:
-            name = name.rpartition(".")[0]
-        return name or None
-
-    graph: dict[str, set[str]] = {}
-    for module, path in modules.items():
-        targets = set()
-        for name in _imported_names(module, path):
-            target = resolve(name)
-            while target:
-                if target != module:
-                    targets.add(target)
-                target = resolve(target.rpartition(".")[0]) if packages and "." in target else None
-        graph[module] = targets
-    return graph
-
-
-def closure(graph: dict[str, set[str]], start: str) -> set[str]:
-    seen, todo = {start}, [start]
-    while todo:
-        for target in graph[todo.pop()] - seen:
-            seen.add(target)
-            todo.append(target)
-    return seen
+LAYERS = ("errors", "precision", "seeding", "selection", "config", "io", "distributed", "methods", "data", "groups",
+          "datasets", "models", "train", "saliency", "masking", "eval", "group_inference", "robust_train",
+          "last_layer", "registry", "summary")
 
 
 def stage_entries(dvc: dict) -> dict[str, dict]:
@@ -86,48 +41,15 @@ def stage_entries(dvc: dict) -> dict[str, dict]:
     return {stage: spec.get("do", spec) for stage, spec in dvc["stages"].items()}
 
 
-def stage_instances(dvc: dict, params: dict) -> dict[str, tuple[str, dict]]:
-    """{DVC's stage name (`robust_train@jtt`): (the stage's script, its entry with `${...}` rendered)} for
-    the committed params, as DVC expands `foreach` over a list or a mapping; templated deps are kept
-    beside as `dynamic` (a module the stage picks by name)."""
-    instances = {}
-    for stage, spec in dvc["stages"].items():
-        if "foreach" not in spec:
-            instances[stage] = (stage, {**spec, "cmd": _render(spec["cmd"], params, {}), "dynamic": []})
-            continue
-        over = _lookup(params, spec["foreach"][2:-1])  # foreach: ${methods.<kind>}
-        for key in (over if isinstance(over, dict) else over or []):
-            context = {"key": key, "item": over[key]} if isinstance(over, dict) else {"item": key}
-            entry = spec["do"]
-            deps = [_render(str(d), params, context) for d in entry["deps"]]
-            dynamic = [_render(str(d), params, context) for d in entry["deps"] if "${" in str(d)]
-            instances[f"{stage}@{key}"] = (stage, {**entry, "cmd": _render(entry["cmd"], params, context),
-                                                   "deps": deps, "dynamic": dynamic})
-    return instances
-
-
-def _lookup(values: dict, dotted: str):
-    for part in dotted.split("."):
-        values = values.get(part) if isinstance(values, dict) else None
-    return values
-
-
 def code_files(deps: list[str], root: Path = ROOT) -> set[str]:
     """The Python files of the project a list of deps names (a folder: every .py file under it)."""
     files = set()
     for dep in (d.rstrip("/") for d in deps):
-        if not dep.startswith(PACKAGES):
+        if not is_code(dep):
             continue
         path = root / dep
         files |= ({str(p.relative_to(root)) for p in path.rglob("*.py")} if path.is_dir() else {dep})
     return files
-
-
-def imported_files(script: str, dynamic: list[str], modules: dict[str, Path], graph: dict[str, set[str]],
-                   root: Path = ROOT) -> set[str]:
-    """The files the stage's script imports, transitively, and the modules it picks by name."""
-    roots = [f"stages.{script}", *(d.removesuffix(".py").replace("/", ".") for d in dynamic if d.endswith(".py"))]
-    return {str(modules[m].relative_to(root)) for start in roots for m in closure(graph, start)}
 
 
 def dep_mismatches(dvc: dict, params: dict, modules: dict[str, Path], root: Path = ROOT) -> dict[str, dict]:
@@ -140,17 +62,6 @@ def dep_mismatches(dvc: dict, params: dict, modules: dict[str, Path], root: Path
         declared = code_files(entry["deps"], root)
         found[name] = {"missing": sorted(needed - declared), "extra": sorted(declared - needed)}
     return found
-
-
-def exact_deps(needed: set[str], root: Path = ROOT) -> list[str]:
-    """The shortest dep list naming exactly `needed`: a folder where every .py file under it is needed."""
-    deps, covered = [], set()
-    for folder in sorted({str(Path(f).parent) for f in needed}, key=lambda f: f.count("/")):
-        files = {str(p.relative_to(root)) for p in (root / folder).rglob("*.py")}
-        if folder not in PACKAGES and files <= needed and not any(folder.startswith(d + "/") for d in deps):
-            deps.append(folder)
-            covered |= files
-    return sorted(deps + [f for f in needed if f not in covered])
 
 
 def cycles(graph: dict[str, set[str]]) -> list[set[str]]:
@@ -167,6 +78,36 @@ def test_every_stage_runs_its_script_and_depends_on_it():
     for stage, spec in stage_entries(yaml.safe_load((ROOT / "dvc.yaml").read_text())).items():
         assert spec["cmd"].startswith(f"python -m stages.{stage} "), stage
         assert f"stages/{stage}.py" in spec["deps"], stage
+
+
+def test_dvc_yaml_code_deps_are_the_ones_scripts_dvc_deps_writes():
+    """dvc.yaml's code deps are written by scripts/dvc_deps.py from the imports, not pasted: it has nothing
+    to change (`python scripts/dvc_deps.py` after changing any import)."""
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    expected = code_deps(dvc, committed_params())
+    for stage, spec in stage_entries(dvc).items():
+        declared = [d for d in spec["deps"] if is_code(d) and "${" not in d and d != f"stages/{stage}.py"]
+        assert declared == expected[stage], f"{stage}: run `python scripts/dvc_deps.py`"
+
+
+def test_dvc_yaml_stays_readable():
+    assert len((ROOT / "dvc.yaml").read_text().splitlines()) <= 550
+
+
+# The stages that run no network: their import closure must stay away from the networks and the training code,
+# so that an edit there (a model, the training loop) does not rerun a clustering or a report of files.
+NO_NETWORK = ("prepare", "check_params", "label_groups", "materialize_masked_dataset", "exmap_groups",
+              "clusterfix_clusters")
+
+
+def test_no_stage_that_runs_no_network_depends_on_models_or_training():
+    dvc, modules = yaml.safe_load((ROOT / "dvc.yaml").read_text()), project_modules()
+    graph = import_graph(modules)
+    for name, (script, entry) in stage_instances(dvc, committed_params()).items():
+        if script in NO_NETWORK and script != "check_params":  # check_params reads every config: it imports all
+            reached = sorted(f for f in imported_files(script, entry["dynamic"], modules, graph)
+                             if f.startswith(("masktune/models/", "masktune/train/")))
+            assert reached == [], f"{name} runs no network but imports {reached}"
 
 
 def test_dvc_deps_are_exactly_the_code_each_stage_imports():
@@ -237,15 +178,18 @@ def test_every_subpackage_is_in_a_layer():
 
 # The method and dataset modules each stage may import: its own (a method is one module of its role's
 # package; `prepare` reads every dataset), and the modules it picks by name (its templated deps).
+METHOD_PACKAGES = ("masktune/datasets/", "masktune/group_inference/", "masktune/robust_train/", "masktune/last_layer/",
+                   "masktune/masking/")
+EXMAP = ("masktune/group_inference/exmap.py", "masktune/group_inference/exmap_heatmaps.py",
+         "masktune/group_inference/clustering.py")
+CLUSTERFIX = ("masktune/group_inference/clusterfix.py", "masktune/group_inference/clusterfix_features.py",
+              "masktune/group_inference/ssl.py")
 OWN_MODULES = {"prepare": ("masktune/datasets/",), "label_groups": ("masktune/group_inference/labels.py",),
                "jtt_identify": ("masktune/group_inference/jtt.py",),
-               **{stage: ("masktune/group_inference/exmap.py", "masktune/group_inference/clustering.py")
-                  for stage in ("exmap_heatmaps", "exmap_groups", "exmap_extend")},
-               **{stage: ("masktune/group_inference/clusterfix.py",)
-                  for stage in ("clusterfix_features", "clusterfix_clusters")},
-               "clusterfix_ssl": ("masktune/group_inference/ssl.py",)}
-METHOD_PACKAGES = ("masktune/datasets/", "masktune/group_inference/", "masktune/robust_train/", "masktune/last_layer/")
-SHARED = ("__init__.py", "base.py")  # a role's package and its contract, not a method
+               **{stage: EXMAP for stage in ("exmap_heatmaps", "exmap_groups", "exmap_extend")},
+               **{stage: CLUSTERFIX for stage in ("clusterfix_ssl", "clusterfix_features", "clusterfix_clusters")},
+               "check_params": METHOD_PACKAGES}  # the whole file's check reads every method's config
+SHARED = ("__init__.py", "base.py", "rules.py")  # a role's package and its contract, not a method
 
 
 def test_no_stage_imports_another_methods_or_datasets_module():

@@ -16,7 +16,7 @@ from conftest import ROOT, committed_params
 from masktune.config.params import config_params, load_config
 from masktune.datasets import load_prepare_config
 from masktune.errors import UserError
-from masktune.methods.registry import family_names, pipeline_configs, specs, stage_config, trainer_names
+from masktune.registry import family_names, pipeline_configs, specs, stage_config, trainer_names
 from stages.check_params import check, schema
 
 

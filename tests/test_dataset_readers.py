@@ -526,8 +526,7 @@ def test_limit_takes_images_in_turns_from_every_class(in9l_roots):
     below a split's number of classes is refused."""
     from types import MappingProxyType
 
-    from masktune.datasets.spec import PrepareConfig
-    from masktune.datasets.spec import first_images, per_class_turns
+    from masktune.datasets.spec import PrepareConfig, first_images, per_class_turns
 
     splits = read_in9l(*in9l_roots)
     limited = first_images(splits, PrepareConfig(dataset="in9l", options=MappingProxyType({"limit": 12}), download=False, download_dir=None))

@@ -285,3 +285,39 @@ def test_two_nodes_by_static_rendezvous_equal_two_local_workers(project, uninter
     assert [code for code, _, _ in results] == [0, 0], results
     assert "(node 1 of 2)" in results[1][1] and f"ERM epoch {EPOCHS}/{EPOCHS}" not in results[1][1]
     assert _files(project.path / "runs/nodes") == _files(project.path / "runs/two")
+
+
+@pytest.mark.slow
+def test_killed_finetune_resumes_to_the_uninterrupted_model(project, uninterrupted):
+    """MaskTune's finetune runs on the one training function (issue 40): killed once its first epoch is
+    journaled, its rerun (the command `dvc repro` runs) resumes after that epoch and ends with the outputs of an
+    uninterrupted run, byte for byte."""
+    _set_params(project, distributed__nproc_per_node=1, finetune__epochs=3)
+    python = sys.executable
+    assert _run(project, [python, "-m", "stages.compute_saliency", "--data", "data/prepared.h5", "--model",
+                          "runs/one/best.pt", "--out", "runs/ft/saliency.h5"]).returncode == 0
+    assert _run(project, [python, "-m", "stages.materialize_masked_dataset", "--method", "masktune", "--data",
+                          "data/prepared.h5", "--saliency", "runs/ft/saliency.h5", "--out", "runs/ft/masks.h5",
+                          "--metrics", "runs/ft/masks.json", "--gallery", "runs/ft/gallery"]).returncode == 0
+
+    def finetune(out: str) -> list[str]:
+        return [python, "-m", "stages.finetune", "--method", "masktune", "--data", "data/prepared.h5", "--masks",
+                "runs/ft/masks.h5", "--checkpoint", "runs/one/last.pt", "--out", f"{out}/model.pt", "--metrics",
+                f"{out}/metrics.json", "--live", f"{out}/live"]
+
+    whole = _run(project, finetune("runs/ft_one"))
+    assert whole.returncode == 0, whole.stderr
+    process = subprocess.Popen(finetune("runs/ft_killed"), cwd=project.path, env=project.env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    journal = project.path / "runs/ft_killed/model.pt.partial/epoch.pt"
+    deadline = time.monotonic() + 300
+    while not journal.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert journal.exists(), "the finetune ended before its first epoch was journaled"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=300)
+    resumed = _run(project, finetune("runs/ft_killed"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "finetune (masktune): resuming after epoch 1" in resumed.stdout
+    assert not journal.parent.exists()
+    assert _files(project.path / "runs/ft_killed") == _files(project.path / "runs/ft_one")

@@ -18,13 +18,17 @@ from masktune.group_inference.clustering import (
     umap_2d,
 )
 from masktune.group_inference.exmap import (
-    extend_to_train,
+    ExMapHeatmapsConfig,
+    NeighbourVote,
     global_groups,
+    heatmap_vectors,
     local_groups,
     normalise,
     pseudo_groups,
+    read_heatmaps,
     resize_maps,
 )
+from masktune.group_inference.exmap_heatmaps import explainer, extend_to_train
 from masktune.last_layer.dfr import LinearHead, balanced_rows, fit_dfr, fit_final, install_head, tune_c
 from masktune.models import build_model
 
@@ -255,13 +259,20 @@ def test_installed_head_predicts_as_the_logistic_regression():
         assert np.array_equal(model(inputs).argmax(1).numpy(), expected)
 
 
+def _heatmaps_config(heatmaps: str, size: int, batch_size: int) -> ExMapHeatmapsConfig:
+    return ExMapHeatmapsConfig(heatmaps=heatmaps, gamma=4.0, heatmap_size=size, batch_size=batch_size, workers=0,
+                               nproc_per_node=1, nnodes=1, master_addr="localhost", master_port=29500)
+
+
 @pytest.mark.parametrize("heatmaps, size, dim", [("lrp", 0, 3 * 28 * 28), ("lrp", 14, 3 * 14 * 14),
                                                  ("xgradcam", 0, 28 * 28)])
 def test_heatmap_file_holds_every_row_in_order_at_any_batch_size(tmp_path, heatmaps, size, dim):
+    """ExMap's heatmaps are the shared saliency pass (masktune.saliency.compute) with ExMap's method, read back
+    at input resolution, resized and flattened (`read_heatmaps`)."""
     from masktune.data.samples import SampleSet
     from masktune.data.splits import PixelSplit
-    from masktune.group_inference.exmap import write_heatmaps
     from masktune.io.hdf5 import read_arrays
+    from masktune.saliency.compute import Pass, compute_saliency_file
     from masktune.saliency.lrp import LrpAttributor
 
     rng = np.random.default_rng(0)
@@ -269,22 +280,27 @@ def test_heatmap_file_holds_every_row_in_order_at_any_batch_size(tmp_path, heatm
     samples = SampleSet(rng.integers(0, 256, (n, 28, 28, 3), dtype=np.uint8), rng.integers(0, 2, n),
                         np.zeros(n, dtype=np.int64), np.arange(n))
     model = _model_with_batchnorm_stats("small_cnn")
-    stored = {}
+    stored, predicted = {}, {}
     for batch_size in (5, 23):
         path = tmp_path / f"{batch_size}.h5"
-        write_heatmaps(model, PixelSplit.from_samples(samples), path, heatmaps=heatmaps, gamma=4.0, size=size,
-                       batch_size=batch_size, device=torch.device("cpu"), attrs={"heatmaps": heatmaps})
-        stored[batch_size] = read_arrays(path, {"heatmaps": (n, dim), "predicted": (n,)})
+        config = _heatmaps_config(heatmaps, size, batch_size)
+        with explainer(model, config, torch.device("cpu")) as explain:
+            compute_saliency_file(explain, PixelSplit.from_samples(samples), path,
+                                  Pass(batch_size, 10, 0, {"b": batch_size}, {"method": heatmaps, "input_size": [28, 28]}),
+                                  torch.device("cpu"))
+        stored[batch_size] = read_heatmaps(path, n, size)
+        predicted[batch_size] = read_arrays(path, {"predicted": (n,)})["predicted"]
+        assert stored[batch_size].shape == (n, dim)
     # the same maps at any batch size, to float32 rounding: oneDNN picks its convolution kernels by batch size
     # (on a 2-core AMD EPYC, 7 of 18,032 values of the XGradCAM maps, in [0, 1], moved by up to 6.4e-7)
-    np.testing.assert_allclose(stored[5]["heatmaps"], stored[23]["heatmaps"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stored[5], stored[23], rtol=1e-5, atol=1e-6)
     inputs = torch.from_numpy(samples.images).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
-        np.testing.assert_array_equal(stored[5]["predicted"], model(inputs).argmax(1).numpy())
+        np.testing.assert_array_equal(predicted[5], model(inputs).argmax(1).numpy())
     if heatmaps == "lrp":
         with LrpAttributor(model) as lrp:
             direct = resize_maps(lrp(inputs[7:8])[0], size).reshape(-1).numpy()
-        np.testing.assert_allclose(stored[5]["heatmaps"][7], direct, rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(stored[5][7], direct, rtol=1e-5, atol=1e-9)
 
 
 def test_dfr_over_three_classes_is_one_versus_rest():
@@ -306,7 +322,6 @@ def test_training_images_take_the_pseudo_group_of_their_nearest_validation_heatm
     class's images never get another class's."""
     from masktune.data.samples import SampleSet
     from masktune.data.splits import PixelSplit
-    from masktune.group_inference.exmap import explainer
 
     rng = np.random.default_rng(0)
     n = 40  # per class: two kinds of image (bright left half / bright right half), 10 of each
@@ -317,11 +332,11 @@ def test_training_images_take_the_pseudo_group_of_their_nearest_validation_heatm
     model = _model_with_batchnorm_stats("small_cnn")
     data = PixelSplit.from_samples(SampleSet(images, labels, np.zeros(n, dtype=np.int64), np.arange(n)))
     inputs = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    with explainer(model, "xgradcam", 4.0) as explain:
-        heatmaps = explain(inputs)[0].reshape(n, -1).numpy()
+    config = _heatmaps_config("xgradcam", 0, 7)
+    with explainer(model, config, torch.device("cpu")) as explain:
+        heatmaps = heatmap_vectors(explain(inputs)[0], "xgradcam", (28, 28), 0)
     val_ids = {"local": np.where(labels == 0, 0, 2) + (np.arange(n) % 4 >= 2)}
-    train_ids = extend_to_train(model, data, heatmaps, labels, val_ids, heatmaps="xgradcam", gamma=4.0, size=0,
-                                batch_size=7, device=torch.device("cpu"))
+    train_ids = extend_to_train(model, data, NeighbourVote(heatmaps, labels, val_ids), config, torch.device("cpu"))
     assert train_ids["local"].tolist() == val_ids["local"].tolist()
 
 

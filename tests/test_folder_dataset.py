@@ -28,7 +28,6 @@ from PIL import Image
 from pipeline_checks import ALL_STAGES, FEW_METHODS, FEW_MODELS, MODELS, SMALL_RUN, evaluation_of, stages_of
 from scratch import ScratchProject
 
-from masktune.datasets.spec import PrepareConfig
 from masktune.data.prepared import open_prepared
 from masktune.data.views import PLAIN, DatasetViews
 from masktune.datasets.folder import (
@@ -39,6 +38,7 @@ from masktune.datasets.folder import (
     to_records,
     view_preset,
 )
+from masktune.datasets.spec import PrepareConfig
 from masktune.errors import UserError
 from masktune.eval.report import NO_GROUPS_NOTE
 

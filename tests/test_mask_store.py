@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from masktune import masking
 from masktune.data.masks import MaskSource, apply_masks, pack_masks, read_masks, unpack_masks
 from masktune.data.views import Geometry, mask_to_raw
 from masktune.errors import UserError
 from masktune.io.hdf5 import read_rows, write_arrays
-from masktune import masking
 from masktune.masking.masktune import MaskTuneMaskConfig
 from masktune.masking.masktune import write_masks as masktune_masks
 from masktune.masking.randmask import RandMaskMaskConfig

@@ -1,7 +1,8 @@
-"""One contract test over every registered group inference and every trainer (as DomainBed's
-test/test_models.py does over its algorithms): on a tiny biased MNIST, every group-inference stage writes
-groups files that honour the contract (masktune/groups.py), and every trainer, robust and last-layer,
-trains on every groups file and leaves a checkpoint the report reads with the right group-label use.
+"""One contract test over every registered masker, group inference and trainer (as DomainBed's
+test/test_models.py does over its algorithms; the registry, masktune/registry.py, lists them): on a tiny
+biased MNIST, every masker writes a masks file its finetune trains on, every group-inference stage writes
+groups files that honour the contract (masktune/groups.py), and every trainer, robust and last-layer, trains
+on every groups file and leaves a checkpoint the report reads with the right group-label use.
 
 The stages run in this process, as dvc.yaml's commands name them, in its order, for params that pair
 every trainer with every groups file: a new group inference, trainer or pair is tested here without a
@@ -21,13 +22,18 @@ from fixtures_datasets import make_mnist
 from scratch import merge, run_stage_in_process
 from test_architecture import stage_instances
 
-from masktune.config.schema import LAST_LAYER_TRAINERS, METHOD_KINDS, TRAINERS, group_files
 from masktune.groups import read_groups
 from masktune.models.checkpoint import load_checkpoint
+from masktune.registry import family_names, group_files, specs, trainer_names
+
+REGISTRY = specs()
+TRAINERS, LAST_LAYER_TRAINERS = trainer_names(REGISTRY, "robust_train"), trainer_names(REGISTRY, "last_layer")
+MASKERS = family_names(REGISTRY)["masking"]
 
 GROUP_INFERENCE = ("label_groups", "jtt_identify", "exmap_heatmaps", "exmap_groups", "exmap_extend",
                    "clusterfix_ssl", "clusterfix_features", "clusterfix_clusters")
 TINY = {"train_erm": {"arch": "small_cnn", "epochs": 1, "batch_size": 32, "workers": 0},
+        "saliency": {"batch_size": 128, "workers": 0}, "finetune": {"batch_size": 32, "workers": 0},
         "jtt": {"identification_epochs": 1, "batch_size": 32, "workers": 0},
         "exmap": {"batch_size": 64, "workers": 0},
         "clusterfix": {"clusters_per_class": 2, "workers": 0},
@@ -41,12 +47,12 @@ TINY = {"train_erm": {"arch": "small_cnn", "epochs": 1, "batch_size": 32, "worke
 
 def _every_pair(methods: dict) -> dict:
     """Every trainer on every groups file the listed group inference writes."""
-    files = group_files(methods)
+    files = group_files(REGISTRY, methods)
     robust = {f"{trainer}_{groups}": {"groups": groups, "trainer": trainer, "selection": "worst_pseudo_group"}
               for trainer in TRAINERS for groups in files}
     last = {f"{trainer}_{groups}": {"groups": groups, "trainer": trainer, "selection": "worst_pseudo_group"}
             for trainer in LAST_LAYER_TRAINERS for groups in files}
-    return {**methods, "masking": [], "robust_train": robust, "last_layer": last}
+    return {**methods, "masking": list(MASKERS), "robust_train": robust, "last_layer": last}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +69,8 @@ def project(tmp_path_factory):
     try:
         instances = stage_instances(yaml.safe_load((ROOT / "dvc.yaml").read_text()), params)
         for script, entry in instances.values():
-            if script in ("prepare", "train_erm", *GROUP_INFERENCE, "robust_train", "last_layer", "evaluate"):
+            if script in ("prepare", "train_erm", "compute_saliency", "materialize_masked_dataset", "finetune",
+                          *GROUP_INFERENCE, "robust_train", "last_layer", "evaluate"):
                 run_stage_in_process(" ".join(entry["cmd"].split()))
         yield path, params, instances
     finally:
@@ -72,8 +79,8 @@ def project(tmp_path_factory):
 
 def test_every_group_inference_writes_groups_files_that_honour_the_contract(project):
     path, params, _ = project
-    files = group_files(params["methods"])
-    assert set(files.values()) == set(METHOD_KINDS) - {"erm", "masking"}  # every registered kind ran
+    files = group_files(REGISTRY, params["methods"])
+    assert set(files.values()) == {name for name, spec in REGISTRY.items() if spec.role == "group_inference"}
     labels = {}
     with __import__("h5py").File(path / "data/prepared.h5", "r") as f:
         for split in ("train", "val"):
@@ -92,7 +99,7 @@ def test_every_trainer_trains_on_every_groups_file_and_records_its_group_label_u
     path, params, instances = project
     details = json.loads((path / "metrics/evaluate/details.json").read_text())["methods"]
     pairs = {**params["methods"]["robust_train"], **params["methods"]["last_layer"]}
-    assert set(details) == {"erm", *pairs}
+    assert set(details) == {"erm", *MASKERS, *pairs}
     assert {pair["trainer"] for pair in pairs.values()} == {*TRAINERS, *LAST_LAYER_TRAINERS}
     for name, pair in pairs.items():
         _, state = load_checkpoint(path / f"models/{name}.pt", __import__("torch").device("cpu"))
@@ -109,3 +116,18 @@ def test_every_trainer_trains_on_every_groups_file_and_records_its_group_label_u
         assert details[name]["group_labels"] == ("✓/✓" if true else "✗/✗"), name
         assert 0 <= details[name]["results"]["test_biased"]["worst_group_accuracy"] <= 1
     assert sum(1 for name in instances if name.startswith(("robust_train@", "last_layer@"))) == len(pairs)
+
+
+def test_every_masker_writes_masks_its_finetune_trains_on(project):
+    """Each registered masker: a masks file of every training image, and a fine-tuned model that records the
+    masker's title (its spec's) and no group-label use (✗/✗)."""
+    path, _, _ = project
+    details = json.loads((path / "metrics/evaluate/details.json").read_text())["methods"]
+    assert MASKERS == ("masktune", "randmask")
+    for name in MASKERS:
+        report = json.loads((path / f"metrics/masks/{name}.json").read_text())
+        assert 0 < report["masked_pixel_fraction"] < 0.5, name
+        _, state = load_checkpoint(path / f"models/{name}.pt", __import__("torch").device("cpu"))
+        assert (state["method"], state["title"], state["stage"]) == (name, REGISTRY[name].title, f"finetune@{name}")
+        assert details[name]["group_labels"] == "✗/✗" and details[name]["title"] == REGISTRY[name].title
+        assert json.loads((path / f"metrics/finetune/{name}.json").read_text())["epochs"] == 1

@@ -8,9 +8,9 @@ import torch
 
 from masktune.data.samples import SampleSet
 from masktune.data.splits import PixelSplit, ResampledSplit
+from masktune.eval.models import reported_models
 from masktune.eval.report import comparison_markdown, headline, method_title
 from masktune.group_inference.jtt import error_set
-from masktune.eval.models import reported_models
 from masktune.robust_train.upsample import upsampled_rows
 from masktune.selection import GroupLabels, group_labels_used, selection_score
 

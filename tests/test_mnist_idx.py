@@ -139,8 +139,8 @@ def test_an_incomplete_download_location_is_named(tmp_path):
 
 
 def test_prepare_reads_mnist_from_download_dir_when_mnist_dir_is_null(tmp_path, monkeypatch):
-    from masktune.datasets.spec import PrepareConfig
     from masktune.datasets import DATASETS
+    from masktune.datasets.spec import PrepareConfig
 
     calls = []
     _torchvision_mnist(monkeypatch, calls)

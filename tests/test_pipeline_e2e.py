@@ -149,13 +149,13 @@ def test_pipeline_reruns_exactly_what_a_change_affects(project):
     assert (params_diff["lr"]["old"], params_diff["lr"]["new"]) == (None, 0.02)  # null: recipes.biased_mnist.lr
     assert json.loads((project.path / "metrics/train_erm/metrics.json").read_text())["recipe"]["lr"] == 0.02
 
-    # A pair in or out is one -S: its stage joins or leaves the pipeline, its row the report (check_methods,
+    # A pair in or out is one -S: its stage joins or leaves the pipeline, its row the report (check_params,
     # which reads `methods`, reruns first; its stamp is unchanged, so no other method's stage reruns).
     added = "+methods.robust_train.groupdro_clusterfix={groups: clusterfix, trainer: groupdro, selection: average}"
-    assert project.stages_run("exp", "run", "-S", added) == ["check_methods", "robust_train@groupdro_clusterfix",
+    assert project.stages_run("exp", "run", "-S", added) == ["check_params", "robust_train@groupdro_clusterfix",
                                                              *REPORTS]
     assert "GroupDRO with ClusterFix's clusters" in (project.path / "metrics/comparison.md").read_text()
-    assert project.stages_run("exp", "run", "-S", "~methods.robust_train.jtt") == ["check_methods", *REPORTS]
+    assert project.stages_run("exp", "run", "-S", "~methods.robust_train.jtt") == ["check_params", *REPORTS]
     assert "jtt" not in json.loads((project.path / "metrics/evaluate.json").read_text())
     assert "robust_train@jtt" not in project.dvc("stage", "list").stdout
 
@@ -194,6 +194,28 @@ def test_editing_one_module_reruns_only_the_stages_that_import_it(project):
     assert set(project.stages_run("repro")) <= {"prepare"}  # back (or restored from the run cache), alone
 
 
+def test_adding_a_key_to_one_methods_config_reruns_only_its_stages_and_check_params(project):
+    """Params live beside the code that reads them (issue 40): a new GroupDRO key is one field in
+    masktune/robust_train/groupdro.py and one line in params.yaml, and makes stale only the pairs that train with
+    GroupDRO and check_params (which checks the whole file), not the 30 other stages."""
+    project.stages_run("repro")
+    project.commit("current")
+    groupdro = [f"robust_train@{n}" for n, p in yaml.safe_load((project.path / "params.yaml").read_text())[
+        "methods"]["robust_train"].items() if p["trainer"] == "groupdro"]
+    module, params = project.path / "masktune/robust_train/groupdro.py", project.path / "params.yaml"
+    originals = module.read_text(), params.read_text()
+    field = '    reweight_groups: bool = param("groupdro.reweight_groups", Bool())\n'
+    assert field in originals[0]
+    module.write_text(originals[0].replace(field, field + '    temperature: float = param("groupdro.temperature", '
+                                           'Number(0.0))\n'))
+    params.write_text(originals[1].replace("\ngroupdro:\n", "\ngroupdro:\n  temperature: 1.0\n", 1))
+    try:
+        assert sorted(json.loads(project.dvc("status", "--json").stdout)) == sorted(["check_params", *groupdro])
+    finally:
+        module.write_text(originals[0])
+        params.write_text(originals[1])
+
+
 def _repro_with_params(project, edit, *targets: str) -> subprocess.CompletedProcess:
     """`dvc repro [targets]` with params.yaml edited by `edit(values)`, restored afterwards."""
     params = (project.path / "params.yaml").read_text()
@@ -211,17 +233,17 @@ HOSTILE = "x;touch PWNED"
 
 @pytest.mark.parametrize("targets", [("-s", f"robust_train@{HOSTILE}"), ()])
 def test_a_name_with_shell_characters_never_reaches_a_shell(project, targets):
-    """DVC pastes a pair's name into its stage's command unquoted. Its stamp from check_methods is missing (a
+    """DVC pastes a pair's name into its stage's command unquoted. Its stamp from check_params is missing (a
     name outside the schema's alphabet gets none), so DVC refuses the stage before running its command, even
-    when asked for that stage alone (`dvc repro -s`), where check_methods does not run first; a whole `dvc
-    repro` ends in check_methods, naming the pair."""
+    when asked for that stage alone (`dvc repro -s`), where check_params does not run first; a whole `dvc
+    repro` ends in check_params, naming the pair."""
     def edit(values):
         values["methods"]["robust_train"][HOSTILE] = dict(values["methods"]["robust_train"]["jtt"])
 
     lock = (project.path / "dvc.lock").read_text()
     result = _repro_with_params(project, edit, *targets)
     assert result.returncode != 0 and not (project.path / "PWNED").exists()
-    assert not RUNNING_STAGE.findall(result.stdout) or RUNNING_STAGE.findall(result.stdout) == ["check_methods"]
+    assert not RUNNING_STAGE.findall(result.stdout) or RUNNING_STAGE.findall(result.stdout) == ["check_params"]
     if not targets:
         assert f"must be a mapping whose names are lower-case identifiers, got {HOSTILE!r}" in result.stderr
     assert (project.path / "dvc.lock").read_text() == lock
@@ -249,12 +271,12 @@ def test_bad_param_of_a_later_stage_stops_the_first_stage_before_any_work(projec
      "methods.robust_train.clusterfix.trainer must be one of 'upsample', 'cluster_reweight', 'groupdro', got 'dfr'"),
 ])
 def test_unknown_method_name_stops_repro_with_the_valid_names(project, edit, message):
-    """An unknown name in `methods` ends `dvc repro` with the valid names, from stage check_methods, which
+    """An unknown name in `methods` ends `dvc repro` with the valid names, from stage check_params, which
     every method's stage depends on, before DVC would say "Parameters 'gradcam' are missing"."""
     lock = (project.path / "dvc.lock").read_text()
     result = _repro_with_params(project, edit)
     assert result.returncode != 0
-    assert RUNNING_STAGE.findall(result.stdout) == ["check_methods"]
+    assert RUNNING_STAGE.findall(result.stdout) == ["check_params"]
     assert f"error: params.yaml: {message}" in result.stderr
     assert "are missing" not in result.stdout + result.stderr and "Traceback" not in result.stderr
     assert (project.path / "dvc.lock").read_text() == lock

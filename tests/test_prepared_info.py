@@ -13,11 +13,11 @@ from conftest import committed_params
 from fixtures_datasets import make_waterbirds
 from test_architecture import closure, import_graph, project_modules
 
-from masktune.datasets.spec import PrepareConfig
 from masktune.data.prepared import DatasetInfo, EncodedImages, open_prepared, write_prepared
 from masktune.data.samples import SampleSet
 from masktune.data.views import PLAIN
 from masktune.datasets import DATASETS
+from masktune.datasets.spec import PrepareConfig
 from masktune.errors import UserError
 
 # What each built-in dataset's file says, written out: evaluate's splits, its average and metrics.

@@ -15,7 +15,6 @@ import yaml
 from conftest import ROOT, committed_params
 from fixtures_datasets import prepared_attributes
 
-from masktune.saliency.compute import SaliencyConfig
 from masktune.data.prepared import PreparedFile, write_prepared
 from masktune.data.splits import open_split, to_input
 from masktune.data.views import PLAIN
@@ -23,7 +22,7 @@ from masktune.datasets.biased_mnist import build_biased_split
 from masktune.io.journal import ResumeJournal
 from masktune.models import SmallCNN
 from masktune.models.checkpoint import save_checkpoint
-from masktune.saliency.compute import training_saliency
+from masktune.saliency.compute import SaliencyConfig, training_saliency
 from masktune.saliency.file import full_maps_at, iter_full_maps
 from masktune.saliency.xgradcam import xgradcam
 from masktune.train.loop import make_optimizer

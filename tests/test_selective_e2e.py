@@ -26,7 +26,7 @@ from scratch import ScratchProject, merge
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["prepare", "check_methods", "train_erm", "train_erm_control@1", "compute_saliency", "materialize_masked_dataset@masktune",
+STAGES = ["prepare", "check_params", "train_erm", "train_erm_control@1", "compute_saliency", "materialize_masked_dataset@masktune",
           "finetune@masktune", "evaluate", "selective"]
 SCORES = ["erm", "masktune", "masktune_alone", "erm_control1", "two_erm_control1"]
 
@@ -95,10 +95,10 @@ def test_selective_classification_end_to_end(project):
     assert [t["target_coverage"] for t in targets] == [50, 100]
     # No control: its stage leaves the pipeline and its rows the report (`evaluate` reruns too: it depends
     # on the models/ folder, which held the control's checkpoints, and reports the same numbers; and
-    # check_methods, which stamps the offsets a `foreach` stage is named after).
+    # check_params, which stamps the offsets a `foreach` stage is named after).
     before = _json(project, "metrics/evaluate.json")
     assert project.stages_run("exp", "run", "-S", "selective.control_seed_offsets=[]") == [
-        "check_methods", "evaluate", "selective"]
+        "check_params", "evaluate", "selective"]
     assert _json(project, "metrics/evaluate.json") == before
     assert list(_json(project, "metrics/selective.json")) == SCORES[:3]
     assert "train_erm_control" not in project.dvc("stage", "list").stdout

@@ -7,7 +7,7 @@ module): a masker (`masking/<name>.py`: MaskTune, RandMask), a group inference (
 the labels, JTT, ExMap, ClusterFix), a robust trainer (`robust_train/<name>.py`: upsampling, ClusterFix's
 re-weighting, GroupDRO) or a last-layer trainer (`last_layer/<name>.py`: DFR). Adding one is its module (with
 its `SPEC` and config) and its params section; no list elsewhere names it. Only `check_params` and the tests
-import every method (`masktune.methods.registry.specs()`); a stage imports its own method's module only, so
+import every method (`masktune.registry.specs()`); a stage imports its own method's module only, so
 that editing one method reruns its own stages only, and a stage records what it needs of its spec (its title)
 in its outputs.
 """
