@@ -46,7 +46,7 @@ def clusterfix_methods(diagnostic_only: bool = False) -> dict:
     """`methods` cut to ERM and ClusterFix: its clusters and the committed pairs that read them (none with
     `diagnostic_only`: the clusters and their diagnostic, no model trained on them)."""
     pairs = committed_params()["methods"]
-    methods = {"erm": ["erm"], "masking": [], "labels": [], "jtt": [], "exmap": [], "clusterfix": ["clusterfix"],
+    methods = {"erm": ["erm"], "masking": [], "labels": [], "jtt": [], "exmap": [], "clusterfix": ["clusterfix"], "xrm": [],
                "robust_train": {"clusterfix": pairs["robust_train"]["clusterfix"]},
                "last_layer": {"dfr_clusterfix": pairs["last_layer"]["dfr_clusterfix"]}}
     return {**methods, "robust_train": {}, "last_layer": {}} if diagnostic_only else methods

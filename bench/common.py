@@ -27,7 +27,7 @@ QUICK_HELP = "the smallest run (tiny data, one epoch, fewest points): checks the
 QUICK_SIZES = {"train_limit": 600, "test_limit": 200, "val_size": 150}  # prepare.<MNIST dataset>.*
 QUICK_TRAINING = {"train_erm": {"epochs": 1}, "upsample": {"epochs": 1}, "cluster_reweight": {"epochs": 1},
                   "groupdro": {"epochs": 1}, "jtt": {"identification_epochs": 1},
-                  "dfr": {"refits": 2, "tune_splits": 2}}
+                  "dfr": {"refits": 2, "tune_splits": 2, "held_out_folds": 2}, "xrm": {"batch_size": 32}}
 
 
 def add_quick_flag(parser) -> None:
@@ -44,7 +44,7 @@ def quick_params(dataset: str = "biased_mnist") -> dict:
 # Every seed of a pipeline run (bench/methods.py, bench/clusterfix_backbones.py): each training and sampling
 # seed set to it.
 SEED_KEYS = ("train_erm.seed", "finetune.seed", "randmask.seed", "jtt.seed", "dfr.seed", "exmap.seed",
-             "clusterfix.seed", "upsample.seed", "cluster_reweight.seed", "groupdro.seed")
+             "clusterfix.seed", "upsample.seed", "cluster_reweight.seed", "groupdro.seed", "xrm.seed")
 
 
 def add_dataset_flags(parser) -> None:

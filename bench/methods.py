@@ -36,7 +36,7 @@ from masktune.summary import configurations, experiments, markdown, summarise, w
 
 # --quick: a model of each kind that reports a selection gap (ERM, a robust pair, a last-layer pair) and
 # a groups file with a purity, on top of MaskTune.
-QUICK_METHODS = {"masking": ["masktune"], "labels": ["true_groups"], "jtt": ["jtt"], "exmap": [], "clusterfix": [],
+QUICK_METHODS = {"masking": ["masktune"], "labels": ["true_groups"], "jtt": ["jtt"], "exmap": [], "clusterfix": [], "xrm": [],
                  "robust_train": {"jtt": {"groups": "jtt", "trainer": "upsample", "selection": "average"}},
                  "last_layer": {"dfr_groups": {"groups": "true_groups", "trainer": "dfr", "selection": "worst_pseudo_group"}}}
 MEASURES = {"average": "accuracy", "unbiased": "unbiased_accuracy", "worst_group": "worst_group_accuracy"}

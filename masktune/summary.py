@@ -27,6 +27,7 @@ from masktune.io.files import atomic_directory
 from masktune.selection import group_labels_used
 
 HEADLINE = "metrics/evaluate.json"
+CHOICE = "metrics/choice.json"  # the model to deploy without group labels (stage `choose`)
 PAIRS = ("robust_train", "last_layer")
 
 
@@ -41,18 +42,21 @@ def experiments(show: Sequence[Mapping]) -> list[dict]:
         runs = [run for group in baseline.get("experiments") or [] for run in group.get("revs", [])] + [baseline]
         for run in runs:
             data = run.get("data") or {}
-            headline = (data.get("metrics") or {}).get(HEADLINE, {}).get("data")
+            metrics = data.get("metrics") or {}
+            headline = metrics.get(HEADLINE, {}).get("data")
             params = (data.get("params") or {}).get("params.yaml", {}).get("data")
             if headline and params:
                 found.append({"name": run.get("name") or data.get("rev") or run.get("rev"), "params": params,
-                              "headline": headline, "baseline": run is baseline})
+                              "headline": headline, "choice": metrics.get(CHOICE, {}).get("data"),
+                              "baseline": run is baseline})
     distinct: dict[str, dict] = {}
     for run in sorted(found, key=lambda run: run["baseline"]):  # stable: experiments first, in order
         key = json.dumps(run["params"], sort_keys=True)
         if key in distinct:
             distinct[key]["repeats"].append(run["name"])
         else:
-            distinct[key] = {"name": run["name"], "params": run["params"], "headline": run["headline"], "repeats": []}
+            distinct[key] = {"name": run["name"], "params": run["params"], "headline": run["headline"],
+                             "choice": run["choice"], "repeats": []}
     return list(distinct.values())
 
 
@@ -103,10 +107,33 @@ def summarise(group: Mapping) -> list[dict]:
         for split, measures in runs[0]["headline"][name].items():
             for measure in measures:
                 values = [run["headline"][name][split][measure] for run in runs if name in run["headline"]]
-                rows.append({"configuration": group["label"], "dataset": group["params"]["dataset"], "model": name,
-                             **record, "split": split, "measure": measure, "mean": statistics.mean(values),
-                             "std": statistics.stdev(values) if len(values) > 1 else float("nan"),
-                             "n": len(values)})
+                rows.append(_row(group, name, record, split, measure, values))
+    return rows + chosen_rows(group)
+
+
+def _row(group: Mapping, model: str, record: Mapping, split: str, measure: str, values: Sequence[float]) -> dict:
+    return {"configuration": group["label"], "dataset": group["params"]["dataset"], "model": model, **record,
+            "split": split, "measure": measure, "mean": statistics.mean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else float("nan"), "n": len(values)}
+
+
+def chosen_rows(group: Mapping) -> list[dict]:
+    """The row of the model each seed would deploy without group labels (`metrics/choice.json`): its test
+    average and worst group (class), over the seeds whatever model each chose; its selection cell names the
+    rule and the model of each seed. None where a seed has no choice, or the seeds' rules differ."""
+    runs = group["runs"]
+    choices = [run.get("choice") for run in runs]
+    if not all(choices) or len({choice["rule"] for choice in choices}) != 1:
+        return []
+    rule = choices[0]["rule"]
+    record = {"title": f"chosen without group labels ({rule})", "group_labels": "✗/✗",
+              "selection": f"{rule}: " + ", ".join(choice["model"] for choice in choices)}
+    first = runs[0]["headline"][next(iter(runs[0]["headline"]))]
+    rows = []
+    for split, measures in first.items():
+        for measure in measures:
+            key = "average" if measure == "average" else "worst"
+            rows.append(_row(group, "chosen", record, split, measure, [choice[split][key] for choice in choices]))
     return rows
 
 

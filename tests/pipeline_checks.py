@@ -21,11 +21,11 @@ METHODS = committed_params()["methods"]
 MODELS = reported_models(METHODS, "models")
 MASKING = ["materialize_masked_dataset@randmask", "materialize_masked_dataset@masktune", "finetune@randmask",
            "finetune@masktune"]
-GROUPS = ["label_groups@true_groups", "label_groups@classes", "jtt_identify@jtt", "exmap_heatmaps@exmap",
+GROUPS = ["label_groups@true_groups", "label_groups@classes", "jtt_identify@jtt", "xrm_twins@xrm", "exmap_heatmaps@exmap",
           "exmap_groups@exmap", "exmap_extend@exmap", "clusterfix_ssl@clusterfix", "clusterfix_features@clusterfix",
           "clusterfix_clusters@clusterfix"]
 PAIRS = [f"{kind}@{name}" for kind in ("robust_train", "last_layer") for name in METHODS[kind]]
-REPORTS = ["evaluate", "selective"]  # both read every checkpoint in models/
+REPORTS = ["evaluate", "choose", "selective"]  # evaluate and selective read every checkpoint in models/
 # the default pipeline, in the order `dvc repro` runs it
 ALL_STAGES = ["check_params", "prepare", "train_erm", "compute_saliency", *MASKING, *GROUPS, *PAIRS, *REPORTS]
 # what a change of `dataset` (or its data) reruns once the pipeline ran: every stage (check_params: the params changed)
@@ -35,7 +35,7 @@ DATA_STAGES = list(ALL_STAGES)
 # masking methods, the two group inferences that read the images (ExMap's heatmaps, ClusterFix's
 # features), one trainer and one last layer on them. 17 stages instead of 31: CI time.
 FEW_METHODS = {"erm": ["erm"], "masking": ["randmask", "masktune"], "labels": [], "jtt": [], "exmap": ["exmap"],
-               "clusterfix": ["clusterfix"], "robust_train": {"clusterfix": METHODS["robust_train"]["clusterfix"]},
+               "clusterfix": ["clusterfix"], "xrm": [], "robust_train": {"clusterfix": METHODS["robust_train"]["clusterfix"]},
                "last_layer": {"exmap_global": METHODS["last_layer"]["exmap_global"]}}
 FEW_MODELS = reported_models(FEW_METHODS, "models")
 
@@ -61,6 +61,7 @@ SMALL_RUN = {
     "saliency": {"batch_size": 16, "workers": 0},
     "finetune": {"batch_size": 16, "workers": 0},
     "jtt": {"identification_epochs": 1, "batch_size": 16, "workers": 0},
+    "xrm": {"epochs": 1, "batch_size": 16, "workers": 0},
     "upsample": {"epochs": 1, "batch_size": 16, "workers": 0},
     "clusterfix": {"clusters_per_class": 2, "workers": 0},
     "cluster_reweight": {"epochs": 1, "batch_size": 16, "workers": 0},

@@ -32,7 +32,8 @@ def committed_params() -> dict:
 
 
 # No group inference and no (groups, trainer) pair: ERM and the masking methods only.
-NO_GROUP_METHODS = {"labels": [], "jtt": [], "exmap": [], "clusterfix": [], "robust_train": {}, "last_layer": {}}
+NO_GROUP_METHODS = {"labels": [], "jtt": [], "exmap": [], "clusterfix": [], "xrm": [], "robust_train": {},
+                    "last_layer": {}}
 REPLACED = ("robust_train", "last_layer")  # mappings of pairs: an override lists the pairs, it does not add to them
 
 

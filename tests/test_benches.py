@@ -23,7 +23,7 @@ from fixtures_datasets import make_mnist
 
 BENCHES = sorted(p.name for p in (ROOT / "bench").glob("*.py") if p.name != "common.py")
 DVC_BENCHES = {"clusterfix_backbones.py", "folder_speed.py", "jtt_sweep.py", "methods.py", "pipeline.py", "queue_grid.py",
-               "resized_folder.py", "seed_sweep.py", "selective.py"}
+               "resized_folder.py", "seed_sweep.py", "selective.py", "xrm_search.py"}
 
 
 def _fraction(value) -> bool:
@@ -167,12 +167,20 @@ def _xgradcam_vs_library(figures: dict) -> None:
     assert all(r["max_abs_diff"] <= 1e-5 for r in float32)  # our XGradCAM is the library's, in float32
 
 
+def _xrm_search(figures: dict) -> None:
+    assert [run["h"] for run in figures["runs"]] == [0, 1]
+    assert all(_fraction(run["flip_rate"]) and run["score"] == (0.0 if run["degenerate"] else run["flip_rate"])
+               for run in figures["runs"])
+    assert figures["chosen"] == max(figures["runs"], key=lambda run: run["score"])  # the official rule
+
+
 CHECKS = {"clusterfix_backbones.py": _clusterfix_backbones, "folder_speed.py": _folder_speed,
           "jtt_sweep.py": _jtt_sweep, "methods.py": _methods, "official_masking.py": _official_masking,
           "pipeline.py": _pipeline, "queue_grid.py": _queue_grid, "resized_folder.py": _resized_folder,
           "saliency_throughput.py": _saliency_throughput,
           "seed_sweep.py": _seed_sweep, "selective.py": _selective, "storage_scaling.py": _storage_scaling,
-          "test_threads.py": _test_threads, "xgradcam_vs_library.py": _xgradcam_vs_library}
+          "test_threads.py": _test_threads, "xgradcam_vs_library.py": _xgradcam_vs_library,
+          "xrm_search.py": _xrm_search}
 
 
 @pytest.fixture(scope="module")

@@ -30,17 +30,17 @@ REGISTRY = specs()
 TRAINERS, LAST_LAYER_TRAINERS = trainer_names(REGISTRY, "robust_train"), trainer_names(REGISTRY, "last_layer")
 MASKERS = family_names(REGISTRY)["masking"]
 
-GROUP_INFERENCE = ("label_groups", "jtt_identify", "exmap_heatmaps", "exmap_groups", "exmap_extend",
-                   "clusterfix_ssl", "clusterfix_features", "clusterfix_clusters")
+GROUP_INFERENCE = tuple(stage for spec in REGISTRY.values() if spec.role == "group_inference" for stage in spec.stages)
 TINY = {"train_erm": {"arch": "small_cnn", "epochs": 1, "batch_size": 32, "workers": 0},
         "saliency": {"batch_size": 128, "workers": 0}, "finetune": {"batch_size": 32, "workers": 0},
         "jtt": {"identification_epochs": 1, "batch_size": 32, "workers": 0},
+        "xrm": {"epochs": 1, "batch_size": 32, "workers": 0},
         "exmap": {"batch_size": 64, "workers": 0},
         "clusterfix": {"clusters_per_class": 2, "workers": 0},
         "upsample": {"epochs": 1, "batch_size": 32, "upweight": 2, "workers": 0},
         "cluster_reweight": {"epochs": 1, "batch_size": 32, "workers": 0},
         "groupdro": {"epochs": 1, "batch_size": 32, "workers": 0},
-        "dfr": {"tune_splits": 2, "refits": 2, "workers": 0},
+        "dfr": {"tune_splits": 2, "refits": 2, "held_out_folds": 2, "workers": 0},
         "eval_batch_size": 128, "evaluate": {"workers": 0},
         "selective": {"control_seed_offsets": []}}
 
@@ -70,7 +70,7 @@ def project(tmp_path_factory):
         instances = stage_instances(yaml.safe_load((ROOT / "dvc.yaml").read_text()), params)
         for script, entry in instances.values():
             if script in ("prepare", "train_erm", "compute_saliency", "materialize_masked_dataset", "finetune",
-                          *GROUP_INFERENCE, "robust_train", "last_layer", "evaluate"):
+                          *GROUP_INFERENCE, "robust_train", "last_layer", "evaluate", "choose"):
                 run_stage_in_process(" ".join(entry["cmd"].split()))
         yield path, params, instances
     finally:
@@ -131,3 +131,20 @@ def test_every_masker_writes_masks_its_finetune_trains_on(project):
         assert (state["method"], state["title"], state["stage"]) == (name, REGISTRY[name].title, f"finetune@{name}")
         assert details[name]["group_labels"] == "✗/✗" and details[name]["title"] == REGISTRY[name].title
         assert json.loads((path / f"metrics/finetune/{name}.json").read_text())["epochs"] == 1
+
+
+def test_the_choice_scores_every_label_free_model_of_the_contract_run(project):
+    """`choose` over every pair: each label-free model is a candidate (DFR's by its cross-fitted validation
+    logits), each model trained or selected with the true groups is not, and every inferred grouping of the
+    run (every group inference but the true groups) is a rule."""
+    path, params, _ = project
+    details = json.loads((path / "metrics/evaluate/details.json").read_text())["methods"]
+    choice = json.loads((path / "metrics/choice/details.json").read_text())
+    free = [name for name, record in details.items() if record["group_labels"] == "✗/✗"]
+    assert choice["candidates"] == free and set(choice["left_out"]) == set(details) - set(free)
+    dfr = [name for name, pair in params["methods"]["last_layer"].items() if name in free]
+    assert dfr and choice["held_out_val"] == sorted(dfr)
+    expected = set(group_files(REGISTRY, params["methods"])) - {"true_groups", "classes"}  # classes: worst_class
+    assert set(choice["groupings"]) == expected
+    headline = json.loads((path / "metrics/choice.json").read_text())
+    assert headline["model"] in free and headline["rule"] == "worst_group:xrm"

@@ -65,3 +65,26 @@ def test_the_chart_data_has_a_bar_per_row_with_its_spread(tmp_path):
     jtt = next(r for r in table if r["model"] == "jtt" and "worst_group" in r["bar"])
     assert (float(jtt["mean"]), float(jtt["lower"]), float(jtt["upper"]), jtt["n"]) == (
         pytest.approx(0.5), pytest.approx(0.5 - 0.360555, abs=1e-5), pytest.approx(0.5 + 0.360555, abs=1e-5), "3")
+
+
+def test_the_model_chosen_without_group_labels_gets_a_row_over_the_seeds():
+    """Each seed's `metrics/choice.json` (stage `choose`): one row whatever model each seed deployed, its
+    selection cell naming the rule and every seed's model; no row when a seed has no choice."""
+    show = _show()
+    choices = {"a": ("masktune", 0.6), "b": ("jtt", 0.7), "c": ("masktune", 0.8), "d": ("erm", 0.5)}
+    for run in [*show[1]["experiments"], {"revs": [show[0]]}, {"revs": [show[1]]}]:
+        for rev in run["revs"]:
+            if rev["name"] in choices or rev["rev"] in ("workspace", "abc"):
+                model, worst = choices.get(rev["name"]) or choices["d" if rev["rev"] == "workspace" else "a"]
+                rev["data"]["metrics"]["metrics/choice.json"] = {"data": {
+                    "rule": "worst_group:xrm", "model": model, "test": {"average": 0.95, "worst": worst}}}
+    groups = configurations(experiments(show))
+    rows = [row for row in summarise(groups[0]) if row["model"] == "chosen"]
+    assert [(row["measure"], row["n"]) for row in rows] == [("average", 3), ("worst_group", 3)]
+    assert rows[1]["mean"] == pytest.approx(0.7) and rows[1]["std"] == pytest.approx(0.1)
+    assert rows[1]["title"] == "chosen without group labels (worst_group:xrm)"
+    assert rows[1]["selection"] == "worst_group:xrm: masktune, jtt, masktune"
+    assert "| chosen without group labels (worst_group:xrm) | ✗/✗ | worst_group:xrm: masktune, jtt, masktune | " \
+           "95.00 ± 0.00 | 70.00 ± 10.00 |" in markdown(rows)
+    del groups[1]["runs"][0]["choice"]
+    assert [row for row in summarise(groups[1]) if row["model"] == "chosen"] == []

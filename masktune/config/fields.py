@@ -125,6 +125,19 @@ class Text(Field):
 
 
 @dataclass(frozen=True)
+class TextList(Field):
+    """A non-empty list of distinct non-empty strings (e.g. rules in order of preference)."""
+    def _describe(self) -> str:
+        return "a non-empty list of distinct non-empty strings"
+
+    def _check(self, key, value):
+        if (not isinstance(value, list) or not value or any(not isinstance(v, str) or not v for v in value)
+                or len(set(value)) != len(value)):
+            raise self._fail(key, value)
+        return tuple(value)
+
+
+@dataclass(frozen=True)
 class FilePath(Field):
     def _describe(self) -> str:
         return "a path (string)"

@@ -19,6 +19,7 @@ from masktune.config.fields import WORKERS, Int, MethodLists
 from masktune.config.params import param
 from masktune.data.prepared import DatasetInfo, PreparedFile
 from masktune.data.splits import open_split
+from masktune.eval.logits import HELD_OUT_VAL
 from masktune.eval.metrics import background_challenge_metrics, group_metrics
 from masktune.eval.report import method_title
 from masktune.models.checkpoint import load_checkpoint
@@ -39,22 +40,26 @@ def describe(name: str, state: Mapping, path: str | Path) -> dict:
     none recorded, ✗/✗), selection rule, and which model it selected (its epoch, DFR's C)."""
     labels = GroupLabels(**state.get("group_labels", {"training": False, "model_selection": False}))
     return {"title": method_title(name, state), "checkpoint": str(path), "group_labels": str(labels),
-            "selection": state.get("selection"), "selected": {"epoch": state.get("epoch"), "c": state.get("c")}}
+            "selection": state.get("selection"), "selected": {"epoch": state.get("epoch"), "c": state.get("c")},
+            "groups": state.get("groups"), "fitted_on_val": bool(state.get("fitted_on_val", False))}
 
 
 def evaluate_models(prepared: PreparedFile, info: DatasetInfo, checkpoints: Mapping[str, Path], *, batch_size: int,
                     workers: int, device: torch.device, skip: Mapping[str, str] | None = None
                     ) -> tuple[dict, dict, dict]:
     """({model: {split: group metrics}}, {model: its record}, {model: {split: logits}}) of every checkpoint,
-    on every test split and val (the logits float32, what `selective` reads instead of predicting again).
+    on every test split and val (the logits float32, what `selective` reads instead of predicting again;
+    for a model fitted on val, its cross-fitted val logits too, as `HELD_OUT_VAL`).
     `skip`: {model: another model of `checkpoints`} it equals (the same selection): not predicted again."""
     skip = skip or {}
-    models, described = {}, {}
+    models, described, held_out = {}, {}, {}
     for name, path in checkpoints.items():
         model, state = load_checkpoint(path, device)
         described[name] = describe(name, state, path)
         if name not in skip:
             models[name] = model
+        if "held_out_val_logits" in state:  # a model fitted on val (DFR): its cross-fitted val logits
+            held_out[name] = state["held_out_val_logits"].float().numpy()
     (train_groups,) = prepared.vectors("train", "groups")
     train_counts = {int(g): int(n) for g, n in zip(*np.unique(train_groups, return_counts=True))}
     results: dict = {name: {} for name in models}
@@ -65,6 +70,9 @@ def evaluate_models(prepared: PreparedFile, info: DatasetInfo, checkpoints: Mapp
             logits[name][split] = predict_logits(model, data, batch_size, device, f"{name} on {split}")
             results[name][split] = group_metrics(data.labels, data.groups, logits[name][split].argmax(1),
                                                  prepared.group_names, train_counts, prepared.class_names)
+    for name, values in held_out.items():
+        if name in logits:
+            logits[name][HELD_OUT_VAL] = values
     if info.metrics == "background_challenge":
         for name in models:
             results[name]["background_challenge"] = background_challenge_metrics(

@@ -1,6 +1,7 @@
 """The logits `evaluate` computed, kept for `selective` (issue 28: the same model was predicted twice).
 
-One HDF5 file: dataset `<model>/<split>` (N, classes) float32 per model and split, and per model the
+One HDF5 file: dataset `<model>/<split>` (N, classes) float32 per model and split (and `<model>/val_held_out`
+for a model fitted on the validation set), and per model the
 SHA-256 of the checkpoint it came from (attribute `checkpoint_sha256/<model>`). A reader takes a
 model's logits only where its checkpoint still has that digest, so a file left by older checkpoints
 (a stage run by hand, outside `dvc repro`) is never used for newer ones: those models are predicted.
@@ -17,6 +18,9 @@ from masktune.io.journal import file_sha256
 
 DIGEST = "checkpoint_sha256/"
 TITLE = "title/"
+# A model fitted on the validation set (DFR) has, beside its val logits, cross-fitted ones: what a choice
+# across models compares (masktune/eval/choice.py)
+HELD_OUT_VAL = "val_held_out"
 
 
 def write_logits(path: str | Path, logits: Mapping[str, Mapping[str, np.ndarray]],
@@ -48,3 +52,20 @@ def read_logits(path: str | Path, checkpoints: Mapping[str, Path], splits: Itera
                     and all(key in f and f[key].shape[0] == rows[split] for split, key in keys.items())):
                 found[name] = {split: f[key][()] for split, key in keys.items()}
     return found
+
+
+def validation_logits(path: str | Path, models: Iterable[str],
+                      fitted_on_val: Iterable[str] = ()) -> tuple[dict[str, np.ndarray], set[str]]:
+    """({model: the validation logits to compare it by}, the models whose are cross-fitted): a model's
+    `HELD_OUT_VAL` logits where it has them, else its val logits, except for a model of `fitted_on_val`
+    (DFR's), left out without held-out logits (`dfr.held_out_folds` below 2): its val logits are training
+    predictions."""
+    found, held_out = {}, set()
+    with open_h5(path) as f:
+        for name in models:
+            if f"{name}/{HELD_OUT_VAL}" in f:
+                found[name] = f[f"{name}/{HELD_OUT_VAL}"][()]
+                held_out.add(name)
+            elif f"{name}/val" in f and name not in set(fitted_on_val):
+                found[name] = f[f"{name}/val"][()]
+    return found, held_out

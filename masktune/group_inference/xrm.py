@@ -61,19 +61,48 @@ Beyond (or unlike) the official code:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from masktune.config.fields import SEED, WORKERS, Bool, Choice, Int, Number
+from masktune.config.params import param
+from masktune.data.prepared import PreparedFile
 from masktune.data.splits import ResampledSplit, Split
 from masktune.groups import Groups, make_groups
+from masktune.methods import Spec
 from masktune.models.predict import predict_logits
+from masktune.models.pretrained import initial_model
 from masktune.precision import MixedPrecision
+from masktune.train.fit import LAST, NO_VALIDATION, Keep
+from masktune.train.network import OPTIMIZERS, TrainingConfig, TrainingRun, finish_training, start_training
 from masktune.train.objective import Objective
 
 RULES = ("either", "held_out")
+TITLE = "XRM's cross-mistakes"
+
+
+@dataclass(frozen=True, kw_only=True)
+class XrmConfig(TrainingConfig):
+    """Stage `xrm_twins@<name>`: XRM's twins, train_erm's network twice from its start (as the official ColorMNIST
+    twins, trained from scratch: hparams_registry.py L60-85), trained together on random halves with label
+    flipping, without augmentation; no validation pass and no early stopping (main.py L45-55)."""
+    epochs: int = param("xrm.epochs", Int(1, recipe=True))
+    lr: float = param("xrm.lr", Number(0.0, exclusive_minimum=True, recipe=True))
+    weight_decay: float = param("xrm.weight_decay", Number(0.0, recipe=True))
+    batch_size: int = param("xrm.batch_size", Int(1, recipe=True))
+    optimizer: str = param("xrm.optimizer", Choice(options=OPTIMIZERS, recipe=True))
+    class_balanced: bool = param("xrm.class_balanced", Bool())
+    workers: int = param("xrm.workers", WORKERS)
+    seed: int = param("xrm.seed", SEED)
+
+
+SPEC = Spec(name="xrm", role="group_inference", family="xrm", title=TITLE,
+            configs={"xrm_twins": XrmConfig}, groups_files=lambda name: (name,), groups_titles={"xrm": TITLE})
 
 
 def _generator(generator: torch.Generator | int) -> torch.Generator:
@@ -333,4 +362,39 @@ def xrm_groups(envs: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
             raise ValueError(f"{split} environments must be 0 or 1")
         ids[split] = 2 * np.asarray(labels[split], dtype=np.int64) + env
     return make_groups(ids, labels, names, classes, inference="xrm", description=description,
-                       uses_group_labels=False, minority=range(1, len(names), 2))
+                       uses_group_labels=False, minority=range(1, len(names), 2), title=TITLE)
+
+
+def infer(config: XrmConfig, device: torch.device, data: str | Path, *, stage: str, journal_at: str | Path,
+          live_dir: str | Path) -> tuple[Groups, dict, TrainingRun]:
+    """XRM's phase 1 on the one training function: the twins (`XRMTwins`, twin A the run's model, twin B the
+    objective's, one optimizer over both) for `config.epochs` epochs on the eval view (no augmentation, as the
+    official transforms), logged to dvclive in `live_dir` (`train/flip_rate` each epoch) and journaled beside
+    `journal_at`; then the cross-mistake annotation of every training and validation row (the official
+    either-twin rule). Returns the groups, a summary (the flip rate, per-epoch history, the halves, whether
+    the annotation is degenerate by the official check) and the run."""
+    prepared = PreparedFile(data)
+    (labels,) = prepared.vectors("train", "labels")
+    twins: list[XRMTwins] = []
+
+    def twin_b() -> nn.Module:  # built as twin A is (the official get_network, twice: main.py L27-28)
+        return initial_model(config.arch, prepared.num_classes, config.pretrained, config.weights_path, device)
+
+    def objective_for(model: nn.Module, val: Split) -> XRMTwins:
+        twins.append(XRMTwins(twin_b, labels, config.seed, class_balanced=config.class_balanced))
+        return twins[-1]
+
+    run = start_training(config, device, data, train_view="eval", objective_for=objective_for)
+    finish_training(run, stage=stage, keep=Keep(info={}, score=NO_VALIDATION, select_by=LAST), live_dir=live_dir,
+                    name="XRM twins", journal_at=journal_at)
+    envs = {"train": annotate(run.model, twins[0].twin_b, run.train, config.eval_batch_size, device, "XRM train"),
+            "val": annotate(run.model, twins[0].twin_b, run.val, config.eval_batch_size, device, "XRM val")}
+    split_labels = {"train": run.train.labels, "val": run.val.labels}
+    degenerate = is_degenerate(envs, split_labels)
+    groups = xrm_groups(envs, split_labels, run.prepared.class_names,
+                        f"XRM cross-mistakes: per class, rows neither twin misclassifies and rows a twin "
+                        f"misclassifies, after {config.epochs} epoch(s) of the twins (seed {config.seed})")
+    summary = {**twins[0].summary(), "degenerate": degenerate,
+               "mistakes": {split: int(env.sum()) for split, env in envs.items()},
+               "mistake_fraction": {split: float(env.mean()) for split, env in envs.items()}}
+    return groups, summary, run

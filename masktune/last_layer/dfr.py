@@ -62,6 +62,7 @@ class DfrConfig(LastLayerPairConfig):
     c_grid: tuple[float, ...] = param("dfr.c_grid", NumberList())
     tune_splits: int = param("dfr.tune_splits", Int(1))
     refits: int = param("dfr.refits", Int(1))
+    held_out_folds: int = param("dfr.held_out_folds", Int(0))
     seed: int = param("dfr.seed", Int(0))
     workers: int = param("dfr.workers", WORKERS)
 
@@ -193,6 +194,27 @@ def fit_final(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float, refits
     return LinearHead(np.mean(coefs, axis=0), np.mean(intercepts, axis=0), scaler.mean_, scaler.scale_, classes)
 
 
+def held_out_logits(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float, *, folds: int, refits: int,
+                    seed: int, num_classes: int, min_members: int = 5) -> np.ndarray:
+    """Cross-fitted validation logits (N, num_classes) of DFR's final model of C `c`: the validation rows cut
+    into `folds` random folds, each fold's logits from the final model (`fit_final`, balanced over `groups`)
+    fitted on the other folds. DFR's own model is fitted on the whole validation set, so its validation
+    predictions are training predictions; these are what a label-free choice across models compares with
+    the other models' validation predictions (masktune/eval/choice.py). Not in DFR's paper."""
+    rng = np.random.default_rng([seed, folds])
+    fold_of = np.empty(len(x), dtype=np.int64)
+    fold_of[rng.permutation(len(x))] = np.arange(len(x)) % folds
+    logits = np.zeros((len(x), num_classes), dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Liblinear failed to converge")
+        for fold in range(folds):
+            fit, held = fold_of != fold, fold_of == fold
+            head = fit_final(x[fit], y[fit], groups[fit], c, refits, rng, seed, min_members)
+            weight, bias = head.logits_layer(num_classes)
+            logits[held] = x[held] @ weight.numpy().T + bias.numpy()
+    return logits
+
+
 def fit_dfr(x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, c_grid: Sequence[float], tune_splits: int,
             refits: int, seed: int, min_members: int = 5,
             score_groups: Mapping[str, np.ndarray] | None = None) -> dict[str, tuple[LinearHead, dict]]:
@@ -233,18 +255,26 @@ def retrain_last_layer(model_path: str | Path, val: Split, groups: np.ndarray, c
                        outputs: Mapping[str | Path, tuple[np.ndarray, Mapping]]) -> dict[str, dict]:
     """DFR balanced over `groups` (one id per validation row: the groups file's): for each output path,
     (the groups whose worst accuracy selects C, what its checkpoint records), the ERM checkpoint at
-    `model_path` with the averaged logistic regression of that C as its classifier. Returns each output's
-    DFR summary (C chosen, group sizes). `config`: a last-layer stage's config (`dfr.*`)."""
+    `model_path` with the averaged logistic regression of that C as its classifier; the first output (the
+    pair's model) also records its cross-fitted validation logits (`held_out_logits`, `config.held_out_folds`
+    folds; none below 2). Returns each output's DFR summary (C chosen, group sizes). `config`: a last-layer
+    stage's config (`dfr.*`)."""
     model, state = load_checkpoint(model_path, device)
     features = penultimate_features(model, val, config.eval_batch_size, device, "DFR: validation embeddings")
-    fitted = fit_dfr(features, val.labels, np.asarray(groups, dtype=np.int64), c_grid=config.c_grid,
-                     tune_splits=config.tune_splits, refits=config.refits, seed=config.seed,
+    groups = np.asarray(groups, dtype=np.int64)
+    fitted = fit_dfr(features, val.labels, groups, c_grid=config.c_grid, tune_splits=config.tune_splits,
+                     refits=config.refits, seed=config.seed,
                      score_groups={str(out): scoring for out, (scoring, _) in outputs.items()})
-    for out, (_, info) in outputs.items():
+    for index, (out, (_, info)) in enumerate(outputs.items()):
         head, report = fitted[str(out)]
+        held_out = {}
+        if index == 0 and config.held_out_folds > 1:  # the pair's own model (not the oracle's)
+            held_out["held_out_val_logits"] = torch.from_numpy(held_out_logits(
+                features, val.labels, groups, report["c"], folds=config.held_out_folds, refits=config.refits,
+                seed=config.seed, num_classes=state["num_classes"]))
         install_head(model, head, state["num_classes"])
         save_checkpoint(out, model, None, arch=state["arch"], num_classes=state["num_classes"], epoch=state["epoch"],
-                        val_accuracy=float("nan"), c=report["c"], **info)
+                        val_accuracy=float("nan"), c=report["c"], fitted_on_val=True, **info, **held_out)
     return {str(out): fitted[str(out)][1] for out in outputs}
 
 

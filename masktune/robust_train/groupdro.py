@@ -114,4 +114,6 @@ class GroupDROTrainer(Trainer):
 TRAINER = GroupDROTrainer()
 SPEC = Spec(name="groupdro", role="robust_train", family="robust_train", title="GroupDRO",
             configs={"robust_train": GroupDroConfig},
-            paper_pairs={"true_groups": "GroupDRO, true groups (supervised reference)"})
+            # XRM's second phase is GroupDRO on its groups, selected by their worst validation group
+            paper_pairs={"true_groups": "GroupDRO, true groups (supervised reference)",
+                         "xrm": "XRM (Pezeshki et al., 2024)"})
