@@ -27,7 +27,8 @@ QUICK_HELP = "the smallest run (tiny data, one epoch, fewest points): checks the
 QUICK_SIZES = {"train_limit": 600, "test_limit": 200, "val_size": 150}  # prepare.<MNIST dataset>.*
 QUICK_TRAINING = {"train_erm": {"epochs": 1}, "upsample": {"epochs": 1}, "cluster_reweight": {"epochs": 1},
                   "groupdro": {"epochs": 1}, "jtt": {"identification_epochs": 1},
-                  "dfr": {"refits": 2, "tune_splits": 2, "held_out_folds": 2}, "xrm": {"batch_size": 32}}
+                  "dfr": {"refits": 2, "tune_splits": 2, "held_out_folds": 2}, "xrm": {"batch_size": 32},
+                  "lff": {"epochs": 1}}
 
 
 def add_quick_flag(parser) -> None:

@@ -8,7 +8,8 @@ A trainer that runs several epochs keeps the epoch of the best validation score 
   groups file (✗, unless the groups file holds the true groups);
 - `worst_group`: the lowest accuracy over the true groups (✓: how JTT and GroupDRO are tuned in their
   papers);
-- `unbiased`: the unweighted mean of the true group accuracies (✓: ClusterFix's `best_avg_acc`, BPA's).
+- `unbiased`: the unweighted mean of the true group accuracies (✓: ClusterFix's `best_avg_acc`, BPA's);
+- `last`: the last epoch, no selection (✗: LfF's official run keeps it, alinlab/LfF train.py L305-317).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import numpy as np
 # selection param value -> the validation score `fit` selects by
 SELECT_BY = {"average": "accuracy", "worst_class": "worst_class_accuracy",
              "worst_pseudo_group": "worst_pseudo_group_accuracy", "worst_group": "worst_group_accuracy",
-             "unbiased": "unbiased_accuracy"}
+             "unbiased": "unbiased_accuracy", "last": "last"}  # "last": masktune.train.fit.LAST
 SELECTIONS = tuple(SELECT_BY)  # a robust pair's `selection`
 READS_TRUE_GROUPS = ("worst_group", "unbiased")
 # The reference every selection is compared with (its "selection gap"): the best worst-group validation

@@ -62,6 +62,7 @@ SMALL_RUN = {
     "finetune": {"batch_size": 16, "workers": 0},
     "jtt": {"identification_epochs": 1, "batch_size": 16, "workers": 0},
     "xrm": {"epochs": 1, "batch_size": 16, "workers": 0},
+    "lff": {"epochs": 1, "batch_size": 16, "workers": 0},
     "upsample": {"epochs": 1, "batch_size": 16, "workers": 0},
     "clusterfix": {"clusters_per_class": 2, "workers": 0},
     "cluster_reweight": {"epochs": 1, "batch_size": 16, "workers": 0},

@@ -35,6 +35,7 @@ TINY = {"train_erm": {"arch": "small_cnn", "epochs": 1, "batch_size": 32, "worke
         "saliency": {"batch_size": 128, "workers": 0}, "finetune": {"batch_size": 32, "workers": 0},
         "jtt": {"identification_epochs": 1, "batch_size": 32, "workers": 0},
         "xrm": {"epochs": 1, "batch_size": 32, "workers": 0},
+        "lff": {"epochs": 1, "batch_size": 32, "workers": 0},
         "exmap": {"batch_size": 64, "workers": 0},
         "clusterfix": {"clusters_per_class": 2, "workers": 0},
         "upsample": {"epochs": 1, "batch_size": 32, "upweight": 2, "workers": 0},

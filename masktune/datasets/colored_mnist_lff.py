@@ -4,7 +4,10 @@ colour agreeing with the digit in a share `ratio` of every class (the bias-align
 sharing the rest equally; the evaluation split has every colour equally often in every class (unbiased).
 
 Reference: alinlab/LfF at commit e66796e (its only commit). Every choice below, with its official source
-(file and line), is listed in `DATASET_NOTES`; the pipeline registration (params, `DatasetSpec`) is not here.
+(file and line), is listed in `DATASET_NOTES`. The pipeline's `dataset: colored_mnist_lff` (`SPEC`, params
+`prepare.colored_mnist_lff.*`): the groups are (digit, colour), 100 of them; `evaluate`'s average is the
+unbiased accuracy (the mean over the groups, what the LfF paper reports), beside plain accuracy and the
+worst group.
 
     >>> mnist = load_mnist(folder)                       # masktune.datasets.mnist_idx
     >>> splits = build_colored_mnist_lff(mnist, ratio=0.99, seed=0)
@@ -19,7 +22,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from masktune.config.fields import Choice, FilePath, Int, Number
 from masktune.data.samples import SampleSet
+from masktune.data.views import PLAIN
+from masktune.datasets.mnist_idx import load_mnist
+from masktune.datasets.spec import DatasetSpec, PrepareConfig, download_location
 from masktune.errors import UserError
 
 NUM_CLASSES = 10
@@ -190,3 +197,29 @@ def aligned_share(samples: SampleSet) -> np.ndarray:
     """Per class, the share of its images whose colour is the class's own (bias-aligned), float64 (classes,)."""
     aligned = np.bincount(samples.labels[samples.attributes == samples.labels], minlength=samples.num_classes)
     return aligned / np.maximum(np.bincount(samples.labels, minlength=samples.num_classes), 1)
+
+
+def _prepare(config: PrepareConfig) -> dict[str, SampleSet]:
+    options = config.options
+    mnist = load_mnist(options["mnist_dir"], "prepare.colored_mnist_lff.mnist_dir", download_location(config, "mnist"))
+    return build_colored_mnist_lff(mnist, ratio=options["ratio"], severity=options["severity"],
+                                   val_source=options["val_source"], val_size=options["val_size"],
+                                   assignment=options["assignment"], seed=options["seed"],
+                                   train_limit=options["train_limit"], test_limit=options["test_limit"])
+
+
+PARAMS = {  # prepare.colored_mnist_lff.*
+    "mnist_dir": FilePath(nullable=True),
+    "ratio": Number(0.0, 1.0, exclusive_minimum=True),
+    "severity": Int(1, 5),
+    "val_source": Choice(options=VAL_SOURCES),
+    "val_size": Int(1),
+    "assignment": Choice(options=ASSIGNMENTS),
+    "seed": Int(0),
+    "train_limit": Int(NUM_CLASSES, nullable=True),
+    "test_limit": Int(1, nullable=True),
+}
+
+SPEC = DatasetSpec(params=PARAMS, name="colored_mnist_lff", num_classes=NUM_CLASSES,
+                   group_names=lambda options: group_names(), test_splits=("test",), prepare=_prepare, views=PLAIN,
+                   average="unbiased_accuracy", class_names=tuple(f"digit{d}" for d in range(NUM_CLASSES)))

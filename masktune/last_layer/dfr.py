@@ -285,6 +285,9 @@ def train_pair(name: str, model_path: str | Path, val: Split, groups: Groups, co
     of the C the true groups' worst group picks (the selection gap, reported only). Returns the summary."""
     scoring = {"average": np.zeros_like(val.labels), "worst_class": val.labels, "worst_pseudo_group": groups.val,
                "worst_group": val.groups}
+    if config.selection not in scoring:
+        raise UserError(f"params.yaml: methods.last_layer.{name}.selection: DFR chooses its C by one of "
+                        f"{', '.join(scoring)}, not {config.selection!r}")
     title = SPEC.paper_pairs.get(groups.inference) or f"{SPEC.title} with {groups.title}"
     pair = {"method": name, "groups": groups.inference, "trainer": config.trainer, "title": title,
             **trained_as(f"last_layer@{name}", config)}

@@ -4,7 +4,7 @@ Every registered network is an `nn.Module` with
 - `features(x)`: the penultimate features (B, D), what DFR, ExMap and ClusterFix work on;
 - `classifier`: the last `nn.Linear`, so that `model(x) == model.classifier(model.features(x))`;
 - `grad_cam_target_layer()`: the layer whose activation XGradCAM explains (the official
-  `get_grad_cam_target_layer`).
+  `get_grad_cam_target_layer`); a network without a convolutional layer (LfF's MLP) says so in one line.
 `tests/test_models.py` checks this contract for every entry of `MODELS`.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch import nn
 
 from masktune.errors import UserError
 from masktune.models.cnn import SmallCNN, TinyCNN
+from masktune.models.mlp import LfFMLP
 from masktune.models.resnet_cifar import resnet32
 
 
@@ -49,6 +50,7 @@ MODELS: dict[str, Callable[[int], nn.Module]] = {
     "tiny_cnn": TinyCNN,
     "resnet18_cifar": _resnet18_cifar,  # ExMap's C-MNIST network: 3 x 3 stride-1 stem, no max-pool, from scratch
     "resnet32": resnet32,  # the official CIFAR ResNet-32 (CIFAR-10, SVHN, Cats vs Dogs): option-A shortcuts, 0.46M
+    "lff_mlp": LfFMLP,  # LfF's Colored MNIST MLP (3 x 28 x 28 only): no convolutional layer, so no XGradCAM
 }
 
 

@@ -41,13 +41,21 @@ The EMAs follow every batch in order across the whole training set: LfF trains a
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from masktune.config.fields import Choice, Number
+from masktune.config.params import param
 from masktune.data.splits import Split
+from masktune.groups import Groups
+from masktune.methods import Spec
+from masktune.models.pretrained import initial_model
+from masktune.robust_train.base import RobustTrainConfig, Trainer
+from masktune.train.network import OPTIMIZERS
 from masktune.train.objective import Objective
 
 OFFICIAL_Q = 0.7          # module/loss.py L10
@@ -203,3 +211,38 @@ def biased_mistakes(biased_logits: torch.Tensor | np.ndarray, labels: torch.Tens
 def biased_mistake_names(class_names: tuple[str, ...] | list[str]) -> list[str]:
     """Names of the `biased_mistakes` groups: "<class>_aligned" (2c), "<class>_conflicting" (2c + 1)."""
     return [f"{name}_{kind}" for name in class_names for kind in ("aligned", "conflicting")]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LfFConfig(RobustTrainConfig):
+    """A (groups, lff) pair: LfF's two networks with its recipe (`lff.*`, null values from `recipes.<dataset>.lff`).
+    The pair's groups serve for their classes only (LfF reads no groups): `classes`."""
+    optimizer: str = param("${trainer}.optimizer", Choice(options=OPTIMIZERS, recipe=True))
+    q: float = param("${trainer}.q", Number(0.0, 1.0, exclusive_minimum=True))
+    ema_alpha: float = param("${trainer}.ema_alpha", Number(0.0, 1.0))
+
+
+class LfFTrainer(Trainer):
+    """LfF on the training set as it is: the objective owns the biased network, built as the model is (its
+    own initial draw: the official code builds both with `get_model`, train.py L91-92)."""
+
+    name = "lff"
+    title = "LfF"
+    data_parallel = False
+
+    def objective(self, config, groups: Groups, model: nn.Module, val: Split) -> LfFObjective:
+        labels = np.asarray(groups.classes)[groups.train]
+        device = next(model.parameters()).device
+        num_classes = model.classifier.out_features
+        return LfFObjective(lambda: initial_model(config.arch, num_classes, config.pretrained, config.weights_path,
+                                                  device), labels, q=config.q, ema_alpha=config.ema_alpha,
+                            num_classes=num_classes)
+
+    def describe(self, config, groups: Groups, rows) -> str:
+        return (f"GCE q {config.q}, loss EMA alpha {config.ema_alpha}, {config.optimizer} lr {config.lr}, "
+                f"weight decay {config.weight_decay}, {config.epochs} epochs")
+
+
+TRAINER = LfFTrainer()
+SPEC = Spec(name="lff", role="robust_train", family="robust_train", title="LfF", configs={"robust_train": LfFConfig},
+            paper_pairs={"classes": "LfF (Nam et al., 2020)"})
