@@ -68,6 +68,7 @@ def groups_title(registry: Mapping[str, Spec], file: str) -> str:
 def pipeline_configs() -> dict[str, type]:
     """{stage of dvc.yaml: its config class} of the stages that are no method's own: the pipeline's spine."""
     from masktune.datasets.spec import PrepareConfig
+    from masktune.eval.choice import ChooseConfig
     from masktune.eval.compare import EvaluateConfig
     from masktune.eval.selective import SelectiveConfig
     from masktune.saliency.compute import SaliencyConfig
@@ -76,7 +77,7 @@ def pipeline_configs() -> dict[str, type]:
 
     return {"prepare": PrepareConfig, "train_erm": TrainErmConfig, "train_erm_control": TrainErmControlConfig,
             "compute_saliency": SaliencyConfig, "finetune": FinetuneConfig, "evaluate": EvaluateConfig,
-            "selective": SelectiveConfig}
+            "choose": ChooseConfig, "selective": SelectiveConfig}
 
 
 def stage_config(stage: str, methods: Mapping, registry: Mapping[str, Spec] | None = None) -> type:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator, Mapping
 
-from masktune.config.fields import Choice, Field, MethodLists, NameList, Pairs
+from masktune.config.fields import RUN_SEED, Choice, Field, MethodLists, NameList, Pairs
 from masktune.config.files import read_yaml
 from masktune.config.params import config_params
 from masktune.config.validate import merge_fields, validate
@@ -35,6 +35,7 @@ PARAMS_STAMP = "_params"  # the stamp `prepare` depends on (no name of `methods`
 def declarations(registry: Mapping[str, Spec]) -> Iterator[tuple[str, Field, str]]:
     """(params key, field, where declared) of every config field of the pipeline and of every method, templates
     filled in (`${trainer}`: each trainer's section); a pair's own keys (`${name}`) are its `methods` entry's."""
+    yield "seed", RUN_SEED, "masktune.config.fields"  # every section's seed left null (`fallback`)
     for config in pipeline_configs().values():
         for key, field in config_params(config).items():
             yield key, field, config.__name__

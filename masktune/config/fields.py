@@ -26,9 +26,10 @@ def invalid(key: str, expected: str, value: Any) -> UserError:
 class Field:
     nullable: bool = False   # null is a valid value of its own (e.g. "no limit")
     recipe: bool = False     # null means: the dataset's recipe value at the same path
+    fallback: str | None = None  # null means: the value of this top-level key (a section's seed: `seed`)
 
     def check(self, key: str, value: Any) -> Any:
-        if value is None and (self.nullable or self.recipe):
+        if value is None and (self.nullable or self.recipe or self.fallback):
             return None
         return self._check(key, value)
 
@@ -253,7 +254,31 @@ class MethodLists(Field):
 
 MAX_WORKERS = 64
 WORKERS = Int(0, MAX_WORKERS)  # DataLoader processes of a stage: how it runs, not what it computes
-SEED = Int(0)
+
+
+@dataclass(frozen=True)
+class Seed(Field):
+    """A seed: an integer >= 0; with `random_allowed`, also `random` (a seed drawn from the OS and recorded by
+    the stage that uses it: ClusterFix's official code seeds nothing), read as None. A section's seed left null
+    is the top-level `seed` (`fallback`), so that `-S seed=1` seeds every training and sampling draw of a run."""
+    random_allowed: bool = False
+
+    def _describe(self) -> str:
+        return ("an integer >= 0" + (" or 'random'" if self.random_allowed else "")
+                + (" (null: the top-level seed)" if self.fallback else ""))
+
+    def _check(self, key, value):
+        if self.random_allowed and value == RANDOM_SEED:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self._fail(key, value)
+        return value
+
+
+RANDOM_SEED = "random"
+RUN_SEED = Seed()               # the top-level `seed`
+SEED = Seed(fallback="seed")    # a section's seed: null is the top-level one
+SEED_OR_RANDOM = Seed(fallback="seed", random_allowed=True)  # ... or `random`: drawn and recorded
 
 NAME = re.compile(r"[a-z][a-z0-9_]*")  # fullmatch: `$` would let a trailing newline through
 

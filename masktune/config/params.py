@@ -6,7 +6,7 @@ and the `fields.Field` that checks it, so a method's params live in the method's
 hparams registry, per module). Keys may hold templates a stage fills in: `${dataset}` (the `dataset`
 param), `${name}` (the item of a `foreach` stage: a pair's name), `${trainer}` (the trainer of that pair).
 A field with `recipe=True` left null takes `recipes.<dataset>.<key>` (one naming rule for every official
-recipe). `load_config(Config, stage)` reads params.yaml as DVC reads it, checks the *declared* keys only
+recipe); a field with a `fallback` left null takes that top-level key (every section's seed: `seed`). `load_config(Config, stage)` reads params.yaml as DVC reads it, checks the *declared* keys only
 (the whole file is checked once, by the `check_params` stage, which every stage depends on: masktune/
 config/validate.py), and refuses to read a key dvc.yaml does not declare for the stage: DVC would not rerun
 the stage when that key changed.
@@ -84,6 +84,11 @@ class Resolver:
     def resolve(self, key: str, field: Field) -> Any:
         key = self.render(key)
         value = self.read(key)
+        if value is None and field.fallback:  # a section's seed left null: the run's
+            value = self.read(field.fallback)
+            if value is None:
+                raise invalid(field.fallback, dataclasses.replace(field, fallback=None).expected(), value)
+            return field.check(field.fallback, value)
         if value is None and field.recipe:
             recipe_key = f"recipes.{self.dataset()}.{key}"
             value = self.read(recipe_key)

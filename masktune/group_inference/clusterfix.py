@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from masktune.config.fields import Int
+from masktune.config.fields import SEED_OR_RANDOM, Int
 from masktune.config.params import param
 from masktune.errors import UserError
 from masktune.groups import Groups, make_groups
@@ -38,7 +38,7 @@ BACKBONES = ("erm", "ssl", "resnet18", "resnet50")
 @dataclass(frozen=True, kw_only=True)
 class ClusterFixClustersConfig:
     clusters_per_class: int = param("clusterfix.clusters_per_class", Int(1, recipe=True))
-    seed: int | None = param("clusterfix.seed", Int(0, nullable=True))  # null: drawn and recorded (official: unseeded)
+    seed: int | None = param("clusterfix.seed", SEED_OR_RANDOM)  # random: drawn and recorded (official: unseeded)
 
 
 

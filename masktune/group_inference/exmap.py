@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from masktune.config.fields import WORKERS, AutoInt, Choice, Int, Number
+from masktune.config.fields import SEED, WORKERS, AutoInt, Choice, Int, Number
 from masktune.config.params import param
 from masktune.distributed import DistributedConfig
 from masktune.errors import UserError
@@ -61,7 +61,7 @@ class ExMapHeatmapsConfig(DistributedConfig):
 class ExMapGroupsConfig:
     clustering: str = param("exmap.clustering", Choice(options=CLUSTERINGS, recipe=True))
     clusters: int | str = param("exmap.clusters", AutoInt(minimum=1, recipe=True))  # "auto": the eigengap rule
-    seed: int = param("exmap.seed", Int(0))
+    seed: int = param("exmap.seed", SEED)
     heatmap_size: int = param("exmap.heatmap_size", Int(0, recipe=True))  # as the heatmaps are read
 
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from masktune.config.fields import WORKERS, Choice, Int, Number
+from masktune.config.fields import SEED_OR_RANDOM, WORKERS, Choice, Int, Number
 from masktune.config.params import param
 from masktune.data.prepared import DatasetInfo, PreparedFile, open_prepared
 from masktune.data.splits import Split, open_transformed_split
@@ -69,7 +69,7 @@ class ClusterFixSSLConfig(TrainingConfig):
     crop_scale: float = param("clusterfix.ssl_crop_scale", Number(0.0, 1.0, exclusive_minimum=True))
     mask_ratio: float = param("clusterfix.ssl_mask_ratio", Number(0.0, 1.0))
     workers: int = param("clusterfix.workers", WORKERS)
-    seed: int | None = param("clusterfix.seed", Int(0, nullable=True))
+    seed: int | None = param("clusterfix.seed", SEED_OR_RANDOM)
 
 
 class TwoViews:

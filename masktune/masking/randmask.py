@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from masktune.config.fields import Int, IntList
+from masktune.config.fields import SEED, Int, IntList
 from masktune.config.params import param
 from masktune.data.masks import write_masks as write_masks_file
 from masktune.masking import chunk_rows
@@ -19,7 +19,7 @@ from masktune.methods import Spec
 class RandMaskMaskConfig:
     cutout_sides: tuple[int, int] = param("randmask.cutout_sides", IntList(length=2, minimum=1, maximum=10_000,
                                                                            ascending=True))
-    seed: int = param("randmask.seed", Int(0))
+    seed: int = param("randmask.seed", SEED)
     examples_per_group: int = param("mask_examples_per_group", Int(1, 16))
 
 

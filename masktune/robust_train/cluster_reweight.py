@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from masktune.config.fields import Bool, Choice, Int, Number
+from masktune.config.fields import SEED_OR_RANDOM, Bool, Choice, Number
 from masktune.config.params import param
 from masktune.data.splits import Split
 from masktune.groups import Groups
@@ -201,7 +201,7 @@ class ClusterReweightConfig(RobustTrainConfig):
     lr_schedule: str = param("cluster_reweight.lr_schedule", Choice(options=("constant", "cosine"), recipe=True))
     statistics: str = param("cluster_reweight.statistics", Choice(options=("incremental", "recompute")))
     val_losses_into_train_buffer: bool = param("cluster_reweight.val_losses_into_train_buffer", Bool())
-    seed: int | None = param("cluster_reweight.seed", Int(0, nullable=True))  # null: drawn and recorded
+    seed: int | None = param("cluster_reweight.seed", SEED_OR_RANDOM)  # random: drawn and recorded
 
 
 class ClusterReweightTrainer(Trainer):
