@@ -22,8 +22,9 @@ from pathlib import Path
 
 from masktune.errors import UserError, run_stage
 from masktune.eval.figures import save_bar_chart
-from masktune.eval.report import method_title
 from masktune.io.files import atomic_directory
+from masktune.methods import Spec
+from masktune.registry import groups_title, specs
 from masktune.selection import group_labels_used
 
 HEADLINE = "metrics/evaluate.json"
@@ -87,23 +88,29 @@ def configurations(runs: Sequence[Mapping]) -> list[dict]:
     return list(groups.values())
 
 
-def model_record(name: str, methods: Mapping) -> dict:
-    """Title, group-label use and selection rule of model `name`, from the `methods` param alone."""
+def model_record(name: str, methods: Mapping, registry: Mapping[str, Spec] | None = None) -> dict:
+    """Title, group-label use and selection rule of model `name`, from the `methods` param and the methods'
+    specs (the titles the stages record in the checkpoints: a pair's paper title, or `<trainer> with <groups>`)."""
+    registry = specs() if registry is None else registry
     pair = next((methods[kind][name] for kind in PAIRS if name in (methods.get(kind) or {})), None)
     if pair is None:  # ERM (best average validation accuracy) and the masking methods (their one-epoch finetune)
-        return {"title": method_title(name, {"method": name}), "group_labels": "✗/✗",
-                "selection": "average" if name == "erm" else "none (the finetune)"}
+        title = "ERM" if name == "erm" else registry[name].title if name in registry else name
+        return {"title": title, "group_labels": "✗/✗", "selection": "average" if name == "erm" else "none (the finetune)"}
     selection = pair.get("selection", "worst_pseudo_group")
-    return {"title": method_title(name, pair), "selection": selection,
+    trainer = registry.get(pair["trainer"])
+    title = name if trainer is None else (trainer.paper_pairs.get(pair["groups"])
+                                          or f"{trainer.title} with {groups_title(registry, pair['groups'])}")
+    return {"title": title, "selection": selection,
             "group_labels": str(group_labels_used(pair["groups"] == "true_groups", selection))}
 
 
 def summarise(group: Mapping) -> list[dict]:
     """Rows of one configuration: per model, test split and measure, mean, sample std and n over its seeds."""
     runs, methods = group["runs"], group["params"]["methods"]
+    registry = specs()
     rows = []
     for name in runs[0]["headline"]:
-        record = model_record(name, methods)
+        record = model_record(name, methods, registry)
         for split, measures in runs[0]["headline"][name].items():
             for measure in measures:
                 values = [run["headline"][name][split][measure] for run in runs if name in run["headline"]]
