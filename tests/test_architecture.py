@@ -187,7 +187,7 @@ EXMAP = ("masktune/group_inference/exmap.py", "masktune/group_inference/exmap_he
 CLUSTERFIX = ("masktune/group_inference/clusterfix.py", "masktune/group_inference/clusterfix_features.py",
               "masktune/group_inference/ssl.py")
 OWN_MODULES = {"prepare": ("masktune/datasets/",), "label_groups": ("masktune/group_inference/labels.py",),
-               "jtt_identify": ("masktune/group_inference/jtt.py",),
+               "jtt_identify": ("masktune/group_inference/jtt.py",), "xrm_twins": ("masktune/group_inference/xrm.py",),
                **{stage: EXMAP for stage in ("exmap_heatmaps", "exmap_groups", "exmap_extend")},
                **{stage: CLUSTERFIX for stage in ("clusterfix_ssl", "clusterfix_features", "clusterfix_clusters")},
                "check_params": METHOD_PACKAGES}  # the whole file's check reads every method's config

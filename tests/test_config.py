@@ -126,14 +126,14 @@ def test_overrides_and_the_dataset_switch_follow_the_naming_rule(tmp_path):
     ("methods.jtt", ["jtt", "jtt"], "methods.jtt must be a list of distinct names from 'jtt', got"),
     ("methods.robust_train.jtt.selection", "test", ("methods.robust_train.jtt.selection must be one of 'average', "
                                                     "'worst_class', 'worst_pseudo_group', 'worst_group', 'unbiased', "
-                                                    "got 'test'")),
+                                                    "'last', got 'test'")),
     ("methods.robust_train.jtt.trainer", "dfr", ("methods.robust_train.jtt.trainer must be one of "
-                                                 "'cluster_reweight', 'groupdro', 'upsample', got 'dfr'")),
+                                                 "'cluster_reweight', 'groupdro', 'lff', 'upsample', got 'dfr'")),
     ("methods.last_layer.x", {"groups": "classes"}, ("methods.last_layer.x must be a mapping with exactly the keys "
                                                      "groups, trainer, selection, got")),
     ("methods.robust_train.jtt.groups", "exmap_globl", (r"methods.robust_train.jtt.groups is 'exmap_globl', which no "
                                                         r"listed group inference writes \(written: clusterfix, "
-                                                        r"exmap_global, exmap_local, jtt, true_groups, classes;")),
+                                                        r"exmap_global, exmap_local, jtt, true_groups, classes, xrm;")),
     ("methods.robust_train.masktune", {"groups": "jtt", "trainer": "groupdro", "selection": "average"},
      "methods.robust_train.masktune: the name 'masktune' is already a model of `methods`"),
     ("methods.robust_train.My-Pair", {}, ("methods.robust_train must be a mapping whose names are lower-case "
@@ -191,8 +191,8 @@ def test_every_list_derives_from_the_registries():
     registry = specs()
     families = family_names(registry)
     assert families == {"erm": ("erm",), "masking": ("masktune", "randmask"), "clusterfix": ("clusterfix",),
-                        "exmap": ("exmap",), "jtt": ("jtt",), "labels": ("true_groups", "classes")}
-    assert trainer_names(registry, "robust_train") == ("cluster_reweight", "groupdro", "upsample")
+                        "exmap": ("exmap",), "jtt": ("jtt",), "labels": ("true_groups", "classes"), "xrm": ("xrm",)}
+    assert trainer_names(registry, "robust_train") == ("cluster_reweight", "groupdro", "lff", "upsample")
     assert trainer_names(registry, "last_layer") == ("dfr",)
     fields = schema(registry)  # raises where a key is declared twice with different fields
     assert fields["dataset"].options == tuple(DATASETS) and fields["train_erm.arch"].options == tuple(MODELS)
