@@ -29,6 +29,7 @@ What is split across ranks, and what that does to the results:
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -101,9 +102,18 @@ def init_workers(device: torch.device) -> World:
     world = current_world()
     if world.distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
+        atexit.register(_leave_group)
         if not world.is_main:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the worker
     return world
+
+
+def _leave_group() -> None:
+    """Destroy the process group before the interpreter exits: a rank that returns while rank 0 still
+    writes the output otherwise dies in gloo's thread teardown ("terminate called without an active
+    exception", SIGABRT), and the stage fails although its work was done (seen on CI, issue 39)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 # -- launching --------------------------------------------------------------------------------------
