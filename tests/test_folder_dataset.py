@@ -237,8 +237,9 @@ def test_image_folder_prepares_encoded_files_with_their_views(tmp_path, image_fo
 
 def test_layout_params_are_exactly_one(tmp_path, image_folder, csv_index):
     assert "set exactly one of prepare.folder.dir" in _one_line_error(_prepare(tmp_path), tmp_path)
-    assert "set exactly one of prepare.folder.dir" in _one_line_error(
-        _prepare(tmp_path, dir=image_folder, csv=csv_index), tmp_path)
+    both = _one_line_error(_prepare(tmp_path, dir=image_folder, csv=csv_index), tmp_path)
+    assert "are both set; keep one: add `-S prepare.folder.csv=null` to read the folder" in both
+    assert str(image_folder) in both and str(csv_index) in both  # the stale value is named
 
 
 def test_missing_listed_image_is_named(tmp_path):

@@ -450,7 +450,11 @@ def read_folder_dataset(options: Mapping) -> FolderSplits:
     """The layout the params name: exactly one of prepare.folder.dir and prepare.folder.csv; its files
     checked for repeats (`check_repeats`)."""
     folder, index = options["dir"], options["csv"]
-    if (folder is None) == (index is None):
+    if folder is not None and index is not None:  # e.g. the CSV example, then the folder one: both stay set
+        raise UserError(f"params.yaml: prepare.folder.dir ({folder}) and prepare.folder.csv ({index}) are both "
+                        "set; keep one: add `-S prepare.folder.csv=null` to read the folder, or "
+                        "`-S prepare.folder.dir=null` to read the CSV")
+    if folder is None and index is None:
         raise UserError("params.yaml: set exactly one of prepare.folder.dir (an ImageFolder tree) and "
                         "prepare.folder.csv (a CSV index), e.g. `dvc exp run -S prepare.folder.dir=path/to/images`")
     limit = options.get("limit")

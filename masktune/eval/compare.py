@@ -37,11 +37,13 @@ class EvaluateConfig:
 
 def describe(name: str, state: Mapping, path: str | Path) -> dict:
     """The report's record of a model, from its checkpoint: title, group-label use (ERM's checkpoints:
-    none recorded, ✗/✗), selection rule, and which model it selected (its epoch, DFR's C)."""
+    none recorded, ✗/✗), selection rule, which model it selected (its epoch, DFR's C), and its training's
+    warnings where it has any (masktune/train/health.py)."""
     labels = GroupLabels(**state.get("group_labels", {"training": False, "model_selection": False}))
     return {"title": method_title(name, state), "checkpoint": str(path), "group_labels": str(labels),
             "selection": state.get("selection"), "selected": {"epoch": state.get("epoch"), "c": state.get("c")},
-            "groups": state.get("groups"), "fitted_on_val": bool(state.get("fitted_on_val", False))}
+            "groups": state.get("groups"), "fitted_on_val": bool(state.get("fitted_on_val", False)),
+            **({"warnings": list(state["warnings"])} if state.get("warnings") else {})}
 
 
 def evaluate_models(prepared: PreparedFile, info: DatasetInfo, checkpoints: Mapping[str, Path], *, batch_size: int,

@@ -78,6 +78,10 @@ def comparison_markdown(dataset: str, results: Mapping[str, Mapping], methods: M
         for split in splits:
             cells += [f"{results[name][split][key]:.2%}" for key in keys.values()]
         lines.append("| " + " | ".join(cells) + " |")
+    warned = [(info["title"], warning) for info in methods.values() for warning in info.get("warnings", [])]
+    if warned:  # training that could not work as configured (masktune/train/health.py)
+        lines += ["", "Warnings (the training of these models, as their checkpoints record it):"]
+        lines += [f"- {title}: {warning}" for title, warning in warned]
     return "\n".join(lines) + "\n"
 
 

@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import math
 import random
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from masktune.io.journal import EpochJournal, file_identity
 from masktune.models.checkpoint import checkpoint_bytes
 from masktune.models.predict import predict, validation_accuracy
 from masktune.precision import MixedPrecision
+from masktune.train.health import batchnorm_warning, chance_warning
 from masktune.train.loop import train_epoch
 from masktune.train.objective import ERM, Objective
 
@@ -102,6 +104,9 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Split, val: S
     journal = _open_journal(plan.journal_at or keep.best_path, plan.resume, world)
     start = state.restore(journal, live, {keep.best_path: "best_checkpoint", keep.last_path: "last_checkpoint",
                                           keep.oracle_path: "oracle_checkpoint"}, world, plan.name)
+    steps_warning = batchnorm_warning(model, len(train), plan.batch_size, plan.epochs)
+    if steps_warning and world.is_main:
+        print(f"warning: {plan.name}: {steps_warning}", file=sys.stderr)
     for epoch in range(start, plan.epochs):
         stats = train_epoch(model, optimizer, train, plan.batch_size, generator, device,
                             desc=f"{plan.name} epoch {epoch + 1}/{plan.epochs}", amp=amp, objective=plan.objective)
@@ -113,7 +118,9 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Split, val: S
         logged |= {f"train/{key}": value for key, value in stats.items()}
         logged |= {f"val/{key}": value for key, value in scores.items()}
         _log(live, logged)
-        state.keep(epoch, scores, keep, world)
+        warnings = [w for w in (steps_warning, chance_warning(stats.get("accuracy"), scores.get("accuracy"),
+                                                              keep.info.get("num_classes", 0))) if w]
+        state.keep(epoch, scores, keep, world, warnings)
         state.history.append(logged)
         if journal is not None and world.is_main:
             journal.save(state.snapshot(epoch + 1))
@@ -122,6 +129,10 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Split, val: S
             numbers |= {f"val {key.replace('_', ' ')}": value for key, value in scores.items()}
             print(f"{plan.name} epoch {epoch + 1}/{plan.epochs}: "
                   + ", ".join(f"{k} {v:.4f}" for k, v in numbers.items()))
+    if world.is_main:
+        for warning in state.best_warnings:
+            if warning != steps_warning:
+                print(f"warning: {plan.name}, the kept epoch: {warning}", file=sys.stderr)
     return state.best
 
 
@@ -153,16 +164,22 @@ class TrainingState:
         self.oracle_score = -math.inf
         self.oracle_checkpoint: bytes | None = None
         self.history: list[dict[str, float]] = []
+        self.best_warnings: list[str] = []
 
-    def keep(self, epoch: int, scores: Mapping[str, float], keep: Keep, world: World) -> None:
-        """Write this epoch's checkpoints where `keep` asks (one serialisation serves all of them)."""
+    def keep(self, epoch: int, scores: Mapping[str, float], keep: Keep, world: World,
+             warnings: list[str] | None = None) -> None:
+        """Write this epoch's checkpoints where `keep` asks (one serialisation serves all of them), with the
+        training's `warnings` (masktune/train/health.py) where there are any."""
         checkpoint = {**keep.info, "epoch": epoch, "val_accuracy": scores.get("accuracy", math.nan)}
+        if warnings:
+            checkpoint["warnings"] = list(warnings)
         improved = keep.select_by == LAST or scores[keep.select_by] > self.best_score
         oracle_improved = keep.oracle_path is not None and scores[keep.oracle_by] > self.oracle_score
         wanted = (improved and keep.best_path is not None) or oracle_improved or keep.last_path is not None
         data = checkpoint_bytes(self.model, self.optimizer, **checkpoint) if wanted else None
         if improved:
             self.best_score, self.best = scores.get(keep.select_by, epoch), {"epoch": epoch + 1, **scores}
+            self.best_warnings = list(warnings or [])
             self.best_checkpoint = data
             if keep.best_path is not None:
                 _write(keep.best_path, data, world)
@@ -184,7 +201,8 @@ class TrainingState:
                 "numpy_rng": _numpy_rng_state(), "python_rng": random.getstate(),
                 "best_score": self.best_score, "best": self.best, "best_checkpoint": self.best_checkpoint,
                 "last_checkpoint": self.last_checkpoint, "oracle_score": self.oracle_score,
-                "oracle_checkpoint": self.oracle_checkpoint, "history": self.history}
+                "oracle_checkpoint": self.oracle_checkpoint, "history": self.history,
+                "best_warnings": self.best_warnings}
 
     def restore(self, journal: EpochJournal | None, live: Live, checkpoints: Mapping[str | Path | None, str],
                 world: World, name: str) -> int:
@@ -212,6 +230,7 @@ class TrainingState:
         for attribute in ("best_checkpoint", "last_checkpoint", "oracle_checkpoint"):
             setattr(self, attribute, saved[attribute])
         self.history = saved["history"]
+        self.best_warnings = saved.get("best_warnings", [])
         for logged in self.history:
             _log(live, logged)
         for path, attribute in checkpoints.items():  # rewrite the checkpoints DVC removed
