@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from masktune.errors import UserError, run_stage
-from masktune.eval.figures import save_bar_chart
+from masktune.eval.figures import save_method_panels
 from masktune.io.files import atomic_directory
 from masktune.methods import Spec
 from masktune.registry import groups_title, specs
@@ -183,10 +183,20 @@ def write_csv(path: Path, rows: Sequence[Mapping]) -> None:
 
 
 def write_png(path: Path, rows: Sequence[Mapping]) -> None:
-    """The same chart as an image: horizontal bars with +- std whiskers, one per row."""
-    save_bar_chart(path, [f"{r['dataset']} {r['split']} {r['measure']} | {r['model']} {r['group_labels']}" for r in rows],
-                   [r["mean"] for r in rows], "experiments over seeds (python -m masktune.summary)",
-                   "accuracy, mean +- sample std over seeds", [0.0 if r["std"] != r["std"] else r["std"] for r in rows])
+    """The same figures as an image (masktune.eval.figures.save_method_panels): a panel per configuration,
+    split and measure, a bar per model coloured by its group-label use, +- one sample std over seeds, ERM's
+    mean as the dashed reference line."""
+    panels: dict = {}
+    uses: dict = {}
+    for r in rows:
+        title = " | ".join(x for x in (r["dataset"], r["configuration"], r["split"], r["measure"].replace("_", " ")) if x)
+        panels.setdefault(title, {})[r["model"]] = (r["mean"], 0.0 if r["std"] != r["std"] else r["std"])
+        uses.setdefault(r["model"], r["group_labels"])
+    for values in panels.values():  # a model missing from a configuration: an empty bar, not a shifted one
+        for model in uses:
+            values.setdefault(model, (0.0, None))
+    save_method_panels(path, panels, uses, f"experiments over seeds, mean +- sample std (n = "
+                                           f"{', '.join(sorted({str(r['n']) for r in rows}))}; python -m masktune.summary)")
 
 
 def exp_show(revs: Sequence[str], all_commits: bool) -> list[dict]:

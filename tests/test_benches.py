@@ -23,7 +23,7 @@ from fixtures_datasets import make_mnist
 
 BENCHES = sorted(p.name for p in (ROOT / "bench").glob("*.py") if p.name != "common.py")
 DVC_BENCHES = {"clusterfix_backbones.py", "folder_speed.py", "jtt_sweep.py", "methods.py", "pipeline.py", "queue_grid.py",
-               "resized_folder.py", "seed_sweep.py", "selective.py", "xrm_search.py"}
+               "resized_folder.py", "seed_sweep.py", "selective.py", "xrm_search.py", "lff_table.py"}
 
 
 def _fraction(value) -> bool:
@@ -174,8 +174,20 @@ def _xrm_search(figures: dict) -> None:
     assert figures["chosen"] == max(figures["runs"], key=lambda run: run["score"])  # the official rule
 
 
+def _lff_table(figures: dict) -> None:
+    assert [(run["ratio"], run["seed"]) for run in figures["runs"]] == [(0.99, 0), (0.99, 0)]  # ERM + LfF, then all
+    lff_run, all_run = figures["runs"]
+    assert set(lff_run["results"]) == {"erm", "lff"} and lff_run["results"]["lff"]["group_labels"] == "✗/✗"
+    assert {"erm", "masktune", "lff", "dfr_groups"} <= set(all_run["results"])  # every default model at that ratio
+    for run in figures["runs"]:
+        assert all(_fraction(r["unbiased"]) and _fraction(r["worst_group"]) and r["worst_group"] <= r["unbiased"]
+                   for r in run["results"].values())
+    cell = figures["summary"]["lff"]["0.99"]["lff"]["unbiased"]
+    assert cell["mean"] == lff_run["results"]["lff"]["unbiased"] and cell["std"] == 0.0  # one seed: its own figure
+
+
 CHECKS = {"clusterfix_backbones.py": _clusterfix_backbones, "folder_speed.py": _folder_speed,
-          "jtt_sweep.py": _jtt_sweep, "methods.py": _methods, "official_masking.py": _official_masking,
+          "jtt_sweep.py": _jtt_sweep, "lff_table.py": _lff_table, "methods.py": _methods, "official_masking.py": _official_masking,
           "pipeline.py": _pipeline, "queue_grid.py": _queue_grid, "resized_folder.py": _resized_folder,
           "saliency_throughput.py": _saliency_throughput,
           "seed_sweep.py": _seed_sweep, "selective.py": _selective, "storage_scaling.py": _storage_scaling,

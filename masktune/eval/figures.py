@@ -101,17 +101,44 @@ def save_embedding_figure(path: str | Path, xy: np.ndarray, colourings: dict[str
     plt.close(fig)
 
 
-def save_bar_chart(path: str | Path, labels: Sequence[str], values: Sequence[float], title: str, xlabel: str,
-                   errors: Sequence[float] | None = None) -> None:
-    """Horizontal bars (with +- `errors` whiskers when given), top to bottom in `labels`' order: the image
-    twin of a `dvc plots` bar chart, which renders without Vega (a machine without internet)."""
-    fig, ax = plt.subplots(figsize=(10, 0.22 * len(labels) + 1.2))
-    ax.barh(range(len(labels)), values, xerr=errors, capsize=2 if errors is not None else 0, color="#4c72b0")
-    ax.set_yticks(range(len(labels)), labels, fontsize=6)
-    ax.invert_yaxis()
-    ax.set_xlabel(xlabel, fontsize=8)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+GROUP_LABEL_COLOURS = {"✗/✗": "#4c72b0", "✗/✓": "#dd8452", "✓/✓": "#c44e52"}  # none; selection only; both
+
+
+def save_method_panels(path: str | Path, panels: Mapping[str, Mapping[str, tuple[float, float | None]]],
+                       uses: Mapping[str, str], title: str, reference: str | None = "erm") -> None:
+    """The method comparison at a glance: one panel per (split, measure), a bar per model in the same order in
+    every panel, coloured by its group-label use (train / select: ✗/✗, ✗/✓, ✓/✓; the legend says which),
+    +- whiskers where a spread is given (over seeds), and `reference`'s value (ERM) as a dashed line across
+    the panel. `panels`: {panel title: {model: (value, spread or None)}}; `uses`: {model: "✗/✗"}."""
+    models = list(uses)
+    columns = min(len(panels), 2)
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 0.28 * len(models) * rows + 1.6 * rows),
+                             squeeze=False, sharey=True)
+    for ax, (panel, values) in zip(axes.flat, panels.items()):
+        means = [values[m][0] for m in models]
+        spreads = [values[m][1] or 0.0 for m in models]
+        ax.barh(range(len(models)), means, xerr=spreads if any(spreads) else None, capsize=2,
+                color=[GROUP_LABEL_COLOURS.get(uses[m], "#8c8c8c") for m in models])
+        if reference in values:
+            ax.axvline(values[reference][0], color="black", linestyle="--", linewidth=1)
+        ax.set_xlim(0, 1)
+        ax.set_title(panel, fontsize=10)
+        ax.tick_params(labelsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_yticks(range(len(models)), models, fontsize=8)
+    axes[0, 0].invert_yaxis()  # the report's order from the top (the panels share the axis: once)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in GROUP_LABEL_COLOURS.values()]
+    labels = [f"group labels {u} (train/select)" for u in GROUP_LABEL_COLOURS]
+    if reference is not None:
+        handles.append(plt.Line2D([0], [0], color="black", linestyle="--"))
+        labels.append(f"{reference} (reference)")
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)

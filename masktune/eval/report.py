@@ -141,13 +141,14 @@ def write_charts(folder: str | Path, headline_metrics: Mapping[str, Mapping], la
                  results: Mapping[str, Mapping]) -> None:
     """The `dvc plots` data in `folder`: methods.csv (a bar per method, split and measure), its image twin
     methods.png (drawn without Vega: offline), and group_accuracy.csv (a bar per method, split and group)."""
-    from masktune.eval.figures import save_bar_chart, write_group_csv
+    from masktune.eval.figures import save_method_panels, write_group_csv
 
     folder = Path(folder)
     write_methods_csv(folder / "methods.csv", headline_metrics, labels)
-    bars = [(f"{split} | {measure.replace('_', ' ')} | {labels[name]}", splits[split][measure])
-            for split in next(iter(headline_metrics.values()), {}) for measure in next(iter(
-                headline_metrics.values()))[split] for name, splits in headline_metrics.items()]
-    save_bar_chart(folder / "methods.png", [b[0] for b in bars], [b[1] for b in bars],
-                   "methods compared (metrics/evaluate.json)", "accuracy")
+    first = next(iter(headline_metrics.values()), {})
+    panels = {f"{split}: {measure.replace('_', ' ')}": {name: (splits[split][measure], None)
+                                                         for name, splits in headline_metrics.items()}
+              for split in first for measure in first[split]}
+    uses = {name: labels[name].rsplit(" ", 1)[-1] for name in headline_metrics}
+    save_method_panels(folder / "methods.png", panels, uses, "methods compared (metrics/evaluate.json)")
     write_group_csv(folder / "group_accuracy.csv", results)
