@@ -200,7 +200,7 @@ def storage_options(folder: Path, n: int) -> list[dict]:
     with h5py.File(folder / "prepared.h5", "r") as f:
         images = f["train/images"][:n]
     with h5py.File(folder / "saliency.h5", "r") as f:
-        cams = f["cams"][:n]
+        cams = f["maps"][:n]  # the feature-map maps (masktune/saliency/file.py)
     full = full_resolution(torch.from_numpy(cams), (SIZE, SIZE)).numpy()
     packed = read_packed_masks(folder / "masks.h5", n_rows(folder), (SIZE, SIZE), np.arange(n))
     masked = apply_masks(images, unpack_masks(packed, SIZE, SIZE))

@@ -84,21 +84,25 @@ def test_group_label_use_follows_the_groups_file_and_the_selection(selection, in
 
 
 def test_a_training_pass_records_each_prediction_before_its_step():
-    """JTT's official error set: the argmax logged for each row during a training epoch."""
+    """JTT's official error set: the argmax of each row during the training pass of epoch T (the objective
+    hook `ErrorSetPass`, recorded only in its epoch)."""
+    from masktune.group_inference.jtt import ErrorSetPass
     from masktune.train.loop import train_epoch
 
     data = _split()
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # no step changes the model: the same predictions
-    recorded = np.full(len(data), -1)
-    stats = train_epoch(model, optimizer, data, 2, torch.Generator().manual_seed(0), torch.device("cpu"), "t",
-                        predictions=recorded)
+    recorder = ErrorSetPass(len(data), record_epoch=1)
+    cpu, generator = torch.device("cpu"), torch.Generator().manual_seed(0)
+    train_epoch(model, optimizer, data, 2, generator, cpu, "t", objective=recorder)
+    assert (recorder.predicted == -1).all()  # epoch 0 is not the one recorded
+    stats = train_epoch(model, optimizer, data, 2, generator, cpu, "t", objective=recorder)
     model.train()
     with torch.no_grad():
         expected = model(torch.stack([data[i][0] for i in range(len(data))])).argmax(1).numpy()
-    assert recorded.tolist() == expected.tolist()
-    assert stats["accuracy"] == (recorded == data.labels).mean()
+    assert recorder.predicted.tolist() == expected.tolist()
+    assert stats["accuracy"] == (recorder.predicted == data.labels).mean()
 
 
 def test_the_report_lists_the_models_of_the_params_in_order_and_names_them_from_their_checkpoints():
@@ -108,10 +112,17 @@ def test_the_report_lists_the_models_of_the_params_in_order_and_names_them_from_
         "erm": "models/erm_best.pt", "masktune": "models/masktune.pt", "jtt": "models/jtt.pt",
         "groupdro_exmap": "models/groupdro_exmap.pt", "dfr_groups": "models/dfr_groups.pt"}
     assert method_title("erm", {}) == "ERM"
-    assert method_title("masktune", {"method": "masktune"}) == "MaskTune (Asgari et al., 2022)"
-    assert method_title("jtt", {"groups": "jtt", "trainer": "upsample"}) == "JTT (Liu et al., 2021)"  # a paper's pair
-    assert method_title("x", {"groups": "exmap_global", "trainer": "groupdro"}) == "GroupDRO with G-ExMap's groups"
-    assert method_title("y", {"groups": "my_groups", "trainer": "dfr"}) == "DFR with my_groups"  # any other file
+    assert method_title("masktune", {"title": "MaskTune (Asgari et al., 2022)"}) == "MaskTune (Asgari et al., 2022)"
+    assert method_title("mine", {}) == "mine"  # a checkpoint that records no title: its name
+    from types import SimpleNamespace
+
+    from masktune.robust_train.base import pair_title
+    from masktune.robust_train.groupdro import SPEC as GROUPDRO
+    from masktune.robust_train.upsample import SPEC as UPSAMPLE
+
+    assert pair_title(UPSAMPLE, SimpleNamespace(inference="jtt", title="JTT's error set")) == "JTT (Liu et al., 2021)"
+    assert pair_title(GROUPDRO, SimpleNamespace(inference="exmap", title="G-ExMap's groups")) == \
+        "GroupDRO with G-ExMap's groups"  # no paper pairs them: the trainer with the groups
     assert GroupLabels(training=True, model_selection=False).as_dict() == {"training": True, "model_selection": False}
 
 

@@ -56,7 +56,7 @@ def test_a_stage_refuses_a_checkpoint_trained_with_other_params(trained, capsys)
         run_stage_in_process(SALIENCY.replace("saliency.h5", "saliency_b.h5"))
     assert stopped.value.code == 2 and not (path / "data/saliency_b.h5").exists()
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line == (f"error: models/erm_last.pt: trained by stage 'train_erm' with lr 0.01, but {path / 'params.yaml'} "
+    assert line == (f"error: models/erm_last.pt: trained by stage 'train_erm' with lr None, but {path / 'params.yaml'} "
                     "now gives lr 0.05 (it changed after the model was written, before DVC recorded it): run "
                     "`dvc repro -f -s train_erm`")
     load_checkpoint(path / "models/erm_last.pt", torch.device("cpu"))  # outside a stage: no params to hold it to

@@ -32,6 +32,7 @@ EXPECTED = {
     "cifar10": (("test",), "accuracy", "groups", False),
     "svhn": (("test",), "accuracy", "groups", False),
     "cats_vs_dogs": (("test",), "accuracy", "groups", False),
+    "colored_mnist_lff": (("test",), "unbiased_accuracy", "groups", True),
 }
 # The attributes a prepared file had before the views and evaluation settings were recorded in it.
 OLD_ATTRIBUTES = ("dataset", "num_classes", "groups_known", "class_names", "group_names")
@@ -58,7 +59,8 @@ def test_open_prepared_reads_back_what_the_spec_recorded(name, tmp_path):
     assert (info.test_splits, info.average, info.metrics, info.groups_known) == EXPECTED[name]
     assert info == DatasetInfo(name, spec.num_classes, prepared.class_names, spec.group_names(config.options),
                                spec.groups_known, spec.test_splits, spec.average, spec.metrics, spec.views)
-    assert info.views == spec.views and (info.views == PLAIN) == (name in ("biased_mnist", "cmnist", "mnist"))
+    assert info.views == spec.views and (info.views == PLAIN) == (name in ("biased_mnist", "cmnist", "mnist",
+                                                                         "colored_mnist_lff"))
     assert info.class_names == (spec.class_names or tuple(str(c) for c in range(spec.num_classes)))
 
 
@@ -111,8 +113,11 @@ def test_a_file_of_an_older_prepare_is_one_line(tmp_path):
 
 
 def test_no_stage_but_prepare_imports_the_datasets():
+    """A dataset module's edit reruns `prepare` (and check_params, the cheap stage that checks the whole params
+    file, each dataset's section by its own fields), nothing else."""
     graph = import_graph(project_modules())
-    stages = sorted(module for module in graph if module.startswith("stages.") and module != "stages.prepare")
+    stages = sorted(module for module in graph if module.startswith("stages.")
+                    and module not in ("stages.prepare", "stages.check_params"))
     assert len(stages) >= 10
     importing = {stage: sorted(m for m in closure(graph, stage) if m.split(".")[:2] == ["masktune", "datasets"])
                  for stage in stages}
