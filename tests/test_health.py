@@ -60,12 +60,12 @@ def _train(folder, batch_size: int, epochs: int) -> dict:
 
 
 def test_the_3_by_30_case_is_flagged_in_the_log_the_checkpoint_and_the_report(tmp_path, capsys):
-    """The folder case of issue 43 in miniature (3 classes x 30 images, batch 128, 5 epochs): one line on
-    stderr, the warnings in the checkpoint, a line under the report's table; with batch 4 the statistics
+    """The folder case of issue 43 in miniature (3 classes x 30 images, batch 128, 5 epochs): one line in
+    the log, the warnings in the checkpoint, a line under the report's table; with batch 4 the statistics
     settle, nothing is said and the checkpoint holds no `warnings` key (a healthy run's files unchanged)."""
     flagged = _train(tmp_path / "flagged", batch_size=128, epochs=5)
-    err = capsys.readouterr().err
-    assert err.count("warning: ERM: only 5 optimiser step(s)") == 1
+    out = capsys.readouterr().out
+    assert out.count("warning: ERM: only 5 optimiser step(s)") == 1
     assert flagged["warnings"][0].startswith("only 5 optimiser step(s)")
     report = comparison_markdown("folder", {"erm": {"val": RESULT}},
                                  {"erm": {"title": "ERM", "group_labels": "✗/✗", "warnings": flagged["warnings"]}},
@@ -73,7 +73,7 @@ def test_the_3_by_30_case_is_flagged_in_the_log_the_checkpoint_and_the_report(tm
     assert "Warnings (the training of these models" in report and "- ERM: only 5 optimiser step(s)" in report
 
     healthy = _train(tmp_path / "healthy", batch_size=4, epochs=3)
-    assert "warnings" not in healthy and "warning:" not in capsys.readouterr().err
+    assert "warnings" not in healthy and "warning:" not in capsys.readouterr().out
     assert healthy["val_accuracy"] > 0.9  # above chance once the statistics settle
     plain = comparison_markdown("folder", {"erm": {"val": RESULT}},
                                 {"erm": {"title": "ERM", "group_labels": "✗/✗"}}, ["val"], "accuracy")

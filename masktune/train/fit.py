@@ -27,7 +27,6 @@ import contextlib
 import dataclasses
 import math
 import random
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +105,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Split, val: S
                                           keep.oracle_path: "oracle_checkpoint"}, world, plan.name)
     steps_warning = batchnorm_warning(model, len(train), plan.batch_size, plan.epochs)
     if steps_warning and world.is_main:
-        print(f"warning: {plan.name}: {steps_warning}", file=sys.stderr)
+        print(f"warning: {plan.name}: {steps_warning}", flush=True)  # the log (stdout): stderr is for errors
     for epoch in range(start, plan.epochs):
         stats = train_epoch(model, optimizer, train, plan.batch_size, generator, device,
                             desc=f"{plan.name} epoch {epoch + 1}/{plan.epochs}", amp=amp, objective=plan.objective)
@@ -132,7 +131,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: Split, val: S
     if world.is_main:
         for warning in state.best_warnings:
             if warning != steps_warning:
-                print(f"warning: {plan.name}, the kept epoch: {warning}", file=sys.stderr)
+                print(f"warning: {plan.name}, the kept epoch: {warning}", flush=True)
     return state.best
 
 
