@@ -42,9 +42,20 @@ def _consumers(*groups: str) -> list[str]:
 
 
 def _ran(project, *args: str) -> tuple[list[str], list[str]]:
-    """(stages run before the reports, sorted; the reports) of one dvc command."""
+    """(stages run before the reports, sorted; the reports) of one dvc command that edits params: check_params,
+    which checks the whole params file, runs first whatever the edit."""
     ran = project.stages_run(*args)
-    return sorted(ran[:-2]), ran[-2:]
+    assert ran[0] == "check_params", ran
+    return sorted(ran[1:-len(REPORTS)]), ran[-len(REPORTS):]
+
+
+def _importers(project, module: str) -> list[str]:
+    """The stages whose dvc.yaml deps hold `module` (the file, or a folder above it), sorted."""
+    from dvc.repo import Repo
+
+    with Repo(str(project.path)) as repo:
+        return sorted(stage.name for stage in repo.index.stages if any(
+            module == dep.def_path or module.startswith(dep.def_path.rstrip("/") + "/") for dep in stage.deps))
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +139,7 @@ def test_pipeline_reruns_exactly_what_a_change_affects(project):
     assert ran == sorted({*EXMAP, *LAST_LAYER, *_consumers("exmap_global", "exmap_local")}) and reports == REPORTS
 
     assert project.stages_run("exp", "run", "-S", "finetune.lr=0.005") == [
-        "finetune@randmask", "finetune@masktune", *REPORTS]
+        "check_params", "finetune@randmask", "finetune@masktune", *REPORTS]
     assert json.loads((project.path / "metrics/finetune/masktune.json").read_text())["lr"] == 0.005
 
     # ERM's learning rate: everything that reads ERM's model, and the pairs on groups made from it
@@ -184,14 +195,16 @@ def test_editing_one_module_reruns_only_the_stages_that_import_it(project):
     project.commit("current")
     groupdro = [f"robust_train@{n}" for n, p in yaml.safe_load((project.path / "params.yaml").read_text())[
         "methods"]["robust_train"].items() if p["trainer"] == "groupdro"]
+    # check_params imports every method's and dataset's config (it checks the whole file): it reruns too
     with _edited(project, "masktune/group_inference/clusterfix.py"):
-        assert stale() == sorted(CLUSTERFIX)
+        assert stale() == _importers(project, "masktune/group_inference/clusterfix.py")
+        assert set(CLUSTERFIX) | {"check_params"} <= set(stale())
     with _edited(project, "masktune/robust_train/groupdro.py"):
-        assert stale() == sorted(groupdro)
+        assert stale() == sorted(["check_params", *groupdro])
     with _edited(project, "masktune/datasets/celeba.py"):
-        assert stale() == ["prepare"]
-        assert project.stages_run("repro") == ["prepare"]  # the same prepared file: nothing after it reruns
-    assert set(project.stages_run("repro")) <= {"prepare"}  # back (or restored from the run cache), alone
+        assert stale() == ["check_params", "prepare"]
+        assert project.stages_run("repro") == ["check_params", "prepare"]  # the same files: nothing after reruns
+    assert set(project.stages_run("repro")) <= {"check_params", "prepare"}  # back (or from the run cache)
 
 
 def test_adding_a_key_to_one_methods_config_reruns_only_its_stages_and_check_params(project):
@@ -250,7 +263,7 @@ def test_a_name_with_shell_characters_never_reaches_a_shell(project, targets):
 
 
 def test_bad_param_of_a_later_stage_stops_the_first_stage_before_any_work(project):
-    """`-S lr=0.03 -S finetune.lr=abc`: train_erm (the first stage to rerun) stops at once, naming
+    """`-S lr=0.03 -S finetune.lr=abc`: check_params (the first stage to rerun) stops at once, naming
     finetune.lr, instead of training and computing saliency first."""
     def edit(values):
         values["lr"], values["finetune"]["lr"] = 0.03, "abc"
@@ -258,7 +271,7 @@ def test_bad_param_of_a_later_stage_stops_the_first_stage_before_any_work(projec
     lock = (project.path / "dvc.lock").read_text()
     result = _repro_with_params(project, edit)
     assert result.returncode != 0
-    assert RUNNING_STAGE.findall(result.stdout) == ["train_erm"]
+    assert RUNNING_STAGE.findall(result.stdout) == ["check_params"]  # the whole file checked first (issue 40)
     assert "error: params.yaml: finetune.lr must be a number > 0.0 or null, got 'abc'" in result.stderr
     assert "epoch 1/" not in result.stdout  # no training happened
     assert (project.path / "dvc.lock").read_text() == lock
@@ -266,9 +279,9 @@ def test_bad_param_of_a_later_stage_stops_the_first_stage_before_any_work(projec
 
 @pytest.mark.parametrize("edit, message", [
     (lambda values: values["methods"].update(masking=["masktune", "gradcam"]),
-     "methods.masking must be a list of distinct names from 'randmask', 'masktune', got ['masktune', 'gradcam']"),
+     "methods.masking must be a list of distinct names from 'masktune', 'randmask', got ['masktune', 'gradcam']"),
     (lambda values: values["methods"]["robust_train"]["clusterfix"].update(trainer="dfr"),
-     "methods.robust_train.clusterfix.trainer must be one of 'upsample', 'cluster_reweight', 'groupdro', got 'dfr'"),
+     "methods.robust_train.clusterfix.trainer must be one of 'cluster_reweight', 'groupdro', 'lff', 'upsample', got 'dfr'"),
 ])
 def test_unknown_method_name_stops_repro_with_the_valid_names(project, edit, message):
     """An unknown name in `methods` ends `dvc repro` with the valid names, from stage check_params, which

@@ -39,7 +39,16 @@ def trained_as(stage: str, config) -> dict:
     for whoever reads the model) and the values of the params dvc.yaml declares for it (`declared_values`, as
     DVC records them), which a stage loading it checks (`check_trained_as_declared`)."""
     return {"stage": stage, "config": recorded_config(config),
-            "params": json.loads(json.dumps(declared_values(stage), default=str))}
+            "params": training_params(json.loads(json.dumps(declared_values(stage), default=str)))}
+
+
+EXECUTION_PARAMS = ("distributed",)  # how many workers ran it, not what was trained: the same model either way
+
+
+def training_params(declared: dict) -> dict:
+    """The declared params that say what a model was trained with: all but the execution settings (a model
+    trained on 2 workers or 2 nodes is loaded by a stage running on 1, and both record the same)."""
+    return {key: value for key, value in declared.items() if key.split(".")[0] not in EXECUTION_PARAMS}
 
 
 def check_trained_as_declared(path: str | Path, state: dict, params_file: str | Path = "params.yaml",
@@ -53,8 +62,8 @@ def check_trained_as_declared(path: str | Path, state: dict, params_file: str | 
         return  # outside a stage (tests, benchmarks), or a model trained outside the pipeline
     stage, files = str(state["stage"]), (Path(params_file).resolve(), Path(dvc_file).resolve())
     stamps = tuple((f.stat().st_mtime_ns, f.stat().st_size) if f.exists() else None for f in files)
-    declared = _declared_values(stage, *files, stamps)
-    trained = state["params"]
+    declared = training_params(_declared_values(stage, *files, stamps))
+    trained = training_params(state["params"])
     changed = sorted(key for key in declared.keys() | trained.keys() if declared.get(key) != trained.get(key))
     if changed:
         shown = ", ".join(f"{key} {trained.get(key)!r}" for key in changed[:3]) + (", ..." if len(changed) > 3 else "")
