@@ -28,7 +28,7 @@ from fixtures_datasets import make_mnist
 from pipeline_checks import NO_GROUP_METHODS, SMALL_MODEL
 from scratch import RUNNING_STAGE, ScratchProject
 
-STAGES = ["prepare", "check_params", "train_erm", "train_erm_control@1", "compute_saliency", "evaluate", "selective"]
+STAGES = ["check_params", "prepare", "train_erm", "train_erm_control@1", "compute_saliency", "evaluate", "choose", "selective"]
 UNCHANGED = re.compile(r"Stage '([\w@.-]+)' didn't change, skipping")
 RESTORED = re.compile(r"Stage '([\w@.-]+)' is cached - skipping run")
 
