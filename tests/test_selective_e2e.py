@@ -26,8 +26,8 @@ from scratch import ScratchProject, merge
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["prepare", "check_params", "train_erm", "train_erm_control@1", "compute_saliency", "materialize_masked_dataset@masktune",
-          "finetune@masktune", "evaluate", "selective"]
+STAGES = ["check_params", "prepare", "train_erm", "train_erm_control@1", "compute_saliency",
+          "materialize_masked_dataset@masktune", "finetune@masktune", "evaluate", "choose", "selective"]
 SCORES = ["erm", "masktune", "masktune_alone", "erm_control1", "two_erm_control1"]
 
 
@@ -90,7 +90,7 @@ def test_selective_classification_end_to_end(project):
     project.commit("baseline")
 
     # Target coverages: selective only.
-    assert project.stages_run("exp", "run", "-S", "selective.coverages=[50,100]") == ["selective"]
+    assert project.stages_run("exp", "run", "-S", "selective.coverages=[50,100]") == ["check_params", "selective"]
     targets = _json(project, "metrics/selective/details.json")["scores"]["masktune"]["results"]["test"]["targets"]
     assert [t["target_coverage"] for t in targets] == [50, 100]
     # No control: its stage leaves the pipeline and its rows the report (`evaluate` reruns too: it depends
