@@ -102,7 +102,7 @@ def test_mask_alignment_reruns_only_finetune_and_evaluate(project):
     assert project.stages_run("exp", "run", "-S", "dataset=waterbirds") == []
     project.commit("waterbirds")
     assert project.stages_run("exp", "run", "-S", "finetune.alignment=stretch") == [
-        "finetune@randmask", "finetune@masktune", "evaluate", "selective"]
+        "check_params", "finetune@randmask", "finetune@masktune", "evaluate", "choose", "selective"]
 
 
 def _prepare(tmp_path, dataset: str, folder, **options) -> subprocess.CompletedProcess:
