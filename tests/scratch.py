@@ -104,7 +104,7 @@ class ScratchProject:
 
     def commit(self, message: str) -> None:
         self.run("git", "add", "-A")
-        self.run("git", "commit", "-qm", message)
+        self.run("git", "commit", "--allow-empty", "-qm", message)
 
     def stages_run(self, *args: str) -> list[str]:
         """Run a dvc command; return the names of the stages it actually executed."""

@@ -155,6 +155,9 @@ WRITERS = {
     # a resume journal's shard (h5py's own failure is a RuntimeError here: issue 39)
     "journal": "ResumeJournal(out, {'k': 1}).write_shard(0, {'x': np.random.default_rng(0).random((1000, 100))})",
     "folder": "with atomic_directory(out) as d:\n        (d / 'a.bin').write_bytes(bytes(300_000))",
+    # dvclive opens the DVC repository's state database (SQLite) first: SQLITE_IOERR, no errno (issue 39)
+    "dvclive": "from masktune.train.fit import live_folder\n    with live_folder(out) as live:\n"
+               "        live.log_metric('a', 1.0)",
 }
 
 
@@ -174,6 +177,7 @@ def _under_file_size_limit(command: list[str], cwd, kilobytes: int = 100):
 def test_a_file_size_limit_ends_every_writer_in_one_line_leaving_nothing(tmp_path, writer):
     """`ulimit -f` (EFBIG; ENOSPC takes the same path): exit 2, one line naming the output and the free
     space, no temporary file; HDF5 crashed with a segfault in its clean-up before (issue 27)."""
+    import subprocess
     import sys
 
     script = ("import io, sys\nimport numpy as np\nimport torch\nfrom masktune.errors import run_stage\n"
@@ -183,7 +187,10 @@ def test_a_file_size_limit_ends_every_writer_in_one_line_leaving_nothing(tmp_pat
               f"@run_stage\ndef main():\n    out = sys.argv[1]\n    {WRITERS[writer]}\nmain()\n")
     out = tmp_path / "out" / f"output.{writer}"
     out.parent.mkdir()
-    result = _under_file_size_limit([sys.executable, "-c", script, str(out)], tmp_path)
+    if writer == "dvclive":
+        subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    kilobytes = 16 if writer == "dvclive" else 100  # the database's first write is 32 KiB
+    result = _under_file_size_limit([sys.executable, "-c", script, str(out)], tmp_path, kilobytes)
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [result.stderr.strip()]  # one line
     written = f"{out}.partial/rows-000000000000-000000001000.h5" if writer == "journal" else str(out)
@@ -222,6 +229,26 @@ def test_disk_full_is_recognised_whichever_layer_reports_it():
                                         "error message = 'File too large')")) == "the file size limit was reached"
     assert disk_full_cause(RuntimeError("Can't write data (errno = 28, error message = 'No space left on device')"))
     assert disk_full_cause(RuntimeError("dataset is closed")) is None and disk_full_cause(ValueError("x")) is None
+
+
+def test_an_sqlite_io_error_is_a_full_disk_only_under_a_file_size_limit(monkeypatch):
+    """SQLite gives no errno: SQLITE_FULL is a full disk; an I/O error is the size limit only when one is set."""
+    import resource
+    import sqlite3
+
+    from masktune.io.files import disk_full_cause
+
+    def sqlite_error(name: str) -> sqlite3.Error:
+        error = sqlite3.OperationalError("disk I/O error")
+        error.sqlite_errorname = name
+        return error
+
+    assert disk_full_cause(sqlite_error("SQLITE_FULL")) == "no space left on the device"
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert disk_full_cause(sqlite_error("SQLITE_IOERR_SHMSIZE")) is None
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (16 << 10, 16 << 10))
+    assert disk_full_cause(sqlite_error("SQLITE_IOERR_SHMSIZE")) == "the file size limit was reached"
+    assert disk_full_cause(sqlite_error("SQLITE_CORRUPT")) is None
 
 
 def _flip_byte_in(path, dataset: str, offset: int = 16) -> None:
@@ -274,3 +301,18 @@ def test_an_unreadable_journal_part_is_discarded_saying_so(tmp_path, capsys):
     resumed = ResumeJournal(out, {"inputs": 1})
     assert not resumed.discarded and resumed.done_rows() == 1000  # the damaged shard's rows are done again
     assert "rows-000000001000-000000002000.h5: unreadable resume shard" in capsys.readouterr().out
+
+
+def test_dataloader_workers_are_refused_under_a_file_size_limit_instead_of_hanging(monkeypatch):
+    """Workers hand batches over in shared-memory files that `ulimit -f` caps too: exmap_heatmaps waited forever
+    under the limit; now one line names the limit and the param, and in-process loading (0) is kept."""
+    import resource
+
+    from masktune.data.splits import loader_workers
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert loader_workers(2) == 2
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (16 << 10, 16 << 10))
+    assert loader_workers(0) == 0
+    with pytest.raises(UserError, match=r"ulimit -f: 16 KiB.*set this stage's `workers` param to 0"):
+        loader_workers(2)

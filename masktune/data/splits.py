@@ -24,6 +24,7 @@ the transform, as the official code's masked PNG files have them.
 from __future__ import annotations
 
 import math
+import resource
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -181,7 +182,7 @@ class PixelSplit(Split):
                 yield first, to_input(self._images[first:first + batch_size], device)
             return
         batches = PixelBatches(self.prepared.path, self.split, batch_size, start)
-        loader = DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
+        loader = DataLoader(batches, batch_size=None, shuffle=False, num_workers=loader_workers(workers),
                             pin_memory=device.type == "cuda", prefetch_factor=2 if workers else None)
         try:
             for first, images in loader:
@@ -262,16 +263,28 @@ class EncodedSplit(Split):
             yield int(index[0]), inputs
 
 
+def loader_workers(workers: int) -> int:
+    """`workers` DataLoader processes, refused under a file size limit (`ulimit -f`): the workers hand their
+    batches over in shared-memory files, which the limit caps too, and a worker that cannot write one leaves
+    the stage waiting forever, with no error."""
+    limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if workers and limit != resource.RLIM_INFINITY:
+        raise UserError(f"a file size limit is set (ulimit -f: {limit // 1024} KiB): DataLoader workers pass batches "
+                        "through shared-memory files it caps too, and would hang; lift the limit or set this stage's "
+                        "`workers` param to 0")
+    return workers
+
+
 def transformed_batches(dataset: Dataset, batch_size: int, device: torch.device, generator: torch.Generator | None,
                         workers: int, world: World | None = None):
     """(inputs on the device, row indices) of a dataset whose items are transformed one by one in `workers`
     DataLoader processes: shuffled by `generator` (this rank's part of each batch under DDP), or in order."""
     if world is not None and world.distributed and generator is not None:
         loader = DataLoader(dataset, batch_sampler=ShardedBatches(len(dataset), batch_size, generator, world),
-                            generator=generator, num_workers=workers, pin_memory=device.type == "cuda")
+                            generator=generator, num_workers=loader_workers(workers), pin_memory=device.type == "cuda")
     else:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=generator is not None, generator=generator,
-                            num_workers=workers, pin_memory=device.type == "cuda")
+                            num_workers=loader_workers(workers), pin_memory=device.type == "cuda")
     for inputs, _, _, index in loader:
         yield inputs.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last), index.numpy()
 

@@ -13,7 +13,9 @@ import errno
 import glob
 import json
 import os
+import resource
 import shutil
+import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -53,7 +55,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         _fsync(tmp_path)
         os.replace(tmp_path, path)
         _fsync(path.parent)
-    except (OSError, RuntimeError) as error:
+    except WRITE_ERRORS as error:
         raise_if_disk_full(error, path)
         raise
     finally:
@@ -79,13 +81,14 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         _fsync(path.parent)
     except DiskFullError as error:  # met by a writer of a file inside: name the folder, not its temporary name
         raise disk_full(error.cause, path) from None
-    except (OSError, RuntimeError) as error:
+    except WRITE_ERRORS as error:
         raise_if_disk_full(error, path)
         raise
     finally:
         shutil.rmtree(tmp_path, ignore_errors=True)
 
 
+WRITE_ERRORS = (OSError, RuntimeError, sqlite3.Error)  # what a full disk reaches Python as, by writer (below)
 DISK_FULL = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "the file size limit was reached",
              errno.EDQUOT: "the disk quota is exhausted"}
 
@@ -97,11 +100,26 @@ def disk_full_cause(error: BaseException) -> str | None:
     ("unable to extend file properly, errno = 27, error message = 'File too large'")."""
     if isinstance(error, OSError) and error.errno in DISK_FULL:
         return DISK_FULL[error.errno]
+    if isinstance(error, sqlite3.Error):
+        return _sqlite_disk_full_cause(error)
     if not isinstance(error, (OSError, RuntimeError)):
         return None
     text = str(error)
     return next((why for code, why in DISK_FULL.items() if os.strerror(code) in text or f"errno = {code}," in text),
                 None)
+
+
+def _sqlite_disk_full_cause(error: sqlite3.Error) -> str | None:
+    """SQLite (DVC's state database, which dvclive opens beside every training log) reports a refused write
+    as SQLITE_FULL, or as an I/O error without the errno (SQLITE_IOERR_*: `ulimit -f` gives
+    SQLITE_IOERR_SHMSIZE); an I/O error is put down to the file size limit only when one is set."""
+    name = getattr(error, "sqlite_errorname", "")
+    if name == "SQLITE_FULL":
+        return DISK_FULL[errno.ENOSPC]
+    soft_limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if name.startswith("SQLITE_IOERR") and soft_limit != resource.RLIM_INFINITY:
+        return DISK_FULL[errno.EFBIG]
+    return None
 
 
 def raise_if_disk_full(error: BaseException, path: Path) -> None:
