@@ -244,14 +244,8 @@ def test_adding_a_key_to_one_methods_config_reruns_only_its_stages_and_check_par
 
 def _repro_with_params(project, edit, *targets: str) -> subprocess.CompletedProcess:
     """`dvc repro [targets]` with params.yaml edited by `edit(values)`, restored afterwards."""
-    params = (project.path / "params.yaml").read_text()
-    edited = yaml.safe_load(params)
-    edit(edited)
-    (project.path / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
-    try:
+    with _params_edited(project, edit):
         return project.dvc("repro", *targets, check=False)
-    finally:
-        (project.path / "params.yaml").write_text(params)
 
 
 HOSTILE = "x;touch PWNED"

@@ -24,7 +24,6 @@ the transform, as the official code's masked PNG files have them.
 from __future__ import annotations
 
 import math
-import resource
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from masktune.data.samples import SampleSet
 from masktune.data.views import DatasetViews
 from masktune.distributed import World, shard_batch
 from masktune.errors import UserError
+from masktune.io.files import file_size_limit
 from masktune.io.hdf5 import STREAM_CACHE_BYTES, open_h5
 
 
@@ -267,8 +267,8 @@ def loader_workers(workers: int) -> int:
     """`workers` DataLoader processes, refused under a file size limit (`ulimit -f`): the workers hand their
     batches over in shared-memory files, which the limit caps too, and a worker that cannot write one leaves
     the stage waiting forever, with no error."""
-    limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
-    if workers and limit != resource.RLIM_INFINITY:
+    limit = file_size_limit()
+    if workers and limit is not None:
         raise UserError(f"a file size limit is set (ulimit -f: {limit // 1024} KiB): DataLoader workers pass batches "
                         "through shared-memory files it caps too, and would hang; lift the limit or set this stage's "
                         "`workers` param to 0")

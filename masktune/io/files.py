@@ -39,6 +39,9 @@ def _run_commit_checks() -> None:
         check()
 
 
+WRITE_ERRORS = (OSError, RuntimeError, sqlite3.Error)  # what a full disk reaches Python as (disk_full_cause)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
@@ -88,9 +91,15 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-WRITE_ERRORS = (OSError, RuntimeError, sqlite3.Error)  # what a full disk reaches Python as, by writer (below)
 DISK_FULL = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "the file size limit was reached",
              errno.EDQUOT: "the disk quota is exhausted"}
+
+
+def file_size_limit() -> int | None:
+    """The process's file size limit in bytes (`ulimit -f`), None when there is none. It caps every file the
+    process writes, shared-memory files and SQLite's included, which report it without an errno."""
+    limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if limit == resource.RLIM_INFINITY else limit
 
 
 def disk_full_cause(error: BaseException) -> str | None:
@@ -116,8 +125,7 @@ def _sqlite_disk_full_cause(error: sqlite3.Error) -> str | None:
     name = getattr(error, "sqlite_errorname", "")
     if name == "SQLITE_FULL":
         return DISK_FULL[errno.ENOSPC]
-    soft_limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
-    if name.startswith("SQLITE_IOERR") and soft_limit != resource.RLIM_INFINITY:
+    if name.startswith("SQLITE_IOERR") and file_size_limit() is not None:
         return DISK_FULL[errno.EFBIG]
     return None
 
