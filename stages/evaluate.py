@@ -62,7 +62,7 @@ def main() -> None:
                    {"dataset": prepared.dataset, "average": info.average,
                     "methods": {name: {**described[name], "results": results[name],
                                        **({"selection_gap": gaps[name]} if name in gaps else {})} for name in results}})
-        write_charts(tmp_dir, top, {name: f"{name} {described[name]['group_labels']}" for name in results}, results)
+        write_charts(tmp_dir, top, {name: described[name]["group_labels"] for name in results}, results)
     print("\n".join(headline_lines(top, described, info.groups_known)))
 
 

@@ -22,8 +22,9 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
 # worker seconds per file (2026-12-04, same machine, --durations, the DVC benches deselected since):
 # pipeline_e2e ~1,650 (its first 20 minutes beside another job), image_datasets_e2e ~550,
 # folder_dataset ~350, benches ~140 without the DVC benches, distributed ~120, selective_e2e ~120;
-# files not listed follow in their order.
-LONGEST_FIRST = ("test_pipeline_e2e.py", "test_image_datasets_e2e.py", "test_folder_dataset.py", "test_benches.py",
+# method_contract ~200 (2026-12-07, its fixture's in-process pipeline); files not listed follow in their order.
+LONGEST_FIRST = ("test_pipeline_e2e.py", "test_image_datasets_e2e.py", "test_folder_dataset.py",
+                 "test_method_contract.py", "test_benches.py",
                  "test_distributed.py", "test_selective_e2e.py")
 
 

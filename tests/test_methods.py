@@ -116,13 +116,15 @@ def test_the_report_lists_the_models_of_the_params_in_order_and_names_them_from_
     assert method_title("mine", {}) == "mine"  # a checkpoint that records no title: its name
     from types import SimpleNamespace
 
-    from masktune.robust_train.base import pair_title
+    from masktune.last_layer.dfr import SPEC as DFR
     from masktune.robust_train.groupdro import SPEC as GROUPDRO
     from masktune.robust_train.upsample import SPEC as UPSAMPLE
 
-    assert pair_title(UPSAMPLE, SimpleNamespace(inference="jtt", title="JTT's error set")) == "JTT (Liu et al., 2021)"
-    assert pair_title(GROUPDRO, SimpleNamespace(inference="exmap", title="G-ExMap's groups")) == \
-        "GroupDRO with G-ExMap's groups"  # no paper pairs them: the trainer with the groups
+    jtt, exmap = SimpleNamespace(inference="jtt", title="JTT's error set"), SimpleNamespace(inference="exmap",
+                                                                                             title="G-ExMap's groups")
+    assert UPSAMPLE.pair_title(jtt) == "JTT (Liu et al., 2021)"
+    assert GROUPDRO.pair_title(exmap) == "GroupDRO with G-ExMap's groups"  # no paper pairs them: the trainer with the groups
+    assert DFR.pair_title(exmap) == "DFR with G-ExMap's groups"  # the last layer's pairs are named by the same rule
     assert GroupLabels(training=True, model_selection=False).as_dict() == {"training": True, "model_selection": False}
 
 

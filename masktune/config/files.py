@@ -10,6 +10,8 @@ loader, YAML 1.2), so a stage sees the value `dvc.lock` records. PyYAML reads YA
 """
 from __future__ import annotations
 
+import copy
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -28,16 +30,25 @@ def parse_yaml(text: str) -> Any:
 
 
 def read_yaml(path: str | Path) -> dict:
+    """The mapping in a YAML file, a copy the caller may change. The file is read every time; its text is
+    parsed once per process (`evaluate` checks the params of every checkpoint it loads against params.yaml and
+    dvc.yaml: 36 parses of the same two files, 18 of its 33 s on the e2e project)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found (run the stage from the project root)")
     try:
-        data = parse_yaml(path.read_text())
+        data = _parsed(path.read_text())
     except YAMLError as error:
         raise UserError(f"{path}: not valid YAML ({error})".replace("\n", " ")) from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping at the top level")
-    return data
+    return copy.deepcopy(data)
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(text: str) -> Any:
+    """`parse_yaml(text)`, kept by the text itself: an edited file is parsed again, whatever its timestamps."""
+    return parse_yaml(text)
 
 
 def lookup_key(values: Any, key: str) -> Any:

@@ -137,18 +137,19 @@ def write_methods_csv(path: str | Path, headline_metrics: Mapping[str, Mapping],
                                      f"{splits[split][measure]:.6f}"])
 
 
-def write_charts(folder: str | Path, headline_metrics: Mapping[str, Mapping], labels: Mapping[str, str],
+def write_charts(folder: str | Path, headline_metrics: Mapping[str, Mapping], uses: Mapping[str, str],
                  results: Mapping[str, Mapping]) -> None:
-    """The `dvc plots` data in `folder`: methods.csv (a bar per method, split and measure), its image twin
-    methods.png (drawn without Vega: offline), and group_accuracy.csv (a bar per method, split and group)."""
+    """The `dvc plots` data in `folder`: methods.csv (a bar per method, split and measure, labelled with the
+    method's group-label use, `uses`: {name: "✗/✗"}), its image twin methods.png (drawn without Vega: offline,
+    coloured by that use), and group_accuracy.csv (a bar per method, split and group)."""
     from masktune.eval.figures import save_method_panels, write_group_csv
 
     folder = Path(folder)
-    write_methods_csv(folder / "methods.csv", headline_metrics, labels)
+    write_methods_csv(folder / "methods.csv", headline_metrics, {name: f"{name} {uses[name]}" for name in headline_metrics})
     first = next(iter(headline_metrics.values()), {})
     panels = {f"{split}: {measure.replace('_', ' ')}": {name: (splits[split][measure], None)
                                                          for name, splits in headline_metrics.items()}
               for split in first for measure in first[split]}
-    uses = {name: labels[name].rsplit(" ", 1)[-1] for name in headline_metrics}
-    save_method_panels(folder / "methods.png", panels, uses, "methods compared (metrics/evaluate.json)")
+    save_method_panels(folder / "methods.png", panels, {name: uses[name] for name in headline_metrics},
+                       "methods compared (metrics/evaluate.json)")
     write_group_csv(folder / "group_accuracy.csv", results)

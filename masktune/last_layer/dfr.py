@@ -285,8 +285,7 @@ def train_pair(name: str, model_path: str | Path, val: Split, groups: Groups, co
     of the C the true groups' worst group picks (the selection gap, reported only). Returns the summary."""
     scoring = {"average": np.zeros_like(val.labels), "worst_class": val.labels, "worst_pseudo_group": groups.val,
                "worst_group": val.groups}
-    title = SPEC.paper_pairs.get(groups.inference) or f"{SPEC.title} with {groups.title}"
-    pair = {"method": name, "groups": groups.inference, "trainer": config.trainer, "title": title,
+    pair = {"method": name, "groups": groups.inference, "trainer": config.trainer, "title": SPEC.pair_title(groups),
             **trained_as(f"last_layer@{name}", config)}
     outputs = {out: (scoring[config.selection], {**pair, "selection": config.selection, "group_labels": group_labels_used(
                    groups.uses_group_labels, config.selection).as_dict()}),

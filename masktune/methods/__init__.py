@@ -43,3 +43,8 @@ class Spec:
     @property
     def stages(self) -> tuple[str, ...]:
         return tuple(self.configs)
+
+    def pair_title(self, groups) -> str:
+        """The report's name of this trainer on `groups` (a `masktune.groups.Groups`): its paper's
+        (`paper_pairs`: JTT is the error set with upsampling), or `<trainer> with <groups>`."""
+        return self.paper_pairs.get(groups.inference) or f"{self.title} with {groups.title}"

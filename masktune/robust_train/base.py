@@ -73,12 +73,6 @@ class Trainer:
         return {}
 
 
-def pair_title(spec, groups: Groups) -> str:
-    """The report's name of a pair: its paper's (`spec.paper_pairs`: JTT is the error set with upsampling), or
-    `<trainer> with <groups>`."""
-    return spec.paper_pairs.get(groups.inference) or f"{spec.title} with {groups.title}"
-
-
 def train_robust(trainer: Trainer, spec, config, device: torch.device, data: str | Path, groups_path: str | Path,
                  out: str | Path, live_dir: str | Path, name: str, oracle: str | Path | None = None) -> dict:
     """Train the method `name` of the pair (the groups file at `groups_path`, `trainer`) with `config` (the
@@ -102,7 +96,7 @@ def train_robust(trainer: Trainer, spec, config, device: torch.device, data: str
     print(f"{name} ({trainer.name} on {groups.inference}): {trainer.describe(config, groups, rows)}; "
           f"selection by {config.selection} (group labels {labels})")
     info = {"method": name, "groups": groups.inference, "trainer": trainer.name, "selection": config.selection,
-            "group_labels": labels.as_dict(), "title": pair_title(spec, groups)}
+            "group_labels": labels.as_dict(), "title": spec.pair_title(groups)}
     keep = Keep(info=info, best_path=out, oracle_path=oracle, score=score, select_by=SELECT_BY[config.selection])
     return finish_training(run, stage=f"robust_train@{name}", keep=keep, live_dir=live_dir, name=name,
                            resume_inputs=(groups_path,), resume_extra={"seed": seed},
