@@ -156,9 +156,9 @@ def test_pipeline_reruns_exactly_what_a_change_affects(project):
         with _params_edited(project, lambda values, edit=edit: merge(values, edit)):
             assert sorted(json.loads(project.dvc("status", "--json").stdout)) == sorted(["check_params", *stale]), edit
 
-    # A pair in or out is one -S: its stage joins or leaves the pipeline, its row the report (check_params,
-    # which reads `methods`, reruns first; its stamp is unchanged, so no other method's stage reruns).
-    # (one in and one out, in one run)
+    # A pair in or out is one -S (here one of each, in one run): its stage joins or leaves the pipeline, its row
+    # the report (check_params, which reads `methods`, reruns first; its stamp is unchanged, so no other
+    # method's stage reruns).
     added = "+methods.robust_train.groupdro_clusterfix={groups: clusterfix, trainer: groupdro, selection: average}"
     assert project.stages_run("exp", "run", "-S", added, "-S", "~methods.robust_train.jtt") == [
         "check_params", "robust_train@groupdro_clusterfix", *REPORTS]
