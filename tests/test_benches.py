@@ -22,7 +22,7 @@ from conftest import MNIST_DIR, ROOT
 from fixtures_datasets import make_mnist
 
 BENCHES = sorted(p.name for p in (ROOT / "bench").glob("*.py") if p.name != "common.py")
-DVC_BENCHES = {"clusterfix_backbones.py", "folder_speed.py", "jtt_sweep.py", "methods.py", "pipeline.py", "queue_grid.py",
+DVC_BENCHES = {"clusterfix_backbones.py", "dvc_yaml_loader.py", "folder_speed.py", "jtt_sweep.py", "methods.py", "pipeline.py", "queue_grid.py",
                "resized_folder.py", "seed_sweep.py", "selective.py", "xrm_search.py", "lff_table.py"}
 
 
@@ -41,6 +41,13 @@ def _clusterfix_backbones(figures: dict) -> None:
         assert set(run["found"]) == {"y0_no_square", "y0_square", "y1_no_square", "y1_square"}
         summary = figures["summary"][run["backbone"]]
         assert summary["nmi"]["mean"] == run["nmi"] and summary["nmi"]["std"] == 0.0  # one seed: its own figure
+
+
+def _dvc_yaml_loader(figures: dict) -> None:
+    assert figures["status_equal"]  # the same answer from DVC whichever loader read its files
+    assert list(figures["commands"]) == ["status"] and figures["rounds"] == 1
+    status = figures["commands"]["status"]
+    assert len(status["c_seconds"]) == len(status["pure_seconds"]) == 1 and status["ratio"] > 0
 
 
 def _folder_speed(figures: dict) -> None:
@@ -186,7 +193,8 @@ def _lff_table(figures: dict) -> None:
     assert cell["mean"] == lff_run["results"]["lff"]["unbiased"] and cell["std"] == 0.0  # one seed: its own figure
 
 
-CHECKS = {"clusterfix_backbones.py": _clusterfix_backbones, "folder_speed.py": _folder_speed,
+CHECKS = {"clusterfix_backbones.py": _clusterfix_backbones, "dvc_yaml_loader.py": _dvc_yaml_loader,
+          "folder_speed.py": _folder_speed,
           "jtt_sweep.py": _jtt_sweep, "lff_table.py": _lff_table, "methods.py": _methods, "official_masking.py": _official_masking,
           "pipeline.py": _pipeline, "queue_grid.py": _queue_grid, "resized_folder.py": _resized_folder,
           "saliency_throughput.py": _saliency_throughput,
