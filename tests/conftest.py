@@ -23,6 +23,8 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
 # pipeline_e2e ~1,650 (its first 20 minutes beside another job), image_datasets_e2e ~550,
 # folder_dataset ~350, benches ~140 without the DVC benches, distributed ~120, selective_e2e ~120;
 # method_contract ~200 (2026-12-07, its fixture's in-process pipeline); files not listed follow in their order.
+# Since the dataset runs moved in process (pipeline_checks.InProcessRun), image_datasets_e2e ~200 and
+# folder_dataset ~100 of those (2026-12-07, --durations, same machine).
 LONGEST_FIRST = ("test_pipeline_e2e.py", "test_image_datasets_e2e.py", "test_folder_dataset.py",
                  "test_method_contract.py", "test_benches.py",
                  "test_distributed.py", "test_selective_e2e.py")

@@ -4,13 +4,15 @@ tests/test_folder_dataset.py)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import h5py
 import numpy as np
 import pytest
 import yaml
 from conftest import ROOT
-from scratch import NO_GROUP_METHODS, committed_params  # noqa: F401  (tests import it from here)
+from scratch import NO_GROUP_METHODS, committed_params, merge, run_stage_in_process  # noqa: F401  (tests import it from here)
 from test_architecture import stage_instances
 
 from masktune.eval.figures import gallery_file_name
@@ -39,11 +41,9 @@ FEW_METHODS = {"erm": ["erm"], "masking": ["randmask", "masktune"], "labels": []
                "last_layer": {"exmap_global": METHODS["last_layer"]["exmap_global"]}}
 FEW_MODELS = reported_models(FEW_METHODS, "models")
 # ERM and MaskTune alone: the runs whose subject is a dataset's reading and report (CelebA, IN-9L), FEW_METHODS
-# having run on Waterbirds' images in the same module. `-S` from FEW_METHODS (DVC merges the `methods` dicts).
+# having run on Waterbirds' images in the same module.
 MASKTUNE_ONLY = {**FEW_METHODS, "masking": ["masktune"], "exmap": [], "clusterfix": [], "robust_train": {},
                  "last_layer": {}}
-MASKTUNE_ONLY_FLAGS = ("-S", "methods.masking=[masktune]", "-S", "methods.exmap=[]", "-S", "methods.clusterfix=[]",
-                       "-S", "~methods.robust_train.clusterfix", "-S", "~methods.last_layer.exmap_global")
 
 
 def stages_of(methods: dict, stages: list[str]) -> list[str]:
@@ -77,6 +77,34 @@ SMALL_RUN = {
     "evaluate": {"workers": 0},
     "selective": {"control_seed_offsets": []},  # the control's training: tests/test_selective_e2e.py
 }
+
+
+class InProcessRun:
+    """The pipeline on `params` (the committed params merged with them), every stage dvc.yaml expands for them
+    run in this process in dvc.yaml's order, as its command names it (`scratch.run_stage_in_process`), in
+    `path`. For the runs whose subject is a dataset's reading and report, not DVC (which runs the pipeline in
+    tests/test_pipeline_e2e.py, on images in test_image_datasets_e2e.py): the same stage code without DVC's
+    start and lock rewrite and a fresh interpreter per stage (CI time). `stages`: the stages run, in order."""
+
+    def __init__(self, path, params: dict):
+        from masktune.io import files
+
+        self.path = path
+        self.path.mkdir(parents=True, exist_ok=True)
+        values = merge(committed_params(), params)
+        (self.path / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+        shutil.copy(ROOT / "dvc.yaml", self.path)
+        instances = stage_instances(yaml.safe_load((ROOT / "dvc.yaml").read_text()), values)
+        self.stages = list(instances)
+        cwd = os.getcwd()
+        os.chdir(self.path)
+        try:
+            for _, entry in instances.values():
+                files._COMMIT_CHECKS.clear()  # each stage checks its own params while it runs, as in its own process
+                run_stage_in_process(" ".join(entry["cmd"].split()))
+        finally:
+            files._COMMIT_CHECKS.clear()
+            os.chdir(cwd)
 
 
 def evaluation_of(project, models: list[str] = MODELS) -> dict:

@@ -145,6 +145,12 @@ def test_overrides_and_the_dataset_switch_follow_the_naming_rule(tmp_path):
     ("recipes.waterbirds.lr", "fast", "recipes.waterbirds.lr must be a number > 0.0, got 'fast'"),
     ("prepare.in9l.limit", 0, "prepare.in9l.limit must be an integer >= 1 or null, got 0"),
     ("dfr.c_grid", [1.0, float("inf")], r"dfr.c_grid must be a non-empty list of distinct finite numbers > 0, got \[1.0, inf\]"),
+    ("profile", "fast", "profile must be one of 'full', 'quick', got 'fast'"),
+    ("profiles.quick.train_erm.epochs", 0, "profiles.quick.train_erm.epochs must be an integer >= 1, got 0"),
+    ("profiles.quick.train_erm.epoch", 1, (r"unknown key 'profiles.quick.train_erm.epoch' \(did you mean "
+                                           r"profiles.quick.train_erm.epochs\?\)")),
+    ("profiles.quick.dataset", "celeba", "unknown key 'profiles.quick.dataset'"),  # DVC expands the stages from it
+    ("profiles.quick.prepare.biased_mnist.train_limit", None, "profiles.quick.prepare.biased_mnist.train_limit may not"),
     ("methods.robust_train.x\n", {"groups": "jtt", "trainer": "groupdro", "selection": "average"},
      "methods.robust_train must be a mapping whose names are lower-case identifiers, got 'x\\\\n'"),
 ])
@@ -152,6 +158,28 @@ def test_a_bad_value_anywhere_stops_check_params_naming_the_key(key, value, mess
     """check_params (the first stage of every run: it declares the whole file) refuses it, whichever stage reads it."""
     with pytest.raises(UserError, match=f"^params.yaml: {message}"):
         check(_set(committed_params(), key, value))
+
+
+def test_the_quick_profile_presets_its_keys_above_params_and_recipes(tmp_path):
+    """`-S profile=quick`: the profile's values win over params.yaml and the recipe for the keys it sets (a preset,
+    edited where it is written), the rest stays as it was; every stage resolves under it, and a stage that reads a
+    key the profile sets without declaring `profiles.${profile}` (DVC would not rerun it) is refused."""
+    full, quick = committed_params(), _set(committed_params(), "profile", "quick")
+    erm = _load(tmp_path, "train_erm", full)
+    assert (erm.epochs, erm.lr) == (5, 0.01)  # recipes.biased_mnist
+    erm = _load(tmp_path, "train_erm", quick)
+    assert (erm.epochs, erm.lr, erm.batch_size) == (1, 0.01, 32)  # profiles.quick; the recipe's lr
+    assert _load(tmp_path, "train_erm", _set(quick, "train_erm.epochs", 3)).epochs == 1  # the preset wins...
+    assert _load(tmp_path, "train_erm", _set(quick, "profiles.quick.train_erm.epochs", 3)).epochs == 3  # ...edited here
+    options = _load(tmp_path, "prepare", quick).options
+    assert (options["train_limit"], options["test_limit"], options["val_size"], options["seed"]) == (2000, 1000, 500, 0)
+    assert _load(tmp_path, "prepare", full).options["val_size"] == 12000
+    for stage in _stages(quick["methods"]):
+        if stage != "check_params":
+            _load(tmp_path, stage, quick)  # every declared read: an undeclared one raises
+    dvc_text = (ROOT / "dvc.yaml").read_text().replace(', "profiles.${profile}"]', "]", 1)  # train_erm's
+    with pytest.raises(UserError, match=r"stage 'train_erm' reads param 'profiles\.quick\.train_erm\.\w+' but dvc.yaml"):
+        _load(tmp_path, "train_erm", quick, dvc_text)
 
 
 def test_a_stage_checks_the_keys_it_reads(tmp_path):
@@ -171,7 +199,7 @@ def test_unknown_and_missing_keys_are_named():
 
 
 def test_a_stage_cannot_read_an_undeclared_param(tmp_path):
-    dvc_text = (ROOT / "dvc.yaml").read_text().replace(', "recipes.${dataset}.train_erm"]', ']', 1)
+    dvc_text = (ROOT / "dvc.yaml").read_text().replace(', "recipes.${dataset}.train_erm", ', ', ', 1)
     assert dvc_text != (ROOT / "dvc.yaml").read_text()
     with pytest.raises(UserError, match="stage 'train_erm' reads param 'recipes.biased_mnist.train_erm.arch' "
                                         "but dvc.yaml does not declare it"):

@@ -25,8 +25,7 @@ from fixtures_datasets import (
     save_huge_png,
 )
 from PIL import Image
-from pipeline_checks import ALL_STAGES, FEW_METHODS, FEW_MODELS, SMALL_RUN, evaluation_of, stages_of
-from scratch import ScratchProject
+from pipeline_checks import ALL_STAGES, FEW_METHODS, FEW_MODELS, SMALL_RUN, InProcessRun, evaluation_of, stages_of
 
 from masktune.data.prepared import open_prepared
 from masktune.data.views import PLAIN, DatasetViews
@@ -330,21 +329,16 @@ def test_prepared_attributes_are_json(tmp_path, csv_index):
 # Both layouts through the whole pipeline, every registered method
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    # the methods that read the images (FEW_METHODS); every method runs end to end on biased MNIST
-    # (tests/test_pipeline_e2e.py) and every registered piece in tests/test_method_contract.py: CI time
-    return ScratchProject(tmp_path_factory.mktemp("scratch") / "project", {**copy.deepcopy(SMALL_RUN),
-                                                                            "methods": FEW_METHODS})
-
-
 @pytest.mark.slow
-def test_own_image_folder_runs_the_methods_and_reports_classes(project, image_folder):
+def test_own_image_folder_runs_the_methods_and_reports_classes(tmp_path, image_folder):
     """An ImageFolder tree: 3 classes, JPEG and PNG, greyscale, nested folders, sizes varying (resized to
-    32 x 32), two test splits, no spurious attribute: the report is per class and says so."""
-    assert project.stages_run("exp", "run", "-S", "dataset=folder", "-S", f"prepare.folder.dir={image_folder}",
-                              "-S", "prepare.folder.transforms=resize",
-                              "-S", "prepare.folder.image_size=32") == stages_of(FEW_METHODS, ALL_STAGES)
+    32 x 32), two test splits, no spurious attribute: the report is per class and says so. The methods that
+    read the images (FEW_METHODS; every method runs end to end on biased MNIST in tests/test_pipeline_e2e.py
+    and every registered piece in tests/test_method_contract.py), their stages in this process (CI time)."""
+    project = InProcessRun(tmp_path / "project", {**copy.deepcopy(SMALL_RUN), "methods": FEW_METHODS, "dataset": "folder",
+                                                  "prepare": {"folder": {"dir": str(image_folder), "transforms": "resize",
+                                                                         "image_size": 32}}})
+    assert project.stages == stages_of(FEW_METHODS, ALL_STAGES)
     evaluation = evaluation_of(project, FEW_MODELS)
     headline = json.loads((project.path / "metrics/evaluate.json").read_text())
     for model in FEW_MODELS:
@@ -357,16 +351,12 @@ def test_own_image_folder_runs_the_methods_and_reports_classes(project, image_fo
 
 
 @pytest.mark.slow
-def test_own_csv_index_runs_with_its_groups(project, csv_index):
+def test_own_csv_index_runs_with_its_groups(tmp_path, csv_index):
     """A CSV index with extra columns and a spurious attribute: 3 classes x 2 attributes = 6 groups,
     28 x 28 PNGs (some greyscale) stored as pixels, group metrics reported (the methods that read the
-    images; every method ran on the image folder above)."""
-    project.commit("image folder")
-    values = yaml.safe_load((project.path / "params.yaml").read_text())
-    values["methods"] = FEW_METHODS
-    values["prepare"]["folder"].update(dir=None, csv=str(csv_index), transforms="none")
-    (project.path / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
-    assert project.stages_run("repro") == stages_of(FEW_METHODS, ALL_STAGES)
+    images, in this process)."""
+    project = InProcessRun(tmp_path / "project", {**copy.deepcopy(SMALL_RUN), "methods": FEW_METHODS, "dataset": "folder",
+                                                  "prepare": {"folder": {"csv": str(csv_index), "transforms": "none"}}})
     with h5py.File(project.path / "data/prepared.h5", "r") as f:
         assert f["train/images"].shape[1:] == (28, 28, 3)  # pixels, as biased MNIST
     evaluation = evaluation_of(project, FEW_MODELS)

@@ -1,10 +1,12 @@
-"""`dvc exp run -S dataset=<name>` end to end on small fixtures in each real on-disk format.
+"""Each paper dataset end to end on small fixtures in its real on-disk format.
 
 Waterbirds, CelebA and IN-9L cannot be downloaded here; the fixtures (tests/fixtures_datasets.py)
 have their exact file layouts with a few dozen small JPEGs. The model is `tiny_cnn` for one epoch
 (the official ResNet-50 recipe is what runs without these overrides); everything else is the
 pipeline as a user runs it: prepare reads the folder, the official transforms and masking views,
-saliency, masks mapped to the raw images, finetune, group and Background Challenge metrics.
+saliency, masks mapped to the raw images, finetune, group and Background Challenge metrics. Each
+dataset's stages run in this process (pipeline_checks.InProcessRun: CI time); one Waterbirds run goes
+through `dvc exp run -S dataset=waterbirds` itself, and its mask alignment reruns what it should.
 """
 from __future__ import annotations
 
@@ -26,8 +28,8 @@ from pipeline_checks import (
     FEW_METHODS,
     FEW_MODELS,
     MASKTUNE_ONLY,
-    MASKTUNE_ONLY_FLAGS,
     SMALL_RUN,
+    InProcessRun,
     evaluation_of,
     resnet18_weights,
     stages_of,
@@ -44,23 +46,23 @@ CELEBA = {**CELEBA_COUNTS, "val": (16, 6, 16, 6)}
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def params(tmp_path_factory) -> dict:
     data = tmp_path_factory.mktemp("datasets")
     weights = resnet18_weights(data / "resnet18_random.pth")
     make_waterbirds(data / "waterbirds", WATERBIRDS)
     make_celeba(data / "celeba", CELEBA, nested=True)
     make_in9l(data / "in9", val_per_class=13)
-    params = merge(copy.deepcopy(SMALL_RUN), {
+    return merge(copy.deepcopy(SMALL_RUN), {
         "prepare": {"waterbirds": {"dir": str(data / "waterbirds")}, "celeba": {"dir": str(data / "celeba")},
                     "in9l": {"dir": str(data / "in9")}},
         "clusterfix": {"weights_path": str(weights)},  # the recipes' ResNet-18 features, from a local file
         "methods": FEW_METHODS})  # every method runs on an image folder in tests/test_folder_dataset.py
-    return ScratchProject(tmp_path_factory.mktemp("scratch") / "project", params)
 
 
 @pytest.mark.slow
-def test_waterbirds_runs_end_to_end(project):
-    assert project.stages_run("exp", "run", "-S", "dataset=waterbirds") == stages_of(FEW_METHODS, ALL_STAGES)
+def test_waterbirds_runs_end_to_end(params, tmp_path):
+    project = InProcessRun(tmp_path / "project", {**params, "dataset": "waterbirds"})
+    assert project.stages == stages_of(FEW_METHODS, ALL_STAGES)
     with h5py.File(project.path / "data/prepared.h5", "r") as f:
         assert f.attrs["dataset"] == "waterbirds"
         for split, counts in WATERBIRDS.items():  # groups = 2 * place + y, as built
@@ -79,9 +81,9 @@ def test_waterbirds_runs_end_to_end(project):
 
 
 @pytest.mark.slow
-def test_celeba_runs_end_to_end(project):
-    assert project.stages_run("exp", "run", "-S", "dataset=celeba", *MASKTUNE_ONLY_FLAGS) == stages_of(
-        MASKTUNE_ONLY, DATA_STAGES)
+def test_celeba_runs_end_to_end(params, tmp_path):
+    project = InProcessRun(tmp_path / "project", {**params, "dataset": "celeba", "methods": MASKTUNE_ONLY})
+    assert project.stages == stages_of(MASKTUNE_ONLY, DATA_STAGES)
     evaluation = evaluation_of(project, reported_models(MASKTUNE_ONLY, "models"))
     assert set(evaluation["erm"]["test"]["groups"]) <= {"not_blond_female", "blond_female", "not_blond_male",
                                                         "blond_male"}
@@ -90,8 +92,8 @@ def test_celeba_runs_end_to_end(project):
 
 
 @pytest.mark.slow
-def test_in9l_runs_end_to_end_with_the_background_challenge(project):
-    assert project.stages_run("exp", "run", "-S", "dataset=in9l") == stages_of(MASKTUNE_ONLY, DATA_STAGES)
+def test_in9l_runs_end_to_end_with_the_background_challenge(params, tmp_path):
+    project = InProcessRun(tmp_path / "project", {**params, "dataset": "in9l", "methods": MASKTUNE_ONLY})
     evaluation = evaluation_of(project, reported_models(MASKTUNE_ONLY, "models"))
     for model in reported_models(MASKTUNE_ONLY, "models"):
         challenge = evaluation[model]["background_challenge"]
@@ -101,17 +103,16 @@ def test_in9l_runs_end_to_end_with_the_background_challenge(project):
 
 
 @pytest.mark.slow
-def test_mask_alignment_reruns_only_finetune_and_evaluate(project):
-    """Back to Waterbirds, ERM and MaskTune as CelebA and IN-9L ran: restored from DVC's run cache but for
-    check_params (a params file it has not seen) and the three report stages (their small reports are committed,
-    `cache: false`, and DVC never run-caches a stage with an uncached output that is not a metric or a plot);
-    then the official stretch of the masks reruns MaskTune's finetune and the reports."""
-    project.commit("in9l")
-    reports = ["evaluate", "choose", "selective"]
-    assert project.stages_run("exp", "run", "-S", "dataset=waterbirds") == ["check_params", *reports]
+def test_waterbirds_through_dvc_and_the_mask_alignment_reruns_only_finetune_and_the_reports(params, tmp_path):
+    """`dvc exp run -S dataset=waterbirds` (ERM and MaskTune) runs every stage through DVC on images (the runs
+    above call the same stages in process); then the official stretch of the masks reruns MaskTune's finetune
+    and the three report stages only."""
+    project = ScratchProject(tmp_path / "project", {**params, "methods": MASKTUNE_ONLY})
+    assert project.stages_run("exp", "run", "-S", "dataset=waterbirds") == stages_of(MASKTUNE_ONLY, DATA_STAGES)
+    evaluation_of(project, reported_models(MASKTUNE_ONLY, "models"))
     project.commit("waterbirds")
     assert project.stages_run("exp", "run", "-S", "finetune.alignment=stretch") == [
-        "check_params", "finetune@masktune", *reports]
+        "check_params", "finetune@masktune", "evaluate", "choose", "selective"]
 
 
 def _prepare(tmp_path, dataset: str, folder, **options) -> subprocess.CompletedProcess:

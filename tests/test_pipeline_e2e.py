@@ -1,4 +1,4 @@
-"""The whole DVC pipeline on a few thousand MNIST digits, in a throwaway git repository: the real
+"""The whole DVC pipeline on the quick profile (2,000 + 1,000 MNIST digits), in a throwaway git repository: the real
 MNIST when it is beside the project, else its synthetic twin (the same IDX format).
 
 Checks what a researcher relies on: one `dvc repro` runs every method of the `methods` param (ERM,
@@ -60,20 +60,17 @@ def _importers(project, module: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """The real MNIST's first 3,000 / 1,000 digits where they are beside the project, else the
-    synthetic twin (one or the other: each run is 11 minutes on a 2-core CI machine, and the readers
-    of both are tested on their own in test_mnist_idx.py and test_biased_mnist.py)."""
+    """The quick profile (`profile: quick`, params.yaml: the first 2,000 / 1,000 digits, one epoch per network in
+    batches of 32) on the real MNIST where it is beside the project, else on the synthetic twin (one or the
+    other: the readers of both are tested on their own in test_mnist_idx.py and test_biased_mnist.py); no
+    selective-classification control (test_selective_e2e.py trains it)."""
     if (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
         mnist_dir = MNIST_DIR
     else:
         mnist_dir = make_mnist(tmp_path_factory.mktemp("mnist"))
-    small = {"prepare": {"biased_mnist": {"mnist_dir": str(mnist_dir), "train_limit": 3000, "test_limit": 1000,
-                                          "val_size": 600}},
-             "train_erm": {"epochs": 1}, "upsample": {"epochs": 2}, "cluster_reweight": {"epochs": 1},
-             "lff": {"epochs": 1}, "jtt": {"identification_epochs": 1},
-             "clusterfix": {"ssl_epochs": 1},
-             "groupdro": {"epochs": 1}, "selective": {"control_seed_offsets": []}}  # the control: test_selective_e2e
-    return ScratchProject(tmp_path_factory.mktemp("scratch") / "project", small)
+    params = {"profile": "quick", "prepare": {"biased_mnist": {"mnist_dir": str(mnist_dir)}},
+              "selective": {"control_seed_offsets": []}}
+    return ScratchProject(tmp_path_factory.mktemp("scratch") / "project", params)
 
 
 # one stage of every kind: the data, ERM, the saliency, a masking method's masks and finetune, each group inference
@@ -131,7 +128,7 @@ def test_pipeline_reruns_exactly_what_a_change_affects(project):
                           *_consumers("clusterfix")})
     assert reports == REPORTS
     live = json.loads((project.path / "metrics/robust_train/jtt/metrics.json").read_text())
-    assert live["upsampled_size"] == 2400 + 3 * errors  # the error set appended 3 times (official)
+    assert live["upsampled_size"] == 1500 + 3 * errors  # the error set appended 3 times to the 1,500 (official)
     assert json.loads((project.path / "metrics/groups/clusterfix.json").read_text())["backbone"] == "ssl"
     assert json.loads((project.path / "metrics/clusterfix_ssl/metrics.json").read_text())["recipe"]["epochs"] == 1
     assert json.loads((project.path / "metrics/finetune/masktune.json").read_text())["lr"] == 0.005
@@ -147,16 +144,19 @@ def test_pipeline_reruns_exactly_what_a_change_affects(project):
 
     # A param belongs to the stages that read it, read from `dvc status` (what a run would start from; the run
     # above shows DVC carrying a rerun on through the data). ERM's learning rate (null: recipes.biased_mnist.lr)
-    # is train_erm's only, not JTT's (from its own start); the finetunes' rate both finetunes'; ClusterFix's clustering params its clustering
-    # stage's, not its features'; ExMap's heatmap method the two stages that compute heatmaps (its clustering
-    # reruns through the data); DFR's params every last-layer pair's. (That each stage honours its param:
-    # tests/pipeline_checks.py and test_exmap.py.)
+    # is train_erm's only, not JTT's (from its own start); the finetunes' rate both finetunes'; ClusterFix's
+    # clustering params its clustering stage's, not its features'; ExMap's heatmap method the two stages that
+    # compute heatmaps (its clustering reruns through the data); DFR's params every last-layer pair's; the profile
+    # every stage, and the values of a profile not in use none. (That each stage honours its param:
+    # tests/pipeline_checks.py, test_exmap.py, test_config.py.)
     project.commit("five params")
     for edit, stale in [({"lr": 0.02}, ["train_erm"]),
                         ({"finetune": {"lr": 0.01}}, ["finetune@masktune", "finetune@randmask"]),
                         ({"clusterfix": {"clusters_per_class": 3}}, CLUSTERFIX[1:]),
                         ({"exmap": {"heatmaps": "xgradcam"}}, [EXMAP[0], EXMAP[2]]),
-                        ({"dfr": {"refits": 3}}, LAST_LAYER)]:
+                        ({"dfr": {"refits": 3}}, LAST_LAYER),
+                        ({"profiles": {"full": {"train_erm": {"epochs": 2}}}}, []),  # a profile not in use: nothing
+                        ({"profile": "full"}, ALL_STAGES[1:])]:  # every stage reads through the profile in use
         with _params_edited(project, lambda values, edit=edit: merge(values, edit)):
             assert sorted(json.loads(project.dvc("status", "--json").stdout)) == sorted(["check_params", *stale]), edit
 

@@ -8,7 +8,7 @@ scores are wired to the right models and splits (each softmax response's accurac
 control is another model; the risk-coverage plot renders through its template; `selective.coverages`
 reruns `selective` only; `selective.control_seed_offsets: []` drops the control's stage and rows; an
 offset 0 (a control equal to ERM) stops with one line. And the paper's CIFAR-10, from a fixture in its
-distributed format through the whole mode: augmented pixels in training, masks under the augmentation in
+distributed format through the whole mode (its stages in this process: pipeline_checks.InProcessRun): augmented pixels in training, masks under the augmentation in
 the finetune, the official recipe's learning rate.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 import torch
 from conftest import MNIST_DIR
 from fixtures_datasets import make_cifar10, make_mnist
-from pipeline_checks import NO_GROUP_METHODS, SMALL_RUN
+from pipeline_checks import NO_GROUP_METHODS, SMALL_RUN, InProcessRun
 from scratch import ScratchProject, merge
 
 pytestmark = pytest.mark.slow
@@ -118,8 +118,8 @@ def test_the_mode_on_a_cifar10_fixture(tmp_path):
         "dataset": "cifar10", "prepare": {"cifar10": {"dir": str(make_cifar10(tmp_path / "cifar10"))}},
         "methods": {"erm": ["erm"], "masking": ["masktune"], **NO_GROUP_METHODS},
         "selective": {"control_seed_offsets": [1]}})
-    project = ScratchProject(tmp_path / "project", params)
-    assert project.stages_run("repro") == STAGES
+    project = InProcessRun(tmp_path / "project", params)  # the stages in this process: CI time (DVC: the test above)
+    assert project.stages == STAGES
     assert _json(project, "metrics/train_erm/metrics.json")["recipe"]["lr"] == 0.1  # bash_files/cifar10_masktune.sh
     assert _json(project, "metrics/finetune/masktune.json")["lr"] == 0.1  # constant: the official finetune's rate
     headline = _json(project, "metrics/selective.json")

@@ -65,10 +65,11 @@ def declared_values(stage: str, params_file: str | Path = "params.yaml", dvc_fil
     """{key: its value in params.yaml} of every param dvc.yaml declares for `stage` (sections whole): what a
     stage's outputs were made with, as DVC records it in dvc.lock."""
     values = read_yaml(params_file)
-    return {key: _lookup(values, key) for key in declared_params(stage, dvc_file, values)}
+    return {key: value_at(values, key) for key in declared_params(stage, dvc_file, values)}
 
 
-def _lookup(values: Any, dotted: str) -> Any:
+def value_at(values: Any, dotted: str) -> Any:
+    """The value at dotted key `dotted` of `values`, None where a part is missing."""
     node = values
     for part in dotted.split("."):
         node = node.get(part) if isinstance(node, dict) else None
@@ -80,7 +81,7 @@ def _render(entry: str, values: dict, context: dict) -> str:
     foreach stage's `${item}`, `${item.<field>}` (a dict item: a (groups, trainer) pair) and `${key}`."""
     def value(match: re.Match) -> str:
         head = match[1].split(".")[0]
-        return str(_lookup(context, match[1]) if head in context else _lookup(values, match[1]))
+        return str(value_at(context, match[1]) if head in context else value_at(values, match[1]))
     return _TEMPLATE.sub(value, entry)
 
 
@@ -98,7 +99,7 @@ def declared_params(stage: str, dvc_file: str | Path, values: dict | None = None
     context: dict = {}
     if item:
         source = _TEMPLATE.fullmatch(str(entry["foreach"]))
-        over = _lookup(values, source[1]) if source else None
+        over = value_at(values, source[1]) if source else None
         context = {"key": item, "item": over[item]} if isinstance(over, dict) and item in over else {"item": item}
         entry = entry["do"]
     declared: list[str] = []
@@ -117,7 +118,7 @@ def refuse_to_finish_if_params_change(stage: str, params_file: str | Path, decla
     because the workspace is busy, both leave params.yaml changed) and report them up to date. The file is
     re-read only when its size or modification time changed."""
     path = Path(params_file).resolve()
-    started = {key: _lookup(values, key) for key in declared}
+    started = {key: value_at(values, key) for key in declared}
     seen = [_stamp(path)]
 
     def check() -> None:
@@ -130,9 +131,9 @@ def refuse_to_finish_if_params_change(stage: str, params_file: str | Path, decla
             now = None
         if not isinstance(now, dict):
             raise UserError(f"{path} became unreadable while stage '{stage}' ran: it refuses to write outputs")
-        changed = [key for key in declared if _lookup(now, key) != started[key]]
+        changed = [key for key in declared if value_at(now, key) != started[key]]
         if changed:
-            shown = ", ".join(f"{key}: {started[key]!r} -> {_lookup(now, key)!r}" for key in changed[:3])
+            shown = ", ".join(f"{key}: {started[key]!r} -> {value_at(now, key)!r}" for key in changed[:3])
             raise UserError(f"{path} changed while stage '{stage}' ran ({shown}{', ...' if len(changed) > 3 else ''}):"
                             " it refuses to write outputs made with the old values; `dvc repro` runs it again")
         seen[0] = stamp

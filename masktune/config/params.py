@@ -6,7 +6,10 @@ and the `fields.Field` that checks it, so a method's params live in the method's
 hparams registry, per module). Keys may hold templates a stage fills in: `${dataset}` (the `dataset`
 param), `${name}` (the item of a `foreach` stage: a pair's name), `${trainer}` (the trainer of that pair).
 A field with `recipe=True` left null takes `recipes.<dataset>.<key>` (one naming rule for every official
-recipe); a field with a `fallback` left null takes that top-level key (every section's seed: `seed`). `load_config(Config, stage)` reads params.yaml as DVC reads it, checks the *declared* keys only
+recipe); a field with a `fallback` left null takes that top-level key (every section's seed: `seed`). Above
+all three, a key the chosen profile sets takes the profile's value, `profiles.<profile>.<key>` (`profile:
+quick`: a first run on a subset, one epoch per network; `full`, the default, sets nothing): a profile is a
+preset, changed where it is written (`-S profiles.quick.train_erm.epochs=2`). `load_config(Config, stage)` reads params.yaml as DVC reads it, checks the *declared* keys only
 (the whole file is checked once, by the `check_params` stage, which every stage depends on: masktune/
 config/validate.py), and refuses to read a key dvc.yaml does not declare for the stage: DVC would not rerun
 the stage when that key changed.
@@ -20,7 +23,7 @@ from types import MappingProxyType
 from typing import Any
 
 from masktune.config.fields import Choice, Field, Text, invalid
-from masktune.config.files import declared_params, lookup_key, read_yaml, refuse_to_finish_if_params_change
+from masktune.config.files import declared_params, lookup_key, read_yaml, refuse_to_finish_if_params_change, value_at
 from masktune.errors import UserError
 
 # How a stage was launched, not what it computes: left out of the config a checkpoint records.
@@ -81,8 +84,21 @@ class Resolver:
             key = key.replace("${trainer}", str(self.read(f"methods.{kind}.{self.item}.trainer")))
         return key
 
+    def profile_value(self, key: str) -> tuple[str, Any] | None:
+        """(its key, the value) the chosen profile gives `key`, or None where it gives none. A stage that can
+        take a profile's value declares `profiles.${profile}` in dvc.yaml (read checks it), so that DVC reruns
+        it when the profile, or a value of the profile, changes."""
+        profiles, name = self.values.get("profiles"), self.values.get("profile")
+        if not isinstance(profiles, dict) or value_at(profiles.get(name), key) is None:
+            return None
+        full = f"profiles.{name}.{key}"
+        return full, self.read(full)
+
     def resolve(self, key: str, field: Field) -> Any:
         key = self.render(key)
+        profiled = self.profile_value(key)
+        if profiled is not None:
+            return field.check(*profiled)
         value = self.read(key)
         if value is None and field.fallback:  # a section's seed left null: the run's
             value = self.read(field.fallback)
@@ -106,7 +122,8 @@ class Resolver:
         unknown = sorted(set(values) - set(fields))
         if unknown:
             raise UserError(f"params.yaml: unknown key '{key}.{unknown[0]}'")
-        return MappingProxyType({name: field.check(f"{key}.{name}", values.get(name)) for name, field in fields.items()})
+        return MappingProxyType({name: field.check(*(self.profile_value(f"{key}.{name}") or (f"{key}.{name}", values.get(name))))
+                                 for name, field in fields.items()})
 
 
 def load_config(config_cls, stage: str, params_file: str | Path = "params.yaml", dvc_file: str | Path = "dvc.yaml",

@@ -50,10 +50,41 @@ def validate(values: Mapping, schema: Mapping[str, Field], datasets: Mapping[str
                 raise invalid(full, schema[key].expected() + " (a recipe value may not be null)", value)
             schema[key].check(full, value)
     for key in leaves(values, known):
-        if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.8)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise UserError(f"params.yaml: unknown key '{key}'{hint}")
+        if key not in known and key != "profile" and not key.startswith("profiles."):
+            _unknown(key, known)
+    validate_profiles(values, known)
+
+
+def _unknown(key: str, known: Mapping[str, Field], prefix: str = "") -> None:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.8)
+    hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+    raise UserError(f"params.yaml: unknown key '{prefix}{key}'{hint}")
+
+
+def validate_profiles(values: Mapping, known: Mapping[str, Field]) -> None:
+    """`profile` names one of `profiles`; each profile sets known keys (not the dataset, the methods or a
+    recipe, which DVC or the recipe rule read directly), each value checked by the key's field."""
+    profiles = values.get("profiles")
+    if not isinstance(profiles, Mapping) or not profiles:
+        raise invalid("profiles", "a mapping of profile names to the values they give keys left null", profiles)
+    if values.get("profile") not in profiles:
+        raise invalid("profile", "one of " + ", ".join(map(repr, profiles)), values.get("profile"))
+    for name, given in profiles.items():
+        if not isinstance(given, Mapping):
+            raise invalid(f"profiles.{name}", "a mapping ({} for none)", given)
+        settable = {key: field for key, field in known.items() if not _read_by_dvc_or_recipe(key)}
+        for key in leaves(given, known):
+            if key not in settable:
+                _unknown(key, settable, f"profiles.{name}.")
+            if lookup_key(given, key) is None:
+                raise UserError(f"params.yaml: profiles.{name}.{key} may not be null (leave the key out of the profile)")
+            settable[key].check(f"profiles.{name}.{key}", lookup_key(given, key))
+
+
+def _read_by_dvc_or_recipe(key: str) -> bool:
+    """Keys no profile can set: DVC expands the stages from `dataset` and `methods`, and a recipe is read by
+    the recipe rule, not by a stage's key."""
+    return key == "dataset" or key.startswith(("methods", "recipes."))
 
 
 def merge_fields(declarations: Iterator[tuple[str, Field, str]]) -> dict[str, Field]:
