@@ -182,6 +182,20 @@ def test_the_quick_profile_presets_its_keys_above_params_and_recipes(tmp_path):
         _load(tmp_path, "train_erm", quick, dvc_text)
 
 
+def test_no_profile_can_set_a_key_dvc_reads_itself():
+    """Every `${key}` dvc.yaml templates (but the foreach item and the profile's own) is one a profile may not
+    set: DVC reads it to expand the stages or their deps, and would not see the profile's value."""
+    import re
+
+    from masktune.config.validate import DVC_TEMPLATED
+
+    templated = set(re.findall(r"\$\{([a-z_.]+)\}", (ROOT / "dvc.yaml").read_text()))
+    keys = {key for key in templated if key.split(".")[0] not in ("item", "key", "profile")}
+    assert {key if key.split(".")[0] != "methods" else "methods" for key in keys} == set(DVC_TEMPLATED)
+    with pytest.raises(UserError, match="unknown key 'profiles.quick.saliency.method'"):
+        check(_set(committed_params(), "profiles.quick.saliency", {"method": "gradcam"}))
+
+
 def test_a_stage_checks_the_keys_it_reads(tmp_path):
     with pytest.raises(UserError, match="^params.yaml: train_erm.epochs must be an integer >= 1, got 'three'"):
         _load(tmp_path, "train_erm", _set(committed_params(), "train_erm.epochs", "three"))

@@ -9,8 +9,8 @@ A field with `recipe=True` left null takes `recipes.<dataset>.<key>` (one naming
 recipe); a field with a `fallback` left null takes that top-level key (every section's seed: `seed`). Above
 all three, a key the chosen profile sets takes the profile's value, `profiles.<profile>.<key>` (`profile:
 quick`: a first run on a subset, one epoch per network; `full`, the default, sets nothing): a profile is a
-preset, changed where it is written (`-S profiles.quick.train_erm.epochs=2`). `load_config(Config, stage)` reads params.yaml as DVC reads it, checks the *declared* keys only
-(the whole file is checked once, by the `check_params` stage, which every stage depends on: masktune/
+preset, changed where it is written (`-S profiles.quick.train_erm.epochs=2`). `load_config(Config, stage)`
+reads params.yaml as DVC reads it, checks the *declared* keys only (the whole file is checked once, by the `check_params` stage, which every stage depends on: masktune/
 config/validate.py), and refuses to read a key dvc.yaml does not declare for the stage: DVC would not rerun
 the stage when that key changed.
 """
@@ -122,7 +122,8 @@ class Resolver:
         unknown = sorted(set(values) - set(fields))
         if unknown:
             raise UserError(f"params.yaml: unknown key '{key}.{unknown[0]}'")
-        return MappingProxyType({name: field.check(*(self.profile_value(f"{key}.{name}") or (f"{key}.{name}", values.get(name))))
+        return MappingProxyType({name: field.check(*(self.profile_value(f"{key}.{name}")
+                                                     or (f"{key}.{name}", values.get(name))))
                                  for name, field in fields.items()})
 
 

@@ -66,7 +66,7 @@ def validate_profiles(values: Mapping, known: Mapping[str, Field]) -> None:
     recipe, which DVC or the recipe rule read directly), each value checked by the key's field."""
     profiles = values.get("profiles")
     if not isinstance(profiles, Mapping) or not profiles:
-        raise invalid("profiles", "a mapping of profile names to the values they give keys left null", profiles)
+        raise invalid("profiles", "a mapping of profile names to the values they preset", profiles)
     if values.get("profile") not in profiles:
         raise invalid("profile", "one of " + ", ".join(map(repr, profiles)), values.get("profile"))
     for name, given in profiles.items():
@@ -81,10 +81,15 @@ def validate_profiles(values: Mapping, known: Mapping[str, Field]) -> None:
             settable[key].check(f"profiles.{name}.{key}", lookup_key(given, key))
 
 
+# Keys dvc.yaml templates (`${...}`): DVC reads them itself (which stages exist, their deps), so a profile's value
+# would reach the stage and not DVC (tests/test_config.py checks the list against dvc.yaml).
+DVC_TEMPLATED = ("dataset", "methods", "saliency.method", "exmap.heatmaps", "selective.control_seed_offsets")
+
+
 def _read_by_dvc_or_recipe(key: str) -> bool:
-    """Keys no profile can set: DVC expands the stages from `dataset` and `methods`, and a recipe is read by
-    the recipe rule, not by a stage's key."""
-    return key == "dataset" or key.startswith(("methods", "recipes."))
+    """Keys no profile can set: those DVC reads itself (DVC_TEMPLATED, and what lies under them), and the recipes,
+    read by the recipe rule, not by a stage's key."""
+    return key.startswith("recipes.") or any(key == k or key.startswith(k + ".") for k in DVC_TEMPLATED)
 
 
 def merge_fields(declarations: Iterator[tuple[str, Field, str]]) -> dict[str, Field]:
