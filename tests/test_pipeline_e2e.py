@@ -33,6 +33,7 @@ MODELS = ["erm", *METHODS["masking"], *METHODS["robust_train"], *METHODS["last_l
 EXMAP = ["exmap_heatmaps@exmap", "exmap_groups@exmap", "exmap_extend@exmap"]
 CLUSTERFIX = ["clusterfix_features@clusterfix", "clusterfix_clusters@clusterfix"]
 LAST_LAYER = [pair for pair in PAIRS if pair.startswith("last_layer@")]
+READS_PARAMS = [stage for stage in ALL_STAGES[1:] if not stage.startswith("label_groups@")]  # the labels read none
 
 
 def _consumers(*groups: str) -> list[str]:
@@ -146,9 +147,9 @@ def test_pipeline_reruns_exactly_what_a_change_affects(project):
     # above shows DVC carrying a rerun on through the data). ERM's learning rate (null: recipes.biased_mnist.lr)
     # is train_erm's only, not JTT's (from its own start); the finetunes' rate both finetunes'; ClusterFix's
     # clustering params its clustering stage's, not its features'; ExMap's heatmap method the two stages that
-    # compute heatmaps (its clustering reruns through the data); DFR's params every last-layer pair's; the profile
-    # every stage, and the values of a profile not in use none. (That each stage honours its param:
-    # tests/pipeline_checks.py, test_exmap.py, test_config.py.)
+    # compute heatmaps (its clustering reruns through the data); DFR's params every last-layer pair's; the
+    # profile every stage that reads a param, and the values of a profile not in use none. (That each stage
+    # honours its param: tests/pipeline_checks.py, test_exmap.py, test_config.py.)
     project.commit("five params")
     for edit, stale in [({"lr": 0.02}, ["train_erm"]),
                         ({"finetune": {"lr": 0.01}}, ["finetune@masktune", "finetune@randmask"]),
@@ -156,7 +157,7 @@ def test_pipeline_reruns_exactly_what_a_change_affects(project):
                         ({"exmap": {"heatmaps": "xgradcam"}}, [EXMAP[0], EXMAP[2]]),
                         ({"dfr": {"refits": 3}}, LAST_LAYER),
                         ({"profiles": {"full": {"train_erm": {"epochs": 2}}}}, []),  # a profile not in use: nothing
-                        ({"profile": "full"}, ALL_STAGES[1:])]:  # every stage reads through the profile in use
+                        ({"profile": "full"}, READS_PARAMS)]:  # every stage that reads a param, through the profile
         with _params_edited(project, lambda values, edit=edit: merge(values, edit)):
             assert sorted(json.loads(project.dvc("status", "--json").stdout)) == sorted(["check_params", *stale]), edit
 
