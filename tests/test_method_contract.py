@@ -4,23 +4,20 @@ biased MNIST, every masker writes a masks file its finetune trains on, every gro
 groups files that honour the contract (masktune/groups.py), and every trainer, robust and last-layer, trains
 on every groups file and leaves a checkpoint the report reads with the right group-label use.
 
-The stages run in this process, as dvc.yaml's commands name them, in its order, for params that pair
+Every stage dvc.yaml expands runs in this process (pipeline_checks.InProcessRun), in its order, for params that pair
 every trainer with every groups file: a new group inference, trainer or pair is tested here without a
 new test. (tests/test_pipeline_e2e.py runs the default pipeline through DVC itself.)
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
 
 import numpy as np
 import pytest
-import yaml
-from conftest import ROOT, committed_params
+from conftest import committed_params
 from fixtures_datasets import make_mnist
-from scratch import merge, run_stage_in_process
-from test_architecture import stage_instances
+from pipeline_checks import InProcessRun
+from scratch import merge
 
 from masktune.groups import read_groups
 from masktune.models.checkpoint import load_checkpoint
@@ -30,7 +27,6 @@ REGISTRY = specs()
 TRAINERS, LAST_LAYER_TRAINERS = trainer_names(REGISTRY, "robust_train"), trainer_names(REGISTRY, "last_layer")
 MASKERS = family_names(REGISTRY)["masking"]
 
-GROUP_INFERENCE = tuple(stage for spec in REGISTRY.values() if spec.role == "group_inference" for stage in spec.stages)
 TINY = {"train_erm": {"arch": "small_cnn", "epochs": 1, "batch_size": 32, "workers": 0},
         "saliency": {"batch_size": 128, "workers": 0}, "finetune": {"batch_size": 32, "workers": 0},
         "jtt": {"identification_epochs": 1, "batch_size": 32, "workers": 0},
@@ -58,24 +54,12 @@ def _every_pair(methods: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    path = tmp_path_factory.mktemp("contract")
     mnist = make_mnist(tmp_path_factory.mktemp("mnist"), n_train=600, n_test=100)
     params = merge(committed_params(), {**TINY, "prepare": {"biased_mnist": {
         "mnist_dir": str(mnist), "train_limit": 500, "test_limit": 100, "val_size": 150}}})
     params["methods"] = _every_pair(params["methods"])
-    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    shutil.copy(ROOT / "dvc.yaml", path)
-    cwd = os.getcwd()
-    os.chdir(path)
-    try:
-        instances = stage_instances(yaml.safe_load((ROOT / "dvc.yaml").read_text()), params)
-        for script, entry in instances.values():
-            if script in ("prepare", "train_erm", "compute_saliency", "materialize_masked_dataset", "finetune",
-                          *GROUP_INFERENCE, "robust_train", "last_layer", "evaluate", "choose"):
-                run_stage_in_process(" ".join(entry["cmd"].split()))
-        yield path, params, instances
-    finally:
-        os.chdir(cwd)
+    run = InProcessRun(tmp_path_factory.mktemp("contract"), params)
+    return run.path, params, run.stages
 
 
 def test_every_group_inference_writes_groups_files_that_honour_the_contract(project):

@@ -69,10 +69,10 @@ def validate_profiles(values: Mapping, known: Mapping[str, Field]) -> None:
         raise invalid("profiles", "a mapping of profile names to the values they preset", profiles)
     if values.get("profile") not in profiles:
         raise invalid("profile", "one of " + ", ".join(map(repr, profiles)), values.get("profile"))
+    settable = {key: field for key, field in known.items() if not _read_by_dvc_or_recipe(key)}
     for name, given in profiles.items():
         if not isinstance(given, Mapping):
             raise invalid(f"profiles.{name}", "a mapping ({} for none)", given)
-        settable = {key: field for key, field in known.items() if not _read_by_dvc_or_recipe(key)}
         for key in leaves(given, known):
             if key not in settable:
                 _unknown(key, settable, f"profiles.{name}.")
