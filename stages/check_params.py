@@ -5,19 +5,24 @@ Each stage checks only the keys it declares (masktune/config/params.py); this st
 file (masktune/config/validate.py): the fields of every config class of the pipeline and of every method of the
 registry (masktune/methods: the names each `methods` family accepts, the trainers pairs may name, the groups
 files the listed group inference writes), every dataset's `prepare.<name>` keys and recipe, and no unknown key.
-It declares the whole file, so DVC runs it first whenever any param changes, and writes one constant stamp
-per name a `foreach` stage is made of, `<out>/<name>` (the methods and pairs of `methods`, the control's seed
-offsets). Every `foreach` stage depends on its own name's stamp: a valid change reruns no stage through it,
-and a stage whose name has no stamp (shell characters, say: DVC pastes the name into its command unquoted) is
-refused by DVC itself ("No such file") before its command is run, even by `dvc repro -s <that stage>`.
+It depends on params.yaml as a file (not as params, whose every value DVC would copy into dvc.lock), so DVC runs
+it first whenever the file changes, and writes one constant stamp per name a `foreach` stage is made of,
+`<out>/<name>` (the methods and pairs of `methods`, the control's seed offsets). Every `foreach` stage depends
+on its own name's stamp: a valid change reruns no stage through it, and a stage whose name has no stamp (shell
+characters, say: DVC pastes the name into its command unquoted) is refused by DVC itself ("No such file")
+before its command is run, even by `dvc repro -s <that stage>`. It also writes `<out>/_profile`, the chosen
+profile's values, which every stage that reads a param depends on (masktune/config/files.py PROFILE_STAMP):
+switching profiles reruns them, editing a profile not in use reruns none.
 """
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 from masktune.config.fields import RUN_SEED, Choice, Field, MethodLists, NameList, Pairs
-from masktune.config.files import read_yaml
+from masktune.config.files import PROFILE_STAMP, read_yaml
 from masktune.config.params import config_params
 from masktune.config.validate import merge_fields, validate
 from masktune.datasets import DATASETS
@@ -30,6 +35,13 @@ from masktune.selection import SELECTIONS
 
 STAMP = b"a valid name of params.yaml (stage check_params)\n"
 PARAMS_STAMP = "_params"  # the stamp `prepare` depends on (no name of `methods` starts with "_")
+PROFILE_FILE = Path(PROFILE_STAMP).name  # `<out>/_profile`: the chosen profile's values
+
+
+def profile_bytes(values: Mapping) -> bytes:
+    """The chosen profile's values, canonical JSON (sorted keys): the same values give the same bytes, so
+    editing a profile not in use, or switching between profiles that preset the same values, reruns nothing."""
+    return (json.dumps(values["profiles"][values["profile"]], sort_keys=True) + "\n").encode()
 
 
 def declarations(registry: Mapping[str, Spec]) -> Iterator[tuple[str, Field, str]]:
@@ -89,10 +101,12 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder of stamps, one per valid name")
     args = parser.parse_args()
 
-    names = check(read_yaml("params.yaml"))
+    values = read_yaml("params.yaml")
+    names = check(values)
     with atomic_directory(args.out) as folder:
         for name in names:
             (folder / name).write_bytes(STAMP)
+        (folder / PROFILE_FILE).write_bytes(profile_bytes(values))
 
 
 if __name__ == "__main__":

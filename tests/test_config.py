@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ import pytest
 import yaml
 from conftest import ROOT, committed_params
 
+from masktune.config.files import PROFILE_STAMP
 from masktune.config.params import config_params, load_config
 from masktune.datasets import load_prepare_config
 from masktune.errors import UserError
@@ -155,7 +157,7 @@ def test_overrides_and_the_dataset_switch_follow_the_naming_rule(tmp_path):
      "methods.robust_train must be a mapping whose names are lower-case identifiers, got 'x\\\\n'"),
 ])
 def test_a_bad_value_anywhere_stops_check_params_naming_the_key(key, value, message):
-    """check_params (the first stage of every run: it declares the whole file) refuses it, whichever stage reads it."""
+    """check_params (the first stage of every run: it depends on the whole file) refuses it, whichever stage reads it."""
     with pytest.raises(UserError, match=f"^params.yaml: {message}"):
         check(_set(committed_params(), key, value))
 
@@ -163,7 +165,7 @@ def test_a_bad_value_anywhere_stops_check_params_naming_the_key(key, value, mess
 def test_the_quick_profile_presets_its_keys_above_params_and_recipes(tmp_path):
     """`-S profile=quick`: the profile's values win over params.yaml and the recipe for the keys it sets (a preset,
     edited where it is written), the rest stays as it was; every stage resolves under it, and a stage that reads a
-    key the profile sets without declaring `profiles.${profile}` (DVC would not rerun it) is refused."""
+    key the profile sets without depending on the profile's stamp (DVC would not rerun it) is refused."""
     full, quick = committed_params(), _set(committed_params(), "profile", "quick")
     erm = _load(tmp_path, "train_erm", full)
     assert (erm.epochs, erm.lr) == (5, 0.01)  # recipes.biased_mnist
@@ -177,16 +179,31 @@ def test_the_quick_profile_presets_its_keys_above_params_and_recipes(tmp_path):
     for stage in _stages(quick["methods"]):
         if stage != "check_params":
             _load(tmp_path, stage, quick)  # every declared read: an undeclared one raises
-    dvc_text = (ROOT / "dvc.yaml").read_text().replace(', "profiles.${profile}"]', "]", 1)  # train_erm's
+    dvc_text = (ROOT / "dvc.yaml").read_text().replace(f"deps: [{PROFILE_STAMP}, ", "deps: [", 2)  # prepare's, train_erm's
+    assert dvc_text.count(PROFILE_STAMP) == (ROOT / "dvc.yaml").read_text().count(PROFILE_STAMP) - 2
     with pytest.raises(UserError, match=r"stage 'train_erm' reads param 'profiles\.quick\.train_erm\.\w+' but dvc.yaml"):
         _load(tmp_path, "train_erm", quick, dvc_text)
+
+
+def test_the_profile_stamp_holds_the_chosen_profiles_values_only():
+    """check_params writes the chosen profile's values where the stages' dep points; the same values give the
+    same bytes (editing a profile not in use, or key order, reruns nothing), other values other bytes."""
+    from stages.check_params import PROFILE_FILE, profile_bytes
+
+    out = re.search(r"python -m stages\.check_params --out (\S+)", (ROOT / "dvc.yaml").read_text())[1]
+    assert f"{out}/{PROFILE_FILE}" == PROFILE_STAMP
+    full, quick = committed_params(), _set(committed_params(), "profile", "quick")
+    assert profile_bytes(full) == b"{}\n"
+    assert json.loads(profile_bytes(quick)) == quick["profiles"]["quick"]
+    assert profile_bytes(_set(full, "profiles.quick.train_erm.epochs", 2)) == profile_bytes(full)
+    assert profile_bytes(_set(quick, "profiles.quick.train_erm.epochs", 2)) != profile_bytes(quick)
+    reordered = _set(quick, "profiles.quick", dict(reversed(list(quick["profiles"]["quick"].items()))))
+    assert profile_bytes(reordered) == profile_bytes(quick)
 
 
 def test_no_profile_can_set_a_key_dvc_reads_itself():
     """Every `${key}` dvc.yaml templates (but the foreach item and the profile's own) is one a profile may not
     set: DVC reads it to expand the stages or their deps, and would not see the profile's value."""
-    import re
-
     from masktune.config.validate import DVC_TEMPLATED
 
     templated = set(re.findall(r"\$\{([a-z_.]+)\}", (ROOT / "dvc.yaml").read_text()))
@@ -213,7 +230,7 @@ def test_unknown_and_missing_keys_are_named():
 
 
 def test_a_stage_cannot_read_an_undeclared_param(tmp_path):
-    dvc_text = (ROOT / "dvc.yaml").read_text().replace(', "recipes.${dataset}.train_erm", ', ', ', 1)
+    dvc_text = (ROOT / "dvc.yaml").read_text().replace(', "recipes.${dataset}.train_erm"]', ']', 1)
     assert dvc_text != (ROOT / "dvc.yaml").read_text()
     with pytest.raises(UserError, match="stage 'train_erm' reads param 'recipes.biased_mnist.train_erm.arch' "
                                         "but dvc.yaml does not declare it"):

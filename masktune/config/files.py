@@ -22,6 +22,12 @@ from masktune.errors import UserError
 from masktune.io.files import before_commit
 
 _TEMPLATE = re.compile(r"\$\{([\w.]+)\}")
+# The chosen profile's values as stage `check_params` writes them (canonical JSON). A stage that depends on this
+# file declares the profile: it reads `profiles.<profile>` as if dvc.yaml listed that key in its params. A file
+# of a few bytes in dvc.lock, where the key would copy every value of the profile into each stage's entry of
+# the lock, which DVC reads and rewrites after every stage (docs/pipeline.md).
+PROFILE_STAMP = "data/checked_names/_profile"
+PROFILE_PARAM = "profiles.${profile}"
 
 
 def parse_yaml(text: str) -> Any:
@@ -108,6 +114,8 @@ def declared_params(stage: str, dvc_file: str | Path, values: dict | None = None
             declared.append(param)
         elif isinstance(param, dict):  # {other_params_file: [keys]}: only params.yaml is ours
             declared.extend(k for keys in param.values() for k in (keys or []))
+    if PROFILE_STAMP in (entry.get("deps") or []):
+        declared.append(PROFILE_PARAM)
     return [_render(param, values, context) for param in declared]
 
 

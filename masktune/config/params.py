@@ -86,8 +86,8 @@ class Resolver:
 
     def profile_value(self, key: str) -> tuple[str, Any] | None:
         """(its key, the value) the chosen profile gives `key`, or None where it gives none. A stage that can
-        take a profile's value declares `profiles.${profile}` in dvc.yaml (read checks it), so that DVC reruns
-        it when the profile, or a value of the profile, changes."""
+        take a profile's value depends on the profile's stamp in dvc.yaml (files.PROFILE_STAMP, which declares
+        `profiles.${profile}`; read checks it), so that DVC reruns it when the profile, or a value of it, changes."""
         profiles, name = self.values.get("profiles"), self.values.get("profile")
         if not isinstance(profiles, dict) or value_at(profiles.get(name), key) is None:
             return None
