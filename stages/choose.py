@@ -26,6 +26,7 @@ from masktune.eval.choice import (
     choice_markdown,
     choose,
     deployed_rule,
+    inference_markdown,
     inferred_groupings,
     rule_names,
     rule_scores,
@@ -37,6 +38,14 @@ from masktune.groups import read_groups
 from masktune.io.files import write_json
 
 
+def read_group_report(path: Path) -> dict:
+    """A groups file's diagnostic, which the stage that wrote the file wrote beside it (so, like the file, it
+    reaches this stage through the models trained on it, not as a dep)."""
+    if not path.is_file():
+        raise UserError(f"{path} is missing, though its groups file is there: rerun `dvc repro`")
+    return json.loads(path.read_text())
+
+
 @run_stage
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -44,6 +53,8 @@ def main() -> None:
     parser.add_argument("--logits", required=True, help="evaluate's logits (HDF5)")
     parser.add_argument("--evaluation", required=True, help="evaluate's details.json: group-label use, test figures")
     parser.add_argument("--groups", required=True, help="folder of the groups files")
+    parser.add_argument("--group-reports", required=True,
+                        help="folder of their diagnostics (each written with its groups file, by the same stage)")
     parser.add_argument("--metrics", required=True, help="JSON: the chosen model, its test figures and regret")
     parser.add_argument("--report", required=True, help="Markdown: every rule's choice and audit")
     parser.add_argument("--details", required=True, help="JSON: every candidate's validation scores")
@@ -55,9 +66,10 @@ def main() -> None:
     models = evaluation["methods"]
     (labels,) = prepared.vectors("val", "labels")
     rows = {split: prepared.length(split) for split in ("train", "val")}
-    groupings = {}
+    groupings, reports = {}, {}
     for name in inferred_groupings(models):
         groups = read_groups(Path(args.groups) / f"{name}.h5", rows)
+        reports[name] = read_group_report(Path(args.group_reports) / f"{name}.json")
         if groups.uses_group_labels:  # never for a label-free model's groups: a stale file, say so
             raise UserError(f"{args.groups}/{name}.h5 was made with group labels, but evaluate recorded a label-free "
                             "model trained on it: rerun `dvc repro`")
@@ -85,10 +97,10 @@ def main() -> None:
     write_json(args.metrics, {"rule": rule, "model": model, **audits[rule]})
     write_json(args.details, {"rule": rule, "groupings": list(groupings), "candidates": candidates,
                               "left_out": left_out, "scores": scores, "chosen": chosen, "audit": audits,
-                              "held_out_val": sorted(held_out & set(candidates))})
+                              "held_out_val": sorted(held_out & set(candidates)), "group_inference": reports})
     measure_name = measure.removesuffix("_accuracy").replace("_", " ")
     write_comparison(args.report, choice_markdown(prepared.dataset, rule, chosen, scores, audits, titles,
-                                                  left_out, measure_name))
+                                                  left_out, measure_name) + inference_markdown(reports))
     figures = ", ".join(f"{split} {a['average']:.2%} ({measure_name} {a['worst']:.2%}, regret "
                         f"{a['regret_vs_best_label_free']:.2f} points)" for split, a in audits[rule].items())
     print(f"deploy {titles[model]} ({model}), chosen by {rule} without group labels: {figures}")

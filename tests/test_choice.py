@@ -17,6 +17,7 @@ from masktune.data.prepared import write_prepared
 from masktune.data.samples import SampleSet
 from masktune.errors import UserError
 from masktune.eval.choice import audit, choose, deployed_rule, inferred_groupings, rule_scores, same_partition
+from masktune.eval.clusters import groups_report
 from masktune.eval.logits import HELD_OUT_VAL, write_logits
 from masktune.groups import make_groups, write_groups
 
@@ -124,9 +125,13 @@ def _fixture(tmp_path: Path) -> Path:
     write_logits(project / "data/evaluate/logits.h5", logits, checkpoints)
     xrm_val = 2 * VAL_LABELS + np.isin(np.arange(20), MINORITY)  # XRM found the minority
     labels = {"train": np.array([0, 1] * 10), "val": VAL_LABELS}
-    write_groups(project / "data/groups/xrm.h5", make_groups(
+    xrm = make_groups(
         {"train": 2 * labels["train"], "val": xrm_val}, labels, ["0_agree", "0_mistake", "1_agree", "1_mistake"],
-        [0, 0, 1, 1], inference="xrm", description="", uses_group_labels=False, minority=[1, 3]))
+        [0, 0, 1, 1], inference="xrm", description="", uses_group_labels=False, minority=[1, 3])
+    write_groups(project / "data/groups/xrm.h5", xrm)
+    true = {"train": 2 * labels["train"], "val": 2 * VAL_LABELS + (attributes != VAL_LABELS)}
+    (project / "metrics/groups").mkdir(parents=True)  # the diagnostic xrm_twins writes beside its groups file
+    (project / "metrics/groups/xrm.json").write_text(json.dumps(groups_report(xrm, true, dict(enumerate("abcd")))))
     write_groups(project / "data/groups/true_groups.h5", make_groups(
         {"train": 2 * labels["train"], "val": 2 * VAL_LABELS + (attributes != VAL_LABELS)}, labels,
         ["a", "b", "c", "d"], [0, 0, 1, 1], inference="true_groups", description="", uses_group_labels=True))
@@ -142,7 +147,8 @@ def _fixture(tmp_path: Path) -> Path:
 
 
 COMMAND = ("python -m stages.choose --data data/prepared.h5 --logits data/evaluate/logits.h5 "
-           "--evaluation metrics/evaluate/details.json --groups data/groups --metrics metrics/choice.json "
+           "--evaluation metrics/evaluate/details.json --groups data/groups --group-reports metrics/groups "
+           "--metrics metrics/choice.json "
            "--report metrics/choice.md --details metrics/choice/details.json")
 
 
@@ -167,6 +173,9 @@ def test_choose_deploys_by_xrms_groups_and_reads_no_true_group(tmp_path, monkeyp
     assert details["scores"]["dfr_xrm"]["worst_group:xrm"] == pytest.approx(0.5)
     assert details["chosen"]["average"] == "masktune" and details["scores"]["erm"]["worst_group:xrm"] == 0.0
     assert "**worst_group:xrm** | MASKTUNE" in (project / "metrics/choice.md").read_text()
+    # XRM's diagnostic, as xrm_twins wrote it, in the committed report: its val groups hold the minority (b, d) apart
+    assert details["group_inference"]["xrm"]["val"]["purity"] == 1.0
+    assert "| `xrm` (xrm) | 4 | 100.00 | 100.00 | a 100%, c 100% |" in (project / "metrics/choice.md").read_text()
 
     # the true groups out of the inputs: their groups file gone, the val and test groups of the prepared file
     # scrambled. The choice and every score are the same (the audit reads evaluate's figures, unchanged).
@@ -175,6 +184,15 @@ def test_choose_deploys_by_xrms_groups_and_reads_no_true_group(tmp_path, monkeyp
     _prepared(project / "data/prepared.h5", scrambled)
     headline_again, details_again = _run(project, monkeypatch)
     assert (headline_again, details_again) == (headline, details)
+
+
+def test_choose_names_a_missing_diagnostic(tmp_path, monkeypatch, capsys):
+    project = _fixture(tmp_path)
+    (project / "metrics/groups/xrm.json").unlink()
+    monkeypatch.chdir(project)
+    with pytest.raises(SystemExit):
+        run_stage_in_process(COMMAND)
+    assert "error: metrics/groups/xrm.json is missing, though its groups file is there" in capsys.readouterr().err
 
 
 def test_choose_refuses_a_label_free_model_on_a_file_made_with_group_labels(tmp_path, monkeypatch, capsys):

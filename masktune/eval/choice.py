@@ -159,3 +159,20 @@ def choice_markdown(dataset: str, rule: str, chosen: Mapping[str, str], scores: 
     if left_out:
         lines += ["", "Not candidates: " + "; ".join(f"{titles.get(m, m)} ({why})" for m, why in left_out.items()) + "."]
     return "\n".join(lines) + "\n"
+
+
+def inference_markdown(reports: Mapping[str, Mapping]) -> str:
+    """How well each grouping the label-free models were trained on found the true groups (each group-inference
+    stage's own diagnostic, `metrics/groups/<name>.json`): read from the true groups, an audit like the regrets,
+    so that a clone has every method's diagnostic in one committed file."""
+    if not reports:
+        return ""
+    lines = ["", "How well each grouping of the label-free models found the true groups (read from the true groups:",
+             "an audit; a true group is found where at least half of it sits in an inferred group it dominates):", "",
+             ("| grouping | groups | train purity | val purity | share of each true group in an inferred group it "
+              "dominates (train) |"), "|---|---|---|---|---|"]
+    for name, report in reports.items():
+        found = ", ".join(f"{group} {share:.0%}" for group, share in report["train"]["true_group_found"].items())
+        lines.append(f"| `{name}` ({report['inference']}) | {report['groups']} | {100 * report['train']['purity']:.2f} "
+                     f"| {100 * report['val']['purity']:.2f} | {found} |")
+    return "\n".join(lines) + "\n"
