@@ -175,7 +175,7 @@ def test_choose_deploys_by_xrms_groups_and_reads_no_true_group(tmp_path, monkeyp
     assert "**worst_group:xrm** | MASKTUNE" in (project / "metrics/choice.md").read_text()
     # XRM's diagnostic, as xrm_twins wrote it, in the committed report: its val groups hold the minority (b, d) apart
     assert details["group_inference"]["xrm"]["val"]["purity"] == 1.0
-    assert "| `xrm` (xrm) | 4 | 100.00 | 100.00 | a 100%, c 100% |" in (project / "metrics/choice.md").read_text()
+    assert "| `xrm` | 4 | 100.00 | 100.00 | a 100%, c 100% |" in (project / "metrics/choice.md").read_text()
 
     # the true groups out of the inputs: their groups file gone, the val and test groups of the prepared file
     # scrambled. The choice and every score are the same (the audit reads evaluate's figures, unchanged).

@@ -173,6 +173,7 @@ def inference_markdown(reports: Mapping[str, Mapping]) -> str:
               "dominates (train) |"), "|---|---|---|---|---|"]
     for name, report in reports.items():
         found = ", ".join(f"{group} {share:.0%}" for group, share in report["train"]["true_group_found"].items())
-        lines.append(f"| `{name}` ({report['inference']}) | {report['groups']} | {100 * report['train']['purity']:.2f} "
+        how = f" ({report['inference']})" if report["inference"] != name else ""
+        lines.append(f"| `{name}`{how} | {report['groups']} | {100 * report['train']['purity']:.2f} "
                      f"| {100 * report['val']['purity']:.2f} | {found} |")
     return "\n".join(lines) + "\n"
