@@ -23,6 +23,7 @@ the wall time of each run, and one JSON line.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -109,7 +110,7 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="masktune-lff-table-") as tmp:
         lff_runs = []
-        project = ScratchProject(Path(tmp) / "lff", merge(base, {"methods": lff_methods(committed)}))
+        project = ScratchProject(Path(tmp) / "lff", merge(copy.deepcopy(base), {"methods": lff_methods(committed)}))
         for ratio in args.ratios:
             # `evaluate` and what it needs: compute_saliency (MaskTune's XGradCAM) has no convolutional
             # layer to explain in LfF's MLP, and no model of this run reads it
