@@ -34,8 +34,9 @@ from masktune.registry import family_names, group_files, pipeline_configs, specs
 from masktune.selection import SELECTIONS
 
 STAMP = b"a valid name of params.yaml (stage check_params)\n"
-PARAMS_STAMP = "_params"  # the stamp `prepare` depends on (no name of `methods` starts with "_")
-PROFILE_FILE = Path(PROFILE_STAMP).name  # `<out>/_profile`: the chosen profile's values
+# `<out>/_profile`: the chosen profile's values, which `prepare` (the first stage after this one) depends on too
+# (no name of `methods` starts with "_")
+PROFILE_FILE = Path(PROFILE_STAMP).name
 
 
 def profile_bytes(values: Mapping) -> bytes:
@@ -92,7 +93,7 @@ def check(values: Mapping) -> list[str]:
     validate(values, schema(registry), {name: spec.params for name, spec in DATASETS.items()})
     check_pairs(registry, values["methods"])
     names = {str(name) for family in values["methods"].values() for name in family}
-    return sorted(names | {str(offset) for offset in values["selective"]["control_seed_offsets"]} | {PARAMS_STAMP})
+    return sorted(names | {str(offset) for offset in values["selective"]["control_seed_offsets"]})
 
 
 @run_stage
