@@ -19,23 +19,36 @@ the wall time of each run, and one JSON line.
     python bench/lff_table.py --mnist-dir ../shared/data/mnist --seeds 0 1 2
     python bench/lff_table.py --mnist-dir ../shared/data/mnist --ratios 0.995 --all-methods-at --seeds 0
     python bench/lff_table.py --quick    # one ratio, one seed, 600 digits, one epoch of each (tests)
+
+Each ERM + LfF run also reports `erm_last`: train_erm's last checkpoint on the test split, the official
+Vanilla's model (it keeps its last epoch, train_vanilla.py). `--set KEY=VALUE` adds a `-S` override to every
+run, e.g. the official training set (all 60,000 digits; val is then the test split itself, so `erm` is
+selected on the test set and only `erm_last` and `lff` are the official protocol):
+
+    python bench/lff_table.py --ratios 0.99 0.995 --all-methods-at --set prepare.colored_mnist_lff.val_source=test
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import QUICK_SIZES, QUICK_TRAINING, add_quick_flag, machine, seed_overrides
 from scratch import ScratchProject, merge
 
 from masktune.config.files import read_yaml
+from masktune.data.prepared import open_prepared
+from masktune.eval.compare import evaluate_models
 
 DATASET = "colored_mnist_lff"
 RATIOS = (0.95, 0.98, 0.99, 0.995)  # LfF's Colored MNIST ratios (script/train.sh; make_dataset.py L151)
@@ -48,10 +61,31 @@ def lff_methods(committed: dict) -> dict:
     return {**NO_METHODS, "robust_train": {"lff": committed["methods"]["robust_train"]["lff"]}}
 
 
+def last_erm_results(project: ScratchProject) -> dict:
+    """train_erm's last checkpoint on the test split: {"unbiased", "worst_group", "group_labels"}."""
+    with contextlib.chdir(project.path):
+        prepared, info = open_prepared("data/prepared.h5")
+        results, described, _ = evaluate_models(prepared, info, {"erm_last": Path("models/erm_last.pt")},
+                                                batch_size=1024, workers=0, device=torch.device("cpu"))
+    test = results["erm_last"]["test"]
+    return {"unbiased": test["unbiased_accuracy"], "worst_group": test["worst_group_accuracy"],
+            "group_labels": described["erm_last"]["group_labels"]}
+
+
+def keep_reports(project: ScratchProject, folder: Path) -> None:
+    """Copy the run's reports (comparison table, details, the choice) into `folder` before the scratch
+    project is deleted."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("metrics/comparison.md", "metrics/evaluate/details.json", "metrics/choice.md"):
+        if (project.path / name).is_file():
+            shutil.copy(project.path / name, folder / Path(name).name)
+
+
 def run_table(project: ScratchProject, ratio: float, seeds: list[int], sets: list[str],
-              targets: tuple[str, ...] = ()) -> list[dict]:
+              targets: tuple[str, ...] = (), last_erm: bool = False, reports: Path | None = None) -> list[dict]:
     """One `dvc exp run` per seed at `ratio` (of `targets` and what they need: all stages if none); each
-    model's unbiased and worst-group test accuracy."""
+    model's unbiased and worst-group test accuracy (and, with `last_erm`, train_erm's last checkpoint's);
+    with `reports`, each run's reports kept in reports/<project>-<ratio>-seed<seed>/."""
     runs = []
     for seed in seeds:
         start = time.perf_counter()
@@ -61,6 +95,10 @@ def run_table(project: ScratchProject, ratio: float, seeds: list[int], sets: lis
         results = {name: {"unbiased": m["results"]["test"]["unbiased_accuracy"],
                           "worst_group": m["results"]["test"]["worst_group_accuracy"],
                           "group_labels": m["group_labels"]} for name, m in details.items()}
+        if last_erm:
+            results["erm_last"] = last_erm_results(project)
+        if reports is not None:
+            keep_reports(project, reports / f"{project.path.name}-{ratio}-seed{seed}")
         runs.append({"ratio": ratio, "seed": seed, "seconds": seconds, "results": results})
         print(f"ratio {ratio:.3f} seed {seed}: {seconds:.0f} s  " + "  ".join(
             f"{name} {r['unbiased']:.2%} / {r['worst_group']:.2%}" for name, r in results.items()), flush=True)
@@ -94,10 +132,14 @@ def print_table(title: str, table: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--mnist-dir", type=Path, default=Path("../shared/data/mnist"))
-    parser.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS))
+    parser.add_argument("--ratios", type=float, nargs="*", default=list(RATIOS),
+                        help="ratios of the ERM + LfF table (none: only the every-model runs)")
     parser.add_argument("--all-methods-at", type=float, nargs="*", default=[0.995, 0.99],
                         help="ratios at which every default model also runs (with train_erm.arch=small_cnn)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a `dvc exp run -S` override for every run (repeatable)")
+    parser.add_argument("--reports", type=Path, help="keep each run's comparison table and details here")
     add_quick_flag(parser)
     args = parser.parse_args()
     committed = read_yaml(Path(__file__).resolve().parents[1] / "params.yaml")
@@ -114,20 +156,23 @@ def main() -> None:
         for ratio in args.ratios:
             # `evaluate` and what it needs: compute_saliency (MaskTune's XGradCAM) has no convolutional
             # layer to explain in LfF's MLP, and no model of this run reads it
-            lff_runs += run_table(project, ratio, args.seeds, [], targets=("evaluate",))
+            lff_runs += run_table(project, ratio, args.seeds, args.set, targets=("evaluate",), last_erm=True,
+                                  reports=args.reports)
         all_runs = []
         if args.all_methods_at:
             project = ScratchProject(Path(tmp) / "all", base)
             for ratio in args.all_methods_at:
-                all_runs += run_table(project, ratio, args.seeds, ["train_erm.arch=small_cnn"])
+                all_runs += run_table(project, ratio, args.seeds, ["train_erm.arch=small_cnn", *args.set],
+                                      reports=args.reports)
     seconds = time.perf_counter() - started
-    lff_table, all_table = summarise(lff_runs), summarise(all_runs) if all_runs else {}
-    print_table("ERM (Vanilla) and LfF, LfF's MLP and recipe", lff_table)
+    lff_table, all_table = summarise(lff_runs) if lff_runs else {}, summarise(all_runs) if all_runs else {}
+    if lff_table:
+        print_table("ERM (Vanilla; erm_last: its last epoch) and LfF, LfF's MLP and recipe", lff_table)
     if all_table:
         print_table("every default model (ERM, MaskTune and the pairs on the SmallCNN)", all_table)
     print("published (docs/lff-published.md): not filled in; the tables could not be read from a stored source")
     print(f"wall time: {seconds:.0f} s")
-    print(json.dumps({"machine": machine(), "ratios": args.ratios, "all_methods_at": args.all_methods_at,
+    print(json.dumps({"machine": machine(), "ratios": args.ratios, "sets": args.set, "all_methods_at": args.all_methods_at,
                       "seeds": args.seeds, "seconds": seconds, "runs": lff_runs + all_runs,
                       "summary": {"lff": lff_table, "all": all_table}}))
 

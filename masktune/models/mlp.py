@@ -61,4 +61,6 @@ class LfFMLP(nn.Module):
     def grad_cam_target_layer(self) -> nn.Module:
         raise NoConvolutionalLayerError(
             "lff_mlp is a multilayer perceptron: it has no convolutional layer whose activation XGradCAM could "
-            "explain, so MaskTune's saliency masks cannot be computed with it; use small_cnn for MaskTune")
+            "explain, so MaskTune's saliency masks cannot be computed with it; train a convolutional network "
+            "for the masking methods, e.g. `dvc exp run -S train_erm.arch=small_cnn` (every default method on "
+            "LfF's Colored MNIST: docs/results.md)")
