@@ -3,6 +3,8 @@ prediction order, and the finetune continuing ERM's optimizer (momentum buffers,
 the official `finetune()` does."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,7 @@ from masktune.models.checkpoint import load_checkpoint, save_checkpoint
 from masktune.models.predict import predict
 from masktune.precision import PRECISIONS, MixedPrecision
 from masktune.seeding import seed_everything
-from masktune.train.loop import make_optimizer, restore_optimizer, train_epoch
+from masktune.train.loop import make_optimizer, restore_optimizer, train_epoch, trains_on_one_row
 
 CPU = torch.device("cpu")
 
@@ -59,6 +61,29 @@ def test_epoch_loss_is_the_mean_over_samples_with_a_short_last_batch():
     assert stats["accuracy"] == pytest.approx((logits.argmax(1) == labels).float().mean().item())
     batch_means = np.mean([F.cross_entropy(logits[i:i + 16], labels[i:i + 16]).item() for i in range(0, 50, 16)])
     assert abs(stats["loss"] - batch_means) > 1e-4  # the check can tell the two apart
+
+
+def test_a_last_batch_of_one_row_sits_out_only_where_batchnorm_cannot_train_on_it():
+    """17 rows at batch 16: PyTorch's BatchNorm raises on the one-row batch, so a network with BatchNorm
+    trains on the shuffle's first 16 rows (lr 0: the epoch's loss is their training-mode cross-entropy,
+    one batch); a network without keeps all 17 (the loss is over every row)."""
+    data, batch = _split(17), 16
+    torch.manual_seed(0)
+    with_bn = SmallCNN(2)
+    order = torch.randperm(17, generator=torch.Generator().manual_seed(0)).numpy()
+    expected = F.cross_entropy(copy.deepcopy(with_bn).train()(to_input(data.pixels(order[:16]), CPU)),
+                               torch.from_numpy(data.labels[order[:16]])).item()
+    stats = train_epoch(with_bn, make_optimizer(with_bn, 0.0, 0.0, 0.0), data, batch,
+                        torch.Generator().manual_seed(0), CPU, "test")
+    assert stats["loss"] == pytest.approx(expected, rel=1e-5)
+
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28 * 3, 2))
+    stats = train_epoch(plain, make_optimizer(plain, 0.0, 0.0, 0.0), data, batch, torch.Generator().manual_seed(0),
+                        CPU, "test")
+    every_row = F.cross_entropy(plain(to_input(data.pixels(np.arange(17)), CPU)), torch.from_numpy(data.labels))
+    assert stats["loss"] == pytest.approx(every_row.item(), rel=1e-6)
+    assert [trains_on_one_row(with_bn, n, batch) for n in (1, 16, 17, 18, 33)] == [False, False, True, False, True]
+    assert not trains_on_one_row(plain, 17, batch)
 
 
 def test_prediction_is_in_row_order_and_independent_of_batch_size():

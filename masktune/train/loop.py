@@ -83,6 +83,16 @@ def restore_optimizer(model: nn.Module, checkpoint: dict, lr: float | None = Non
     return optimizer
 
 
+def trains_on_one_row(model: nn.Module, n: int, batch_size: int) -> bool:
+    """Whether an epoch of `n` rows in batches of `batch_size` ends on a batch of one row in a network
+    with BatchNorm, which cannot normalise one row in training (PyTorch raises "Expected more than 1
+    value per channel when training"; e.g. JTT's upsampled set or a folder of 129 images at batch 128).
+    `train_epoch` then leaves that row out of the epoch, as `DataLoader(drop_last=True)` would leave out
+    the whole short batch; every other epoch length is trained whole."""
+    return n > 1 and n % batch_size == 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                                  for m in model.modules())
+
+
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split, batch_size: int,
                 generator: torch.Generator, device: torch.device, desc: str, amp: MixedPrecision | None = None,
                 objective: Objective = ERM) -> dict[str, float]:
@@ -105,8 +115,12 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split,
     data, generator = objective.epoch_data(data, generator)
     totals: dict[str, float] = {"loss": 0.0, "accuracy": 0.0} if objective.classifies else {"loss": 0.0}
     n = len(data)
+    if trains_on_one_row(model, n, batch_size):
+        n -= 1  # the shuffle's last row sits out this epoch (the permutation is drawn whole: same draws)
     bar = progress(data.batches(batch_size, device, generator, world), desc, total=-(-n // batch_size))
     for step, (inputs, index) in enumerate(bar):
+        if step * batch_size >= n:
+            break
         whole = min(batch_size, n - step * batch_size)
         own = len(shard_batch(np.arange(whole), world))  # 0: a stand-in batch that only keeps DDP in step
         targets = torch.from_numpy(np.asarray(data.labels)[index]).to(device)
