@@ -184,7 +184,8 @@ def _xrm_search(figures: dict) -> None:
 def _lff_table(figures: dict) -> None:
     assert [(run["ratio"], run["seed"]) for run in figures["runs"]] == [(0.99, 0), (0.99, 0)]  # ERM + LfF, then all
     lff_run, all_run = figures["runs"]
-    assert set(lff_run["results"]) == {"erm", "lff"} and lff_run["results"]["lff"]["group_labels"] == "✗/✗"
+    assert set(lff_run["results"]) == {"erm", "lff", "erm_last"} and lff_run["results"]["lff"]["group_labels"] == "✗/✗"
+    assert lff_run["results"]["erm_last"] == lff_run["results"]["erm"]  # one epoch: the best checkpoint is the last
     assert {"erm", "masktune", "lff", "dfr_groups"} <= set(all_run["results"])  # every default model at that ratio
     for run in figures["runs"]:
         assert all(_fraction(r["unbiased"]) and _fraction(r["worst_group"]) and r["worst_group"] <= r["unbiased"]
