@@ -61,15 +61,20 @@ def lff_methods(committed: dict) -> dict:
     return {**NO_METHODS, "robust_train": {"lff": committed["methods"]["robust_train"]["lff"]}}
 
 
+def table_row(results: dict, group_labels: str) -> dict:
+    """A model's row of the table: its unbiased and worst-group test accuracy and its group-label use."""
+    test = results["test"]
+    return {"unbiased": test["unbiased_accuracy"], "worst_group": test["worst_group_accuracy"],
+            "group_labels": group_labels}
+
+
 def last_erm_results(project: ScratchProject) -> dict:
-    """train_erm's last checkpoint on the test split: {"unbiased", "worst_group", "group_labels"}."""
+    """train_erm's last checkpoint's `table_row`, evaluated as `evaluate` evaluates the reported models."""
     with contextlib.chdir(project.path):
         prepared, info = open_prepared("data/prepared.h5")
         results, described, _ = evaluate_models(prepared, info, {"erm_last": Path("models/erm_last.pt")},
                                                 batch_size=1024, workers=0, device=torch.device("cpu"))
-    test = results["erm_last"]["test"]
-    return {"unbiased": test["unbiased_accuracy"], "worst_group": test["worst_group_accuracy"],
-            "group_labels": described["erm_last"]["group_labels"]}
+    return table_row(results["erm_last"], described["erm_last"]["group_labels"])
 
 
 def keep_reports(project: ScratchProject, folder: Path) -> None:
@@ -92,9 +97,7 @@ def run_table(project: ScratchProject, ratio: float, seeds: list[int], sets: lis
         project.dvc("exp", "run", *seed_overrides(seed, [f"prepare.{DATASET}.ratio={ratio}", *sets]), *targets)
         seconds = time.perf_counter() - start
         details = json.loads((project.path / "metrics/evaluate/details.json").read_text())["methods"]
-        results = {name: {"unbiased": m["results"]["test"]["unbiased_accuracy"],
-                          "worst_group": m["results"]["test"]["worst_group_accuracy"],
-                          "group_labels": m["group_labels"]} for name, m in details.items()}
+        results = {name: table_row(m["results"], m["group_labels"]) for name, m in details.items()}
         if last_erm:
             results["erm_last"] = last_erm_results(project)
         if reports is not None:
