@@ -43,6 +43,17 @@ def _clusterfix_backbones(figures: dict) -> None:
         assert summary["nmi"]["mean"] == run["nmi"] and summary["nmi"]["std"] == 0.0  # one seed: its own figure
 
 
+def _cpu_kernels(figures: dict) -> None:
+    rows = {row["setting"]: row for row in figures["settings"]}
+    assert list(rows)[:2] == ["default", "default, rerun"] and figures["steps"] == 4
+    assert figures["rerun_equal"] and rows["default"]["digest"] == rows["default, rerun"]["digest"]  # deterministic
+    assert all(len(row["digest"]) == 16 for row in rows.values())
+    assert all(row["same_as_default"] == (row["digest"] == rows["default"]["digest"]) for row in rows.values())
+    assert rows["1 thread"]["threads"] == 1 and rows["2 threads"]["threads"] == 2  # the setting reached the child
+    assert rows["ATen capped at AVX2"]["aten_kernels"] in {"AVX2", "DEFAULT"}
+    assert figures["machine"]["aten_kernels"] == rows["default"]["aten_kernels"]  # the bench's own kernels, recorded
+
+
 def _dvc_yaml_loader(figures: dict) -> None:
     assert figures["status_equal"]  # the same answer from DVC whichever loader read its files
     assert list(figures["commands"]) == ["status"] and figures["rounds"] == 1
@@ -194,7 +205,8 @@ def _lff_table(figures: dict) -> None:
     assert cell["mean"] == lff_run["results"]["lff"]["unbiased"] and cell["std"] == 0.0  # one seed: its own figure
 
 
-CHECKS = {"clusterfix_backbones.py": _clusterfix_backbones, "dvc_yaml_loader.py": _dvc_yaml_loader,
+CHECKS = {"clusterfix_backbones.py": _clusterfix_backbones, "cpu_kernels.py": _cpu_kernels,
+          "dvc_yaml_loader.py": _dvc_yaml_loader,
           "folder_speed.py": _folder_speed,
           "jtt_sweep.py": _jtt_sweep, "lff_table.py": _lff_table, "methods.py": _methods, "official_masking.py": _official_masking,
           "pipeline.py": _pipeline, "queue_grid.py": _queue_grid, "resized_folder.py": _resized_folder,
