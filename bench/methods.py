@@ -66,7 +66,8 @@ def gap_table(runs: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_dataset_flags(parser)
-    parser.add_argument("--keep", type=Path, help="folder to copy each run's details.json into (seed<N>.json)")
+    parser.add_argument("--keep", type=Path, help="folder to copy each run's details.json into (seed<N>.json), with "
+                        "its group diagnostics, ExMap's pseudo-groups and the label-free choice's scores beside it")
     args = parser.parse_args()
     params = dataset_params(parser, args)
     if args.quick:
@@ -83,7 +84,7 @@ def main() -> None:
             if args.keep:
                 args.keep.mkdir(parents=True, exist_ok=True)
                 (args.keep / f"seed{seed}.json").write_text(details_file.read_text())
-                for extra in ("exmap/pseudo_groups.json", *(f"groups/{p.name}" for p in
+                for extra in ("exmap/pseudo_groups.json", "choice/details.json", *(f"groups/{p.name}" for p in
                                                              sorted((project.path / "metrics/groups").glob("*.json")))):
                     source = project.path / "metrics" / extra
                     if source.is_file():
