@@ -43,6 +43,46 @@ def _clusterfix_backbones(figures: dict) -> None:
         assert summary["nmi"]["mean"] == run["nmi"] and summary["nmi"]["std"] == 0.0  # one seed: its own figure
 
 
+def _choice_audit(figures: dict) -> None:
+    audit = figures["runs"]["committed"]  # --quick: the committed baseline's reports
+    committed = json.loads((ROOT / "metrics/choice/details.json").read_text())
+    assert audit["default_rule"] == committed["rule"] and list(audit["rules"]) == list(committed["chosen"])
+    for rule, row in audit["rules"].items():
+        assert row["reproduced"] and row["chosen"] == committed["chosen"][rule]  # choose's tie rules, unchanged
+        assert row["chosen_without"] not in row["left_out"]
+        for split, value in row["regret"].items():
+            assert value >= 0 and row["regret_without"][split] >= 0
+            assert round(value, 4) == row["regret_recorded"][split]  # choose's own audit figure
+    assert "groupdro_xrm" in audit["rules"]["worst_group:xrm"]["left_out"]  # selected on XRM's validation groups
+
+
+def test_choice_audit_leaves_out_the_model_selected_on_the_rules_statistic():
+    """A hand-worked run: `b` kept the epoch of the best worst group of `g` and wins `worst_group:g` as run;
+    with it left out the rule deploys `a`, 10 points better on test. `c` selected nothing and stays in."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from choice_audit import audit_run, self_selected_rule
+
+    def method(selection, groups, test_worst):
+        return {"selection": selection, "groups": groups, "results": {"test": {"worst_group_accuracy": test_worst}}}
+
+    methods = {"a": method("average", "classes", 0.9), "b": method("worst_pseudo_group", "g", 0.8),
+               "c": method("last", "classes", 0.85)}
+    assert [self_selected_rule(m) for m in methods.values()] == ["average", "worst_group:g", None]
+    assert self_selected_rule(method("worst_pseudo_group", "classes", 0)) == "worst_class"
+    rules = ("average", "worst_group:g")
+    scores = {"a": {"average": 0.99, "worst_group:g": 0.7}, "b": {"average": 0.97, "worst_group:g": 0.9},
+              "c": {"average": 0.98, "worst_group:g": 0.6}}
+    choice = {"rule": "worst_group:g", "candidates": ["a", "b", "c"], "scores": scores,
+              "chosen": {"average": "a", "worst_group:g": "b"},
+              "audit": {rule: {"test": {"regret_vs_best_label_free": 0.0}} for rule in rules}}
+    audit = audit_run(methods, choice)["rules"]
+    assert audit["worst_group:g"]["reproduced"] and audit["worst_group:g"]["left_out"] == ["b"]
+    assert audit["worst_group:g"]["chosen_without"] == "a"
+    assert audit["worst_group:g"]["regret"]["test"] == pytest.approx(10.0)
+    assert audit["worst_group:g"]["regret_without"]["test"] == pytest.approx(0.0)
+    assert audit["average"]["left_out"] == ["a"] and audit["average"]["chosen_without"] == "c"  # c 0.98 > b 0.97
+
+
 def _cpu_kernels(figures: dict) -> None:
     rows = {row["setting"]: row for row in figures["settings"]}
     assert list(rows)[:2] == ["default", "default, rerun"] and figures["steps"] == 4
@@ -205,7 +245,8 @@ def _lff_table(figures: dict) -> None:
     assert cell["mean"] == lff_run["results"]["lff"]["unbiased"] and cell["std"] == 0.0  # one seed: its own figure
 
 
-CHECKS = {"clusterfix_backbones.py": _clusterfix_backbones, "cpu_kernels.py": _cpu_kernels,
+CHECKS = {"choice_audit.py": _choice_audit, "clusterfix_backbones.py": _clusterfix_backbones,
+          "cpu_kernels.py": _cpu_kernels,
           "dvc_yaml_loader.py": _dvc_yaml_loader,
           "folder_speed.py": _folder_speed,
           "jtt_sweep.py": _jtt_sweep, "lff_table.py": _lff_table, "methods.py": _methods, "official_masking.py": _official_masking,
