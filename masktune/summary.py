@@ -124,17 +124,28 @@ def _row(group: Mapping, model: str, record: Mapping, split: str, measure: str, 
             "std": statistics.stdev(values) if len(values) > 1 else float("nan"), "n": len(values)}
 
 
+def _seed_of(run: Mapping) -> int | None:
+    """The run's top-level `seed`, the one every stage derives its seeds from (`-S seed=N`; the datasets'
+    own draws, `prepare.<name>.seed`, are the data, not the run); None where params.yaml has none."""
+    seed = run["params"].get("seed")
+    return seed if isinstance(seed, int) else None
+
+
 def chosen_rows(group: Mapping) -> list[dict]:
     """The row of the model each seed would deploy without group labels (`metrics/choice.json`): its test
     average and worst group (class), over the seeds whatever model each chose; its selection cell names the
-    rule and the model of each seed. None where a seed has no choice, or the seeds' rules differ."""
+    rule and each seed's model, in seed order (the experiments' order is newest first). None where a seed
+    has no choice, or the seeds' rules differ."""
     runs = group["runs"]
     choices = [run.get("choice") for run in runs]
     if not all(choices) or len({choice["rule"] for choice in choices}) != 1:
         return []
     rule = choices[0]["rule"]
+    named = sorted(((_seed_of(run), run.get("name") or "", choice["model"]) for run, choice in zip(runs, choices)),
+                   key=lambda item: (item[0] is None, item[0] or 0, item[1]))
     record = {"title": f"chosen without group labels ({rule})", "group_labels": "✗/✗",
-              "selection": f"{rule}: " + ", ".join(choice["model"] for choice in choices)}
+              "selection": f"{rule}: " + ", ".join(f"seed {seed} {model}" if seed is not None else f"{name} {model}"
+                                                   for seed, name, model in named)}
     first = runs[0]["headline"][next(iter(runs[0]["headline"]))]
     rows = []
     for split, measures in first.items():

@@ -13,7 +13,7 @@ from masktune.summary import configurations, experiments, markdown, model_record
 
 def _run(name: str, seed: int, lr, worst: dict[str, float]) -> dict:
     params = copy.deepcopy(committed_params())
-    params["train_erm"]["seed"] = params["upsample"]["seed"] = seed
+    params["seed"] = seed  # the one seed a `-S seed=N` run sets (the sections' stay null)
     params["lr"] = lr
     headline = {model: {"test": {"average": 0.9, "worst_group": value}} for model, value in worst.items()}
     return {"rev": name, "name": name, "data": {"params": {"params.yaml": {"data": params}},
@@ -83,8 +83,10 @@ def test_the_model_chosen_without_group_labels_gets_a_row_over_the_seeds():
     assert [(row["measure"], row["n"]) for row in rows] == [("average", 3), ("worst_group", 3)]
     assert rows[1]["mean"] == pytest.approx(0.7) and rows[1]["std"] == pytest.approx(0.1)
     assert rows[1]["title"] == "chosen without group labels (worst_group:xrm)"
-    assert rows[1]["selection"] == "worst_group:xrm: masktune, jtt, masktune"
-    assert "| chosen without group labels (worst_group:xrm) | ✗/✗ | worst_group:xrm: masktune, jtt, masktune | " \
-           "95.00 ± 0.00 | 70.00 ± 10.00 |" in markdown(rows)
+    assert rows[1]["selection"] == "worst_group:xrm: seed 0 masktune, seed 1 jtt, seed 2 masktune"
+    assert "| chosen without group labels (worst_group:xrm) | ✗/✗ | worst_group:xrm: seed 0 masktune, seed 1 jtt, " \
+           "seed 2 masktune | 95.00 ± 0.00 | 70.00 ± 10.00 |" in markdown(rows)
+    groups[0]["runs"].reverse()  # `dvc exp show` lists the newest experiment first: the cell keeps seed order
+    assert summarise(groups[0])[-1]["selection"] == "worst_group:xrm: seed 0 masktune, seed 1 jtt, seed 2 masktune"
     del groups[1]["runs"][0]["choice"]
     assert [row for row in summarise(groups[1]) if row["model"] == "chosen"] == []
