@@ -87,7 +87,7 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    # the kernels torch runs: figures are bit-identical only between the same (bench/cpu_kernels.py)
+    # the kernels torch ran: figures are bit-identical only where these and the threads match (bench/cpu_kernels.py)
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "aten_kernels": torch.backends.cpu.get_cpu_capability(),
             "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "widest")}
