@@ -19,13 +19,16 @@ regret reads the true groups, as `choose`'s own audit does; nothing here changes
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from collections.abc import Mapping
 from pathlib import Path
 
 from common import ROOT, add_quick_flag, emit_json
 
-from masktune.eval.choice import GROUP_RULE, choose
+from masktune.eval.choice import GROUP_RULE, audit, choose
+
+MEASURE = "worst_group_accuracy"  # choose's audit measure wherever every test split has groups
 
 
 def self_selected_rule(method: Mapping) -> str | None:
@@ -40,9 +43,17 @@ def self_selected_rule(method: Mapping) -> str | None:
     return None
 
 
+def regrets(model: str, candidates: list[str], results: Mapping[str, Mapping], splits: list[str]) -> dict[str, float]:
+    """{split: points behind the best label-free model}, `choose`'s own audit figure."""
+    report = audit(model, candidates, results, splits, MEASURE)
+    return {split: report[split]["regret_vs_best_label_free"] for split in splits}
+
+
 def audit_run(methods: Mapping[str, Mapping], choice: Mapping) -> dict:
-    """Each rule of one run's choice: its pick as run and without the self-selected models, with regrets."""
+    """Each rule of one run's choice: its pick as run and without the self-selected models, each with its
+    regret against the best label-free model as `choose` audits it (masktune.eval.choice.audit)."""
     candidates, scores = choice["candidates"], choice["scores"]
+    results = {name: method["results"] for name, method in methods.items()}
     rules = {}
     for rule, chosen in choice["chosen"].items():
         left_out = [m for m in candidates if self_selected_rule(methods[m]) == rule]
@@ -50,23 +61,16 @@ def audit_run(methods: Mapping[str, Mapping], choice: Mapping) -> dict:
         without = choose({m: scores[m] for m in kept}, rule)
         splits = list(choice["audit"][rule])
 
-        def regret(model: str, split: str) -> float:
-            best = max(methods[m]["results"][split]["worst_group_accuracy"] for m in candidates)
-            return 100 * (best - methods[model]["results"][split]["worst_group_accuracy"])
-
         rules[rule] = {"chosen": chosen, "reproduced": choose({m: scores[m] for m in candidates}, rule) == chosen,
-                       "left_out": left_out, "chosen_without": without,
-                       "regret": {split: regret(chosen, split) for split in splits},
+                       "left_out": left_out, "chosen_without": without, "regret": regrets(chosen, candidates, results, splits),
                        "regret_recorded": {split: choice["audit"][rule][split]["regret_vs_best_label_free"]
-                                           for split in splits},  # choose's own audit: the same figure
-                       "regret_without": {split: regret(without, split) for split in splits}}
+                                           for split in splits},  # choose's own: the same figure, same measure
+                       "regret_without": regrets(without, candidates, results, splits)}
     return {"default_rule": choice["rule"], "rules": rules}
 
 
 def kept_runs(folder: Path) -> dict[str, tuple[dict, dict]]:
     """{seed<N>: (evaluate's details, choose's details)} of a `bench/methods.py --keep` folder."""
-    import json
-
     runs = {}
     for details in sorted(folder.glob("seed*.json")):
         choice = details.with_name(f"{details.stem}_choice_details.json")
@@ -83,8 +87,6 @@ def mean_std(values: list[float]) -> str:
 
 
 def main() -> None:
-    import json
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("folder", nargs="?", type=Path, help="a bench/methods.py --keep folder")
     add_quick_flag(parser)
@@ -96,17 +98,17 @@ def main() -> None:
     else:
         runs = kept_runs(args.folder)
     audits = {name: audit_run(methods, choice) for name, (methods, choice) in runs.items()}
-    for name, audit in audits.items():
-        print(f"\n{name} (default rule {audit['default_rule']}): rule: chosen as run / with the models selected "
+    for name, run_audit in audits.items():
+        print(f"\n{name} (default rule {run_audit['default_rule']}): rule: chosen as run / with the models selected "
               "on its statistic left out; worst-group regret per test split, points")
-        for rule, row in audit["rules"].items():
+        for rule, row in run_audit["rules"].items():
             print(f"  {rule:26} {row['chosen']:16} / {row['chosen_without']:16} "
                   + "  ".join(f"{split} {row['regret'][split]:.2f} / {row['regret_without'][split]:.2f}"
                               for split in row["regret"])
                   + (f"  (left out: {', '.join(row['left_out'])})" if row["left_out"] else ""))
     summary: dict = {}
     for rule in next(iter(audits.values()))["rules"]:
-        rows = [audit["rules"][rule] for audit in audits.values() if rule in audit["rules"]]
+        rows = [each["rules"][rule] for each in audits.values() if rule in each["rules"]]
         summary[rule] = {split: {"as_run": [r["regret"][split] for r in rows],
                                  "without": [r["regret_without"][split] for r in rows]} for split in rows[0]["regret"]}
     print(f"\nregret over {len(audits)} run(s), mean ± sample std, as run / self-selected left out:")

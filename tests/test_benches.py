@@ -63,7 +63,8 @@ def test_choice_audit_leaves_out_the_model_selected_on_the_rules_statistic():
     from choice_audit import audit_run, self_selected_rule
 
     def method(selection, groups, test_worst):
-        return {"selection": selection, "groups": groups, "results": {"test": {"worst_group_accuracy": test_worst}}}
+        return {"selection": selection, "groups": groups,
+                "results": {"test": {"accuracy": 0.95, "worst_group_accuracy": test_worst}}}
 
     methods = {"a": method("average", "classes", 0.9), "b": method("worst_pseudo_group", "g", 0.8),
                "c": method("last", "classes", 0.85)}
